@@ -1,0 +1,153 @@
+//! Audit events: one JSON object per line, the shape a SIEM reads (DESIGN.md, "Audit events").
+//! Tokens appear only as `token_id`, the first 16 hex digits of their SHA-256.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::clock::UnixMillis;
+
+/// How loudly an event should be heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Normal operation.
+    Info,
+    /// Worth a look: a grace reuse, a failed login.
+    Warning,
+    /// Worth waking someone: a replayed refresh token.
+    Alert,
+}
+
+/// What happened, with the fields that belong to that kind of event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event")]
+pub enum Event {
+    /// A user authenticated at the login form.
+    LoginSucceeded,
+    /// A login attempt failed.
+    LoginFailed {
+        /// Why: `bad_credentials`, `rate_limited`, `unknown_user`.
+        reason: String,
+    },
+    /// Tokens were issued for an authorization code.
+    TokenIssued {
+        /// The grant that issued them.
+        grant_type: String,
+    },
+    /// A refresh token was rotated.
+    TokenRefreshed,
+    /// A used refresh token came back inside the grace period and got the same successor.
+    ExpiredRefreshTokenUsed {
+        /// The IP of the first use.
+        first_used_ip: String,
+        /// Milliseconds since the first use.
+        first_used_ms_ago: i64,
+    },
+    /// A used refresh token came back after the grace period.
+    RefreshTokenReplayDetected {
+        /// The IP of the first use.
+        first_used_ip: String,
+        /// Milliseconds since the first use.
+        first_used_ms_ago: i64,
+        /// Whether the session was revoked for it.
+        session_revoked: bool,
+    },
+    /// A session was revoked.
+    SessionRevoked {
+        /// Why: `replay`, `revocation_endpoint`, `logout`, `code_reuse`, `admin`.
+        reason: String,
+    },
+    /// A token was presented for a session past its absolute end.
+    SessionExpired,
+    /// A signing key was added.
+    KeyRotated {
+        /// The new key's id.
+        kid: String,
+        /// Its algorithm.
+        alg: String,
+    },
+}
+
+impl Event {
+    /// The severity that belongs to this kind of event.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Event::RefreshTokenReplayDetected { .. } => Severity::Alert,
+            Event::ExpiredRefreshTokenUsed { .. } | Event::LoginFailed { .. } => Severity::Warning,
+            _ => Severity::Info,
+        }
+    }
+}
+
+/// Who and where an event concerns. Every field is optional: a failed login has no session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Subjects {
+    /// The user.
+    pub uid: Option<String>,
+    /// The session (family) id.
+    pub session_id: Option<String>,
+    /// The client id.
+    pub client_id: Option<String>,
+    /// The request's source IP.
+    pub source_ip: Option<String>,
+    /// The request's `User-Agent`.
+    pub user_agent: Option<String>,
+    /// The first 16 hex digits of the presented token's SHA-256.
+    pub token_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    severity: Severity,
+    #[serde(flatten)]
+    event: &'a Event,
+    #[serde(flatten)]
+    subjects: &'a Subjects,
+}
+
+/// Renders one event as a JSON line (without the newline).
+pub fn render(at: UnixMillis, event: &Event, subjects: &Subjects) -> String {
+    let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(at.0) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| at.0.to_string());
+    let line = Line {
+        time,
+        severity: event.severity(),
+        event,
+        subjects,
+    };
+    // Serialising plain strings and integers cannot fail.
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_renders_as_one_alert_line_with_its_own_fields() {
+        let event = Event::RefreshTokenReplayDetected {
+            first_used_ip: "10.0.0.1".into(),
+            first_used_ms_ago: 1234,
+            session_revoked: true,
+        };
+        let subjects = Subjects {
+            uid: Some("dev".into()),
+            token_id: Some("0123456789abcdef".into()),
+            ..Subjects::default()
+        };
+        let line = render(UnixMillis(1_700_000_000_123), &event, &subjects);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event"], "RefreshTokenReplayDetected");
+        assert_eq!(v["severity"], "alert");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["first_used_ms_ago"], 1234);
+        assert_eq!(v["uid"], "dev");
+        assert_eq!(v["session_id"], serde_json::Value::Null);
+        assert!(!line.contains('\n'));
+    }
+}

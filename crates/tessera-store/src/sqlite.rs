@@ -1,0 +1,661 @@
+//! The embedded SQLite backend: one writer connection (SQLite allows one writer; several writer
+//! connections only stall each other on the lock) and a few reader connections, WAL mode.
+//! Calls run on Tokio's blocking pool so the async workers never wait on disk.
+//!
+//! Durability: WAL with `synchronous=NORMAL` keeps every committed transaction across a crash
+//! of the process (SIGKILL); `FULL` also across power loss.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use tessera_core::clock::UnixMillis;
+use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
+use tessera_core::redeem::{self, Decision, FirstUse, Lookup, Presenter, TokenRecord};
+use tessera_core::token::TokenHash;
+
+use crate::model::*;
+use crate::{Store, StoreError};
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const READERS: usize = 4;
+
+/// How hard SQLite syncs a commit to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Survives a crash of the process: the default.
+    #[default]
+    Normal,
+    /// Also survives power loss, at the cost of an fsync per commit.
+    Full,
+}
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs its migrations.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
+        let open_error = |source: rusqlite::Error| StoreError::Open {
+            location: path.display().to_string(),
+            source: Box::new(source),
+        };
+        let mut writer = connect(path, synchronous).map_err(open_error)?;
+        migrate(&mut writer, path)?;
+        let readers = (0..READERS)
+            .map(|_| connect(path, synchronous).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(open_error)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool.
+    async fn write<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(operation, move || f(&mut lock(&inner.writer))).await
+    }
+
+    /// Runs `f` with one of the reader connections on the blocking pool.
+    async fn read<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(operation, move || {
+            let index = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            f(&lock(&inner.readers[index]))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn secret_or_insert(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let name = name.to_owned();
+        self.write("secret_or_insert", move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                params![name, candidate],
+            )
+            .map_err(query("secret_or_insert"))?;
+            c.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .map_err(query("secret_or_insert"))
+        })
+        .await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.read("signing_keys", |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT kid, alg, pkcs8, created_at FROM signing_keys ORDER BY created_at, kid",
+                )
+                .map_err(query("signing_keys"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(StoredKey {
+                        kid: r.get(0)?,
+                        alg: r.get(1)?,
+                        pkcs8: r.get(2)?,
+                        created_at: UnixMillis(r.get(3)?),
+                    })
+                })
+                .map_err(query("signing_keys"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(query("signing_keys"))
+        })
+        .await
+    }
+
+    async fn add_signing_key(&self, key: StoredKey) -> Result<(), StoreError> {
+        self.write("add_signing_key", move |c| {
+            c.execute(
+                "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key.kid, key.alg, key.pkcs8, key.created_at.0],
+            )
+            .map(drop)
+            .map_err(query("add_signing_key"))
+        })
+        .await
+    }
+
+    async fn create_sso(&self, sso: SsoSession) -> Result<(), StoreError> {
+        self.write("create_sso", move |c| {
+            c.prepare_cached(
+                "INSERT INTO sso_sessions (handle_hash, id, subject, auth_time, expires_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    sso.handle.to_hex(),
+                    sso.id.as_str(),
+                    sso.subject.as_str(),
+                    sso.auth_time.0,
+                    sso.expires_at.0,
+                    sso.revoked_at.map(|t| t.0),
+                ])
+            })
+            .map(drop)
+            .map_err(query("create_sso"))
+        })
+        .await
+    }
+
+    async fn find_sso(&self, handle: TokenHash) -> Result<Option<SsoSession>, StoreError> {
+        self.read("find_sso", move |c| {
+            c.prepare_cached(
+                "SELECT id, subject, auth_time, expires_at, revoked_at FROM sso_sessions WHERE handle_hash = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([handle.to_hex()], |r| {
+                    Ok(SsoSession {
+                        handle,
+                        id: SsoId::new(r.get::<_, String>(0)?),
+                        subject: Subject::new(r.get::<_, String>(1)?),
+                        auth_time: UnixMillis(r.get(2)?),
+                        expires_at: UnixMillis(r.get(3)?),
+                        revoked_at: r.get::<_, Option<i64>>(4)?.map(UnixMillis),
+                    })
+                })
+                .optional()
+            })
+            .map_err(query("find_sso"))
+        })
+        .await
+    }
+
+    async fn revoke_sso(
+        &self,
+        id: SsoId,
+        now: UnixMillis,
+        reason: &str,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let reason = reason.to_owned();
+        self.write("revoke_sso", move |c| {
+            let tx = immediate(c, "revoke_sso")?;
+            tx.execute(
+                "UPDATE sso_sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id.as_str(), now.0],
+            )
+            .map_err(query("revoke_sso"))?;
+            let ids = {
+                let mut stmt = tx
+                    .prepare(
+                        "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3
+                         WHERE sso_id = ?1 AND revoked_at IS NULL RETURNING id",
+                    )
+                    .map_err(query("revoke_sso"))?;
+                let rows = stmt
+                    .query_map(params![id.as_str(), now.0, reason], |r| {
+                        r.get::<_, String>(0).map(SessionId::new)
+                    })
+                    .map_err(query("revoke_sso"))?;
+                rows.collect::<Result<Vec<_>, _>>()
+                    .map_err(query("revoke_sso"))?
+            };
+            tx.commit().map_err(query("revoke_sso"))?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn insert_code(&self, code: AuthCode) -> Result<(), StoreError> {
+        self.write("insert_code", move |c| {
+            c.prepare_cached(
+                "INSERT INTO auth_codes (hash, client_id, redirect_uri, code_challenge, nonce, scope,
+                 session_id, sso_id, subject, auth_time, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    code.hash.to_hex(),
+                    code.client_id.as_str(),
+                    code.redirect_uri,
+                    code.code_challenge,
+                    code.nonce,
+                    code.scope,
+                    code.session_id.as_str(),
+                    code.sso_id.as_ref().map(SsoId::as_str),
+                    code.subject.as_str(),
+                    code.auth_time.0,
+                    code.expires_at.0,
+                ])
+            })
+            .map(drop)
+            .map_err(query("insert_code"))
+        })
+        .await
+    }
+
+    async fn redeem_code(
+        &self,
+        hash: TokenHash,
+        now: UnixMillis,
+    ) -> Result<CodeRedemption, StoreError> {
+        self.write("redeem_code", move |c| {
+            let tx = immediate(c, "redeem_code")?;
+            let claimed = tx
+                .execute(
+                    "UPDATE auth_codes SET used_at = ?2 WHERE hash = ?1 AND used_at IS NULL",
+                    params![hash.to_hex(), now.0],
+                )
+                .map_err(query("redeem_code"))?
+                == 1;
+            let code = tx
+                .query_row(
+                    "SELECT client_id, redirect_uri, code_challenge, nonce, scope, session_id, sso_id,
+                     subject, auth_time, expires_at FROM auth_codes WHERE hash = ?1",
+                    [hash.to_hex()],
+                    |r| code_from_row(hash, r),
+                )
+                .optional()
+                .map_err(query("redeem_code"))?;
+            tx.commit().map_err(query("redeem_code"))?;
+            Ok(match code {
+                None => CodeRedemption::Unknown,
+                Some(code) if claimed => CodeRedemption::Claimed(Box::new(code)),
+                Some(code) => CodeRedemption::AlreadyUsed {
+                    session_id: code.session_id,
+                },
+            })
+        })
+        .await
+    }
+
+    async fn start_session(
+        &self,
+        session: Session,
+        first: NewRefreshToken,
+    ) -> Result<(), StoreError> {
+        self.write("start_session", move |c| {
+            let tx = immediate(c, "start_session")?;
+            tx.prepare_cached(
+                "INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at,
+                 absolute_end, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    session.id.as_str(),
+                    session.subject.as_str(),
+                    session.client_id.as_str(),
+                    session.sso_id.as_ref().map(SsoId::as_str),
+                    session.scope,
+                    session.auth_time.0,
+                    session.created_at.0,
+                    session.absolute_end.0,
+                    session.revoked_at.map(|t| t.0),
+                ])
+            })
+            .map_err(query("start_session"))?;
+            insert_refresh_token(&tx, &first, &session.id, &session.client_id)?;
+            tx.commit().map_err(query("start_session"))
+        })
+        .await
+    }
+
+    async fn redeem_refresh_token(&self, request: RedeemRequest) -> Result<Redemption, StoreError> {
+        self.write("redeem_refresh_token", move |c| {
+            redeem_in_transaction(c, &request)
+        })
+        .await
+    }
+
+    async fn find_refresh_token(
+        &self,
+        hash: TokenHash,
+    ) -> Result<Option<RefreshTokenInfo>, StoreError> {
+        self.read("find_refresh_token", move |c| {
+            c.prepare_cached(&format!(
+                "SELECT t.client_id, t.issued_at, t.expires_at, t.used_at, {SESSION_COLUMNS}
+                 FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_row([hash.to_hex()], |r| {
+                    Ok(RefreshTokenInfo {
+                        client_id: ClientId::new(r.get::<_, String>(0)?),
+                        issued_at: UnixMillis(r.get(1)?),
+                        expires_at: UnixMillis(r.get(2)?),
+                        used_at: r.get::<_, Option<i64>>(3)?.map(UnixMillis),
+                        session: session_from_row(r, 4)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(query("find_refresh_token"))
+        })
+        .await
+    }
+
+    async fn find_session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        self.read("find_session", move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_row([id.as_str()], |r| session_from_row(r, 0))
+                    .optional()
+            })
+            .map_err(query("find_session"))
+        })
+        .await
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: UnixMillis,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let reason = reason.to_owned();
+        self.write("revoke_session", move |c| {
+            revoke_session_row(c, &id, now, &reason).map_err(query("revoke_session"))
+        })
+        .await
+    }
+
+    async fn count_active_sessions(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        self.read("count_active_sessions", move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND absolute_end > ?1",
+                [now.0],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(query("count_active_sessions"))
+        })
+        .await
+    }
+
+    async fn sweep(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        self.write("sweep", move |c| {
+            let tx = immediate(c, "sweep")?;
+            let mut removed = 0;
+            // Ended sessions go with their tokens (ON DELETE CASCADE). Revoked ones are kept until
+            // their absolute end, so a replay of their tokens is still recognised and audited.
+            for sql in [
+                "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE absolute_end <= ?1)",
+                "DELETE FROM sessions WHERE absolute_end <= ?1",
+                "DELETE FROM auth_codes WHERE expires_at <= ?1 - 3600000",
+                "DELETE FROM sso_sessions WHERE expires_at <= ?1",
+            ] {
+                removed += tx.execute(sql, [now.0]).map_err(query("sweep"))?;
+            }
+            tx.commit().map_err(query("sweep"))?;
+            Ok(u64::try_from(removed).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+}
+
+const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, s.auth_time, s.created_at, s.absolute_end, s.revoked_at";
+
+/// The redeem transaction: claim, decide, apply. A rejected claim rolls back, so a refused
+/// token is left exactly as it was.
+fn redeem_in_transaction(
+    c: &mut Connection,
+    request: &RedeemRequest,
+) -> Result<Redemption, StoreError> {
+    let op = "redeem_refresh_token";
+    let tx = immediate(c, op)?;
+    let hash = request.hash.to_hex();
+    let claimed = tx
+        .prepare_cached("UPDATE refresh_tokens SET used_at = ?2, used_ip = ?3 WHERE hash = ?1 AND used_at IS NULL")
+        .and_then(|mut s| s.execute(params![hash, request.now.0, request.ip]))
+        .map_err(query(op))?
+        == 1;
+    let found = tx
+        .prepare_cached(&format!(
+            "SELECT t.client_id, t.expires_at, t.used_at, t.used_ip, {SESSION_COLUMNS}
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?1"
+        ))
+        .and_then(|mut s| {
+            s.query_row([&hash], |r| {
+                let session = session_from_row(r, 4)?;
+                let record = TokenRecord {
+                    client_id: ClientId::new(r.get::<_, String>(0)?),
+                    session_id: session.id.clone(),
+                    expires_at: UnixMillis(r.get(1)?),
+                };
+                let first = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<String>>(3)?) {
+                    (Some(at), ip) => Some(FirstUse {
+                        at: UnixMillis(at),
+                        ip: ip.unwrap_or_default(),
+                    }),
+                    (None, _) => None,
+                };
+                Ok((record, session, first))
+            })
+            .optional()
+        })
+        .map_err(query(op))?;
+    let presenter = Presenter {
+        client_id: &request.client_id,
+        ip: &request.ip,
+        now: request.now,
+    };
+    let lookup = match &found {
+        None => Lookup::Unknown,
+        Some((record, session, _)) if claimed => Lookup::Claimed(record, session.bounds()),
+        Some((record, session, Some(first))) => {
+            Lookup::AlreadyUsed(record, session.bounds(), first)
+        }
+        // Unclaimed yet unused cannot happen under the writer lock; treat it as unknown.
+        Some((_, _, None)) => Lookup::Unknown,
+    };
+    let decision = redeem::decide(lookup, presenter, &request.policy);
+    let session = found.map(|(_, session, _)| session);
+    let mut successor_expires_at = request.now;
+    match (&decision, &session) {
+        (Decision::Rotate, Some(session)) => {
+            successor_expires_at =
+                redeem::successor_expiry(request.now, request.ttl, session.bounds());
+            tx.prepare_cached("UPDATE refresh_tokens SET successor_hash = ?2 WHERE hash = ?1")
+                .and_then(|mut s| s.execute(params![hash, request.successor.to_hex()]))
+                .map_err(query(op))?;
+            let successor = NewRefreshToken {
+                hash: request.successor,
+                issued_at: request.now,
+                expires_at: successor_expires_at,
+            };
+            insert_refresh_token(&tx, &successor, &session.id, &session.client_id)?;
+            tx.commit().map_err(query(op))?;
+        }
+        (Decision::Grace { .. }, _) => {
+            successor_expires_at = tx
+                .prepare_cached("SELECT expires_at FROM refresh_tokens WHERE hash = ?1")
+                .and_then(|mut s| {
+                    s.query_row([request.successor.to_hex()], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(query(op))?
+                .map_or(request.now, UnixMillis);
+        }
+        (
+            Decision::Replay {
+                revoke_session: true,
+                ..
+            },
+            Some(session),
+        ) => {
+            revoke_session_row(&tx, &session.id, request.now, "replay").map_err(query(op))?;
+            tx.commit().map_err(query(op))?;
+        }
+        // Rejections and a replay without revocation change nothing: dropping the transaction
+        // rolls back the claim.
+        _ => {}
+    }
+    Ok(Redemption {
+        decision,
+        session,
+        successor_expires_at,
+    })
+}
+
+fn revoke_session_row(
+    c: &Connection,
+    id: &SessionId,
+    now: UnixMillis,
+    reason: &str,
+) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+    )?
+    .execute(params![id.as_str(), now.0, reason])
+    .map(|n| n == 1)
+}
+
+fn insert_refresh_token(
+    tx: &Transaction<'_>,
+    token: &NewRefreshToken,
+    session: &SessionId,
+    client: &ClientId,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            token.hash.to_hex(),
+            session.as_str(),
+            client.as_str(),
+            token.issued_at.0,
+            token.expires_at.0,
+        ])
+    })
+    .map(drop)
+    .map_err(query("insert_refresh_token"))
+}
+
+fn session_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: SessionId::new(r.get::<_, String>(at)?),
+        subject: Subject::new(r.get::<_, String>(at + 1)?),
+        client_id: ClientId::new(r.get::<_, String>(at + 2)?),
+        sso_id: r.get::<_, Option<String>>(at + 3)?.map(SsoId::new),
+        scope: r.get(at + 4)?,
+        auth_time: UnixMillis(r.get(at + 5)?),
+        created_at: UnixMillis(r.get(at + 6)?),
+        absolute_end: UnixMillis(r.get(at + 7)?),
+        revoked_at: r.get::<_, Option<i64>>(at + 8)?.map(UnixMillis),
+    })
+}
+
+fn code_from_row(hash: TokenHash, r: &Row<'_>) -> rusqlite::Result<AuthCode> {
+    Ok(AuthCode {
+        hash,
+        client_id: ClientId::new(r.get::<_, String>(0)?),
+        redirect_uri: r.get(1)?,
+        code_challenge: r.get(2)?,
+        nonce: r.get(3)?,
+        scope: r.get(4)?,
+        session_id: SessionId::new(r.get::<_, String>(5)?),
+        sso_id: r.get::<_, Option<String>>(6)?.map(SsoId::new),
+        subject: Subject::new(r.get::<_, String>(7)?),
+        auth_time: UnixMillis(r.get(8)?),
+        expires_at: UnixMillis(r.get(9)?),
+    })
+}
+
+fn connect(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    let level = match synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    c.pragma_update(None, "synchronous", level)?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(c)
+}
+
+fn migrate(c: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let fail = |source: rusqlite::Error| StoreError::Open {
+        location: PathBuf::from(path).display().to_string(),
+        source: Box::new(source),
+    };
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail)?;
+    let found: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(fail)?;
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    for (version, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        tx.execute_batch(sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(fail)?;
+    }
+    tx.commit().map_err(fail)
+}
+
+fn immediate<'c>(
+    c: &'c mut Connection,
+    operation: &'static str,
+) -> Result<Transaction<'c>, StoreError> {
+    c.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(query(operation))
+}
+
+fn query(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Query {
+        operation,
+        source: Box::new(source),
+    }
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding a connection cannot leave a transaction open (it rolls back on
+    // drop), so the connection is still good: take it back from the poison.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn blocking<T, F>(operation: &'static str, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|join| StoreError::Query {
+            operation,
+            source: Box::new(join),
+        })?
+}
