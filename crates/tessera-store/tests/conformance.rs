@@ -1,0 +1,838 @@
+//! The store conformance suite: every backend must pass every test here, unchanged.
+//!
+//! Test bodies are backend-agnostic functions of `&dyn Store` (or `&Arc<dyn Store>` when tasks
+//! share it, or `&dyn Backend` when a test reopens the data). [`conformance_suite!`] turns each
+//! body into one `#[tokio::test]` per backend; a new backend (PostgreSQL) joins by implementing
+//! [`Backend`] and adding one `conformance_suite!(postgres, Postgres::fresh().await);` line.
+//!
+//! Times are fixed instants, never the wall clock: the store takes `now` as an argument.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tempfile::TempDir;
+use tessera_core::clock::UnixMillis;
+use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
+use tessera_core::redeem::{Decision, OnReplay, RedeemPolicy, RejectReason};
+use tessera_core::token::{REFRESH_TOKEN_PREFIX, RotationKey, Secret};
+use tessera_store::{
+    AuthCode, CodeRedemption, NewRefreshToken, RedeemRequest, Redemption, Session, SqliteStore,
+    SsoSession, Store, StoreError, StoredKey, Synchronous,
+};
+
+/// One backend under test: a private place for data and a way to open stores on it.
+#[async_trait]
+trait Backend: Send + Sync {
+    /// Opens a store on this backend's data; every call reaches the same data, as a restart or
+    /// a second replica would.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+/// Expands every test body below into one `#[tokio::test]` per backend, inside `mod $backend`.
+/// `$fresh` is evaluated once per test and must yield a [`Backend`] with empty, private data.
+macro_rules! conformance_suite {
+    ($backend:ident, $fresh:expr) => {
+        mod $backend {
+            use super::*;
+
+            conformance_suite!(@instantiate $fresh;
+                store: [
+                    secret_or_insert_keeps_the_first_value,
+                    signing_keys_come_back_oldest_first,
+                    revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them,
+                    a_code_is_claimed_once_then_reported_as_used,
+                    first_redemption_rotates_and_stores_the_successor,
+                    successor_never_outlives_its_session,
+                    reuse_without_grace_is_a_replay_that_revokes_the_session,
+                    replay_under_reject_policy_leaves_the_session_live,
+                    reuse_inside_grace_answers_the_stored_successor_expiry,
+                    grace_requiring_the_same_ip_treats_another_ip_as_a_replay,
+                    token_of_another_client_is_rejected_and_left_unused,
+                    expired_token_is_rejected_and_nothing_changes,
+                    session_past_its_absolute_end_is_rejected,
+                    unknown_token_is_rejected_without_a_session,
+                    revoking_a_session_answers_true_only_the_first_time,
+                    find_returns_what_was_stored,
+                    count_active_sessions_skips_revoked_and_ended_ones,
+                    sweep_deletes_what_can_never_be_used_again,
+                ],
+                shared: [
+                    fifty_concurrent_redemptions_rotate_exactly_once,
+                    fifty_concurrent_redemptions_inside_grace_converge_on_one_successor,
+                    fifty_concurrent_redemptions_under_reject_policy_leave_the_session_live,
+                ],
+                backend: [
+                    reopening_the_database_keeps_every_row,
+                    a_second_store_on_the_same_data_sees_the_first_ones_writes,
+                ],
+            );
+        }
+    };
+    (@instantiate $fresh:expr;
+        store: [$($store:ident),* $(,)?],
+        shared: [$($shared:ident),* $(,)?],
+        backend: [$($reopen:ident),* $(,)?] $(,)?
+    ) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $store() {
+                let backend = $fresh;
+                let store = backend.open().await;
+                super::$store(&*store).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $shared() {
+                let backend = $fresh;
+                let store = backend.open().await;
+                super::$shared(&store).await;
+            }
+        )*
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $reopen() {
+                let backend = $fresh;
+                super::$reopen(&backend).await;
+            }
+        )*
+    };
+}
+
+conformance_suite!(sqlite, Sqlite::fresh());
+
+/// SQLite in a temporary directory that lives as long as the backend.
+struct Sqlite {
+    dir: TempDir,
+}
+
+impl Sqlite {
+    fn fresh() -> Sqlite {
+        Sqlite {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("tessera.db")
+    }
+}
+
+#[async_trait]
+impl Backend for Sqlite {
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open(&self.path(), Synchronous::Normal).unwrap())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test bodies, backend-agnostic.
+
+async fn secret_or_insert_keeps_the_first_value(store: &dyn Store) {
+    let first = store.secret_or_insert("rotation", vec![1; 32]).await;
+    assert_eq!(first.unwrap(), vec![1; 32]);
+    let second = store.secret_or_insert("rotation", vec![2; 32]).await;
+    assert_eq!(second.unwrap(), vec![1; 32]);
+    let other = store.secret_or_insert("cookie", vec![3; 32]).await;
+    assert_eq!(other.unwrap(), vec![3; 32]);
+}
+
+async fn signing_keys_come_back_oldest_first(store: &dyn Store) {
+    assert_eq!(store.signing_keys().await.unwrap(), vec![]);
+    let newer = key("k2", T0.plus(Duration::from_secs(60)));
+    let older = key("k1", T0);
+    store.add_signing_key(newer.clone()).await.unwrap();
+    store.add_signing_key(older.clone()).await.unwrap();
+    assert_eq!(store.signing_keys().await.unwrap(), vec![older, newer]);
+}
+
+async fn revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them(store: &dyn Store) {
+    let handle = secret(100);
+    let sso = SsoSession {
+        handle: handle.hash(),
+        id: SsoId::new("sso-1"),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        expires_at: T0.plus(LIFETIME),
+        revoked_at: None,
+    };
+    store.create_sso(sso.clone()).await.unwrap();
+    assert_eq!(store.find_sso(handle.hash()).await.unwrap(), Some(sso));
+    assert_eq!(store.find_sso(secret(101).hash()).await.unwrap(), None);
+
+    let from_sso = |id: &str| Session {
+        sso_id: Some(SsoId::new("sso-1")),
+        ..session(id, T0)
+    };
+    start(store, from_sso("s-kubectl"), &secret(1)).await;
+    start(store, from_sso("s-dashboard"), &secret(2)).await;
+    start(store, session("s-elsewhere", T0), &secret(3)).await;
+
+    let later = T0.plus(Duration::from_secs(5));
+    let mut revoked = store
+        .revoke_sso(SsoId::new("sso-1"), later, "sign_out")
+        .await
+        .unwrap();
+    revoked.sort();
+    assert_eq!(revoked, vec![sid("s-dashboard"), sid("s-kubectl")]);
+    let found = store.find_sso(handle.hash()).await.unwrap().unwrap();
+    assert_eq!(found.revoked_at, Some(later));
+    for id in ["s-kubectl", "s-dashboard"] {
+        let s = store.find_session(sid(id)).await.unwrap().unwrap();
+        assert_eq!(s.revoked_at, Some(later), "{id}");
+    }
+    let untouched = store.find_session(sid("s-elsewhere")).await.unwrap();
+    assert_eq!(untouched.unwrap().revoked_at, None);
+
+    let again = store.revoke_sso(SsoId::new("sso-1"), later, "sign_out");
+    assert_eq!(again.await.unwrap(), vec![]);
+}
+
+async fn a_code_is_claimed_once_then_reported_as_used(store: &dyn Store) {
+    let code = secret(50);
+    let stored = AuthCode {
+        hash: code.hash(),
+        client_id: client(),
+        redirect_uri: "http://127.0.0.1:8000/callback".into(),
+        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+        nonce: Some("n-0S6_WzA2Mj".into()),
+        scope: "openid email groups".into(),
+        session_id: sid("s-from-code"),
+        sso_id: Some(SsoId::new("sso-1")),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        expires_at: T0.plus(Duration::from_secs(60)),
+    };
+    store.insert_code(stored.clone()).await.unwrap();
+
+    let first = store.redeem_code(code.hash(), T0).await.unwrap();
+    assert_eq!(first, CodeRedemption::Claimed(Box::new(stored)));
+    let second = store.redeem_code(code.hash(), T0).await.unwrap();
+    assert_eq!(
+        second,
+        CodeRedemption::AlreadyUsed {
+            session_id: sid("s-from-code")
+        }
+    );
+    let unknown = store.redeem_code(secret(51).hash(), T0).await.unwrap();
+    assert_eq!(unknown, CodeRedemption::Unknown);
+}
+
+async fn first_redemption_rotates_and_stores_the_successor(store: &dyn Store) {
+    let t = secret(1);
+    let s = start(store, session("s1", T0), &t).await;
+    let now = T0.plus(Duration::from_secs(30));
+
+    let r = redeem(store, &t, now, no_grace(OnReplay::RevokeSession)).await;
+    assert_eq!(r.decision, Decision::Rotate);
+    assert_eq!(r.session, Some(s));
+    assert_eq!(r.successor_expires_at, now.plus(TTL));
+
+    let spent = store.find_refresh_token(t.hash()).await.unwrap().unwrap();
+    assert_eq!(spent.used_at, Some(now));
+    let successor = next(&t);
+    let stored = store.find_refresh_token(successor.hash()).await.unwrap();
+    let stored = stored.expect("the successor is stored");
+    assert_eq!(stored.issued_at, now);
+    assert_eq!(stored.expires_at, now.plus(TTL));
+    assert_eq!(stored.used_at, None);
+    assert_eq!(stored.client_id, client());
+    assert_eq!(stored.session.id, sid("s1"));
+
+    let later = now.plus(Duration::from_secs(30));
+    let r = redeem(store, &successor, later, no_grace(OnReplay::RevokeSession)).await;
+    assert_eq!(r.decision, Decision::Rotate);
+    assert_eq!(r.successor_expires_at, later.plus(TTL));
+    assert!(
+        store
+            .find_refresh_token(next(&successor).hash())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn successor_never_outlives_its_session(store: &dyn Store) {
+    let t = secret(1);
+    let short = Session {
+        absolute_end: T0.plus(Duration::from_secs(600)),
+        ..session("s1", T0)
+    };
+    start(store, short, &t).await;
+    let now = T0.plus(Duration::from_secs(60));
+
+    let r = redeem(store, &t, now, no_grace(OnReplay::RevokeSession)).await;
+    assert_eq!(r.decision, Decision::Rotate);
+    assert_eq!(r.successor_expires_at, T0.plus(Duration::from_secs(600)));
+    let stored = store.find_refresh_token(next(&t).hash()).await.unwrap();
+    assert_eq!(
+        stored.unwrap().expires_at,
+        T0.plus(Duration::from_secs(600))
+    );
+}
+
+async fn reuse_without_grace_is_a_replay_that_revokes_the_session(store: &dyn Store) {
+    let t = secret(1);
+    start(store, session("s1", T0), &t).await;
+    let policy = no_grace(OnReplay::RevokeSession);
+    redeem_expecting_rotate(store, &t, T0, policy).await;
+
+    let replayed_at = T0.plus(Duration::from_millis(1_500));
+    let r = redeem_from(store, &t, replayed_at, policy, "10.9.9.9").await;
+    assert_eq!(
+        r.decision,
+        Decision::Replay {
+            revoke_session: true,
+            first_used_ip: IP.into(),
+            first_used_ms_ago: 1_500,
+        }
+    );
+    let before = r.session.expect("a replay names its session");
+    assert_eq!(before.revoked_at, None, "the session as it was before");
+
+    let after = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(after.revoked_at, Some(replayed_at));
+    assert_eq!(store.count_active_sessions(replayed_at).await.unwrap(), 0);
+    let r = redeem(store, &next(&t), replayed_at, policy).await;
+    assert_eq!(r.decision, Decision::Reject(RejectReason::SessionRevoked));
+}
+
+async fn replay_under_reject_policy_leaves_the_session_live(store: &dyn Store) {
+    let t = secret(1);
+    start(store, session("s1", T0), &t).await;
+    let policy = no_grace(OnReplay::Reject);
+    redeem_expecting_rotate(store, &t, T0, policy).await;
+
+    let now = T0.plus(Duration::from_secs(1));
+    let r = redeem(store, &t, now, policy).await;
+    assert!(
+        matches!(
+            r.decision,
+            Decision::Replay {
+                revoke_session: false,
+                ..
+            }
+        ),
+        "{:?}",
+        r.decision
+    );
+    let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(s.revoked_at, None);
+    let r = redeem(store, &next(&t), now, policy).await;
+    assert_eq!(r.decision, Decision::Rotate);
+}
+
+async fn reuse_inside_grace_answers_the_stored_successor_expiry(store: &dyn Store) {
+    let t = secret(1);
+    start(store, session("s1", T0), &t).await;
+    let policy = grace(5_000, false);
+    let first = redeem_expecting_rotate(store, &t, T0, policy).await;
+
+    let now = T0.plus(Duration::from_millis(4_999));
+    let r = redeem_from(store, &t, now, policy, "10.2.2.2").await;
+    assert_eq!(
+        r.decision,
+        Decision::Grace {
+            first_used_ip: IP.into(),
+            first_used_ms_ago: 4_999,
+        }
+    );
+    assert_eq!(r.successor_expires_at, first.successor_expires_at);
+    let stored = store.find_refresh_token(next(&t).hash()).await.unwrap();
+    let stored = stored.unwrap();
+    assert_eq!(r.successor_expires_at, stored.expires_at);
+    assert_eq!(stored.used_at, None, "grace hands out the successor unused");
+    let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(s.revoked_at, None);
+
+    let too_late = T0.plus(Duration::from_millis(5_000));
+    let r = redeem(store, &t, too_late, policy).await;
+    assert!(matches!(r.decision, Decision::Replay { .. }));
+}
+
+async fn grace_requiring_the_same_ip_treats_another_ip_as_a_replay(store: &dyn Store) {
+    let t = secret(1);
+    start(store, session("s1", T0), &t).await;
+    let policy = grace(60_000, true);
+    redeem_expecting_rotate(store, &t, T0, policy).await;
+    let now = T0.plus(Duration::from_secs(1));
+
+    let same = redeem_from(store, &t, now, policy, IP).await;
+    assert!(matches!(same.decision, Decision::Grace { .. }));
+    let other = redeem_from(store, &t, now, policy, "10.9.9.9").await;
+    assert!(matches!(
+        other.decision,
+        Decision::Replay {
+            revoke_session: true,
+            ..
+        }
+    ));
+    let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(s.revoked_at, Some(now));
+}
+
+async fn token_of_another_client_is_rejected_and_left_unused(store: &dyn Store) {
+    let t = secret(1);
+    start(store, session("s1", T0), &t).await;
+    let policy = no_grace(OnReplay::RevokeSession);
+    let mut stolen = request(&t, T0, policy);
+    stolen.client_id = ClientId::new("demo");
+
+    let r = store.redeem_refresh_token(stolen.clone()).await.unwrap();
+    assert_eq!(r.decision, Decision::Reject(RejectReason::OtherClient));
+    let info = store.find_refresh_token(t.hash()).await.unwrap().unwrap();
+    assert_eq!(info.used_at, None, "the rejected claim was rolled back");
+    assert_eq!(
+        store.find_refresh_token(next(&t).hash()).await.unwrap(),
+        None
+    );
+
+    redeem_expecting_rotate(store, &t, T0, policy).await;
+    // Once used, the other client's attempt is still refused as such, not taken for a replay.
+    let r = store.redeem_refresh_token(stolen).await.unwrap();
+    assert_eq!(r.decision, Decision::Reject(RejectReason::OtherClient));
+    let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(s.revoked_at, None);
+}
+
+async fn expired_token_is_rejected_and_nothing_changes(store: &dyn Store) {
+    let t = secret(1);
+    start(store, session("s1", T0), &t).await;
+    let expiry = T0.plus(TTL);
+
+    let r = redeem(store, &t, expiry, no_grace(OnReplay::RevokeSession)).await;
+    assert_eq!(r.decision, Decision::Reject(RejectReason::TokenExpired));
+    let info = store.find_refresh_token(t.hash()).await.unwrap().unwrap();
+    assert_eq!(info.used_at, None);
+    assert_eq!(info.session.revoked_at, None);
+    assert_eq!(
+        store.find_refresh_token(next(&t).hash()).await.unwrap(),
+        None
+    );
+}
+
+async fn session_past_its_absolute_end_is_rejected(store: &dyn Store) {
+    let t = secret(1);
+    let short = Session {
+        absolute_end: T0.plus(Duration::from_secs(60)),
+        ..session("s1", T0)
+    };
+    start(store, short, &t).await;
+    let end = T0.plus(Duration::from_secs(60));
+
+    let r = redeem(store, &t, end, grace(60_000, false)).await;
+    assert_eq!(r.decision, Decision::Reject(RejectReason::SessionEnded));
+    let info = store.find_refresh_token(t.hash()).await.unwrap().unwrap();
+    assert_eq!(info.used_at, None);
+    assert_eq!(
+        store.find_refresh_token(next(&t).hash()).await.unwrap(),
+        None
+    );
+}
+
+async fn unknown_token_is_rejected_without_a_session(store: &dyn Store) {
+    start(store, session("s1", T0), &secret(1)).await;
+    let r = redeem(store, &secret(2), T0, no_grace(OnReplay::RevokeSession)).await;
+    assert_eq!(r.decision, Decision::Reject(RejectReason::UnknownToken));
+    assert_eq!(r.session, None);
+    assert_eq!(
+        store
+            .find_refresh_token(next(&secret(2)).hash())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn revoking_a_session_answers_true_only_the_first_time(store: &dyn Store) {
+    let t = secret(1);
+    start(store, session("s1", T0), &t).await;
+    let now = T0.plus(Duration::from_secs(10));
+
+    assert!(store.revoke_session(sid("s1"), now, "admin").await.unwrap());
+    let later = now.plus(Duration::from_secs(10));
+    assert!(
+        !store
+            .revoke_session(sid("s1"), later, "admin")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_session(sid("nope"), now, "admin")
+            .await
+            .unwrap()
+    );
+    let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(s.revoked_at, Some(now), "the first revocation's time stays");
+
+    let r = redeem(store, &t, later, no_grace(OnReplay::RevokeSession)).await;
+    assert_eq!(r.decision, Decision::Reject(RejectReason::SessionRevoked));
+}
+
+async fn find_returns_what_was_stored(store: &dyn Store) {
+    let t = secret(1);
+    let stored = Session {
+        sso_id: Some(SsoId::new("sso-1")),
+        auth_time: T0,
+        ..session("s1", T0.plus(Duration::from_secs(2)))
+    };
+    start(store, stored.clone(), &t).await;
+
+    assert_eq!(
+        store.find_session(sid("s1")).await.unwrap(),
+        Some(stored.clone())
+    );
+    assert_eq!(store.find_session(sid("s2")).await.unwrap(), None);
+    let info = store.find_refresh_token(t.hash()).await.unwrap().unwrap();
+    assert_eq!(info.client_id, client());
+    assert_eq!(info.issued_at, stored.created_at);
+    assert_eq!(info.expires_at, stored.created_at.plus(TTL));
+    assert_eq!(info.used_at, None);
+    assert_eq!(info.session, stored);
+    assert_eq!(
+        store.find_refresh_token(secret(2).hash()).await.unwrap(),
+        None
+    );
+}
+
+async fn count_active_sessions_skips_revoked_and_ended_ones(store: &dyn Store) {
+    assert_eq!(store.count_active_sessions(T0).await.unwrap(), 0);
+    let ends_soon = Session {
+        absolute_end: T0.plus(Duration::from_secs(60)),
+        ..session("ends-soon", T0)
+    };
+    start(store, ends_soon, &secret(1)).await;
+    start(store, session("live", T0), &secret(2)).await;
+    start(store, session("revoked", T0), &secret(3)).await;
+    assert_eq!(store.count_active_sessions(T0).await.unwrap(), 3);
+
+    store
+        .revoke_session(sid("revoked"), T0, "admin")
+        .await
+        .unwrap();
+    assert_eq!(store.count_active_sessions(T0).await.unwrap(), 2);
+    let at_end = T0.plus(Duration::from_secs(60));
+    assert_eq!(store.count_active_sessions(at_end).await.unwrap(), 1);
+}
+
+async fn sweep_deletes_what_can_never_be_used_again(store: &dyn Store) {
+    let ended = Session {
+        absolute_end: T0.plus(Duration::from_secs(60)),
+        ..session("ended", T0)
+    };
+    start(store, ended, &secret(1)).await;
+    start(store, session("live", T0), &secret(2)).await;
+    start(store, session("revoked", T0), &secret(3)).await;
+    store
+        .revoke_session(sid("revoked"), T0, "admin")
+        .await
+        .unwrap();
+    let sso = SsoSession {
+        handle: secret(4).hash(),
+        id: SsoId::new("sso-old"),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        expires_at: T0.plus(Duration::from_secs(60)),
+        revoked_at: None,
+    };
+    store.create_sso(sso).await.unwrap();
+
+    let now = T0.plus(Duration::from_secs(60));
+    // The ended session and its token, the expired SSO session: three rows.
+    assert_eq!(store.sweep(now).await.unwrap(), 3);
+    assert_eq!(store.find_session(sid("ended")).await.unwrap(), None);
+    assert_eq!(
+        store.find_refresh_token(secret(1).hash()).await.unwrap(),
+        None
+    );
+    assert_eq!(store.find_sso(secret(4).hash()).await.unwrap(), None);
+    assert!(store.find_session(sid("live")).await.unwrap().is_some());
+    // Revoked sessions stay until their end, so a replay of their tokens is still recognised.
+    assert!(store.find_session(sid("revoked")).await.unwrap().is_some());
+    assert!(
+        store
+            .find_refresh_token(secret(3).hash())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.sweep(now).await.unwrap(), 0);
+}
+
+async fn fifty_concurrent_redemptions_rotate_exactly_once(store: &Arc<dyn Store>) {
+    let decisions = race(store, grace(0, false)).await;
+    assert_eq!(count(&decisions, |d| *d == Decision::Rotate), 1);
+    let refused = count(&decisions, |d| {
+        matches!(
+            d,
+            Decision::Replay {
+                revoke_session: true,
+                ..
+            } | Decision::Reject(RejectReason::SessionRevoked)
+        )
+    });
+    assert_eq!(refused, RACERS - 1, "{decisions:?}");
+    assert!(
+        decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Replay { .. }))
+    );
+    let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert!(s.revoked_at.is_some(), "a replay revokes the session");
+}
+
+async fn fifty_concurrent_redemptions_inside_grace_converge_on_one_successor(
+    store: &Arc<dyn Store>,
+) {
+    let decisions = race(store, grace(60_000, false)).await;
+    assert_eq!(count(&decisions, |d| *d == Decision::Rotate), 1);
+    let graced = count(&decisions, |d| matches!(d, Decision::Grace { .. }));
+    assert_eq!(graced, RACERS - 1, "{decisions:?}");
+    let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(s.revoked_at, None);
+    let later = T0.plus(Duration::from_secs(2));
+    let r = redeem(&**store, &next(&secret(1)), later, grace(60_000, false)).await;
+    assert_eq!(
+        r.decision,
+        Decision::Rotate,
+        "the one successor is still fresh"
+    );
+}
+
+async fn fifty_concurrent_redemptions_under_reject_policy_leave_the_session_live(
+    store: &Arc<dyn Store>,
+) {
+    let decisions = race(store, no_grace(OnReplay::Reject)).await;
+    assert_eq!(count(&decisions, |d| *d == Decision::Rotate), 1);
+    let refused = count(&decisions, |d| {
+        matches!(
+            d,
+            Decision::Replay {
+                revoke_session: false,
+                ..
+            }
+        )
+    });
+    assert_eq!(refused, RACERS - 1, "{decisions:?}");
+    let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(s.revoked_at, None);
+}
+
+async fn reopening_the_database_keeps_every_row(backend: &dyn Backend) {
+    let t = secret(1);
+    {
+        let store = backend.open().await;
+        store
+            .secret_or_insert("rotation", vec![1; 32])
+            .await
+            .unwrap();
+        store.add_signing_key(key("k1", T0)).await.unwrap();
+        start(&*store, session("s1", T0), &t).await;
+        redeem_expecting_rotate(&*store, &t, T0, no_grace(OnReplay::RevokeSession)).await;
+    }
+    // Each open runs the migrations again; they must find nothing left to do.
+    for _ in 0..2 {
+        let store = backend.open().await;
+        let value = store.secret_or_insert("rotation", vec![2; 32]).await;
+        assert_eq!(value.unwrap(), vec![1; 32]);
+        assert_eq!(store.signing_keys().await.unwrap(), vec![key("k1", T0)]);
+        let spent = store.find_refresh_token(t.hash()).await.unwrap().unwrap();
+        assert_eq!(spent.used_at, Some(T0));
+        assert_eq!(spent.session, session("s1", T0));
+        let successor = store.find_refresh_token(next(&t).hash()).await.unwrap();
+        assert_eq!(successor.unwrap().used_at, None);
+    }
+    let store = backend.open().await;
+    let r = redeem(&*store, &next(&t), T0, no_grace(OnReplay::RevokeSession)).await;
+    assert_eq!(r.decision, Decision::Rotate);
+}
+
+async fn a_second_store_on_the_same_data_sees_the_first_ones_writes(backend: &dyn Backend) {
+    let (one, two) = (backend.open().await, backend.open().await);
+    let t = secret(1);
+    start(&*one, session("s1", T0), &t).await;
+    redeem_expecting_rotate(&*two, &t, T0, no_grace(OnReplay::RevokeSession)).await;
+    let r = redeem(&*one, &t, T0, no_grace(OnReplay::RevokeSession)).await;
+    assert!(matches!(r.decision, Decision::Replay { .. }));
+    let s = two.find_session(sid("s1")).await.unwrap().unwrap();
+    assert_eq!(s.revoked_at, Some(T0));
+}
+
+/// What only SQLite has: its schema version lives in `PRAGMA user_version`.
+mod sqlite_only {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_newer_than_this_binary_is_refused() {
+        let backend = Sqlite::fresh();
+        drop(backend.open().await);
+        let raw = rusqlite::Connection::open(backend.path()).unwrap();
+        raw.pragma_update(None, "user_version", 99).unwrap();
+        drop(raw);
+        let opened = SqliteStore::open(&backend.path(), Synchronous::Normal);
+        assert!(
+            matches!(
+                opened,
+                Err(StoreError::SchemaTooNew {
+                    found: 99,
+                    known: 1
+                })
+            ),
+            "{:?}",
+            opened.err()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+const T0: UnixMillis = UnixMillis(1_700_000_000_000);
+const TTL: Duration = Duration::from_secs(15 * 60);
+const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+const IP: &str = "10.1.1.1";
+const RACERS: usize = 50;
+
+fn secret(n: u8) -> Secret {
+    Secret::from_random(REFRESH_TOKEN_PREFIX, [n; 32])
+}
+
+/// The successor of `t`, derived as the server derives it.
+fn next(t: &Secret) -> Secret {
+    t.successor(&RotationKey::new(vec![42; 32]))
+}
+
+fn client() -> ClientId {
+    ClientId::new("kubernetes")
+}
+
+fn sid(id: &str) -> SessionId {
+    SessionId::new(id)
+}
+
+fn key(kid: &str, created_at: UnixMillis) -> StoredKey {
+    StoredKey {
+        kid: kid.into(),
+        alg: "RS256".into(),
+        pkcs8: kid.as_bytes().to_vec(),
+        created_at,
+    }
+}
+
+fn session(id: &str, created_at: UnixMillis) -> Session {
+    Session {
+        id: sid(id),
+        subject: Subject::new("alice"),
+        client_id: client(),
+        sso_id: None,
+        scope: "openid groups".into(),
+        auth_time: created_at,
+        created_at,
+        absolute_end: created_at.plus(LIFETIME),
+        revoked_at: None,
+    }
+}
+
+/// Starts `session` with `first` as its refresh token, issued at the session's start.
+async fn start(store: &dyn Store, session: Session, first: &Secret) -> Session {
+    let token = NewRefreshToken {
+        hash: first.hash(),
+        issued_at: session.created_at,
+        expires_at: session.created_at.plus(TTL).min(session.absolute_end),
+    };
+    store.start_session(session.clone(), token).await.unwrap();
+    session
+}
+
+fn no_grace(on_replay: OnReplay) -> RedeemPolicy {
+    RedeemPolicy {
+        grace_period: Duration::ZERO,
+        grace_requires_same_ip: false,
+        on_replay,
+    }
+}
+
+fn grace(millis: u64, same_ip: bool) -> RedeemPolicy {
+    RedeemPolicy {
+        grace_period: Duration::from_millis(millis),
+        grace_requires_same_ip: same_ip,
+        on_replay: OnReplay::RevokeSession,
+    }
+}
+
+fn request(t: &Secret, now: UnixMillis, policy: RedeemPolicy) -> RedeemRequest {
+    RedeemRequest {
+        hash: t.hash(),
+        successor: next(t).hash(),
+        client_id: client(),
+        ip: IP.into(),
+        now,
+        policy,
+        ttl: TTL,
+    }
+}
+
+async fn redeem(
+    store: &dyn Store,
+    t: &Secret,
+    now: UnixMillis,
+    policy: RedeemPolicy,
+) -> Redemption {
+    redeem_from(store, t, now, policy, IP).await
+}
+
+async fn redeem_from(
+    store: &dyn Store,
+    t: &Secret,
+    now: UnixMillis,
+    policy: RedeemPolicy,
+    ip: &str,
+) -> Redemption {
+    let request = RedeemRequest {
+        ip: ip.into(),
+        ..request(t, now, policy)
+    };
+    store.redeem_refresh_token(request).await.unwrap()
+}
+
+async fn redeem_expecting_rotate(
+    store: &dyn Store,
+    t: &Secret,
+    now: UnixMillis,
+    policy: RedeemPolicy,
+) -> Redemption {
+    let r = redeem(store, t, now, policy).await;
+    assert_eq!(r.decision, Decision::Rotate);
+    r
+}
+
+/// Starts session `s1` and has [`RACERS`] tasks redeem its first token at the same instant.
+async fn race(store: &Arc<dyn Store>, policy: RedeemPolicy) -> Vec<Decision> {
+    let t = secret(1);
+    start(&**store, session("s1", T0), &t).await;
+    let now = T0.plus(Duration::from_secs(1));
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, barrier) = (Arc::clone(store), Arc::clone(&barrier));
+            let request = request(&t, now, policy);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.redeem_refresh_token(request).await.unwrap().decision
+            })
+        })
+        .collect();
+    let mut decisions = Vec::with_capacity(RACERS);
+    for task in tasks {
+        decisions.push(task.await.unwrap());
+    }
+    decisions
+}
+
+fn count(decisions: &[Decision], matching: impl Fn(&Decision) -> bool) -> usize {
+    decisions.iter().filter(|d| matching(d)).count()
+}

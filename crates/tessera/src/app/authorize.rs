@@ -1,0 +1,393 @@
+//! The authorization endpoint's use cases: validating the request (RFC 6749 §4.1.1, OpenID
+//! Connect Core §3.1.2), the login with rate limiting, the SSO session, and issuing codes.
+
+use std::time::Duration;
+
+use tessera_core::audit::{Event, Subjects};
+use tessera_core::id::{SessionId, SsoId, Subject};
+use tessera_core::pkce;
+use tessera_core::token::{MAX_TOKEN_LEN, Secret};
+use tessera_store::{AuthCode, SsoSession};
+use url::Url;
+
+use super::{App, AppError, RequestContext, random_id, random_secret};
+use crate::config::Client;
+
+/// Lifetime of an authorization code: RFC 6749 §4.1.2 recommends at most ten minutes; a code
+/// is exchanged within a second by every real client.
+const CODE_TTL: Duration = Duration::from_secs(60);
+
+/// Scopes tessera grants, in the order it reports them.
+const KNOWN_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offline_access"];
+
+/// A validated authorization request.
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    /// The client.
+    pub client_id: String,
+    /// The redirect URI, exactly as sent.
+    pub redirect_uri: String,
+    /// The granted scope (known scopes only, space-separated).
+    pub scope: String,
+    /// The client's `state`, echoed back.
+    pub state: Option<String>,
+    /// The OpenID Connect `nonce`.
+    pub nonce: Option<String>,
+    /// The PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    /// `prompt=login` forces the form even with an SSO session.
+    pub force_login: bool,
+    /// `prompt=none` forbids the form.
+    pub no_prompt: bool,
+}
+
+/// Why an authorization request fails, and how to tell the user.
+#[derive(Debug)]
+pub enum AuthorizeError {
+    /// The client or redirect URI cannot be trusted: show a page, never redirect (RFC 6749
+    /// §4.1.2.1).
+    Page(String),
+    /// Tell the client through its redirect URI.
+    Redirect(String),
+}
+
+/// Why a login failed.
+#[derive(Debug)]
+pub enum LoginFailure {
+    /// Wrong user name or password.
+    BadCredentials,
+    /// Too many failures for this user or IP; retry after this many seconds.
+    RateLimited(u64),
+    /// The store failed.
+    Unavailable(AppError),
+}
+
+/// A successful login: the SSO session and its cookie handle.
+pub struct LoginOutcome {
+    /// The SSO session.
+    pub sso: SsoSession,
+    /// The secret the SSO cookie carries.
+    pub handle: Secret,
+}
+
+impl App {
+    /// Validates an authorization request. `param` returns a parameter's single value.
+    pub fn validate_authorization(
+        &self,
+        param: impl Fn(&str) -> Option<String>,
+    ) -> Result<AuthRequest, AuthorizeError> {
+        let client_id = param("client_id")
+            .ok_or_else(|| AuthorizeError::Page("The request names no client_id.".into()))?;
+        let client = self
+            .client(&client_id)
+            .ok_or_else(|| AuthorizeError::Page(format!("Unknown client `{client_id}`.")))?;
+        let redirect_uri = param("redirect_uri")
+            .ok_or_else(|| AuthorizeError::Page("The request has no redirect_uri.".into()))?;
+        if !redirect_allowed(client, &redirect_uri) {
+            return Err(AuthorizeError::Page(format!(
+                "The redirect_uri `{redirect_uri}` is not registered for client `{client_id}`."
+            )));
+        }
+        let state = param("state");
+        let fail = |error: &str, description: &str| {
+            AuthorizeError::Redirect(self.error_redirect(
+                &redirect_uri,
+                error,
+                description,
+                state.as_deref(),
+            ))
+        };
+        match param("response_type").as_deref() {
+            Some("code") => {}
+            Some(_) => {
+                return Err(fail(
+                    "unsupported_response_type",
+                    "only response_type=code is supported",
+                ));
+            }
+            None => return Err(fail("invalid_request", "response_type is required")),
+        }
+        let requested = param("scope").unwrap_or_default();
+        let scope: Vec<&str> = KNOWN_SCOPES
+            .into_iter()
+            .filter(|known| requested.split(' ').any(|s| s == *known))
+            .collect();
+        if !scope.contains(&"openid") {
+            return Err(fail("invalid_scope", "the scope must include openid"));
+        }
+        let code_challenge = param("code_challenge");
+        match (param("code_challenge_method").as_deref(), &code_challenge) {
+            (_, None) if client.public => {
+                return Err(fail(
+                    "invalid_request",
+                    "public clients must use PKCE (code_challenge with S256)",
+                ));
+            }
+            (Some("S256"), Some(c)) if pkce::is_valid_s256_challenge(c) => {}
+            (Some("S256"), Some(_)) => {
+                return Err(fail(
+                    "invalid_request",
+                    "code_challenge is not a valid S256 challenge",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(fail(
+                    "invalid_request",
+                    "code_challenge_method must be S256",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(fail(
+                    "invalid_request",
+                    "code_challenge_method without code_challenge",
+                ));
+            }
+            (None, None) => {}
+        }
+        let prompt = param("prompt").unwrap_or_default();
+        let nonce = param("nonce");
+        if nonce.as_ref().is_some_and(|n| n.len() > 512)
+            || state.as_ref().is_some_and(|s| s.len() > 2048)
+        {
+            return Err(fail("invalid_request", "state or nonce is too long"));
+        }
+        Ok(AuthRequest {
+            client_id,
+            scope: scope.join(" "),
+            state: state.clone(),
+            nonce,
+            code_challenge,
+            force_login: prompt.split(' ').any(|p| p == "login"),
+            no_prompt: prompt.split(' ').any(|p| p == "none"),
+            redirect_uri,
+        })
+    }
+
+    /// The redirect URI with an error (RFC 6749 §4.1.2.1) and the issuer (RFC 9207).
+    pub fn error_redirect(
+        &self,
+        redirect_uri: &str,
+        error: &str,
+        description: &str,
+        state: Option<&str>,
+    ) -> String {
+        self.redirect_with(
+            redirect_uri,
+            &[("error", error), ("error_description", description)],
+            state,
+        )
+    }
+
+    fn redirect_with(
+        &self,
+        redirect_uri: &str,
+        pairs: &[(&str, &str)],
+        state: Option<&str>,
+    ) -> String {
+        let Ok(mut url) = Url::parse(redirect_uri) else {
+            return redirect_uri.to_owned();
+        };
+        {
+            let mut query = url.query_pairs_mut();
+            for (k, v) in pairs {
+                query.append_pair(k, v);
+            }
+            if let Some(state) = state {
+                query.append_pair("state", state);
+            }
+            query.append_pair("iss", &self.issuer);
+        }
+        url.to_string()
+    }
+
+    /// The live SSO session that a cookie handle names, if any.
+    pub async fn sso_session(&self, handle: Option<&str>) -> Result<Option<SsoSession>, AppError> {
+        let Some(handle) = handle.filter(|h| h.len() <= MAX_TOKEN_LEN) else {
+            return Ok(None);
+        };
+        let now = self.now();
+        let sso = self
+            .store
+            .find_sso(Secret::from_presented(handle).hash())
+            .await?;
+        Ok(sso.filter(|s| s.revoked_at.is_none() && now < s.expires_at))
+    }
+
+    /// Checks a user's password, rate-limited per user and per IP (failures only).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        ctx: &RequestContext,
+    ) -> Result<LoginOutcome, LoginFailure> {
+        let now = self.now();
+        let (user_key, ip_key) = (format!("user:{username}"), format!("ip:{}", ctx.ip));
+        let who = Subjects {
+            uid: Some(username.to_owned()),
+            source_ip: Some(ctx.ip.clone()),
+            user_agent: ctx.user_agent.clone(),
+            ..Subjects::default()
+        };
+        let blocked = self
+            .limiter
+            .retry_after(&user_key, now)
+            .max(self.limiter.retry_after(&ip_key, now));
+        if let Some(seconds) = blocked {
+            self.record(
+                &Event::LoginFailed {
+                    reason: "rate_limited".into(),
+                },
+                who,
+            );
+            return Err(LoginFailure::RateLimited(seconds));
+        }
+        let user = self.users.find(username).cloned();
+        let ok = match &user {
+            Some(user) => self.password_matches(&user.password_hash, password).await,
+            // Spend the same time for unknown users, so timing does not reveal which exist.
+            None => {
+                self.password_matches(&self.dummy_password_hash, password)
+                    .await;
+                false
+            }
+        };
+        let Some(user) = user.filter(|_| ok) else {
+            self.limiter.record_failure(&user_key, now);
+            self.limiter.record_failure(&ip_key, now);
+            self.record(
+                &Event::LoginFailed {
+                    reason: "bad_credentials".into(),
+                },
+                who,
+            );
+            return Err(LoginFailure::BadCredentials);
+        };
+        let handle = random_secret("tss1_");
+        let sso = SsoSession {
+            handle: handle.hash(),
+            id: SsoId::new(random_id()),
+            subject: Subject::new(user.username.clone()),
+            auth_time: now,
+            expires_at: now.plus(self.config.session_max_lifetime),
+            revoked_at: None,
+        };
+        self.store
+            .create_sso(sso.clone())
+            .await
+            .map_err(|e| LoginFailure::Unavailable(e.into()))?;
+        self.record(&Event::LoginSucceeded, who);
+        Ok(LoginOutcome { sso, handle })
+    }
+
+    async fn password_matches(&self, hash: &str, password: &str) -> bool {
+        let Ok(_permit) = self.slow_hash_gate.acquire().await else {
+            return false;
+        };
+        let (hash, password) = (hash.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || crate::secret::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Issues a code for a validated request and an authenticated user; returns where to send
+    /// the browser.
+    pub async fn issue_code(
+        &self,
+        request: &AuthRequest,
+        sso: &SsoSession,
+    ) -> Result<String, AppError> {
+        let now = self.now();
+        let code = random_secret("tsc1_");
+        self.store
+            .insert_code(AuthCode {
+                hash: code.hash(),
+                client_id: tessera_core::id::ClientId::new(request.client_id.clone()),
+                redirect_uri: request.redirect_uri.clone(),
+                code_challenge: request.code_challenge.clone(),
+                nonce: request.nonce.clone(),
+                scope: request.scope.clone(),
+                session_id: SessionId::new(random_id()),
+                sso_id: Some(sso.id.clone()),
+                subject: sso.subject.clone(),
+                auth_time: sso.auth_time,
+                expires_at: now.plus(CODE_TTL),
+            })
+            .await?;
+        Ok(self.redirect_with(
+            &request.redirect_uri,
+            &[("code", code.expose())],
+            request.state.as_deref(),
+        ))
+    }
+}
+
+/// Exact match, except that a public client's loopback redirect may use any port
+/// (RFC 8252 §7.3): native apps such as `tessera login` listen on a random port.
+pub(crate) fn redirect_allowed(client: &Client, uri: &str) -> bool {
+    if client.redirect_uris.iter().any(|r| r == uri) {
+        return true;
+    }
+    if !client.public {
+        return false;
+    }
+    let Ok(given) = Url::parse(uri) else {
+        return false;
+    };
+    let loopback = matches!(given.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    if given.scheme() != "http"
+        || !loopback
+        || !given.username().is_empty()
+        || given.password().is_some()
+        || given.fragment().is_some()
+    {
+        return false;
+    }
+    client
+        .redirect_uris
+        .iter()
+        .filter_map(|r| Url::parse(r).ok())
+        .any(|registered| {
+            registered.scheme() == "http"
+                && registered.host_str() == given.host_str()
+                && registered.path() == given.path()
+                && registered.query() == given.query()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::id::ClientId;
+
+    fn client(public: bool) -> Client {
+        Client {
+            id: ClientId::new("c"),
+            public,
+            secret_hash: None,
+            redirect_uris: vec![
+                "http://127.0.0.1/callback".into(),
+                "https://app.example/cb".into(),
+            ],
+            post_logout_redirect_uris: vec![],
+        }
+    }
+
+    #[test]
+    fn public_loopback_redirects_match_any_port_but_nothing_else() {
+        let c = client(true);
+        assert!(redirect_allowed(&c, "http://127.0.0.1:53123/callback"));
+        assert!(redirect_allowed(&c, "http://127.0.0.1/callback"));
+        assert!(!redirect_allowed(&c, "http://127.0.0.1:53123/other"));
+        assert!(!redirect_allowed(&c, "http://localhost:53123/callback"));
+        assert!(!redirect_allowed(&c, "http://127.0.0.1:5/callback?x=1"));
+        assert!(!redirect_allowed(&c, "https://app.example:444/cb"));
+        assert!(redirect_allowed(&c, "https://app.example/cb"));
+    }
+
+    #[test]
+    fn confidential_clients_need_the_exact_uri() {
+        let c = client(false);
+        assert!(!redirect_allowed(&c, "http://127.0.0.1:53123/callback"));
+        assert!(redirect_allowed(&c, "http://127.0.0.1/callback"));
+    }
+}

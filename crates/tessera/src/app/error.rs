@@ -1,0 +1,41 @@
+//! Failures of the use cases, in domain terms. `http::error` maps them to OAuth 2.0 error
+//! codes and statuses, in one place.
+
+use tessera_store::StoreError;
+
+use crate::keys::KeyError;
+
+/// A use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request is malformed (RFC 6749 §5.2 `invalid_request`).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Client authentication failed (`invalid_client`, 401).
+    #[error("client authentication failed")]
+    InvalidClient,
+    /// The code or refresh token is not (or no longer) good (`invalid_grant`). The reason goes to
+    /// the log and the audit, never to the client.
+    #[error("the grant is invalid or expired")]
+    InvalidGrant {
+        /// Why, for the log.
+        reason: &'static str,
+    },
+    #[error("grant_type `{0}` is not supported")]
+    UnsupportedGrantType(String),
+    /// A scope beyond the granted one (`invalid_scope`).
+    #[error("{0}")]
+    InvalidScope(String),
+    /// A bearer token is missing, malformed, expired or revoked (RFC 6750 §3.1).
+    #[error("the access token is invalid")]
+    InvalidToken,
+    /// The store failed: retryable (`temporarily_unavailable`, 503).
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+    /// Keys could not be loaded or used (`server_error`).
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
+    /// Signing failed (`server_error`).
+    #[error("signing failed: {0}")]
+    Signing(#[from] tessera_core::jwt::JwtError),
+}

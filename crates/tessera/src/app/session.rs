@@ -1,0 +1,233 @@
+//! Ending and inspecting sessions: revocation (RFC 7009), introspection (RFC 7662), userinfo
+//! (OpenID Connect Core §5.3) and RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0).
+
+use serde_json::{Value, json};
+use tessera_core::audit::{Event, Subjects};
+use tessera_core::id::{SessionId, SsoId};
+use tessera_core::jwt::Expect;
+use tessera_core::token::{MAX_TOKEN_LEN, REFRESH_TOKEN_PREFIX, Secret};
+use tessera_store::Session;
+
+use super::token::{subjects, user_claims};
+use super::{App, AppError, RequestContext};
+use crate::config::Client;
+
+/// The claims tessera reads back from its own access tokens and id_tokens.
+#[derive(Debug, serde::Deserialize)]
+struct OwnClaims {
+    sub: String,
+    sid: String,
+    aud: String,
+    exp: i64,
+    iat: i64,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// What a valid `id_token_hint` tells logout.
+#[derive(Debug)]
+pub struct LogoutHint {
+    /// The client the id_token was issued to.
+    pub client_id: String,
+    /// The session it belongs to.
+    pub session_id: SessionId,
+}
+
+impl App {
+    /// RFC 7009: revoking a refresh token (or an access token) ends its whole session. Unknown
+    /// tokens and tokens of other clients are ignored, as §2.2 asks.
+    pub async fn revoke(
+        &self,
+        client: &Client,
+        token: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AppError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Ok(());
+        }
+        let session = if token.starts_with(REFRESH_TOKEN_PREFIX) {
+            let info = self
+                .store
+                .find_refresh_token(Secret::from_presented(token).hash())
+                .await?;
+            info.filter(|i| i.client_id == client.id).map(|i| i.session)
+        } else {
+            match self.verify_own(token, "at+jwt", false) {
+                Some(claims) if claims.aud == client.id.as_str() => {
+                    self.store.find_session(SessionId::new(claims.sid)).await?
+                }
+                _ => None,
+            }
+        };
+        if let Some(session) = session {
+            self.end_session(&session, "revocation_endpoint", ctx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// RFC 7662 introspection for confidential clients.
+    pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, AppError> {
+        let inactive = json!({"active": false});
+        if client.public {
+            return Err(AppError::InvalidClient);
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Ok(inactive);
+        }
+        let now = self.now();
+        if token.starts_with(REFRESH_TOKEN_PREFIX) {
+            let Some(info) = self
+                .store
+                .find_refresh_token(Secret::from_presented(token).hash())
+                .await?
+            else {
+                return Ok(inactive);
+            };
+            let live =
+                info.used_at.is_none() && now < info.expires_at && is_live(&info.session, now);
+            if !live {
+                return Ok(inactive);
+            }
+            return Ok(json!({
+                "active": true,
+                "token_type": "refresh_token",
+                "client_id": info.client_id,
+                "sub": info.session.subject,
+                "scope": info.session.scope,
+                "exp": info.expires_at.as_secs(),
+                "iat": info.issued_at.as_secs(),
+                "iss": self.issuer,
+                "sid": info.session.id,
+            }));
+        }
+        let Some(claims) = self.verify_own(token, "at+jwt", false) else {
+            return Ok(inactive);
+        };
+        match self
+            .store
+            .find_session(SessionId::new(claims.sid.clone()))
+            .await?
+        {
+            Some(session) if is_live(&session, now) => Ok(json!({
+                "active": true,
+                "token_type": "Bearer",
+                "client_id": claims.aud,
+                "sub": claims.sub,
+                "scope": claims.scope,
+                "exp": claims.exp,
+                "iat": claims.iat,
+                "iss": self.issuer,
+                "sid": claims.sid,
+            })),
+            _ => Ok(inactive),
+        }
+    }
+
+    /// The user's claims for a valid access token of a live session.
+    pub async fn userinfo(&self, access_token: &str) -> Result<Value, AppError> {
+        let claims = self
+            .verify_own(access_token, "at+jwt", false)
+            .ok_or(AppError::InvalidToken)?;
+        let session = self
+            .store
+            .find_session(SessionId::new(claims.sid))
+            .await?
+            .filter(|s| is_live(s, self.now()))
+            .ok_or(AppError::InvalidToken)?;
+        let user = self
+            .users
+            .find(session.subject.as_str())
+            .ok_or(AppError::InvalidToken)?;
+        let mut info = user_claims(user, &session.scope);
+        info.insert("sub".into(), json!(session.subject));
+        Ok(Value::Object(info))
+    }
+
+    /// Checks an `id_token_hint` (expired ones are fine: the user is logging out).
+    pub fn logout_hint(&self, id_token: &str) -> Option<LogoutHint> {
+        self.verify_own(id_token, "JWT", true).map(|c| LogoutHint {
+            client_id: c.aud,
+            session_id: SessionId::new(c.sid),
+        })
+    }
+
+    /// Whether `uri` is a registered post-logout redirect of `client_id`.
+    pub fn post_logout_redirect_allowed(&self, client_id: &str, uri: &str) -> bool {
+        self.client(client_id)
+            .is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri))
+    }
+
+    /// Ends an SSO session and every session started from it, plus the hinted session.
+    pub async fn logout(
+        &self,
+        sso_id: Option<SsoId>,
+        hinted: Option<SessionId>,
+        ctx: &RequestContext,
+    ) -> Result<(), AppError> {
+        let now = self.now();
+        let mut hinted_sso = None;
+        if let Some(id) = hinted {
+            if let Some(session) = self.store.find_session(id).await? {
+                hinted_sso.clone_from(&session.sso_id);
+                self.end_session(&session, "logout", ctx).await?;
+            }
+        }
+        for sso in sso_id.into_iter().chain(hinted_sso) {
+            for id in self.store.revoke_sso(sso, now, "logout").await? {
+                self.record(
+                    &Event::SessionRevoked {
+                        reason: "logout".into(),
+                    },
+                    Subjects {
+                        session_id: Some(id.to_string()),
+                        source_ip: Some(ctx.ip.clone()),
+                        user_agent: ctx.user_agent.clone(),
+                        ..Subjects::default()
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_session(
+        &self,
+        session: &Session,
+        reason: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AppError> {
+        if self
+            .store
+            .revoke_session(session.id.clone(), self.now(), reason)
+            .await?
+        {
+            self.record(
+                &Event::SessionRevoked {
+                    reason: reason.into(),
+                },
+                subjects(session, ctx, None),
+            );
+        }
+        Ok(())
+    }
+
+    fn verify_own(&self, token: &str, typ: &str, allow_expired: bool) -> Option<OwnClaims> {
+        let keys = self.keys();
+        let expect = Expect {
+            issuer: &self.issuer,
+            audience: None,
+            allow_expired,
+            now_secs: self.now().as_secs(),
+        };
+        let header_typ = jsonwebtoken::decode_header(token).ok()?.typ;
+        if header_typ.as_deref() != Some(typ) {
+            return None;
+        }
+        keys.verifier.verify(token, &expect).ok()
+    }
+}
+
+fn is_live(session: &Session, now: tessera_core::clock::UnixMillis) -> bool {
+    session.revoked_at.is_none() && now < session.absolute_end
+}

@@ -1,0 +1,237 @@
+//! The command line: `serve`, `keys rotate`, `users hash`, `kube apiserver-config`.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tessera_core::audit::{Event, Subjects};
+use tessera_core::clock::{Clock, SystemClock};
+use tessera_store::SqliteStore;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::serve::{self, ServeOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Kubernetes access with short-lived credentials that never lose a session"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the OpenID Connect provider.
+    Serve {
+        /// Create (on first start) and use a development data directory: CA, certificate,
+        /// user `dev`, clients `kubernetes` and `demo`, SQLite.
+        #[arg(long)]
+        dev: bool,
+        /// The data directory for --dev.
+        #[arg(long, default_value = "tessera-data")]
+        data_dir: PathBuf,
+        /// The configuration file (tessera.yaml).
+        #[arg(long, conflicts_with = "dev")]
+        config: Option<PathBuf>,
+        /// Address to listen on; port 0 picks a free one.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage local users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Kubernetes integration.
+    Kube {
+        #[command(subcommand)]
+        command: KubeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key; JWKS keeps publishing the previous one.
+    Rotate(ConfigArg),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Read a password from standard input and print its argon2id hash.
+    Hash,
+}
+
+#[derive(Subcommand)]
+enum KubeCommand {
+    /// Print kube-apiserver flags and an AuthenticationConfiguration for this issuer.
+    ApiserverConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The client id kubectl uses.
+        #[arg(long, default_value = "kubernetes")]
+        client_id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The configuration file; default: DATA_DIR/tessera.yaml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The data directory of `serve --dev`.
+    #[arg(long, default_value = "tessera-data")]
+    data_dir: PathBuf,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config> {
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tessera.yaml"));
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Ok(Config::load(&path, &env)?)
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            dev,
+            data_dir,
+            config,
+            listen,
+        } => runtime()?.block_on(serve::run(ServeOptions {
+            dev,
+            data_dir,
+            config,
+            listen,
+        })),
+        Command::Keys {
+            command: KeysCommand::Rotate(config),
+        } => runtime()?.block_on(rotate_keys(&config)),
+        Command::Users {
+            command: UsersCommand::Hash,
+        } => hash_password(),
+        Command::Kube {
+            command: KubeCommand::ApiserverConfig { config, client_id },
+        } => apiserver_config(&config, &client_id),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn rotate_keys(arg: &ConfigArg) -> Result<()> {
+    let config = arg.load()?;
+    let store = SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous)?;
+    let now = SystemClock.now();
+    let algs = [config.signing_alg, config.access_token_alg];
+    let added = crate::keys::rotate_if_due(&store, &algs, now, None).await?;
+    let audit = Audit::start(config.audit_file.as_deref())?;
+    for (kid, alg) in &added {
+        audit.record(
+            now,
+            &Event::KeyRotated {
+                kid: kid.clone(),
+                alg: alg.as_str().into(),
+            },
+            &Subjects::default(),
+        );
+        println!("added signing key {kid} ({})", alg.as_str());
+    }
+    println!(
+        "running servers pick the new key up within {}s",
+        config.key_reload_interval.as_secs()
+    );
+    // Give the audit writer a moment to flush before the process exits.
+    drop(audit);
+    tessera_core::clock::sleep_blocking(std::time::Duration::from_millis(50));
+    Ok(())
+}
+
+fn hash_password() -> Result<()> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("cannot read the password from standard input")?;
+    let password = input
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&input);
+    if password.is_empty() {
+        bail!(
+            "standard input was empty; pipe the password in, e.g. `printf %s 'secret' | tessera users hash`"
+        );
+    }
+    let hash = crate::secret::hash_password(password)
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    println!("{hash}");
+    Ok(())
+}
+
+fn apiserver_config(arg: &ConfigArg, client_id: &str) -> Result<()> {
+    let config = arg.load()?;
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", config.listen));
+    let ca_path = config
+        .path
+        .parent()
+        .map(|d| d.join("ca.pem"))
+        .filter(|p| p.exists());
+    println!("# kube-apiserver flags (legacy form):");
+    println!("--oidc-issuer-url={issuer}");
+    println!("--oidc-client-id={client_id}");
+    println!("--oidc-username-claim=sub");
+    println!("--oidc-username-prefix=oidc:");
+    println!("--oidc-groups-claim=groups");
+    println!("--oidc-groups-prefix=oidc:");
+    if let Some(ca) = &ca_path {
+        println!(
+            "--oidc-ca-file={}",
+            std::fs::canonicalize(ca).unwrap_or(ca.clone()).display()
+        );
+    }
+    println!();
+    println!("# Or structured authentication (--authentication-config=FILE), Kubernetes 1.30+:");
+    println!("apiVersion: apiserver.config.k8s.io/v1beta1");
+    println!("kind: AuthenticationConfiguration");
+    println!("jwt:");
+    println!("  - issuer:");
+    println!("      url: {issuer}");
+    println!("      audiences: [{client_id}]");
+    if let Some(ca) = &ca_path {
+        let pem =
+            std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        println!("      certificateAuthority: |");
+        for line in pem.lines() {
+            println!("        {line}");
+        }
+    }
+    println!("    claimMappings:");
+    println!("      username:");
+    println!("        claim: sub");
+    println!("        prefix: \"oidc:\"");
+    println!("      groups:");
+    println!("        claim: groups");
+    println!("        prefix: \"oidc:\"");
+    Ok(())
+}

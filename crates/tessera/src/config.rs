@@ -1,0 +1,644 @@
+//! Configuration: one YAML file (`tessera.yaml`), every key with a default, overridable by
+//! `TESSERA_<SECTION>__<KEY>` environment variables. Raw serde structs mirror the file and refuse
+//! unknown keys; [`Config`] is the validated form the rest of the program receives.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tessera_core::id::ClientId;
+use tessera_core::jwt::Algorithm;
+use tessera_core::redeem::{OnReplay, RedeemPolicy};
+use tessera_store::Synchronous;
+use yaml_serde::Value;
+
+/// A configuration problem, always naming the key (and the line, when it came from the file).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error(
+        "cannot read {path}: {source}; pass an existing file with --config or run `tessera serve --dev`"
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not YAML, or a key is unknown or has the wrong type.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the key's path and line.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("{path}: `{key}`: {message}")]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key's path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Raw file layout. Field comments double as the configuration reference.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    /// Issuer URL; unset: `https://<bound address>`.
+    issuer: Option<String>,
+    /// Address to listen on (default `127.0.0.1:8443`).
+    listen: Option<String>,
+    tls: RawTls,
+    tokens: RawTokens,
+    refresh_token: RawRefreshToken,
+    session: RawSession,
+    audit: RawAudit,
+    clients: Vec<RawClient>,
+    users: RawUsers,
+    storage: RawStorage,
+    login: RawLogin,
+    keys: RawKeys,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    /// PEM certificate chain served to clients.
+    cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTokens {
+    /// Lifetime of id_tokens.
+    id_token_ttl: String,
+    /// Lifetime of access tokens.
+    access_token_ttl: String,
+    /// JWS algorithm of id_tokens: RS256, ES256 or EdDSA.
+    signing_alg: String,
+    /// JWS algorithm of access tokens; unset: the id_token's.
+    access_token_alg: Option<String>,
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        RawTokens {
+            id_token_ttl: "60s".into(),
+            access_token_ttl: "60s".into(),
+            signing_alg: "RS256".into(),
+            access_token_alg: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRefreshToken {
+    /// Sliding lifetime of each refresh token.
+    ttl: String,
+    /// How long a used refresh token may be presented again with the same answer.
+    grace_period_millis: u64,
+    /// Whether the grace applies only to the IP that first used the token.
+    grace_requires_same_ip: bool,
+    /// `revoke_session` (default) or `reject`.
+    on_replay: String,
+}
+
+impl Default for RawRefreshToken {
+    fn default() -> Self {
+        RawRefreshToken {
+            ttl: "15m".into(),
+            grace_period_millis: 0,
+            grace_requires_same_ip: false,
+            on_replay: "revoke_session".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSession {
+    /// Absolute lifetime of a login (and of the SSO cookie).
+    max_lifetime: String,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        RawSession {
+            max_lifetime: "12h".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    /// `stdout` or a file path (JSON lines, appended).
+    output: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            output: "stdout".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    /// Client id.
+    id: String,
+    /// A public client has no secret and must use PKCE.
+    #[serde(default)]
+    public: bool,
+    /// `sha256:<hex>` of the secret, or an argon2id PHC string.
+    #[serde(default)]
+    secret_hash: Option<String>,
+    /// Exact redirect URIs; loopback ones of public clients match any port.
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may send the browser afterwards.
+    #[serde(default)]
+    post_logout_redirect_uris: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUsers {
+    /// YAML file of local users with argon2id password hashes.
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStorage {
+    /// `sqlite://PATH` (relative to this file).
+    url: String,
+    /// SQLite commit durability: `normal` (survives a crash) or `full` (survives power loss).
+    sqlite_synchronous: String,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            url: "sqlite://tessera.db".into(),
+            sqlite_synchronous: "normal".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLogin {
+    /// Failed logins allowed per user, and per IP, within `failure_window`.
+    max_failures: u32,
+    /// The window over which failures are counted.
+    failure_window: String,
+}
+
+impl Default for RawLogin {
+    fn default() -> Self {
+        RawLogin {
+            max_failures: 5,
+            failure_window: "5m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeys {
+    /// Age after which a new signing key is created automatically.
+    rotation_interval: String,
+    /// How often each replica re-reads the keys from the store.
+    reload_interval: String,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        RawKeys {
+            rotation_interval: "30d".into(),
+            reload_interval: "30s".into(),
+        }
+    }
+}
+
+/// A registered client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// Its id.
+    pub id: ClientId,
+    /// Public (no secret, PKCE required) or confidential.
+    pub public: bool,
+    /// The secret's hash for confidential clients.
+    pub secret_hash: Option<String>,
+    /// Registered redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Registered post-logout redirect URIs.
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Explicit issuer, if set.
+    pub issuer: Option<String>,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// TLS certificate and key files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// id_token lifetime.
+    pub id_token_ttl: Duration,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// id_token algorithm.
+    pub signing_alg: Algorithm,
+    /// Access token algorithm.
+    pub access_token_alg: Algorithm,
+    /// Refresh token lifetime (sliding).
+    pub refresh_ttl: Duration,
+    /// The redeem policy.
+    pub policy: RedeemPolicy,
+    /// Absolute session lifetime.
+    pub session_max_lifetime: Duration,
+    /// Audit output: `None` is stdout.
+    pub audit_file: Option<PathBuf>,
+    /// Clients by id.
+    pub clients: HashMap<String, Client>,
+    /// Users file.
+    pub users_file: Option<PathBuf>,
+    /// SQLite database path.
+    pub sqlite_path: PathBuf,
+    /// SQLite durability.
+    pub sqlite_synchronous: Synchronous,
+    /// Failed logins allowed per user and per IP in a window.
+    pub login_max_failures: u32,
+    /// The failure-counting window.
+    pub login_failure_window: Duration,
+    /// Automatic signing key rotation age.
+    pub key_rotation_interval: Duration,
+    /// Key reload interval.
+    pub key_reload_interval: Duration,
+}
+
+impl Config {
+    /// Loads `path`, applies `TESSERA_*` overrides from `env`, and validates.
+    pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        // First straight from the text, so errors carry line numbers.
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            let de = yaml_serde::Deserializer::from_str(&text);
+            serde_path_to_error::deserialize(de).map_err(|e| invalid(describe(&e)))?
+        };
+        let overrides = env_overrides(env);
+        let raw = if overrides.is_empty() {
+            raw
+        } else {
+            let mut value: Value = if text.trim().is_empty() {
+                Value::Mapping(Default::default())
+            } else {
+                yaml_serde::from_str(&text).map_err(|e| invalid(e.to_string()))?
+            };
+            for (var, keys, literal) in &overrides {
+                set_path(&mut value, keys, literal).map_err(|m| invalid(format!("{var}: {m}")))?;
+            }
+            serde_path_to_error::deserialize(value).map_err(|e| {
+                invalid(format!(
+                    "{} (after applying TESSERA_* environment overrides)",
+                    describe(&e)
+                ))
+            })?
+        };
+        validate(raw, path)
+    }
+}
+
+fn describe(e: &serde_path_to_error::Error<yaml_serde::Error>) -> String {
+    let key = e.path().to_string();
+    if key == "." || key.is_empty() {
+        e.inner().to_string()
+    } else {
+        format!("`{key}`: {}", e.inner())
+    }
+}
+
+/// `TESSERA_A__B=v` → (`TESSERA_A__B`, [`a`, `b`], `v`). Variables without `__` (such as
+/// `TESSERA_DEV_PASSWORD`) are not configuration, except the top-level `TESSERA_ISSUER` and
+/// `TESSERA_LISTEN`.
+fn env_overrides(env: &[(String, String)]) -> Vec<(String, Vec<String>, String)> {
+    env.iter()
+        .filter_map(|(name, value)| {
+            let rest = name.strip_prefix("TESSERA_")?;
+            let keys: Vec<String> = if rest.contains("__") {
+                rest.split("__").map(str::to_ascii_lowercase).collect()
+            } else if matches!(rest, "ISSUER" | "LISTEN") {
+                vec![rest.to_ascii_lowercase()]
+            } else {
+                return None;
+            };
+            Some((name.clone(), keys, value.clone()))
+        })
+        .collect()
+}
+
+fn set_path(root: &mut Value, keys: &[String], literal: &str) -> Result<(), String> {
+    let parsed: Value = yaml_serde::from_str(literal).unwrap_or(Value::String(literal.into()));
+    let mut node = root;
+    for (i, key) in keys.iter().enumerate() {
+        if node.is_null() {
+            *node = Value::Mapping(Default::default());
+        }
+        let Value::Mapping(map) = node else {
+            return Err(format!("`{}` is not a section", keys[..i].join(".")));
+        };
+        let entry = map.entry(Value::String(key.clone())).or_insert(Value::Null);
+        if i + 1 == keys.len() {
+            *entry = parsed;
+            return Ok(());
+        }
+        node = entry;
+    }
+    Err("empty key".into())
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let bad = |key: &str, message: String| ConfigError::Value {
+        path: path.to_owned(),
+        key: key.into(),
+        message,
+    };
+    let duration = |key: &str, text: &str| parse_duration(text).map_err(|m| bad(key, m));
+    let alg = |key: &str, text: &str| {
+        Algorithm::parse(text)
+            .ok_or_else(|| bad(key, format!("`{text}` is not one of RS256, ES256, EdDSA")))
+    };
+    let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8443");
+    let listen = listen_text.parse().map_err(|_| {
+        bad(
+            "listen",
+            format!("`{listen_text}` is not an address like 127.0.0.1:8443"),
+        )
+    })?;
+    let tls = match (raw.tls.cert_file, raw.tls.key_file) {
+        (Some(cert), Some(key)) => Some((base.join(cert), base.join(key))),
+        (None, None) => None,
+        _ => return Err(bad("tls", "set both cert_file and key_file".into())),
+    };
+    if let Some(issuer) = &raw.issuer {
+        let url = url::Url::parse(issuer).map_err(|e| bad("issuer", format!("{e}")))?;
+        if url.scheme() != "https" || url.query().is_some() || url.fragment().is_some() {
+            return Err(bad(
+                "issuer",
+                "must be an https URL without query or fragment (OpenID Connect Discovery §3)"
+                    .into(),
+            ));
+        }
+    }
+    let signing_alg = alg("tokens.signing_alg", &raw.tokens.signing_alg)?;
+    let access_token_alg = match &raw.tokens.access_token_alg {
+        Some(a) => alg("tokens.access_token_alg", a)?,
+        None => signing_alg,
+    };
+    let on_replay = match raw.refresh_token.on_replay.as_str() {
+        "revoke_session" => OnReplay::RevokeSession,
+        "reject" => OnReplay::Reject,
+        other => {
+            return Err(bad(
+                "refresh_token.on_replay",
+                format!("`{other}` is not one of revoke_session, reject"),
+            ));
+        }
+    };
+    let mut clients = HashMap::new();
+    for (i, c) in raw.clients.into_iter().enumerate() {
+        let key = format!("clients[{i}]");
+        if c.id.is_empty() {
+            return Err(bad(&key, "`id` is required".into()));
+        }
+        if !c.public && c.secret_hash.is_none() {
+            return Err(bad(
+                &key,
+                format!(
+                    "confidential client `{}` needs `secret_hash` (or set `public: true`)",
+                    c.id
+                ),
+            ));
+        }
+        if c.public && c.secret_hash.is_some() {
+            return Err(bad(
+                &key,
+                format!("public client `{}` must not have a `secret_hash`", c.id),
+            ));
+        }
+        if let Some(hash) = &c.secret_hash {
+            crate::secret::check_hash_format(hash)
+                .map_err(|m| bad(&format!("{key}.secret_hash"), m))?;
+        }
+        for uri in c.redirect_uris.iter().chain(&c.post_logout_redirect_uris) {
+            let url = url::Url::parse(uri).map_err(|e| bad(&key, format!("`{uri}`: {e}")))?;
+            if url.fragment().is_some() {
+                return Err(bad(
+                    &key,
+                    format!("`{uri}` must not have a fragment (RFC 6749 §3.1.2)"),
+                ));
+            }
+        }
+        let client = Client {
+            id: ClientId::new(c.id.clone()),
+            public: c.public,
+            secret_hash: c.secret_hash,
+            redirect_uris: c.redirect_uris,
+            post_logout_redirect_uris: c.post_logout_redirect_uris,
+        };
+        if clients.insert(c.id.clone(), client).is_some() {
+            return Err(bad(&key, format!("client id `{}` appears twice", c.id)));
+        }
+    }
+    let sqlite_path = match raw.storage.url.strip_prefix("sqlite://") {
+        Some(p) if !p.is_empty() => base.join(p),
+        _ => {
+            return Err(bad(
+                "storage.url",
+                format!("`{}` is not supported; use sqlite://PATH", raw.storage.url),
+            ));
+        }
+    };
+    let sqlite_synchronous = match raw.storage.sqlite_synchronous.as_str() {
+        "normal" => Synchronous::Normal,
+        "full" => Synchronous::Full,
+        other => {
+            return Err(bad(
+                "storage.sqlite_synchronous",
+                format!("`{other}` is not one of normal, full"),
+            ));
+        }
+    };
+    let audit_file = match raw.audit.output.as_str() {
+        "stdout" => None,
+        file => Some(base.join(file)),
+    };
+    let id_token_ttl = duration("tokens.id_token_ttl", &raw.tokens.id_token_ttl)?;
+    let access_token_ttl = duration("tokens.access_token_ttl", &raw.tokens.access_token_ttl)?;
+    if id_token_ttl < Duration::from_secs(1) || access_token_ttl < Duration::from_secs(1) {
+        return Err(bad(
+            "tokens",
+            "token lifetimes must be at least 1s (JWT times are whole seconds)".into(),
+        ));
+    }
+    Ok(Config {
+        path: path.to_owned(),
+        issuer: raw.issuer.map(|i| i.trim_end_matches('/').to_owned()),
+        listen,
+        tls,
+        id_token_ttl,
+        access_token_ttl,
+        signing_alg,
+        access_token_alg,
+        refresh_ttl: duration("refresh_token.ttl", &raw.refresh_token.ttl)?,
+        policy: RedeemPolicy {
+            grace_period: Duration::from_millis(raw.refresh_token.grace_period_millis),
+            grace_requires_same_ip: raw.refresh_token.grace_requires_same_ip,
+            on_replay,
+        },
+        session_max_lifetime: duration("session.max_lifetime", &raw.session.max_lifetime)?,
+        audit_file,
+        clients,
+        users_file: raw.users.file.map(|f| base.join(f)),
+        sqlite_path,
+        sqlite_synchronous,
+        login_max_failures: raw.login.max_failures,
+        login_failure_window: duration("login.failure_window", &raw.login.failure_window)?,
+        key_rotation_interval: duration("keys.rotation_interval", &raw.keys.rotation_interval)?,
+        key_reload_interval: duration("keys.reload_interval", &raw.keys.reload_interval)?,
+    })
+}
+
+/// Parses `500ms`, `60s`, `15m`, `12h`, `30d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 60s, 15m, 12h"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}` has no unit; write it like 60s, 15m, 12h or 30d"
+            ));
+        }
+    };
+    n.checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&path, &env)
+    }
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.id_token_ttl, Duration::from_secs(60));
+        assert_eq!(c.refresh_ttl, Duration::from_secs(900));
+        assert_eq!(c.session_max_lifetime, Duration::from_secs(12 * 3600));
+        assert_eq!(c.policy.grace_period, Duration::ZERO);
+        assert_eq!(c.policy.on_replay, OnReplay::RevokeSession);
+        assert_eq!(c.signing_alg, Algorithm::RS256);
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_path_and_line() {
+        let err = load(
+            "tokens:\n  id_token_ttl: 30s\nrefresh_token:\n  grace_period: 5\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("refresh_token"), "{err}");
+        assert!(err.contains("grace_period"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_apply_before_validation() {
+        let c = load(
+            "refresh_token:\n  grace_period_millis: 1\n",
+            &[
+                ("TESSERA_REFRESH_TOKEN__GRACE_PERIOD_MILLIS", "5000"),
+                ("TESSERA_DEV_PASSWORD", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.policy.grace_period, Duration::from_millis(5000));
+        let err = load("", &[("TESSERA_TOKENS__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = load("tokens:\n  id_token_ttl: 60\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokens.id_token_ttl"), "{err}");
+        let err = load("refresh_token:\n  on_replay: explode\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refresh_token.on_replay"), "{err}");
+        let err = load("clients:\n  - id: x\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("secret_hash"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_with_units_only() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP surface of the provider. Handlers stay thin: parse, call one [`App`] method, render.
+
+mod authorize;
+mod discovery;
+mod error;
+mod form;
+mod html;
+mod ops;
+mod session;
+mod token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tessera_core::clock::monotonic_now;
+
+pub use error::OAuthError;
+
+use crate::app::{App, RequestContext};
+
+/// Name of the browser single-sign-on cookie.
+const SSO_COOKIE: &str = "tessera_sso";
+/// Name of the login form's CSRF cookie (double-submit).
+const CSRF_COOKIE: &str = "tessera_csrf";
+
+/// The router of every provider endpoint, nested under the issuer's path.
+pub fn router(app: Arc<App>) -> Router {
+    let routes = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::configuration),
+        )
+        .route("/jwks", get(discovery::jwks))
+        .route(
+            "/authorize",
+            get(authorize::authorize_get).post(authorize::authorize_post),
+        )
+        .route("/login", post(authorize::login))
+        .route("/token", post(token::token).fallback(post_only))
+        .route("/revoke", post(token::revoke).fallback(post_only))
+        .route("/introspect", post(token::introspect).fallback(post_only))
+        .route("/userinfo", get(session::userinfo).post(session::userinfo))
+        .route(
+            "/logout",
+            get(session::logout_get).post(session::logout_post),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found);
+    let base = issuer_path(&app.issuer);
+    let routes = if base.is_empty() {
+        routes
+    } else {
+        Router::new().nest(&base, routes)
+    };
+    routes
+        .layer(DefaultBodyLimit::max(form::MAX_BODY))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
+        .with_state(app)
+}
+
+/// The path part of the issuer (`""` for a bare origin).
+fn issuer_path(issuer: &str) -> String {
+    url::Url::parse(issuer)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default()
+}
+
+/// Counts and times every request by its route.
+async fn track(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let started = monotonic_now();
+    let response = next.run(request).await;
+    app.metrics.observe_request(
+        &endpoint,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn post_only() -> Response {
+    let mut response = OAuthError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        "this endpoint accepts POST only",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+async fn not_found() -> OAuthError {
+    OAuthError::new(StatusCode::NOT_FOUND, "invalid_request", "no such endpoint")
+}
+
+/// The request's origin, for the audit log and the grace IP check.
+pub struct Ctx(pub RequestContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Ctx, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect());
+        Ok(Ctx(RequestContext { ip, user_agent }))
+    }
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+/// A `Set-Cookie` value with tessera's strict defaults: `Secure; HttpOnly; SameSite=Lax`.
+fn set_cookie(name: &str, value: &str, path: &str, max_age_secs: i64) -> HeaderValue {
+    let cookie = cookie::Cookie::build((name.to_owned(), value.to_owned()))
+        .path(if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        })
+        .secure(true)
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .max_age(cookie::time::Duration::seconds(max_age_secs))
+        .build();
+    // Cookie names and our base64url values are visible ASCII, always valid header text.
+    HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}

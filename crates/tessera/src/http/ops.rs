@@ -1,0 +1,38 @@
+//! Operational endpoints: liveness, readiness (the store answers) and Prometheus metrics.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::error::OAuthError;
+use crate::app::App;
+
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready().await {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
+    }
+}
+
+pub(super) async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match app.render_metrics().await {
+        Ok(text) => {
+            let mut response = text.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        Err(e) => OAuthError::from(e).into_response(),
+    }
+}

@@ -1,0 +1,157 @@
+//! `/userinfo` (OpenID Connect Core §5.3) and `/logout` (RP-Initiated Logout 1.0 §2).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use tessera_core::id::SessionId;
+use tessera_core::token::constant_time_eq;
+
+use super::form::{Form, Params};
+use super::html::{error_page, escape, hidden, page};
+use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, cookie, issuer_path, set_cookie};
+use crate::app::{App, AppError, RequestContext};
+
+pub(super) async fn userinfo(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, OAuthError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or(AppError::InvalidToken)?;
+    let claims = app.userinfo(token.trim()).await?;
+    Ok(Json(claims).into_response())
+}
+
+pub(super) async fn logout_get(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Ctx(ctx): Ctx,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match Params::parse(query.unwrap_or_default().as_bytes()) {
+        Ok(params) => logout(&app, &headers, &ctx, &params, false).await,
+        Err(_) => error_page(StatusCode::BAD_REQUEST, "The logout request is malformed."),
+    }
+}
+
+pub(super) async fn logout_post(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Ctx(ctx): Ctx,
+    form: Result<Form, OAuthError>,
+) -> Response {
+    let Ok(Form(params)) = form else {
+        return error_page(StatusCode::BAD_REQUEST, "The logout request is malformed.");
+    };
+    let confirmed = match (cookie(&headers, CSRF_COOKIE), params.get("csrf")) {
+        (Some(expected), Some(sent)) => constant_time_eq(expected.as_bytes(), sent.as_bytes()),
+        _ => false,
+    };
+    logout(&app, &headers, &ctx, &params, confirmed).await
+}
+
+/// Signs out without asking when the RP proves itself (a valid `id_token_hint` and a registered
+/// `post_logout_redirect_uri`); otherwise asks the user to confirm, so a cross-site link cannot
+/// sign anyone out.
+async fn logout(
+    app: &App,
+    headers: &HeaderMap,
+    ctx: &RequestContext,
+    params: &Params,
+    confirmed: bool,
+) -> Response {
+    let hint = params.get("id_token_hint").and_then(|t| app.logout_hint(t));
+    let redirect = params.get("post_logout_redirect_uri");
+    let client_id = hint
+        .as_ref()
+        .map(|h| h.client_id.clone())
+        .or_else(|| params.get("client_id").map(str::to_owned));
+    let redirect_ok = match (redirect, &client_id) {
+        (Some(uri), Some(client)) => app.post_logout_redirect_allowed(client, uri),
+        _ => false,
+    };
+    if redirect.is_some() && !redirect_ok {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The post_logout_redirect_uri is not registered for this client.",
+        );
+    }
+    if !(confirmed || (hint.is_some() && redirect_ok)) {
+        return confirmation(app, headers, params);
+    }
+    let sso = match app
+        .sso_session(cookie(headers, SSO_COOKIE).as_deref())
+        .await
+    {
+        Ok(sso) => sso.map(|s| s.id),
+        Err(e) => return OAuthError::from(e).into_response(),
+    };
+    let hinted: Option<SessionId> = hint.map(|h| h.session_id);
+    if let Err(e) = app.logout(sso, hinted, ctx).await {
+        return OAuthError::from(e).into_response();
+    }
+    let mut response = match redirect {
+        Some(uri) if redirect_ok => {
+            let mut location = url::Url::parse(uri).map_or_else(
+                |_| uri.to_owned(),
+                |mut u| {
+                    if let Some(state) = params.get("state") {
+                        u.query_pairs_mut().append_pair("state", state);
+                    }
+                    u.to_string()
+                },
+            );
+            if location.is_empty() {
+                location = "/".into();
+            }
+            Redirect::to(&location).into_response()
+        }
+        _ => page(StatusCode::OK, "Signed out", "<p>You are signed out.</p>"),
+    };
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(SSO_COOKIE, "", &issuer_path(&app.issuer), 0),
+    );
+    response
+}
+
+fn confirmation(app: &App, headers: &HeaderMap, params: &Params) -> Response {
+    let csrf = cookie(headers, CSRF_COOKIE)
+        .filter(|c| c.len() == 43)
+        .unwrap_or_else(|| {
+            let bytes: [u8; 32] = rand::random();
+            tessera_core::token::Secret::from_random("", bytes)
+                .expose()
+                .to_owned()
+        });
+    let mut fields = hidden("csrf", &csrf);
+    for name in [
+        "id_token_hint",
+        "post_logout_redirect_uri",
+        "state",
+        "client_id",
+    ] {
+        if let Some(value) = params.get(name) {
+            fields.push_str(&hidden(name, value));
+        }
+    }
+    let body = format!(
+        "<p>Sign out of every application that uses this sign-in?</p>\
+         <form method=\"post\" action=\"{}\">{fields}<button type=\"submit\">Sign out</button></form>",
+        escape(&format!("{}/logout", issuer_path(&app.issuer)))
+    );
+    let mut response = page(StatusCode::OK, "Sign out", &body);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(CSRF_COOKIE, &csrf, &issuer_path(&app.issuer), 3600),
+    );
+    response
+}

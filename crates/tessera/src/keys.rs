@@ -1,0 +1,145 @@
+//! Signing keys: created at first start, kept in the store so every replica signs alike,
+//! rotated by age or by `tessera keys rotate`. For each algorithm the newest key signs and JWKS
+//! publishes the newest two, so tokens signed just before a rotation still verify.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::clock::UnixMillis;
+use tessera_core::jwt::{Algorithm, JwtError, SigningKey, Verifier};
+use tessera_store::{Store, StoreError, StoredKey};
+
+/// How many keys per algorithm JWKS publishes: the current one and its predecessor.
+const PUBLISHED_PER_ALG: usize = 2;
+
+/// Failures of key handling.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key failed to generate or parse.
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    /// The store holds a key of an algorithm this build does not know.
+    #[error("signing key {kid} has unknown algorithm {alg}")]
+    UnknownAlgorithm {
+        /// The key id.
+        kid: String,
+        /// Its algorithm name.
+        alg: String,
+    },
+}
+
+/// The keys in use: who signs, what verifies, and the JWKS document.
+pub struct KeySet {
+    /// Signs id_tokens.
+    pub id_signer: Arc<SigningKey>,
+    /// Signs access tokens.
+    pub access_signer: Arc<SigningKey>,
+    /// Verifies tokens signed by any published key.
+    pub verifier: Verifier,
+    /// The JWKS document (RFC 7517 §5), rendered once.
+    pub jwks: String,
+}
+
+/// Adds a new key for each of `algs` whose newest key is missing or older than `max_age`
+/// (`None`: always). Returns the new keys' (kid, alg).
+pub async fn rotate_if_due(
+    store: &dyn Store,
+    algs: &[Algorithm],
+    now: UnixMillis,
+    max_age: Option<Duration>,
+) -> Result<Vec<(String, Algorithm)>, KeyError> {
+    let existing = store.signing_keys().await?;
+    let mut added = Vec::new();
+    let mut algs = algs.to_vec();
+    algs.dedup();
+    for alg in algs {
+        let newest = existing
+            .iter()
+            .filter(|k| k.alg == alg.as_str())
+            .map(|k| k.created_at)
+            .max();
+        let due = match (newest, max_age) {
+            (None, _) | (_, None) => true,
+            (Some(created), Some(age)) => now >= created.plus(age),
+        };
+        if !due {
+            continue;
+        }
+        let random: [u8; 6] = rand::random();
+        let kid = format!(
+            "{}-{}",
+            alg.as_str().to_ascii_lowercase(),
+            hex::encode(random)
+        );
+        // RSA key generation takes tens of milliseconds: keep it off the async workers.
+        let generated = tokio::task::spawn_blocking(move || SigningKey::generate(alg, kid))
+            .await
+            .map_err(|_| JwtError::KeyGeneration { alg })??;
+        let (key, pkcs8) = generated;
+        store
+            .add_signing_key(StoredKey {
+                kid: key.kid().to_owned(),
+                alg: alg.as_str().to_owned(),
+                pkcs8,
+                created_at: now,
+            })
+            .await?;
+        added.push((key.kid().to_owned(), alg));
+    }
+    Ok(added)
+}
+
+/// Loads the keys from the store into a [`KeySet`].
+pub async fn load(
+    store: &dyn Store,
+    id_alg: Algorithm,
+    access_alg: Algorithm,
+) -> Result<KeySet, KeyError> {
+    let stored = store.signing_keys().await?;
+    let mut keys = Vec::with_capacity(stored.len());
+    for k in stored {
+        let alg = Algorithm::parse(&k.alg).ok_or_else(|| KeyError::UnknownAlgorithm {
+            kid: k.kid.clone(),
+            alg: k.alg.clone(),
+        })?;
+        keys.push((
+            k.created_at,
+            Arc::new(SigningKey::from_pkcs8(alg, k.kid, &k.pkcs8)?),
+        ));
+    }
+    // Newest first.
+    keys.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.kid().cmp(a.1.kid())));
+    let newest = |alg: Algorithm| {
+        keys.iter()
+            .find(|(_, k)| k.alg() == alg)
+            .map(|(_, k)| Arc::clone(k))
+            .ok_or(JwtError::KeyRejected {
+                alg,
+                kid: "(none stored)".into(),
+            })
+    };
+    let id_signer = newest(id_alg)?;
+    let access_signer = newest(access_alg)?;
+    let mut verifier = Verifier::default();
+    let mut published = Vec::new();
+    for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
+        for (_, key) in keys
+            .iter()
+            .filter(|(_, k)| k.alg() == alg)
+            .take(PUBLISHED_PER_ALG)
+        {
+            verifier.add(key)?;
+            published.push(key.public_jwk());
+        }
+    }
+    let jwks = serde_json::json!({ "keys": published }).to_string();
+    Ok(KeySet {
+        id_signer,
+        access_signer,
+        verifier,
+        jwks,
+    })
+}

@@ -1,0 +1,15 @@
+//! tessera as a library: the provider's configuration, use cases and HTTP surface, used by the
+//! `tessera` binary, the in-process tests and the benchmarks.
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod secret;
+pub mod serve;
+pub mod tls;
+pub mod users;

@@ -1,0 +1,131 @@
+//! Prometheus metrics: requests by endpoint and status, latency histograms, refresh outcomes and
+//! active sessions (counted from the store at scrape time, so every replica reports the truth).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// The outcome of one refresh-token redemption, as counted.
+#[derive(Clone, Copy, Debug)]
+pub enum RefreshOutcome {
+    /// Rotated.
+    Rotated,
+    /// Reused inside the grace period.
+    GraceReuse,
+    /// Replayed after the grace period.
+    Replay,
+    /// Refused for another reason.
+    Rejected,
+}
+
+/// The metrics of one process.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+    refreshes: Family<OutcomeLabel, Counter>,
+    active_sessions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tessera");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency =
+            Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                // 100 µs to about 3.3 s.
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            });
+        let refreshes = Family::<OutcomeLabel, Counter>::default();
+        let active_sessions = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by endpoint and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by endpoint",
+            latency.clone(),
+        );
+        registry.register(
+            "refresh_token_redemptions",
+            "Refresh-token redemptions by outcome: rotated, grace_reuse, replay, rejected",
+            refreshes.clone(),
+        );
+        registry.register(
+            "active_sessions",
+            "Sessions neither revoked nor past their absolute end",
+            active_sessions.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            refreshes,
+            active_sessions,
+        }
+    }
+
+    /// Counts one HTTP request.
+    pub fn observe_request(&self, endpoint: &str, status: u16, seconds: f64) {
+        let endpoint = endpoint.to_owned();
+        self.latency
+            .get_or_create(&EndpointLabel {
+                endpoint: endpoint.clone(),
+            })
+            .observe(seconds);
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+    }
+
+    /// Counts one redemption.
+    pub fn observe_refresh(&self, outcome: RefreshOutcome) {
+        let outcome = match outcome {
+            RefreshOutcome::Rotated => "rotated",
+            RefreshOutcome::GraceReuse => "grace_reuse",
+            RefreshOutcome::Replay => "replay",
+            RefreshOutcome::Rejected => "rejected",
+        };
+        self.refreshes
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Renders the Prometheus text format with the current count of active sessions.
+    pub fn render(&self, active_sessions: u64) -> String {
+        self.active_sessions
+            .set(i64::try_from(active_sessions).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

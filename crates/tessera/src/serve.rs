@@ -1,0 +1,166 @@
+//! `tessera serve`: load the configuration (preparing a dev data directory first with
+//! `--dev`), open the store, build the [`App`], and serve HTTPS until SIGTERM or Ctrl-C.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tessera_core::clock::SystemClock;
+use tessera_store::SqliteStore;
+
+use crate::app::{App, AppParts};
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::users::Users;
+use crate::{dev, http, tls};
+
+/// How often expired rows are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Options of `tessera serve`.
+pub struct ServeOptions {
+    /// Prepare and use a development data directory.
+    pub dev: bool,
+    /// The data directory for `--dev`.
+    pub data_dir: PathBuf,
+    /// The configuration file (without `--dev`).
+    pub config: Option<PathBuf>,
+    /// Overrides `listen`.
+    pub listen: Option<String>,
+}
+
+/// Runs the provider.
+pub async fn run(options: ServeOptions) -> Result<()> {
+    let setup = if options.dev {
+        let password = std::env::var("TESSERA_DEV_PASSWORD").ok();
+        Some(dev::prepare(&options.data_dir, password)?)
+    } else {
+        None
+    };
+    let config_path = match (&setup, &options.config) {
+        (Some(s), _) => s.config_path.clone(),
+        (None, Some(path)) => path.clone(),
+        (None, None) => bail!(
+            "no configuration: pass --config FILE, or --dev to create one in {}",
+            options.data_dir.display()
+        ),
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut config = Config::load(&config_path, &env)?;
+    if let Some(listen) = &options.listen {
+        config.listen = listen.parse().with_context(|| {
+            format!("--listen `{listen}` is not an address like 127.0.0.1:8443")
+        })?;
+    }
+    let Some((cert, key)) = config.tls.clone() else {
+        bail!(
+            "{}: set tls.cert_file and tls.key_file; tessera serves HTTPS only (issuers must be https URLs)",
+            config_path.display()
+        );
+    };
+    let tls = tls::server_config(&cert, &key)?;
+    let listener = TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("https://{address}"));
+    let store = SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous)?;
+    let users = match &config.users_file {
+        Some(path) => Users::load(path).map_err(anyhow::Error::msg)?,
+        None => Users::default(),
+    };
+    let audit = Audit::start(config.audit_file.as_deref())
+        .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
+    let app = Arc::new(
+        App::new(AppParts {
+            config,
+            issuer: issuer.clone(),
+            store: Arc::new(store),
+            clock: Arc::new(SystemClock),
+            audit,
+            users,
+        })
+        .await?,
+    );
+    spawn_maintenance(Arc::clone(&app));
+    announce(address, &issuer, setup.as_ref());
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shutdown_on_signal(handle.clone()));
+    axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(tls),
+    )
+    .handle(handle)
+    .serve(http::router(app).into_make_service_with_connect_info::<SocketAddr>())
+    .await
+    .context("the server stopped")
+}
+
+/// The stable start-up lines scripts rely on, then the dev hints.
+fn announce(address: SocketAddr, issuer: &str, setup: Option<&dev::DevSetup>) {
+    println!("listening on https://{address}");
+    println!("issuer: {issuer}");
+    if let Some(setup) = setup {
+        println!("ca: {}", setup.ca_path.display());
+        for line in &setup.announcements {
+            println!("{line}");
+        }
+        println!("try it:");
+        println!(
+            "  curl --cacert {} {issuer}/.well-known/openid-configuration",
+            setup.ca_path.display()
+        );
+        println!(
+            "  open {issuer}/authorize?client_id=demo&response_type=code&scope=openid%20profile%20email%20groups&redirect_uri=http%3A%2F%2F127.0.0.1%3A8000%2Fcallback"
+        );
+        println!(
+            "  (sign in as `dev`; exchange the code at {issuer}/token with client `demo` and its secret)"
+        );
+    }
+}
+
+fn spawn_maintenance(app: Arc<App>) {
+    let reload_every = app.config.key_reload_interval;
+    let keys_app = Arc::clone(&app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(reload_every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = keys_app.reload_keys().await {
+                tracing::warn!(error = %e, "cannot reload signing keys; keeping the current ones");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            match app.sweep().await {
+                Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+        }
+    });
+}
+
+async fn shutdown_on_signal(handle: axum_server::Handle) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    handle.graceful_shutdown(Some(Duration::from_secs(10)));
+}
