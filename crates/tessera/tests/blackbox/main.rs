@@ -1,0 +1,15 @@
+//! Black-box tests: each starts the real `tessera` binary on a random loopback port with its own
+//! data directory and speaks HTTPS to it, as kubectl, a browser or an RP library would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// a panic is how a test reports failure
+// The harness is shared by test modules; not every module uses every helper.
+#![allow(unreachable_pub, dead_code)]
+
+mod support;
+
+mod bad_input;
+mod endpoints;
+mod flow;
+mod keys;
+mod oidc_library;
+mod rotation;
