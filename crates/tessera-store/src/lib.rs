@@ -84,19 +84,22 @@ pub trait Store: Send + Sync {
     /// Stores an authorization code.
     async fn insert_code(&self, code: AuthCode) -> Result<(), StoreError>;
 
-    /// Claims an authorization code: the first call gets it, later calls learn it was used.
+    /// Claims an authorization code: the first call gets it, later calls learn it was used. A
+    /// later call also revokes in advance the session the first one may not have started yet,
+    /// so that [`Store::start_session`] refuses it.
     async fn redeem_code(
         &self,
         hash: TokenHash,
         now: UnixMillis,
     ) -> Result<CodeRedemption, StoreError>;
 
-    /// Starts a session with its first refresh token, atomically.
+    /// Starts a session with its first refresh token, atomically, unless the code that names
+    /// the session has been presented again since it was claimed (RFC 6749 §4.1.2).
     async fn start_session(
         &self,
         session: Session,
         first: NewRefreshToken,
-    ) -> Result<(), StoreError>;
+    ) -> Result<SessionStart, StoreError>;
 
     /// Redeems a refresh token (DESIGN.md "Redeeming a refresh token"), in one transaction.
     async fn redeem_refresh_token(&self, request: RedeemRequest) -> Result<Redemption, StoreError>;

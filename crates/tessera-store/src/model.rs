@@ -78,6 +78,17 @@ pub enum CodeRedemption {
     Unknown,
 }
 
+/// What [`crate::Store::start_session`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionStart {
+    /// The session and its first refresh token are stored.
+    Started,
+    /// The code that names this session was presented again between its claim and now: nothing
+    /// was stored, and the exchange must fail (RFC 6749 §4.1.2), or a reuse racing the first
+    /// exchange would find no session to revoke and leave this one alive.
+    CodeReused,
+}
+
 /// One login of one client: the family of its refresh tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {

@@ -1,13 +1,20 @@
 //! The embedded SQLite backend: one writer connection (SQLite allows one writer; several writer
 //! connections only stall each other on the lock) and a few reader connections, WAL mode.
-//! Calls run on Tokio's blocking pool so the async workers never wait on disk.
+//! The writer connection lives on its own thread and runs queued writes one after another;
+//! reads run on Tokio's blocking pool. Either way the async workers never wait on disk.
+//!
+//! Why a thread rather than the blocking pool for writes: under load, every concurrent write on
+//! the pool took a pool thread only to sleep on the writer's mutex, so N waiting requests meant N
+//! threads woken one by one; a queue drained by one thread costs no wake-up while it stays busy.
 //!
 //! Durability: WAL with `synchronous=NORMAL` keeps every committed transaction across a crash
 //! of the process (SIGKILL); `FULL` also across power loss.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -39,9 +46,48 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    writer: Writer,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+}
+
+/// A write, run on the writer thread; it sends its own answer.
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The queue of the writer thread, which owns the writer connection. Dropping it lets the
+/// thread finish the queued writes, close the connection and end; the drop waits for that, so
+/// the database is closed once the store is gone, as with a connection dropped in place.
+struct Writer {
+    jobs: Option<mpsc::Sender<WriteJob>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(mut connection: Connection) -> std::io::Result<Writer> {
+        let (jobs, queue) = mpsc::channel::<WriteJob>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                for job in queue {
+                    // A panicking write rolls its transaction back while unwinding, so the
+                    // connection is still good; its caller learns of it from the dropped answer.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut connection)));
+                }
+            })?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -53,27 +99,47 @@ impl SqliteStore {
         };
         let mut writer = connect(path, synchronous).map_err(open_error)?;
         migrate(&mut writer, path)?;
+        let writer = Writer::start(writer).map_err(|e| StoreError::Open {
+            location: path.display().to_string(),
+            source: Box::new(e),
+        })?;
         let readers = (0..READERS)
             .map(|_| connect(path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(open_error)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
+                writer,
                 readers,
                 next_reader: AtomicUsize::new(0),
             }),
         })
     }
 
-    /// Runs `f` with the writer connection on the blocking pool.
+    /// Runs `f` with the writer connection on the writer thread, after the writes queued before.
     async fn write<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        blocking(operation, move || f(&mut lock(&inner.writer))).await
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: WriteJob = Box::new(move |c| {
+            // The caller may have gone away (its request was cancelled); the write stands.
+            let _ = answer.send(f(c));
+        });
+        let lost = || StoreError::Query {
+            operation,
+            source: "the SQLite writer thread dropped the write (it panicked or has stopped)"
+                .into(),
+        };
+        self.inner
+            .writer
+            .jobs
+            .as_ref()
+            .ok_or_else(lost)?
+            .send(job)
+            .map_err(|_| lost())?;
+        answered.await.map_err(|_| lost())?
     }
 
     /// Runs `f` with one of the reader connections on the blocking pool.
@@ -270,6 +336,20 @@ impl Store for SqliteStore {
                 )
                 .map_err(query("redeem_code"))?
                 == 1;
+            if !claimed {
+                // The first use may not have started its session yet, and then revoking it would
+                // find nothing: put it in revoked already, so that its start is refused. The row
+                // lives as long as the code's (see `sweep`).
+                tx.execute(
+                    "INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time,
+                     created_at, absolute_end, revoked_at, revoked_reason)
+                     SELECT session_id, subject, client_id, sso_id, scope, auth_time,
+                     ?2, expires_at + 3600000, ?2, 'code_reuse' FROM auth_codes WHERE hash = ?1
+                     ON CONFLICT (id) DO NOTHING",
+                    params![hash.to_hex(), now.0],
+                )
+                .map_err(query("redeem_code"))?;
+            }
             let code = tx
                 .query_row(
                     "SELECT client_id, redirect_uri, code_challenge, nonce, scope, session_id, sso_id,
@@ -295,9 +375,23 @@ impl Store for SqliteStore {
         &self,
         session: Session,
         first: NewRefreshToken,
-    ) -> Result<(), StoreError> {
+    ) -> Result<SessionStart, StoreError> {
         self.write("start_session", move |c| {
             let tx = immediate(c, "start_session")?;
+            // Session ids are fresh random values: a row that is there already was put in,
+            // revoked, by a reuse of the code that names it (`redeem_code`).
+            let revoked_in_advance = tx
+                .query_row(
+                    "SELECT 1 FROM sessions WHERE id = ?1",
+                    [session.id.as_str()],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(query("start_session"))?
+                .is_some();
+            if revoked_in_advance {
+                return Ok(SessionStart::CodeReused);
+            }
             tx.prepare_cached(
                 "INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at,
                  absolute_end, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -317,7 +411,8 @@ impl Store for SqliteStore {
             })
             .map_err(query("start_session"))?;
             insert_refresh_token(&tx, &first, &session.id, &session.client_id)?;
-            tx.commit().map_err(query("start_session"))
+            tx.commit().map_err(query("start_session"))?;
+            Ok(SessionStart::Started)
         })
         .await
     }
@@ -419,7 +514,9 @@ impl Store for SqliteStore {
 const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, s.auth_time, s.created_at, s.absolute_end, s.revoked_at";
 
 /// The redeem transaction: claim, decide, apply. A rejected claim rolls back, so a refused
-/// token is left exactly as it was.
+/// token is left exactly as it was. The claim records the successor's hash at once: a claim
+/// ends in a rotation or in a rejection that rolls back, so it is right either way and saves a
+/// second UPDATE of the same row on every rotation.
 fn redeem_in_transaction(
     c: &mut Connection,
     request: &RedeemRequest,
@@ -428,8 +525,18 @@ fn redeem_in_transaction(
     let tx = immediate(c, op)?;
     let hash = request.hash.to_hex();
     let claimed = tx
-        .prepare_cached("UPDATE refresh_tokens SET used_at = ?2, used_ip = ?3 WHERE hash = ?1 AND used_at IS NULL")
-        .and_then(|mut s| s.execute(params![hash, request.now.0, request.ip]))
+        .prepare_cached(
+            "UPDATE refresh_tokens SET used_at = ?2, used_ip = ?3, successor_hash = ?4
+             WHERE hash = ?1 AND used_at IS NULL",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                hash,
+                request.now.0,
+                request.ip,
+                request.successor.to_hex()
+            ])
+        })
         .map_err(query(op))?
         == 1;
     let found = tx
@@ -478,9 +585,6 @@ fn redeem_in_transaction(
         (Decision::Rotate, Some(session)) => {
             successor_expires_at =
                 redeem::successor_expiry(request.now, request.ttl, session.bounds());
-            tx.prepare_cached("UPDATE refresh_tokens SET successor_hash = ?2 WHERE hash = ?1")
-                .and_then(|mut s| s.execute(params![hash, request.successor.to_hex()]))
-                .map_err(query(op))?;
             let successor = NewRefreshToken {
                 hash: request.successor,
                 issued_at: request.now,

@@ -19,13 +19,13 @@ use yaml_serde::Value;
 pub enum ConfigError {
     /// The file could not be read.
     #[error(
-        "cannot read {path}: {source}; pass an existing file with --config or run `tessera serve --dev`"
+        "cannot read {path}: {reason}; pass an existing file with --config or run `tessera serve --dev`"
     )]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why. Not a `source`: the message already says it, and `{:#}` would repeat it.
+        reason: std::io::Error,
     },
     /// The file is not YAML, or a key is unknown or has the wrong type.
     #[error("{path}: {message}")]
@@ -297,9 +297,9 @@ pub struct Config {
 impl Config {
     /// Loads `path`, applies `TESSERA_*` overrides from `env`, and validates.
     pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),

@@ -237,7 +237,7 @@ impl App {
                 &Event::LoginFailed {
                     reason: "rate_limited".into(),
                 },
-                who,
+                &who,
             );
             return Err(LoginFailure::RateLimited(seconds));
         }
@@ -258,7 +258,7 @@ impl App {
                 &Event::LoginFailed {
                     reason: "bad_credentials".into(),
                 },
-                who,
+                &who,
             );
             return Err(LoginFailure::BadCredentials);
         };
@@ -275,7 +275,7 @@ impl App {
             .create_sso(sso.clone())
             .await
             .map_err(|e| LoginFailure::Unavailable(e.into()))?;
-        self.record(&Event::LoginSucceeded, who);
+        self.record(&Event::LoginSucceeded, &who);
         Ok(LoginOutcome { sso, handle })
     }
 

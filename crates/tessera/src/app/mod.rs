@@ -174,7 +174,7 @@ impl App {
                     kid,
                     alg: alg.as_str().into(),
                 },
-                Subjects::default(),
+                &Subjects::default(),
             );
         }
         let fresh = keys::load(
@@ -211,8 +211,8 @@ impl App {
         self.config.clients.get(id)
     }
 
-    fn record(&self, event: &Event, subjects: Subjects) {
-        self.audit.record(self.now(), event, &subjects);
+    fn record(&self, event: &Event, subjects: &Subjects) {
+        self.audit.record(self.now(), event, subjects);
     }
 }
 

@@ -167,11 +167,13 @@ impl App {
     ) -> Result<(), AppError> {
         let now = self.now();
         let mut hinted_sso = None;
-        if let Some(id) = hinted {
-            if let Some(session) = self.store.find_session(id).await? {
-                hinted_sso.clone_from(&session.sso_id);
-                self.end_session(&session, "logout", ctx).await?;
-            }
+        let hinted_session = match hinted {
+            Some(id) => self.store.find_session(id).await?,
+            None => None,
+        };
+        if let Some(session) = hinted_session {
+            hinted_sso.clone_from(&session.sso_id);
+            self.end_session(&session, "logout", ctx).await?;
         }
         for sso in sso_id.into_iter().chain(hinted_sso) {
             for id in self.store.revoke_sso(sso, now, "logout").await? {
@@ -179,7 +181,7 @@ impl App {
                     &Event::SessionRevoked {
                         reason: "logout".into(),
                     },
-                    Subjects {
+                    &Subjects {
                         session_id: Some(id.to_string()),
                         source_ip: Some(ctx.ip.clone()),
                         user_agent: ctx.user_agent.clone(),
@@ -206,7 +208,7 @@ impl App {
                 &Event::SessionRevoked {
                     reason: reason.into(),
                 },
-                subjects(session, ctx, None),
+                &subjects(session, ctx, None),
             );
         }
         Ok(())

@@ -8,7 +8,7 @@ use tessera_core::clock::UnixMillis;
 use tessera_core::pkce;
 use tessera_core::redeem::{Decision, RejectReason};
 use tessera_core::token::{MAX_TOKEN_LEN, REFRESH_TOKEN_PREFIX, Secret, TokenHash};
-use tessera_store::{CodeRedemption, NewRefreshToken, RedeemRequest, Session};
+use tessera_store::{CodeRedemption, NewRefreshToken, RedeemRequest, Session, SessionStart};
 
 use super::{App, AppError, RequestContext, random_secret};
 use crate::config::Client;
@@ -118,24 +118,23 @@ impl App {
                 });
             }
             CodeRedemption::AlreadyUsed { session_id } => {
-                if self
-                    .store
+                // The session is revoked now, or was revoked in advance by the store when the
+                // first exchange had not started it yet: either way the reuse is audited.
+                self.store
                     .revoke_session(session_id.clone(), now, "code_reuse")
-                    .await?
-                {
-                    self.record(
-                        &Event::SessionRevoked {
-                            reason: "code_reuse".into(),
-                        },
-                        Subjects {
-                            session_id: Some(session_id.to_string()),
-                            client_id: Some(client.id.to_string()),
-                            source_ip: Some(ctx.ip.clone()),
-                            user_agent: ctx.user_agent.clone(),
-                            ..Subjects::default()
-                        },
-                    );
-                }
+                    .await?;
+                self.record(
+                    &Event::SessionRevoked {
+                        reason: "code_reuse".into(),
+                    },
+                    &Subjects {
+                        session_id: Some(session_id.to_string()),
+                        client_id: Some(client.id.to_string()),
+                        source_ip: Some(ctx.ip.clone()),
+                        user_agent: ctx.user_agent.clone(),
+                        ..Subjects::default()
+                    },
+                );
                 return Err(AppError::InvalidGrant {
                     reason: "code reused",
                 });
@@ -189,13 +188,17 @@ impl App {
                 session.bounds(),
             ),
         };
-        self.store.start_session(session.clone(), first).await?;
-        let response = self.mint(&session, user, code.nonce.as_deref(), refresh, now)?;
+        if self.store.start_session(session.clone(), first).await? == SessionStart::CodeReused {
+            return Err(AppError::InvalidGrant {
+                reason: "code reused",
+            });
+        }
+        let response = self.mint(&session, user, code.nonce.as_deref(), &refresh, now)?;
         self.record(
             &Event::TokenIssued {
                 grant_type: "authorization_code".into(),
             },
-            subjects(&session, ctx, Some(code.hash)),
+            &subjects(&session, ctx, Some(code.hash)),
         );
         Ok(response)
     }
@@ -246,8 +249,8 @@ impl App {
         match redemption.decision {
             Decision::Rotate => {
                 self.metrics.observe_refresh(RefreshOutcome::Rotated);
-                let response = self.answer_refresh(&session, successor, now)?;
-                self.record(&Event::TokenRefreshed, who);
+                let response = self.answer_refresh(&session, &successor, now)?;
+                self.record(&Event::TokenRefreshed, &who);
                 Ok(response)
             }
             Decision::Grace {
@@ -255,13 +258,13 @@ impl App {
                 first_used_ms_ago,
             } => {
                 self.metrics.observe_refresh(RefreshOutcome::GraceReuse);
-                let response = self.answer_refresh(&session, successor, now)?;
+                let response = self.answer_refresh(&session, &successor, now)?;
                 self.record(
                     &Event::ExpiredRefreshTokenUsed {
                         first_used_ip,
                         first_used_ms_ago,
                     },
-                    who,
+                    &who,
                 );
                 Ok(response)
             }
@@ -277,14 +280,14 @@ impl App {
                         first_used_ms_ago,
                         session_revoked: revoke_session,
                     },
-                    who.clone(),
+                    &who,
                 );
                 if revoke_session {
                     self.record(
                         &Event::SessionRevoked {
                             reason: "replay".into(),
                         },
-                        who,
+                        &who,
                     );
                 }
                 Err(AppError::InvalidGrant {
@@ -294,7 +297,7 @@ impl App {
             Decision::Reject(reason) => {
                 self.metrics.observe_refresh(RefreshOutcome::Rejected);
                 if reason == RejectReason::SessionEnded {
-                    self.record(&Event::SessionExpired, who);
+                    self.record(&Event::SessionExpired, &who);
                 }
                 Err(AppError::InvalidGrant {
                     reason: reason.as_str(),
@@ -306,7 +309,7 @@ impl App {
     fn answer_refresh(
         &self,
         session: &Session,
-        successor: Secret,
+        successor: &Secret,
         now: UnixMillis,
     ) -> Result<TokenResponse, AppError> {
         let user = self.user(session.subject.as_str())?;
@@ -325,7 +328,7 @@ impl App {
         session: &Session,
         user: &User,
         nonce: Option<&str>,
-        refresh: Secret,
+        refresh: &Secret,
         now: UnixMillis,
     ) -> Result<TokenResponse, AppError> {
         let keys = self.keys();
@@ -378,12 +381,10 @@ pub(crate) fn user_claims(user: &User, scope: &str) -> Map<String, Value> {
         claims.insert("preferred_username".into(), json!(user.username));
         claims.insert("name".into(), json!(user.username));
     }
-    if has("email") {
-        if let Some(email) = &user.email {
-            claims.insert("email".into(), json!(email));
-            // Local users' addresses are set by the administrator.
-            claims.insert("email_verified".into(), json!(true));
-        }
+    if let Some(email) = user.email.as_ref().filter(|_| has("email")) {
+        claims.insert("email".into(), json!(email));
+        // Local users' addresses are set by the administrator.
+        claims.insert("email_verified".into(), json!(true));
     }
     if has("groups") {
         claims.insert("groups".into(), json!(user.groups));
