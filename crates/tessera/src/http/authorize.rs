@@ -6,11 +6,13 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use tessera_core::token::constant_time_eq;
 
 use super::form::{Form, Params};
 use super::html::{error_page, escape, hidden, page};
-use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, cookie, issuer_path, set_cookie};
+use super::{
+    CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, cookie, csrf_matches, csrf_token, issuer_path,
+    set_cookie,
+};
 use crate::app::{App, AuthRequest, AuthorizeError, LoginFailure};
 
 /// The authorization request parameters the login form carries through.
@@ -82,13 +84,7 @@ async fn authorize(app: &App, headers: &HeaderMap, params: &Params) -> Response 
         );
         return Redirect::to(&location).into_response();
     }
-    login_form(
-        app,
-        &request,
-        cookie(headers, CSRF_COOKIE),
-        StatusCode::OK,
-        None,
-    )
+    login_form(app, &request, headers, StatusCode::OK, None)
 }
 
 pub(super) async fn login(
@@ -104,14 +100,15 @@ pub(super) async fn login(
         Ok(request) => request,
         Err(e) => return authorize_error(e),
     };
-    let csrf_cookie = cookie(&headers, CSRF_COOKIE);
-    let csrf_ok = match (&csrf_cookie, params.get("csrf")) {
-        (Some(expected), Some(sent)) => constant_time_eq(expected.as_bytes(), sent.as_bytes()),
-        _ => false,
-    };
-    if !csrf_ok {
+    if !csrf_matches(&headers, params.get("csrf")) {
         let message = "The form expired or was not sent from this browser; please sign in again.";
-        return login_form(&app, &request, None, StatusCode::FORBIDDEN, Some(message));
+        return login_form(
+            &app,
+            &request,
+            &headers,
+            StatusCode::FORBIDDEN,
+            Some(message),
+        );
     }
     let username = params.get("username").unwrap_or_default();
     let password = params.get("password").unwrap_or_default();
@@ -121,7 +118,7 @@ pub(super) async fn login(
             return login_form(
                 &app,
                 &request,
-                csrf_cookie,
+                &headers,
                 StatusCode::UNAUTHORIZED,
                 Some("Wrong user name or password."),
             );
@@ -131,7 +128,7 @@ pub(super) async fn login(
             let mut response = login_form(
                 &app,
                 &request,
-                csrf_cookie,
+                &headers,
                 StatusCode::TOO_MANY_REQUESTS,
                 Some(&message),
             );
@@ -172,16 +169,11 @@ fn authorize_error(e: AuthorizeError) -> Response {
 fn login_form(
     app: &App,
     request: &AuthRequest,
-    csrf: Option<String>,
+    headers: &HeaderMap,
     status: StatusCode,
     error: Option<&str>,
 ) -> Response {
-    let csrf = csrf.filter(|c| c.len() == 43).unwrap_or_else(|| {
-        let bytes: [u8; 32] = rand::random();
-        tessera_core::token::Secret::from_random("", bytes)
-            .expose()
-            .to_owned()
-    });
+    let csrf = csrf_token(headers);
     let values = [
         Some(request.client_id.as_str()),
         Some(request.redirect_uri.as_str()),

@@ -128,6 +128,27 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     }
 }
 
+/// The CSRF token for a form: the browser's existing `tessera_csrf` cookie, or a new one.
+fn csrf_token(headers: &HeaderMap) -> String {
+    cookie(headers, CSRF_COOKIE)
+        .filter(|c| c.len() == 43)
+        .unwrap_or_else(|| {
+            tessera_core::token::Secret::from_random("", rand::random())
+                .expose()
+                .to_owned()
+        })
+}
+
+/// Whether a form's `csrf` field matches the `tessera_csrf` cookie (double submit).
+fn csrf_matches(headers: &HeaderMap, sent: Option<&str>) -> bool {
+    match (cookie(headers, CSRF_COOKIE), sent) {
+        (Some(expected), Some(sent)) => {
+            tessera_core::token::constant_time_eq(expected.as_bytes(), sent.as_bytes())
+        }
+        _ => false,
+    }
+}
+
 /// The value of cookie `name`, if the request carries it.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers

@@ -7,11 +7,13 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use tessera_core::id::SessionId;
-use tessera_core::token::constant_time_eq;
 
 use super::form::{Form, Params};
 use super::html::{error_page, escape, hidden, page};
-use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, cookie, issuer_path, set_cookie};
+use super::{
+    CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, cookie, csrf_matches, csrf_token, issuer_path,
+    set_cookie,
+};
 use crate::app::{App, AppError, RequestContext};
 
 pub(super) async fn userinfo(
@@ -51,10 +53,7 @@ pub(super) async fn logout_post(
     let Ok(Form(params)) = form else {
         return error_page(StatusCode::BAD_REQUEST, "The logout request is malformed.");
     };
-    let confirmed = match (cookie(&headers, CSRF_COOKIE), params.get("csrf")) {
-        (Some(expected), Some(sent)) => constant_time_eq(expected.as_bytes(), sent.as_bytes()),
-        _ => false,
-    };
+    let confirmed = csrf_matches(&headers, params.get("csrf"));
     logout(&app, &headers, &ctx, &params, confirmed).await
 }
 
@@ -124,14 +123,7 @@ async fn logout(
 }
 
 fn confirmation(app: &App, headers: &HeaderMap, params: &Params) -> Response {
-    let csrf = cookie(headers, CSRF_COOKIE)
-        .filter(|c| c.len() == 43)
-        .unwrap_or_else(|| {
-            let bytes: [u8; 32] = rand::random();
-            tessera_core::token::Secret::from_random("", bytes)
-                .expose()
-                .to_owned()
-        });
+    let csrf = csrf_token(headers);
     let mut fields = hidden("csrf", &csrf);
     for name in [
         "id_token_hint",

@@ -101,10 +101,10 @@ impl Server {
 
     async fn wait_healthy(&self) {
         for _ in 0..200 {
-            if let Ok(r) = self.http.get(self.url("/healthz")).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -365,4 +365,332 @@ fn client(ca: &std::path::Path, cookies: bool) -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the rotation, endpoint, bad-input and key tests.
+
+/// The demo client's only registered redirect URI.
+pub const DEMO_REDIRECT: &str = "http://127.0.0.1:8000/callback";
+
+/// The demo client's registered post-logout redirect URI.
+pub const DEMO_POST_LOGOUT: &str = "http://127.0.0.1:8000/";
+
+impl AuthParams<'static> {
+    /// The confidential client `demo` (it uses PKCE too, as a careful RP does).
+    pub fn demo() -> AuthParams<'static> {
+        AuthParams {
+            client_id: "demo",
+            redirect_uri: DEMO_REDIRECT,
+            ..AuthParams::kubernetes()
+        }
+    }
+}
+
+impl AuthParams<'_> {
+    /// The query parameters of /authorize, for tests that add or change one.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("client_id", self.client_id.to_owned()),
+            ("redirect_uri", self.redirect_uri.to_owned()),
+            ("response_type", "code".to_owned()),
+            ("scope", self.scope.to_owned()),
+            ("state", self.state.to_owned()),
+            ("nonce", self.nonce.to_owned()),
+            ("code_challenge", challenge(self.verifier)),
+            ("code_challenge_method", "S256".to_owned()),
+        ]
+    }
+}
+
+/// A response read to the end: status, headers and the body as JSON (or a JSON string of the
+/// text when it is not JSON).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// Reads a response.
+    pub async fn read(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The OAuth `error` code of the body.
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("(no error field)")
+    }
+}
+
+impl Server {
+    /// A fresh browser: its own cookie jar, redirects not followed.
+    pub fn new_browser(&self) -> reqwest::Client {
+        client(&self.ca, true)
+    }
+
+    /// A client without cookies whose connections leave from `local` (e.g. 127.0.0.2, which
+    /// reaches the server on 127.0.0.1 over loopback).
+    pub fn client_from(&self, local: std::net::IpAddr) -> reqwest::Client {
+        let pem = std::fs::read(&self.ca).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(local)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    /// POSTs a form to a path under the issuer with `client`, optionally with an
+    /// `Authorization` header value, and reads the whole answer.
+    pub async fn post_as(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        authorization: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = client.post(self.url(path)).form(form);
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        Answer::read(request.send().await.unwrap()).await
+    }
+
+    /// POSTs a form to a path under the issuer (no cookies) and reads the whole answer.
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        self.post_as(&self.http, path, None, form).await
+    }
+
+    /// GETs a path under the issuer (no cookies) and reads the whole answer.
+    pub async fn get(&self, path: &str) -> Answer {
+        Answer::read(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    /// Refreshes as client `kubernetes` from a chosen client (and so a chosen source address).
+    pub async fn refresh_from(&self, client: &reqwest::Client, refresh_token: &str) -> Answer {
+        self.post_as(
+            client,
+            "/token",
+            None,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("client_id", "kubernetes"),
+            ],
+        )
+        .await
+    }
+
+    /// GET /authorize with exactly `query`, from `client`.
+    pub async fn authorize_raw(
+        &self,
+        client: &reqwest::Client,
+        query: &[(&str, String)],
+    ) -> reqwest::Response {
+        client
+            .get(self.url("/authorize"))
+            .query(query)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Shows the login form in `browser` and submits it once as `dev` with `password`;
+    /// returns the answer to POST /login.
+    pub async fn submit_login(
+        &self,
+        browser: &reqwest::Client,
+        auth: &AuthParams<'_>,
+        password: &str,
+    ) -> reqwest::Response {
+        let response = self.authorize_raw(browser, &auth.query()).await;
+        assert_eq!(response.status(), StatusCode::OK, "the login form is shown");
+        let mut form = hidden_fields(&response.text().await.unwrap());
+        form.push(("username".into(), "dev".into()));
+        form.push(("password".into(), password.into()));
+        browser
+            .post(self.url("/login"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs in with client `demo` and exchanges the code with `client_secret_basic`.
+    pub async fn demo_tokens(&self) -> Value {
+        let auth = AuthParams::demo();
+        let code = self.login(&auth).await;
+        let answer = self
+            .post_as(
+                &self.http,
+                "/token",
+                Some(&basic(auth.client_id, &self.demo_secret)),
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code),
+                    ("redirect_uri", auth.redirect_uri),
+                    ("code_verifier", auth.verifier),
+                ],
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "demo exchange: {}",
+            answer.body
+        );
+        answer.body
+    }
+
+    /// The JWKS document.
+    pub async fn jwks(&self) -> Value {
+        let answer = self.get("/jwks").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        answer.body
+    }
+
+    /// Verifies `jwt` against the server's current JWKS, for this issuer and `audience`.
+    pub async fn verify(&self, jwt: &str, audience: &str) -> Result<Value, String> {
+        verify_jwt(&self.jwks().await, jwt, &self.issuer, audience)
+    }
+
+    /// Runs `tessera` with `args` against this server's data directory and waits for it.
+    pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        all.push("--data-dir".into());
+        all.push(self.dir.path().into());
+        tessera_cli(&all)
+    }
+}
+
+/// `Basic base64(id:secret)` (RFC 6749 §2.3.1; the ids and secrets used here need no
+/// form-encoding).
+pub fn basic(id: &str, secret: &str) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
+}
+
+/// Verifies a JWT's signature with the JWKS key its header names (an independent
+/// implementation: the `jsonwebtoken` crate), then its issuer, audience and expiry; returns
+/// the claims.
+pub fn verify_jwt(jwks: &Value, jwt: &str, issuer: &str, audience: &str) -> Result<Value, String> {
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+    let set: JwkSet = serde_json::from_value(jwks.clone()).map_err(|e| format!("JWKS: {e}"))?;
+    let header = decode_header(jwt).map_err(|e| format!("header: {e}"))?;
+    let kid = header.kid.ok_or("the JWT names no kid")?;
+    let jwk = set
+        .find(&kid)
+        .ok_or_else(|| format!("kid {kid} is not in the JWKS"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWK {kid}: {e}"))?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    decode::<Value>(jwt, &key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| format!("verification with {kid}: {e}"))
+}
+
+/// The header of a JWT, unverified.
+pub fn jwt_header(jwt: &str) -> Value {
+    let header = jwt.split('.').next().expect("a JWT has three parts");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
+}
+
+/// Runs the `tessera` binary with `args` (no stdin) and waits for it.
+pub fn tessera_cli(args: &[std::ffi::OsString]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .env("TESSERA_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the tessera binary runs")
+}
+
+impl Server {
+    /// A browser (cookie jar, redirects not followed) whose connections leave from `local`.
+    pub fn browser_from(&self, local: std::net::IpAddr) -> reqwest::Client {
+        let pem = std::fs::read(&self.ca).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(true)
+            .local_address(local)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    /// Like [`Server::submit_login`], as any user name.
+    pub async fn submit_login_as(
+        &self,
+        browser: &reqwest::Client,
+        auth: &AuthParams<'_>,
+        username: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        let response = self.authorize_raw(browser, &auth.query()).await;
+        assert_eq!(response.status(), StatusCode::OK, "the login form is shown");
+        let mut form = hidden_fields(&response.text().await.unwrap());
+        form.push(("username".into(), username.into()));
+        form.push(("password".into(), password.into()));
+        browser
+            .post(self.url("/login"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The Prometheus text of /metrics.
+    pub async fn metrics(&self) -> String {
+        let answer = self.get("/metrics").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        match answer.body {
+            Value::String(text) => text,
+            other => panic!("metrics are text, not {other}"),
+        }
+    }
+}
+
+/// The value of the sample `name` (with its labels, exactly as rendered) in Prometheus text.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }

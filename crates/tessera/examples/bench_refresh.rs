@@ -1,0 +1,893 @@
+//! The driver of `bench/refresh` (issue 2, "Benchmark (not a test)"): how many refresh-token
+//! rotations per second a release `tessera serve --dev` sustains on this machine, against how
+//! many RS256 signatures per second the machine can make at all.
+//!
+//! It starts the release server in a temporary data directory with the default durability
+//! (SQLite WAL, `synchronous=NORMAL`: a commit survives SIGKILL), mints N sessions (one password
+//! login, then the SSO cookie: each further `/authorize` redirects straight to a code, exchanged
+//! at `/token` with PKCE as client `kubernetes`), and for each concurrency C runs C refresh
+//! chains on distinct sessions for D seconds after a short warm-up. Each chain owns one HTTP/1.1
+//! keep-alive connection, like one kubectl credential plugin per kubeconfig. The load generator
+//! runs on one thread so that it takes as little of the machine as possible from the server;
+//! its CPU, the server's and everyone else's are reported beside the throughput.
+//!
+//! Before the first level and after each one, while the server idles, it measures the raw rate
+//! of signing an id_token (one thread, then one thread per core). A virtual machine's speed
+//! drifts, so each level is compared with the faster of the two measurements beside it: the
+//! ratio errs low rather than high.
+//!
+//! Each refresh signs two JWTs (id_token and access token), so the ceiling is half the
+//! all-cores signing rate; the table reports refreshes/s divided by that ceiling.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tessera_core::clock::{Clock, SystemClock, monotonic_now};
+use tessera_core::jwt::{Algorithm, SigningKey};
+
+const USAGE: &str = "\
+usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurrency 1,8,64]
+                     [--sign-secs SECS] [--synchronous normal|full] [--tessera PATH]
+
+  --sessions N        sessions minted before the runs; at least the largest C, the rest are
+                      spares for chains whose token fails (default 128)
+  --duration SECS     measured seconds per concurrency level (default 15)
+  --warmup SECS       unmeasured seconds before each level (default 2)
+  --concurrency LIST  concurrent refresh chains, comma-separated (default 1,8,64)
+  --sign-secs SECS    seconds of each raw signing measurement (default 2)
+  --synchronous MODE  the server's storage.sqlite_synchronous (default normal)
+  --tessera PATH      the server binary (default: target/release/tessera beside this example)";
+
+const PASSWORD: &str = "bench password, not a secret";
+const VERIFIER: &str = "bench-verifier-that-is-long-enough-for-rfc-7636-section-4-1";
+const REDIRECT_URI: &str = "http://127.0.0.1:41234/callback";
+const CLIENT_ID: &str = "kubernetes";
+/// Concurrent code exchanges while minting sessions.
+const MINTERS: usize = 8;
+
+fn main() -> Result<()> {
+    let options = Options::parse(std::env::args().skip(1))?;
+    print_machine();
+    warn_if_busy()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let levels = runtime.block_on(run(&options))?;
+    print_table(&options, &levels);
+    Ok(())
+}
+
+/// The command line.
+struct Options {
+    sessions: usize,
+    duration: Duration,
+    warmup: Duration,
+    concurrency: Vec<usize>,
+    sign_secs: Duration,
+    synchronous: String,
+    tessera: PathBuf,
+}
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
+        let mut options = Options {
+            sessions: 128,
+            duration: Duration::from_secs(15),
+            warmup: Duration::from_secs(2),
+            concurrency: vec![1, 8, 64],
+            sign_secs: Duration::from_secs(2),
+            synchronous: "normal".into(),
+            tessera: default_tessera()?,
+        };
+        while let Some(flag) = args.next() {
+            if flag == "--help" || flag == "-h" {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            let value = args
+                .next()
+                .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"))?;
+            match flag.as_str() {
+                "--sessions" => options.sessions = value.parse().context("--sessions")?,
+                "--duration" => options.duration = seconds(&value).context("--duration")?,
+                "--warmup" => options.warmup = seconds(&value).context("--warmup")?,
+                "--sign-secs" => options.sign_secs = seconds(&value).context("--sign-secs")?,
+                "--synchronous" => options.synchronous = value,
+                "--tessera" => options.tessera = PathBuf::from(value),
+                "--concurrency" => {
+                    options.concurrency = value
+                        .split(',')
+                        .map(|c| c.trim().parse::<usize>())
+                        .collect::<Result<_, _>>()
+                        .context("--concurrency wants a list like 1,8,64")?;
+                }
+                _ => bail!("unknown option {flag}\n{USAGE}"),
+            }
+        }
+        let largest = options.concurrency.iter().copied().max().unwrap_or(0);
+        if options.concurrency.contains(&0) || options.sessions < largest {
+            bail!(
+                "--sessions ({}) must cover the largest concurrency ({largest}), and no level may be 0",
+                options.sessions
+            );
+        }
+        Ok(options)
+    }
+}
+
+fn seconds(text: &str) -> Result<Duration> {
+    Ok(Duration::try_from_secs_f64(text.parse::<f64>()?)?)
+}
+
+/// `target/release/tessera`: the example lives in `target/release/examples/`.
+fn default_tessera() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("{} has no grandparent directory", exe.display()))?;
+    Ok(release.join("tessera"))
+}
+
+fn print_machine() {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("date: {}", today());
+    println!(
+        "machine: nproc {}, {model}, Linux {}",
+        cores(),
+        kernel.trim()
+    );
+}
+
+/// Other processes share the cores with the server and the signing measurement: say so.
+fn warn_if_busy() -> Result<()> {
+    let before = machine_cpu_ms()?;
+    let started = monotonic_now();
+    std::thread::park_timeout(Duration::from_secs(1));
+    let busy = (machine_cpu_ms()? - before) / 1000.0 / started.elapsed().as_secs_f64();
+    println!("machine busy before the run: {busy:.2} cores");
+    if busy > 0.15 {
+        eprintln!(
+            "warning: other processes use {busy:.2} of {} cores; every figure below will be low",
+            cores()
+        );
+    }
+    Ok(())
+}
+
+fn today() -> String {
+    let now = SystemClock.now();
+    time::OffsetDateTime::from_unix_timestamp(now.as_secs())
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{} s after the epoch", now.as_secs()))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The raw rate of signing one representative id_token.
+#[derive(Clone, Copy, Default)]
+struct SigningRates {
+    one_thread: f64,
+    all_cores: f64,
+    threads: usize,
+}
+
+impl SigningRates {
+    fn measure(each: Duration) -> Result<SigningRates> {
+        let (key, _) = SigningKey::generate(Algorithm::RS256, "bench".into())?;
+        let claims = id_token_claims();
+        let one_thread = signing_rate(&key, &claims, each)?;
+        let threads = cores();
+        let all_cores = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| scope.spawn(|| signing_rate(&key, &claims, each)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().map_err(|_| anyhow!("a signing thread panicked"))?)
+                .sum::<Result<f64>>()
+        })?;
+        Ok(SigningRates {
+            one_thread,
+            all_cores,
+            threads,
+        })
+    }
+
+    fn print(&self, when: &str) {
+        println!(
+            "RS256 id_token signatures/s (aws-lc-rs, cached key) {when}: {:.0} on one thread, {:.0} on {} threads",
+            self.one_thread, self.all_cores, self.threads
+        );
+    }
+
+    fn faster(&self, other: &SigningRates) -> SigningRates {
+        SigningRates {
+            one_thread: self.one_thread.max(other.one_thread),
+            all_cores: self.all_cores.max(other.all_cores),
+            threads: self.threads,
+        }
+    }
+}
+
+/// The claims tessera puts in an id_token for scope `openid profile email groups`.
+fn id_token_claims() -> Value {
+    let now = SystemClock.now().as_secs();
+    json!({
+        "preferred_username": "dev",
+        "name": "dev",
+        "email": "dev@example.com",
+        "email_verified": true,
+        "groups": ["dev", "system:authenticated"],
+        "iss": "https://127.0.0.1:8443",
+        "sub": "dev",
+        "aud": CLIENT_ID,
+        "azp": CLIENT_ID,
+        "exp": now + 60,
+        "iat": now,
+        "auth_time": now,
+        "sid": "0123456789abcdef0123456789abcdef",
+    })
+}
+
+fn signing_rate(key: &SigningKey, claims: &Value, each: Duration) -> Result<f64> {
+    let started = monotonic_now();
+    let mut signed = 0u64;
+    loop {
+        key.sign("JWT", claims)?;
+        signed += 1;
+        let elapsed = started.elapsed();
+        if elapsed >= each {
+            return Ok(signed as f64 / elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// What one concurrency level measured.
+struct Level {
+    concurrency: usize,
+    refreshes: u64,
+    seconds: f64,
+    errors: u64,
+    latencies_micros: Vec<u32>,
+    server_rss_kib: u64,
+    server_cpu_ms: f64,
+    driver_cpu_ms: f64,
+    /// CPU time of the whole machine (every process, every core) in the window.
+    machine_cpu_ms: f64,
+    /// What the machine can sign, measured around this level.
+    signing: SigningRates,
+}
+
+impl Level {
+    fn per_second(&self) -> f64 {
+        self.refreshes as f64 / self.seconds
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let Some(last) = self.latencies_micros.len().checked_sub(1) else {
+            return f64::NAN;
+        };
+        let index = ((last as f64) * p).round() as usize;
+        f64::from(self.latencies_micros[index.min(last)]) / 1000.0
+    }
+}
+
+async fn run(options: &Options) -> Result<Vec<Level>> {
+    let server = Server::start(&options.tessera, &options.synchronous).await?;
+    println!(
+        "server: {} (pid {}), data in {}, sqlite synchronous={}",
+        server.issuer,
+        server.pid,
+        server.dir.path().display(),
+        options.synchronous
+    );
+    let started = monotonic_now();
+    let tokens = mint_sessions(&server, options.sessions).await?;
+    println!(
+        "minted {} sessions in {:.1} s (one password login, then the SSO cookie)",
+        tokens.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let pool = Arc::new(Mutex::new(tokens));
+    let mut levels = Vec::new();
+    // Around every level, while the server idles (see the module documentation).
+    let mut signing_before = SigningRates::measure(options.sign_secs)?;
+    signing_before.print("before the first level");
+    for &concurrency in &options.concurrency {
+        let mut level = run_level(&server, &pool, concurrency, options).await?;
+        let signing_after = SigningRates::measure(options.sign_secs)?;
+        signing_after.print(&format!("after C={concurrency}"));
+        level.signing = signing_before.faster(&signing_after);
+        let drift =
+            (signing_before.all_cores - signing_after.all_cores).abs() / level.signing.all_cores;
+        if drift > 0.1 {
+            eprintln!(
+                "warning: the signing rate moved by {:.0}% around C={concurrency}; the machine is not steady",
+                drift * 100.0
+            );
+        }
+        signing_before = signing_after;
+        println!(
+            "C={concurrency}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            level.per_second(),
+            level.percentile_ms(0.50),
+            level.percentile_ms(0.99),
+            level.errors
+        );
+        server.check_alive()?;
+        levels.push(level);
+    }
+    Ok(levels)
+}
+
+/// A running release `tessera serve --dev`, killed by PID when dropped.
+struct Server {
+    child: Child,
+    pid: u32,
+    dir: tempfile::TempDir,
+    issuer: String,
+    tls: rustls::ClientConfig,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start(binary: &Path, synchronous: &str) -> Result<Server> {
+        if !binary.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release --bin tessera` (bench/refresh does)",
+                binary.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-bench-")
+            .tempdir()
+            .context("cannot create a temporary data directory")?;
+        let mut child = Command::new(binary)
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("TESSERA_DEV_PASSWORD", PASSWORD)
+            .env("TESSERA_LOG", "warn")
+            .env("TESSERA_STORAGE__SQLITE_SYNCHRONOUS", synchronous)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("the server's stdout is not piped"))?;
+        let (lines_tx, lines_rx) = mpsc::channel();
+        // Drains the server's stdout for its whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let issuer = loop {
+            let line = lines_rx
+                .recv_timeout(Duration::from_secs(60))
+                .context("the server printed no `issuer:` line within 60 s")?;
+            if let Some(issuer) = line.strip_prefix("issuer: ") {
+                break issuer.to_owned();
+            }
+        };
+        let tls = tls_trusting(&dir.path().join("ca.pem"))?;
+        let server = Server {
+            child,
+            pid,
+            dir,
+            issuer,
+            tls,
+        };
+        server.wait_healthy().await?;
+        Ok(server)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    /// `/token`, parsed once: the load generator should not spend its CPU parsing URLs.
+    fn token_url(&self) -> Result<reqwest::Url> {
+        Ok(reqwest::Url::parse(&self.url("/token"))?)
+    }
+
+    /// An HTTP/1.1 client with one keep-alive connection to the server.
+    fn client(&self, cookies: bool) -> Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(self.tls.clone())
+            .http1_only()
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(cookies)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")
+    }
+
+    async fn wait_healthy(&self) -> Result<()> {
+        let client = self.client(false)?;
+        for _ in 0..200 {
+            if let Ok(r) = client.get(self.url("/healthz")).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the server did not become healthy within 10 s")
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if Path::new(&format!("/proc/{}", self.pid)).exists() {
+            Ok(())
+        } else {
+            bail!("the server (pid {}) has exited", self.pid)
+        }
+    }
+
+    fn proc_path(&self, file: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/{file}", self.pid))
+    }
+}
+
+fn tls_trusting(ca: &Path) -> Result<rustls::ClientConfig> {
+    let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Logs in once through the form, then turns the SSO cookie into `count` sessions; returns their
+/// refresh tokens.
+async fn mint_sessions(server: &Server, count: usize) -> Result<Vec<String>> {
+    let browser = server.client(true)?;
+    let first = password_login(server, &browser).await?;
+    let mut tokens = vec![exchange(server, &browser, &first).await?];
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(count.saturating_sub(1)));
+    let mut minters = tokio::task::JoinSet::new();
+    for _ in 0..MINTERS {
+        let (browser, remaining) = (browser.clone(), Arc::clone(&remaining));
+        let (authorize, token) = (server.url("/authorize"), server.token_url()?);
+        minters.spawn(async move {
+            let mut minted = Vec::new();
+            while remaining
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+            {
+                let response = browser.get(&authorize).query(&auth_query()).send().await?;
+                let code = code_from(&location(&response)?)?;
+                minted.push(exchange_at(&browser, &token, &code).await?);
+            }
+            Ok::<_, anyhow::Error>(minted)
+        });
+    }
+    while let Some(minted) = minters.join_next().await {
+        tokens.extend(minted??);
+    }
+    Ok(tokens)
+}
+
+/// `/authorize`, the login form, and the code from the final redirect.
+async fn password_login(server: &Server, browser: &reqwest::Client) -> Result<String> {
+    let response = browser
+        .get(server.url("/authorize"))
+        .query(&auth_query())
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!(
+            "/authorize answered {} instead of the login form",
+            response.status()
+        );
+    }
+    let mut form = hidden_fields(&response.text().await?);
+    form.push(("username".into(), "dev".into()));
+    form.push(("password".into(), PASSWORD.into()));
+    let response = browser
+        .post(server.url("/login"))
+        .form(&form)
+        .send()
+        .await?;
+    code_from(&location(&response)?)
+}
+
+async fn exchange(server: &Server, client: &reqwest::Client, code: &str) -> Result<String> {
+    exchange_at(client, &server.token_url()?, code).await
+}
+
+/// The refresh token of a code exchange with PKCE.
+async fn exchange_at(
+    client: &reqwest::Client,
+    token_url: &reqwest::Url,
+    code: &str,
+) -> Result<String> {
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", REDIRECT_URI),
+        ("client_id", CLIENT_ID),
+        ("code_verifier", VERIFIER),
+    ];
+    token_request(client, token_url, &form).await
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    refresh_token: String,
+}
+
+/// POSTs to `/token`; the answer's refresh token, or why there is none.
+async fn token_request(
+    client: &reqwest::Client,
+    token_url: &reqwest::Url,
+    form: &[(&str, &str)],
+) -> Result<String> {
+    let response = client.post(token_url.clone()).form(form).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        bail!(
+            "/token answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(serde_json::from_slice::<TokenAnswer>(&body)?.refresh_token)
+}
+
+fn auth_query() -> [(&'static str, String); 8] {
+    [
+        ("client_id", CLIENT_ID.into()),
+        ("redirect_uri", REDIRECT_URI.into()),
+        ("response_type", "code".into()),
+        ("scope", "openid profile email groups".into()),
+        ("state", "bench-state".into()),
+        ("nonce", "bench-nonce".into()),
+        (
+            "code_challenge",
+            URL_SAFE_NO_PAD.encode(Sha256::digest(VERIFIER.as_bytes())),
+        ),
+        ("code_challenge_method", "S256".into()),
+    ]
+}
+
+fn location(response: &reqwest::Response) -> Result<String> {
+    Ok(response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .ok_or_else(|| anyhow!("expected a redirect, got {}", response.status()))?
+        .to_str()?
+        .to_owned())
+}
+
+fn code_from(location: &str) -> Result<String> {
+    url::Url::parse(location)?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| anyhow!("no code in {location}"))
+}
+
+/// The hidden inputs of the login form (CSRF token and the carried request).
+fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    let between = |text: &str, start: &str| {
+        let from = text.find(start)? + start.len();
+        let len = text[from..].find('"')?;
+        Some(text[from..from + len].to_owned())
+    };
+    html.split("<input type=\"hidden\" ")
+        .skip(1)
+        .filter_map(|part| {
+            Some((
+                unescape(&between(part, "name=\"")?),
+                unescape(&between(part, "value=\"")?),
+            ))
+        })
+        .collect()
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The measured window of one level; a refresh counts when it starts and ends inside it.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+/// What one chain did.
+struct ChainReport {
+    latencies_micros: Vec<u32>,
+    errors: u64,
+    /// The chain's last good refresh token, handed back to the pool for the next level.
+    token: Option<String>,
+}
+
+async fn run_level(
+    server: &Server,
+    pool: &Arc<Mutex<Vec<String>>>,
+    concurrency: usize,
+    options: &Options,
+) -> Result<Level> {
+    let start = monotonic_now() + options.warmup;
+    let window = Window {
+        start,
+        end: start + options.duration,
+    };
+    let mut chains = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let token =
+            take(pool).ok_or_else(|| anyhow!("no live session left for C={concurrency}"))?;
+        let client = server.client(false)?;
+        let (url, pool) = (server.token_url()?, Arc::clone(pool));
+        chains.spawn(async move { chain(client, url, token, pool, window).await });
+    }
+    tokio::time::sleep_until(window.start.into()).await;
+    let before = CpuSample::take(server)?;
+    tokio::time::sleep_until(window.end.into()).await;
+    let used = CpuSample::take(server)?.since(&before);
+    let server_rss_kib = rss_kib(&server.proc_path("status"))?;
+    let mut latencies_micros = Vec::new();
+    let mut errors = 0;
+    while let Some(report) = chains.join_next().await {
+        let report = report?;
+        latencies_micros.extend(report.latencies_micros);
+        errors += report.errors;
+        if let Some(token) = report.token {
+            lock(pool).push(token);
+        }
+    }
+    latencies_micros.sort_unstable();
+    Ok(Level {
+        concurrency,
+        refreshes: latencies_micros.len() as u64,
+        seconds: options.duration.as_secs_f64(),
+        errors,
+        latencies_micros,
+        server_rss_kib,
+        server_cpu_ms: used.server_ms,
+        driver_cpu_ms: used.driver_ms,
+        machine_cpu_ms: used.machine_ms,
+        signing: SigningRates::default(),
+    })
+}
+
+/// Refresh, take the new refresh token, repeat, until the window ends. A failed refresh may
+/// have spent the token (the answer was lost), so the chain moves to a spare session.
+async fn chain(
+    client: reqwest::Client,
+    url: reqwest::Url,
+    mut token: String,
+    pool: Arc<Mutex<Vec<String>>>,
+    window: Window,
+) -> ChainReport {
+    let mut report = ChainReport {
+        latencies_micros: Vec::new(),
+        errors: 0,
+        token: None,
+    };
+    loop {
+        let started = monotonic_now();
+        if started >= window.end {
+            report.token = Some(token);
+            return report;
+        }
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token.as_str()),
+            ("client_id", CLIENT_ID),
+        ];
+        let answer = token_request(&client, &url, &form).await;
+        let finished = monotonic_now();
+        match answer {
+            Ok(next) => {
+                token = next;
+                if started >= window.start && finished <= window.end {
+                    let micros = finished.duration_since(started).as_micros();
+                    report
+                        .latencies_micros
+                        .push(u32::try_from(micros).unwrap_or(u32::MAX));
+                }
+            }
+            Err(e) => {
+                if report.errors == 0 {
+                    eprintln!("refresh failed: {e:#}");
+                }
+                report.errors += 1;
+                match take(&pool) {
+                    Some(spare) => token = spare,
+                    None => return report,
+                }
+            }
+        }
+    }
+}
+
+fn take(pool: &Mutex<Vec<String>>) -> Option<String> {
+    lock(pool).pop()
+}
+
+fn lock(pool: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
+    pool.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// CPU time used so far by the server, by this load generator, and by the whole machine.
+struct CpuSample {
+    server_ms: f64,
+    driver_ms: f64,
+    machine_ms: f64,
+}
+
+impl CpuSample {
+    fn take(server: &Server) -> Result<CpuSample> {
+        Ok(CpuSample {
+            server_ms: cpu_ms(&server.proc_path("stat"))?,
+            driver_ms: cpu_ms(Path::new("/proc/self/stat"))?,
+            machine_ms: machine_cpu_ms()?,
+        })
+    }
+
+    fn since(&self, earlier: &CpuSample) -> CpuSample {
+        CpuSample {
+            server_ms: self.server_ms - earlier.server_ms,
+            driver_ms: self.driver_ms - earlier.driver_ms,
+            machine_ms: self.machine_ms - earlier.machine_ms,
+        }
+    }
+}
+
+/// Busy time of all cores together (everything but idle and iowait), from `/proc/stat`.
+fn machine_cpu_ms() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let ticks: Vec<u64> = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        // user nice system idle iowait irq softirq steal guest guest_nice; guests are already
+        // inside user and nice.
+        .filter(|(i, _)| !matches!(i, 3 | 4 | 8 | 9))
+        .map(|(_, t)| t)
+        .sum();
+    Ok(busy as f64 * 1000.0 / clock_ticks_per_second())
+}
+
+/// User plus system CPU time of a process (all its threads), from `/proc/PID/stat`.
+fn cpu_ms(stat: &Path) -> Result<f64> {
+    let text =
+        std::fs::read_to_string(stat).with_context(|| format!("cannot read {}", stat.display()))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after_name = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("{} is not a stat file", stat.display()))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        let field = fields
+            .get(i)
+            .ok_or_else(|| anyhow!("short {}", stat.display()))?;
+        Ok(field.parse::<u64>()? as f64)
+    };
+    Ok((ticks(11)? + ticks(12)?) * 1000.0 / clock_ticks_per_second())
+}
+
+/// USER_HZ, the unit of `/proc/PID/stat` times: 100 on every mainstream Linux build.
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn rss_kib(status: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(status)
+        .with_context(|| format!("cannot read {}", status.display()))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .ok_or_else(|| anyhow!("no VmRSS in {}", status.display()))?;
+    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+}
+
+fn print_table(options: &Options, levels: &[Level]) {
+    let threads = cores();
+    println!();
+    println!(
+        "{} s per level after {} s warm-up, {} sessions, sqlite synchronous={}, one HTTP/1.1 keep-alive connection per chain",
+        options.duration.as_secs_f64(),
+        options.warmup.as_secs_f64(),
+        options.sessions,
+        options.synchronous
+    );
+    println!();
+    println!(
+        "| C | refreshes/s | p50 ms | p99 ms | errors | server RSS MiB | server CPU ms/refresh | server CPU (cores) | load generator CPU (cores) | other CPU (cores) | RS256 signs/s, 1 thread | RS256 signs/s, {threads} threads | ratio |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for level in levels {
+        let refreshes = level.refreshes.max(1) as f64;
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.3} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} |",
+            level.concurrency,
+            level.per_second(),
+            level.percentile_ms(0.50),
+            level.percentile_ms(0.99),
+            level.errors,
+            level.server_rss_kib as f64 / 1024.0,
+            level.server_cpu_ms / refreshes,
+            level.server_cpu_ms / 1000.0 / level.seconds,
+            level.driver_cpu_ms / 1000.0 / level.seconds,
+            (level.machine_cpu_ms - level.server_cpu_ms - level.driver_cpu_ms).max(0.0)
+                / 1000.0
+                / level.seconds,
+            level.signing.one_thread,
+            level.signing.all_cores,
+            level.per_second() / (level.signing.all_cores / 2.0),
+        );
+    }
+    println!();
+    println!(
+        "ratio = refreshes/s ÷ (RS256 signatures/s on all {threads} threads ÷ 2), each refresh signing two JWTs; \
+         signatures/s is the faster of the measurements just before and just after the level; \
+         target ≥ 0.6 at C = 64 (issue 2)"
+    );
+}
