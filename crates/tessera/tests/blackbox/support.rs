@@ -347,6 +347,11 @@ fn unescape(text: &str) -> String {
 }
 
 fn client(ca: &std::path::Path, cookies: bool) -> reqwest::Client {
+    client_builder(ca).cookie_store(cookies).build().unwrap()
+}
+
+/// A client trusting only the server's CA, not following redirects.
+fn client_builder(ca: &std::path::Path) -> reqwest::ClientBuilder {
     let pem = std::fs::read(ca).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -361,10 +366,7 @@ fn client(ca: &std::path::Path, cookies: bool) -> reqwest::Client {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(cookies)
         .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -445,22 +447,8 @@ impl Server {
     /// A client without cookies whose connections leave from `local` (e.g. 127.0.0.2, which
     /// reaches the server on 127.0.0.1 over loopback).
     pub fn client_from(&self, local: std::net::IpAddr) -> reqwest::Client {
-        let pem = std::fs::read(&self.ca).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
+        client_builder(&self.ca)
             .local_address(local)
-            .timeout(Duration::from_secs(30))
             .build()
             .unwrap()
     }
@@ -635,23 +623,9 @@ pub fn tessera_cli(args: &[std::ffi::OsString]) -> std::process::Output {
 impl Server {
     /// A browser (cookie jar, redirects not followed) whose connections leave from `local`.
     pub fn browser_from(&self, local: std::net::IpAddr) -> reqwest::Client {
-        let pem = std::fs::read(&self.ca).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .cookie_store(true)
+        client_builder(&self.ca)
             .local_address(local)
-            .timeout(Duration::from_secs(30))
+            .cookie_store(true)
             .build()
             .unwrap()
     }
