@@ -193,7 +193,14 @@ impl App {
                 reason: "code reused",
             });
         }
-        let response = self.mint(&session, user, code.nonce.as_deref(), &refresh, now)?;
+        let response = self.mint(
+            &session,
+            &session.scope,
+            user,
+            code.nonce.as_deref(),
+            &refresh,
+            now,
+        )?;
         self.record(
             &Event::TokenIssued {
                 grant_type: "authorization_code".into(),
@@ -219,12 +226,16 @@ impl App {
         }
         let now = self.now();
         let presented = Secret::from_presented(token);
-        if let Some(scope) = scope {
-            // Checked before the redemption, so a bad scope never consumes the token.
-            if let Some(info) = self.store.find_refresh_token(presented.hash()).await? {
-                check_scope(scope, &info.session.scope)?;
-            }
-        }
+        // RFC 6749 §6: the scope may be narrowed, never widened. Checked before the redemption,
+        // so a bad scope never consumes the token.
+        let granted = match scope {
+            Some(_) => self.store.find_refresh_token(presented.hash()).await?,
+            None => None,
+        };
+        let narrowed = match (scope, granted) {
+            (Some(scope), Some(info)) => Some(narrow_scope(scope, &info.session.scope)?),
+            _ => None,
+        };
         let successor = presented.successor(&self.rotation_key);
         let redemption = self
             .store
@@ -249,7 +260,8 @@ impl App {
         match redemption.decision {
             Decision::Rotate => {
                 self.metrics.observe_refresh(RefreshOutcome::Rotated);
-                let response = self.answer_refresh(&session, &successor, now)?;
+                let response =
+                    self.answer_refresh(&session, narrowed.as_deref(), &successor, now)?;
                 self.record(&Event::TokenRefreshed, &who);
                 Ok(response)
             }
@@ -258,7 +270,8 @@ impl App {
                 first_used_ms_ago,
             } => {
                 self.metrics.observe_refresh(RefreshOutcome::GraceReuse);
-                let response = self.answer_refresh(&session, &successor, now)?;
+                let response =
+                    self.answer_refresh(&session, narrowed.as_deref(), &successor, now)?;
                 self.record(
                     &Event::ExpiredRefreshTokenUsed {
                         first_used_ip,
@@ -309,11 +322,13 @@ impl App {
     fn answer_refresh(
         &self,
         session: &Session,
+        narrowed_scope: Option<&str>,
         successor: &Secret,
         now: UnixMillis,
     ) -> Result<TokenResponse, AppError> {
         let user = self.user(session.subject.as_str())?;
-        self.mint(session, user, None, successor, now)
+        let scope = narrowed_scope.unwrap_or(&session.scope);
+        self.mint(session, scope, user, None, successor, now)
     }
 
     fn user(&self, username: &str) -> Result<&User, AppError> {
@@ -322,10 +337,12 @@ impl App {
         })
     }
 
-    /// Signs an id_token and an access token for `session` and wraps them with `refresh`.
+    /// Signs an id_token and an access token for `session` with `scope` (the session's, or a
+    /// narrower one asked for at refresh) and wraps them with `refresh`.
     fn mint(
         &self,
         session: &Session,
+        scope: &str,
         user: &User,
         nonce: Option<&str>,
         refresh: &Secret,
@@ -334,7 +351,7 @@ impl App {
         let keys = self.keys();
         let iat = now.as_secs();
         let id_exp = now.plus(self.config.id_token_ttl).as_secs();
-        let mut id = user_claims(user, &session.scope);
+        let mut id = user_claims(user, scope);
         id.insert("iss".into(), json!(self.issuer));
         id.insert("sub".into(), json!(session.subject));
         id.insert("aud".into(), json!(session.client_id));
@@ -358,7 +375,7 @@ impl App {
             "auth_time": session.auth_time.as_secs(),
             "jti": hex::encode(jti),
             "sid": session.id,
-            "scope": session.scope,
+            "scope": scope,
         });
         // RFC 9068 §2.1: access tokens carry `typ: at+jwt` so an id_token is never taken for one.
         let access_token = keys.access_signer.sign("at+jwt", &access)?;
@@ -368,7 +385,7 @@ impl App {
             expires_in: self.config.access_token_ttl.as_secs(),
             refresh_token: refresh.expose().to_owned(),
             id_token,
-            scope: session.scope.clone(),
+            scope: scope.to_owned(),
         })
     }
 }
@@ -392,18 +409,20 @@ pub(crate) fn user_claims(user: &User, scope: &str) -> Map<String, Value> {
     claims
 }
 
-/// RFC 6749 §6: a refresh may ask for the granted scope or less, never more.
-fn check_scope(requested: &str, granted: &str) -> Result<(), AppError> {
-    match requested
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .find(|s| !granted.split(' ').any(|g| g == *s))
-    {
-        Some(extra) => Err(AppError::InvalidScope(format!(
+/// RFC 6749 §6: a refresh may ask for the granted scope or less, never more. Returns the
+/// granted scopes that were asked for, in the granted order.
+fn narrow_scope(requested: &str, granted: &str) -> Result<String, AppError> {
+    let asked = || requested.split(' ').filter(|s| !s.is_empty());
+    if let Some(extra) = asked().find(|s| !granted.split(' ').any(|g| g == *s)) {
+        return Err(AppError::InvalidScope(format!(
             "scope `{extra}` was not granted to this session"
-        ))),
-        None => Ok(()),
+        )));
     }
+    Ok(granted
+        .split(' ')
+        .filter(|g| asked().any(|s| s == *g))
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 pub(super) fn subjects(

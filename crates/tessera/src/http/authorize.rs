@@ -48,8 +48,8 @@ pub(super) async fn authorize_post(
 ) -> Response {
     match form {
         Ok(Form(params)) => authorize(&app, &headers, &params).await,
-        Err(_) => error_page(
-            StatusCode::BAD_REQUEST,
+        Err(e) => error_page(
+            e.status(),
             "The authorization request is malformed or repeats a parameter.",
         ),
     }
@@ -93,8 +93,9 @@ pub(super) async fn login(
     Ctx(ctx): Ctx,
     form: Result<Form, OAuthError>,
 ) -> Response {
-    let Ok(Form(params)) = form else {
-        return error_page(StatusCode::BAD_REQUEST, "The login form was malformed.");
+    let params = match form {
+        Ok(Form(params)) => params,
+        Err(e) => return error_page(e.status(), "The login form was malformed or too large."),
     };
     let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
         Ok(request) => request,

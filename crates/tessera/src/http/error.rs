@@ -22,6 +22,11 @@ impl OAuthError {
         OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
 
+    /// The HTTP status it answers with (413 for an oversized body, 400 for a malformed one).
+    pub(super) fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// Any error code and status.
     pub fn new(
         status: StatusCode,

@@ -50,8 +50,9 @@ pub(super) async fn logout_post(
     Ctx(ctx): Ctx,
     form: Result<Form, OAuthError>,
 ) -> Response {
-    let Ok(Form(params)) = form else {
-        return error_page(StatusCode::BAD_REQUEST, "The logout request is malformed.");
+    let params = match form {
+        Ok(Form(params)) => params,
+        Err(e) => return error_page(e.status(), "The logout request is malformed or too large."),
     };
     let confirmed = csrf_matches(&headers, params.get("csrf"));
     logout(&app, &headers, &ctx, &params, confirmed).await

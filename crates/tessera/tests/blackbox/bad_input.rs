@@ -92,6 +92,12 @@ async fn a_body_over_64_kb_is_413_invalid_request() {
         )
         .await;
     assert_oauth_error(&answer, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request");
+    for path in ["/login", "/logout", "/authorize"] {
+        let answer = server
+            .post(path, &[("username", "dev"), ("password", &padding)])
+            .await;
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+    }
 }
 
 #[tokio::test]

@@ -69,3 +69,31 @@ async fn a_refresh_token_works_once_and_rotates() {
     assert_eq!(events[0]["uid"], "dev");
     assert_eq!(events[0]["token_id"].as_str().unwrap().len(), 16);
 }
+
+#[tokio::test]
+async fn a_refresh_may_narrow_the_scope_but_the_session_keeps_it() {
+    let server = Server::start().await;
+    let tokens = server.kubernetes_tokens().await;
+    let (status, narrowed) = server
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", "kubernetes"),
+            ("scope", "groups openid"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{narrowed}");
+    assert_eq!(narrowed["scope"], "openid groups");
+    let id = claims(narrowed["id_token"].as_str().unwrap());
+    assert!(id["groups"].is_array());
+    assert!(id["email"].is_null(), "email was not asked for: {id}");
+    assert_eq!(
+        claims(narrowed["access_token"].as_str().unwrap())["scope"],
+        "openid groups"
+    );
+    let (status, full) = server
+        .refresh(narrowed["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{full}");
+    assert_eq!(full["scope"], "openid profile email groups");
+}
