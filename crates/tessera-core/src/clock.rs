@@ -75,12 +75,6 @@ impl Clock for ManualClock {
     }
 }
 
-/// Waits for `d` on the current thread. Lives here because only the clock module may touch real
-/// time; used by blocking callers such as lock retries.
-pub fn sleep_blocking(d: Duration) {
-    std::thread::sleep(d);
-}
-
 /// A monotonic instant for measuring elapsed time (latency metrics, timeouts).
 pub fn monotonic_now() -> std::time::Instant {
     std::time::Instant::now()

@@ -13,7 +13,13 @@ use tessera_core::clock::UnixMillis;
 /// A handle to the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
-    sender: mpsc::Sender<String>,
+    sender: mpsc::Sender<Message>,
+}
+
+enum Message {
+    Line(String),
+    /// Answered once every line queued before it is written and flushed.
+    Flushed(mpsc::Sender<()>),
 }
 
 impl Audit {
@@ -23,7 +29,7 @@ impl Audit {
             Some(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
             None => Box::new(std::io::stdout()),
         };
-        let (sender, receiver) = mpsc::channel::<String>();
+        let (sender, receiver) = mpsc::channel::<Message>();
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || write_loop(&receiver, BufWriter::new(out)))?;
@@ -33,20 +39,37 @@ impl Audit {
     /// Records one event.
     pub fn record(&self, at: UnixMillis, event: &Event, subjects: &Subjects) {
         let line = render(at, event, subjects);
-        if self.sender.send(line).is_err() {
+        if self.sender.send(Message::Line(line)).is_err() {
             tracing::error!("the audit writer has stopped; an audit event was lost");
+        }
+    }
+
+    /// Blocks until every event recorded so far is on disk: for short-lived commands, before
+    /// the process exits.
+    pub fn flush(&self) {
+        let (ack, acked) = mpsc::channel();
+        if self.sender.send(Message::Flushed(ack)).is_ok() {
+            // An error means the writer has stopped, and it has already logged why.
+            let _ = acked.recv();
         }
     }
 }
 
-fn write_loop(receiver: &mpsc::Receiver<String>, mut out: BufWriter<Box<dyn Write + Send>>) {
-    while let Ok(line) = receiver.recv() {
-        let mut result = writeln!(out, "{line}");
-        while let Ok(more) = receiver.try_recv() {
-            result = result.and_then(|()| writeln!(out, "{more}"));
+fn write_loop(receiver: &mpsc::Receiver<Message>, mut out: BufWriter<Box<dyn Write + Send>>) {
+    while let Ok(first) = receiver.recv() {
+        let mut waiting = Vec::new();
+        let mut result = Ok(());
+        for message in std::iter::once(first).chain(receiver.try_iter()) {
+            match message {
+                Message::Line(line) => result = result.and_then(|()| writeln!(out, "{line}")),
+                Message::Flushed(ack) => waiting.push(ack),
+            }
         }
         if let Err(e) = result.and_then(|()| out.flush()) {
             tracing::error!(error = %e, "cannot write the audit log");
+        }
+        for ack in waiting {
+            let _ = ack.send(());
         }
     }
 }

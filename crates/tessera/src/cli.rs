@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_store::SqliteStore;
 
@@ -143,26 +142,16 @@ async fn rotate_keys(arg: &ConfigArg) -> Result<()> {
     let store = SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous)?;
     let now = SystemClock.now();
     let algs = [config.signing_alg, config.access_token_alg];
-    let added = crate::keys::rotate_if_due(&store, &algs, now, None).await?;
     let audit = Audit::start(config.audit_file.as_deref())?;
+    let added = crate::keys::rotate_if_due(&store, &algs, now, None, &audit).await?;
     for (kid, alg) in &added {
-        audit.record(
-            now,
-            &Event::KeyRotated {
-                kid: kid.clone(),
-                alg: alg.as_str().into(),
-            },
-            &Subjects::default(),
-        );
         println!("added signing key {kid} ({})", alg.as_str());
     }
     println!(
         "running servers pick the new key up within {}s",
         config.key_reload_interval.as_secs()
     );
-    // Give the audit writer a moment to flush before the process exits.
-    drop(audit);
-    tessera_core::clock::sleep_blocking(std::time::Duration::from_millis(50));
+    audit.flush();
     Ok(())
 }
 

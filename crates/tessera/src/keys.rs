@@ -5,9 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::UnixMillis;
 use tessera_core::jwt::{Algorithm, JwtError, SigningKey, Verifier};
 use tessera_store::{Store, StoreError, StoredKey};
+
+use crate::audit::Audit;
+use crate::config::Config;
 
 /// How many keys per algorithm JWKS publishes: the current one and its predecessor.
 const PUBLISHED_PER_ALG: usize = 2;
@@ -43,13 +47,27 @@ pub struct KeySet {
     pub jwks: String,
 }
 
+/// What a server does at start and on every reload: rotates the keys that are due by age,
+/// then loads the result.
+pub async fn rotate_and_load(
+    store: &dyn Store,
+    config: &Config,
+    audit: &Audit,
+    now: UnixMillis,
+) -> Result<KeySet, KeyError> {
+    let algs = [config.signing_alg, config.access_token_alg];
+    rotate_if_due(store, &algs, now, Some(config.key_rotation_interval), audit).await?;
+    load(store, config.signing_alg, config.access_token_alg).await
+}
+
 /// Adds a new key for each of `algs` whose newest key is missing or older than `max_age`
-/// (`None`: always). Returns the new keys' (kid, alg).
+/// (`None`: always), and audits each as `KeyRotated`. Returns the new keys' (kid, alg).
 pub async fn rotate_if_due(
     store: &dyn Store,
     algs: &[Algorithm],
     now: UnixMillis,
     max_age: Option<Duration>,
+    audit: &Audit,
 ) -> Result<Vec<(String, Algorithm)>, KeyError> {
     let existing = store.signing_keys().await?;
     let mut added = Vec::new();
@@ -87,6 +105,14 @@ pub async fn rotate_if_due(
                 created_at: now,
             })
             .await?;
+        audit.record(
+            now,
+            &Event::KeyRotated {
+                kid: key.kid().to_owned(),
+                alg: alg.as_str().into(),
+            },
+            &Subjects::default(),
+        );
         added.push((key.kid().to_owned(), alg));
     }
     Ok(added)

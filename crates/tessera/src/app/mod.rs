@@ -95,25 +95,7 @@ impl App {
             users,
         } = parts;
         let now = clock.now();
-        let rotated = keys::rotate_if_due(
-            store.as_ref(),
-            &[config.signing_alg, config.access_token_alg],
-            now,
-            Some(config.key_rotation_interval),
-        )
-        .await?;
-        for (kid, alg) in rotated {
-            audit.record(
-                now,
-                &Event::KeyRotated {
-                    kid,
-                    alg: alg.as_str().into(),
-                },
-                &Subjects::default(),
-            );
-        }
-        let key_set =
-            keys::load(store.as_ref(), config.signing_alg, config.access_token_alg).await?;
+        let key_set = keys::rotate_and_load(store.as_ref(), &config, &audit, now).await?;
         let candidate: [u8; 32] = rand::random();
         let rotation_key = RotationKey::new(
             store
@@ -159,30 +141,9 @@ impl App {
     /// Re-reads the signing keys (another replica or `tessera keys rotate` may have added one)
     /// and rotates them when the newest is older than the configured interval.
     pub async fn reload_keys(&self) -> Result<(), AppError> {
-        let now = self.now();
-        let algs = [self.config.signing_alg, self.config.access_token_alg];
-        for (kid, alg) in keys::rotate_if_due(
-            self.store.as_ref(),
-            &algs,
-            now,
-            Some(self.config.key_rotation_interval),
-        )
-        .await?
-        {
-            self.record(
-                &Event::KeyRotated {
-                    kid,
-                    alg: alg.as_str().into(),
-                },
-                &Subjects::default(),
-            );
-        }
-        let fresh = keys::load(
-            self.store.as_ref(),
-            self.config.signing_alg,
-            self.config.access_token_alg,
-        )
-        .await?;
+        let fresh =
+            keys::rotate_and_load(self.store.as_ref(), &self.config, &self.audit, self.now())
+                .await?;
         *self
             .keys
             .write()

@@ -93,18 +93,23 @@ impl From<AppError> for OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.error, "error_description": self.description});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        let mut response = no_store((self.status, axum::Json(body)).into_response());
         if let Some(challenge) = self.www_authenticate {
-            headers.insert(
+            response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
             );
         }
         response
     }
+}
+
+/// Marks an answer that carries tokens or token errors as uncacheable (RFC 6749 §5.1).
+pub(super) fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// A short id that ties a 5xx answer to its log line.

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
+use super::error::no_store;
 use super::form::{Form, Params};
 use super::{Ctx, OAuthError};
 use crate::app::{App, AppError, ClientCredentials};
@@ -131,11 +132,4 @@ fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
             .map(|(_, v)| v.into_owned())
     };
     Some((unescape(id)?, unescape(secret)?))
-}
-
-fn no_store(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
 }

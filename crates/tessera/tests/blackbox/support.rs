@@ -516,17 +516,7 @@ impl Server {
         auth: &AuthParams<'_>,
         password: &str,
     ) -> reqwest::Response {
-        let response = self.authorize_raw(browser, &auth.query()).await;
-        assert_eq!(response.status(), StatusCode::OK, "the login form is shown");
-        let mut form = hidden_fields(&response.text().await.unwrap());
-        form.push(("username".into(), "dev".into()));
-        form.push(("password".into(), password.into()));
-        browser
-            .post(self.url("/login"))
-            .form(&form)
-            .send()
-            .await
-            .unwrap()
+        self.submit_login_as(browser, auth, "dev", password).await
     }
 
     /// Logs in with client `demo` and exchanges the code with `client_secret_basic`.
