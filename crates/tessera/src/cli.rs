@@ -1,4 +1,5 @@
-//! The command line: `serve`, `keys rotate`, `users hash`, `kube apiserver-config`.
+//! The command line: `serve`, `login`, `credential`, `logout`, `keys rotate`, `users hash`,
+//! `kube apiserver-config`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -9,6 +10,8 @@ use tessera_core::clock::{Clock, SystemClock};
 use tessera_store::SqliteStore;
 
 use crate::audit::Audit;
+use crate::client::credential::{self, CredentialArgs, LogoutArgs};
+use crate::client::login::{self, LoginArgs};
 use crate::config::Config;
 use crate::serve::{self, ServeOptions};
 
@@ -41,6 +44,12 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Log in through the browser and write the cluster, user and context into the kubeconfig.
+    Login(LoginArgs),
+    /// Print a Kubernetes ExecCredential (kubectl runs this; see `tessera login`).
+    Credential(CredentialArgs),
+    /// Revoke the cached session at the server and delete it from the token cache.
+    Logout(LogoutArgs),
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -118,6 +127,9 @@ pub fn run() -> Result<()> {
             config,
             listen,
         })),
+        Command::Login(args) => runtime()?.block_on(login::login(&args)),
+        Command::Credential(args) => credential::credential(&args),
+        Command::Logout(args) => runtime()?.block_on(credential::logout(&args)),
         Command::Keys {
             command: KeysCommand::Rotate(config),
         } => runtime()?.block_on(rotate_keys(&config)),

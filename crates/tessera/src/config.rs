@@ -65,6 +65,27 @@ struct RawConfig {
     storage: RawStorage,
     login: RawLogin,
     keys: RawKeys,
+    kubernetes: Option<RawKubernetes>,
+}
+
+/// The cluster `tessera login` writes into kubeconfigs, published at `/kube/cluster`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    /// Name of the cluster (and default context) in kubeconfigs.
+    cluster_name: String,
+    /// URL of the Kubernetes API server.
+    server: String,
+    /// PEM CA bundle of the API server (relative to this file); unset: the system's roots.
+    #[serde(default)]
+    certificate_authority: Option<PathBuf>,
+    /// The client id kubectl logs in with.
+    #[serde(default = "default_kube_client")]
+    client_id: String,
+}
+
+fn default_kube_client() -> String {
+    "kubernetes".into()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +313,21 @@ pub struct Config {
     pub key_rotation_interval: Duration,
     /// Key reload interval.
     pub key_reload_interval: Duration,
+    /// The cluster published to `tessera login`, if configured.
+    pub kubernetes: Option<KubeCluster>,
+}
+
+/// The cluster details `tessera login` fetches from `/kube/cluster`.
+#[derive(Clone, Debug)]
+pub struct KubeCluster {
+    /// Name in kubeconfigs.
+    pub cluster_name: String,
+    /// API server URL.
+    pub server: String,
+    /// PEM CA bundle of the API server, read at start.
+    pub certificate_authority_pem: Option<String>,
+    /// The client id kubectl logs in with.
+    pub client_id: String,
 }
 
 impl Config {
@@ -500,6 +536,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         "stdout" => None,
         file => Some(base.join(file)),
     };
+    let kubernetes = match raw.kubernetes {
+        None => None,
+        Some(k) => Some(kube_cluster(k, &clients, base).map_err(|(key, m)| bad(key, m))?),
+    };
     let id_token_ttl = duration("tokens.id_token_ttl", &raw.tokens.id_token_ttl)?;
     let access_token_ttl = duration("tokens.access_token_ttl", &raw.tokens.access_token_ttl)?;
     if id_token_ttl < Duration::from_secs(1) || access_token_ttl < Duration::from_secs(1) {
@@ -533,6 +573,71 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         login_failure_window: duration("login.failure_window", &raw.login.failure_window)?,
         key_rotation_interval: duration("keys.rotation_interval", &raw.keys.rotation_interval)?,
         key_reload_interval: duration("keys.reload_interval", &raw.keys.reload_interval)?,
+        kubernetes,
+    })
+}
+
+fn kube_cluster(
+    raw: RawKubernetes,
+    clients: &HashMap<String, Client>,
+    base: &Path,
+) -> Result<KubeCluster, (&'static str, String)> {
+    if raw.cluster_name.is_empty() {
+        return Err(("kubernetes.cluster_name", "must not be empty".into()));
+    }
+    let server = url::Url::parse(&raw.server)
+        .map_err(|e| ("kubernetes.server", format!("`{}`: {e}", raw.server)))?;
+    if !matches!(server.scheme(), "https" | "http") {
+        return Err((
+            "kubernetes.server",
+            format!("`{}` is not an http(s) URL", raw.server),
+        ));
+    }
+    match clients.get(&raw.client_id) {
+        Some(c) if c.public => {}
+        Some(_) => {
+            return Err((
+                "kubernetes.client_id",
+                format!(
+                    "client `{}` must be public (kubectl cannot keep a secret)",
+                    raw.client_id
+                ),
+            ));
+        }
+        None => {
+            return Err((
+                "kubernetes.client_id",
+                format!(
+                    "no client `{}` is configured under `clients`",
+                    raw.client_id
+                ),
+            ));
+        }
+    }
+    let certificate_authority_pem = match raw.certificate_authority {
+        None => None,
+        Some(file) => {
+            let file = base.join(file);
+            let pem = std::fs::read_to_string(&file).map_err(|e| {
+                (
+                    "kubernetes.certificate_authority",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err((
+                    "kubernetes.certificate_authority",
+                    format!("{} holds no PEM certificate", file.display()),
+                ));
+            }
+            Some(pem)
+        }
+    };
+    Ok(KubeCluster {
+        cluster_name: raw.cluster_name,
+        server: raw.server,
+        certificate_authority_pem,
+        client_id: raw.client_id,
     })
 }
 

@@ -99,6 +99,8 @@ fn dev_config(demo_secret_hash: &str) -> String {
          tokens:\n  id_token_ttl: 60s\n  access_token_ttl: 60s\n  signing_alg: RS256\n\
          refresh_token:\n  ttl: 15m\n  grace_period_millis: 0\n  grace_requires_same_ip: false\n  on_replay: revoke_session\n\
          session:\n  max_lifetime: 12h\n\
+         # The cluster `tessera login` writes into kubeconfigs; point `server` at your API server.\n\
+         kubernetes:\n  cluster_name: tessera-dev\n  server: https://127.0.0.1:6443\n  client_id: kubernetes\n\
          clients:\n\
          \x20 - id: kubernetes\n    public: true\n    redirect_uris: [\"http://127.0.0.1/callback\", \"http://localhost/callback\"]\n\
          \x20 - id: demo\n    secret_hash: \"{demo_secret_hash}\"\n    redirect_uris: [\"http://127.0.0.1:8000/callback\"]\n    post_logout_redirect_uris: [\"http://127.0.0.1:8000/\"]\n"

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dev;
 pub mod http;

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::OAuthError;
 use crate::app::App;
 
 pub(super) async fn configuration(State(app): State<Arc<App>>) -> Response {
@@ -66,4 +67,29 @@ fn cached_json(body: String, cache: &'static str) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     response
+}
+
+/// The cluster `tessera login` writes into the kubeconfig (`kubernetes:` in tessera.yaml).
+pub(super) async fn kube_cluster(State(app): State<Arc<App>>) -> Response {
+    use base64::Engine as _;
+    let Some(cluster) = &app.config.kubernetes else {
+        return OAuthError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request",
+            "this server publishes no Kubernetes cluster; set `kubernetes:` in tessera.yaml",
+        )
+        .into_response();
+    };
+    let ca_data = cluster
+        .certificate_authority_pem
+        .as_ref()
+        .map(|pem| base64::engine::general_purpose::STANDARD.encode(pem));
+    let document = json!({
+        "issuer": app.issuer,
+        "cluster_name": cluster.cluster_name,
+        "server": cluster.server,
+        "certificate_authority_data": ca_data,
+        "client_id": cluster.client_id,
+    });
+    cached_json(document.to_string(), "public, max-age=60")
 }

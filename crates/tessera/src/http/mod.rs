@@ -38,6 +38,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(discovery::configuration),
         )
         .route("/jwks", get(discovery::jwks))
+        .route("/kube/cluster", get(discovery::kube_cluster))
         .route(
             "/authorize",
             get(authorize::authorize_get).post(authorize::authorize_post),

@@ -1,0 +1,360 @@
+//! The token cache of `tessera credential` (DESIGN.md "Client side"): one JSON file per
+//! (issuer, client, user) in the user's cache directory, mode 0600, replaced atomically
+//! (temporary file + rename) so a reader never sees half a file, and guarded by an exclusive
+//! lock on a separate `.lock` file that is held across read-refresh-write.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tessera_core::clock::UnixMillis;
+
+/// Format version of cache files; a file of another version is treated as absent.
+pub const CACHE_VERSION: u32 = 1;
+
+/// Whose tokens a cache file holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheKey {
+    /// The issuer URL, exactly as configured.
+    pub issuer: String,
+    /// The OAuth client id.
+    pub client_id: String,
+    /// The tessera user the kubeconfig entry belongs to (`--user`), empty when unnamed.
+    pub user: String,
+}
+
+/// One cached login.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    /// [`CACHE_VERSION`].
+    pub version: u32,
+    /// The issuer these tokens come from; checked on every read.
+    pub issuer: String,
+    /// The client they were issued to.
+    pub client_id: String,
+    /// The user named in the kubeconfig.
+    pub user: String,
+    /// Where refreshes go (from discovery, kept so a refresh costs one round trip).
+    pub token_endpoint: String,
+    /// Where `tessera logout` revokes the refresh token.
+    pub revocation_endpoint: Option<String>,
+    /// The id_token kubectl sends.
+    pub id_token: String,
+    /// Its `iat`, in seconds.
+    pub issued_at: i64,
+    /// Its `exp`, in seconds.
+    pub expires_at: i64,
+    /// The current refresh token, if the provider issued one.
+    pub refresh_token: Option<String>,
+}
+
+impl Entry {
+    /// The safety margin m: 10 s, or a sixth of the token's lifetime when that is shorter.
+    fn margin_millis(&self) -> i64 {
+        let lifetime = (self.expires_at - self.issued_at).max(0) * 1000;
+        (lifetime / 6).min(10_000)
+    }
+
+    /// When kubectl should stop using the token: `exp − m` (client-go allows no slack).
+    pub fn usable_until(&self) -> UnixMillis {
+        UnixMillis(self.expires_at.saturating_mul(1000) - self.margin_millis())
+    }
+
+    /// Whether the cached id_token can be answered as is at `now`.
+    pub fn is_fresh(&self, now: UnixMillis) -> bool {
+        now < self.usable_until()
+    }
+}
+
+/// Why a cache file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Reading, writing or locking failed.
+    #[error("cannot {action} the token cache {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a cache file of this version, or belongs to another issuer or client.
+    #[error("the token cache {} {reason}", path.display())]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another process held the lock too long.
+    #[error(
+        "gave up after {}s waiting for the lock {} held by another tessera process; if none is running, delete that file",
+        waited.as_secs(), path.display()
+    )]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+/// The cache file of one key.
+#[derive(Debug)]
+pub struct TokenCache {
+    key: CacheKey,
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+/// The user's cache directory for tessera: `$TESSERA_CACHE_DIR`, else `$XDG_CACHE_HOME/tessera`,
+/// else `~/.cache/tessera`.
+pub fn default_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("TESSERA_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = var("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("tessera"));
+    }
+    var("HOME").map(|home| PathBuf::from(home).join(".cache").join("tessera"))
+}
+
+/// An exclusive hold on a cache file; dropping it (or exiting) releases the lock.
+#[derive(Debug)]
+pub struct CacheLock {
+    _file: File,
+}
+
+impl TokenCache {
+    /// The cache file of `key` in `dir`. The name is a hash of the key, so two issuers or
+    /// clients never share a file and the name leaks nothing.
+    pub fn new(dir: &Path, key: CacheKey) -> TokenCache {
+        let digest =
+            Sha256::digest(format!("{}\n{}\n{}", key.issuer, key.client_id, key.user).as_bytes());
+        let name = hex::encode(&digest[..16]);
+        TokenCache {
+            path: dir.join(format!("{name}.json")),
+            lock_path: dir.join(format!("{name}.lock")),
+            key,
+        }
+    }
+
+    /// The cache file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the entry: `None` when there is none. A file that is not a cache entry for exactly
+    /// this issuer, client and user is [`CacheError::Unusable`]: its tokens are never sent.
+    pub fn read(&self) -> Result<Option<Entry>, CacheError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(CacheError::Io {
+                    action: "read",
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let unusable = |reason: String| CacheError::Unusable {
+            path: self.path.clone(),
+            reason,
+        };
+        let entry: Entry =
+            serde_json::from_slice(&bytes).map_err(|e| unusable(format!("is corrupt ({e})")))?;
+        if entry.version != CACHE_VERSION {
+            return Err(unusable(format!(
+                "has format version {}, not {CACHE_VERSION}",
+                entry.version
+            )));
+        }
+        if entry.issuer != self.key.issuer
+            || entry.client_id != self.key.client_id
+            || entry.user != self.key.user
+        {
+            return Err(unusable(format!(
+                "belongs to issuer {} and client {}, not {} and {}",
+                entry.issuer, entry.client_id, self.key.issuer, self.key.client_id
+            )));
+        }
+        Ok(Some(entry))
+    }
+
+    /// Whose tokens this file holds.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Replaces the entry atomically: a temporary file (mode 0600) in the same directory,
+    /// flushed, then renamed over the old one.
+    pub fn write(&self, entry: &Entry) -> Result<(), CacheError> {
+        let io = |action, source| CacheError::Io {
+            action,
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        create_private_dir(dir).map_err(|e| io("create the directory of", e))?;
+        let json = serde_json::to_vec_pretty(entry).map_err(|e| io("encode", e.into()))?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(".tessera-")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(|e| io("write", e))?;
+        temp.write_all(&json).map_err(|e| io("write", e))?;
+        temp.as_file().sync_all().map_err(|e| io("write", e))?;
+        temp.persist(&self.path)
+            .map_err(|e| io("replace", e.error))?;
+        Ok(())
+    }
+
+    /// Deletes the entry; a missing file is fine.
+    pub fn remove(&self) -> Result<(), CacheError> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(CacheError::Io {
+                action: "delete",
+                path: self.path.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes the exclusive lock, waiting at most `timeout`. The wait is a blocking `flock` on a
+    /// helper thread, so the lock passes to the next process the moment it is released.
+    pub fn lock(&self, timeout: Duration) -> Result<CacheLock, CacheError> {
+        let io = |source| CacheError::Io {
+            action: "lock",
+            path: self.lock_path.clone(),
+            source,
+        };
+        let dir = self.lock_path.parent().unwrap_or(Path::new("."));
+        create_private_dir(dir).map_err(io)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&self.lock_path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => return Ok(CacheLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        // The duplicate shares the open file description, so its lock is `file`'s lock.
+        let waiter = file.try_clone().map_err(io)?;
+        let (done, wait) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(waiter.lock());
+        });
+        match wait.recv_timeout(timeout) {
+            Ok(Ok(())) => Ok(CacheLock { _file: file }),
+            Ok(Err(e)) => Err(io(e)),
+            // The thread may still get the lock later; the caller gives up and exits.
+            Err(_) => Err(CacheError::LockTimeout {
+                path: self.lock_path.clone(),
+                waited: timeout,
+            }),
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    fn key(issuer: &str) -> CacheKey {
+        CacheKey {
+            issuer: issuer.into(),
+            client_id: "kubernetes".into(),
+            user: "alice".into(),
+        }
+    }
+
+    fn entry(key: &CacheKey, issued_at: i64, expires_at: i64) -> Entry {
+        Entry {
+            version: CACHE_VERSION,
+            issuer: key.issuer.clone(),
+            client_id: key.client_id.clone(),
+            user: key.user.clone(),
+            token_endpoint: format!("{}/token", key.issuer),
+            revocation_endpoint: None,
+            id_token: "header.payload.signature".into(),
+            issued_at,
+            expires_at,
+            refresh_token: Some("tsr1_x".into()),
+        }
+    }
+
+    #[test]
+    fn margin_is_ten_seconds_or_a_sixth_of_a_short_lifetime() {
+        let k = key("https://a");
+        let hour = entry(&k, 1000, 4600);
+        assert_eq!(hour.usable_until(), UnixMillis(4_590_000));
+        let two_seconds = entry(&k, 1000, 1002);
+        assert_eq!(two_seconds.usable_until(), UnixMillis(1_001_667));
+        assert!(two_seconds.is_fresh(UnixMillis(1_001_666)));
+        assert!(!two_seconds.is_fresh(UnixMillis(1_001_667)));
+    }
+
+    #[test]
+    fn written_entries_read_back_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TokenCache::new(&dir.path().join("sub"), key("https://a"));
+        assert!(cache.read().unwrap().is_none());
+        let e = entry(cache.key(), 1, 61);
+        cache.write(&e).unwrap();
+        assert_eq!(cache.read().unwrap().unwrap().id_token, e.id_token);
+        let mode = std::fs::metadata(cache.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        cache.remove().unwrap();
+        cache.remove().unwrap();
+        assert!(cache.read().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_file_of_another_issuer_or_garbage_is_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = TokenCache::new(dir.path(), key("https://a"));
+        let theirs = TokenCache::new(dir.path(), key("https://b"));
+        theirs.write(&entry(theirs.key(), 1, 61)).unwrap();
+        std::fs::copy(theirs.path(), ours.path()).unwrap();
+        assert!(matches!(ours.read(), Err(CacheError::Unusable { .. })));
+        std::fs::write(ours.path(), b"{not json").unwrap();
+        let err = ours.read().unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_held_lock_times_out_with_the_lock_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TokenCache::new(dir.path(), key("https://a"));
+        let held = cache.lock(Duration::from_secs(1)).unwrap();
+        let err = cache.lock(Duration::from_millis(50)).unwrap_err();
+        assert!(err.to_string().contains(".lock"), "{err}");
+        drop(held);
+        cache.lock(Duration::from_secs(1)).unwrap();
+    }
+}

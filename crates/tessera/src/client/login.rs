@@ -1,0 +1,394 @@
+//! The browser login of the kubectl plugin: authorization code flow with PKCE S256 (RFC 7636)
+//! through a loopback redirect on 127.0.0.1 (RFC 8252 §7.3), then `tessera login`'s kubeconfig
+//! entries.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use base64::Engine as _;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use yaml_serde::{Mapping, Value};
+
+use super::cache::{self, CacheKey, TokenCache};
+use super::kubeconfig::{self, Kubeconfig};
+use super::oidc::{self, IdClaims, Provider, Tokens};
+
+/// How long a login waits for the browser to come back.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The scopes kubectl asks for: identity, groups for RBAC, and a refresh token.
+const SCOPES: &str = "openid profile email groups offline_access";
+
+/// A finished login.
+#[derive(Debug)]
+pub struct LoggedIn {
+    /// What the token endpoint answered.
+    pub tokens: Tokens,
+    /// The verified id_token's claims.
+    pub claims: IdClaims,
+}
+
+/// Runs the authorization code flow: prints (and, when there is a display, opens) the
+/// authorization URL and waits for the browser to come back to a loopback listener.
+pub async fn browser_login(
+    http: &reqwest::Client,
+    provider: &Provider,
+    client_id: &str,
+    open_browser: bool,
+) -> Result<LoggedIn> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .context("cannot listen on 127.0.0.1 for the login redirect")?;
+    let port = listener
+        .local_addr()
+        .context("cannot read the loopback listener's port")?
+        .port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let state = random_token();
+    let nonce = random_token();
+    let verifier = random_token();
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(Sha256::digest(verifier.as_bytes()));
+    let url = url::Url::parse_with_params(
+        &provider.authorization_endpoint,
+        [
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", &redirect_uri),
+            ("scope", SCOPES),
+            ("state", &state),
+            ("nonce", &nonce),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ],
+    )
+    .with_context(|| {
+        format!(
+            "the authorization endpoint {} is not a URL",
+            provider.authorization_endpoint
+        )
+    })?;
+
+    let (done, callback) = oneshot::channel();
+    let waiter = Arc::new(Callback {
+        state: state.clone(),
+        done: Mutex::new(Some(done)),
+    });
+    let app = axum::Router::new()
+        .route("/callback", axum::routing::get(receive_callback))
+        .with_state(Arc::clone(&waiter));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    if open_browser && open_in_browser(url.as_str()) {
+        eprintln!("Opened a browser to sign in. If it did not open, visit:\n\n    {url}\n");
+    } else {
+        eprintln!("Open this URL in a browser to sign in:\n\n    {url}\n");
+    }
+    let answer = tokio::time::timeout(LOGIN_TIMEOUT, callback).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    let params = match answer {
+        Ok(Ok(params)) => params,
+        Ok(Err(_)) => bail!("the login listener stopped unexpectedly; run the command again"),
+        Err(_) => bail!(
+            "no browser came back within {}s; run the command again",
+            LOGIN_TIMEOUT.as_secs()
+        ),
+    };
+    if let Some(error) = params.get("error") {
+        let description = params.get("error_description").map_or("", String::as_str);
+        bail!("the provider refused the login: {error} {description}");
+    }
+    if let Some(iss) = params.get("iss")
+        && iss != &provider.issuer
+    {
+        bail!(
+            "the login came back from issuer {iss}, not {} (RFC 9207); run the command again",
+            provider.issuer
+        );
+    }
+    let code = params
+        .get("code")
+        .context("the provider sent the browser back without a code")?;
+    let tokens = oidc::token_request(
+        http,
+        &provider.token_endpoint,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &redirect_uri),
+            ("client_id", client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await?;
+    let claims = oidc::verify_id_token(http, provider, client_id, &tokens.id_token, &nonce).await?;
+    Ok(LoggedIn { tokens, claims })
+}
+
+/// The loopback listener's shared state: the expected `state` and where to send the answer.
+struct Callback {
+    state: String,
+    done: Mutex<Option<oneshot::Sender<HashMap<String, String>>>>,
+}
+
+async fn receive_callback(
+    State(waiter): State<Arc<Callback>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let state_matches = params.get("state").is_some_and(|s| {
+        tessera_core::token::constant_time_eq(s.as_bytes(), waiter.state.as_bytes())
+    });
+    if !state_matches {
+        // A stale tab or a forged request: ignore it and keep waiting for the real one.
+        return (
+            StatusCode::BAD_REQUEST,
+            Html("<p>This sign-in link is not the one tessera is waiting for. Use the latest link.</p>"),
+        )
+            .into_response();
+    }
+    let sender = waiter.done.lock().ok().and_then(|mut s| s.take());
+    let failed = params.contains_key("error");
+    if let Some(sender) = sender {
+        let _ = sender.send(params);
+    }
+    let text = if failed {
+        "<p>Sign-in failed; the terminal says why. You can close this window.</p>"
+    } else {
+        "<p>Signed in. You can close this window and return to the terminal.</p>"
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>tessera</title></head><body>{text}</body></html>"
+    ))
+    .into_response()
+}
+
+/// 32 random bytes as base64url: state, nonce and PKCE verifier (RFC 7636 §4.1: 43 chars).
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether a browser can be shown: a graphical session on Linux, always on macOS.
+pub fn has_display() -> bool {
+    cfg!(target_os = "macos")
+        || ["DISPLAY", "WAYLAND_DISPLAY"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()))
+}
+
+/// Starts the desktop's browser on `url`; `false` when it could not be started.
+fn open_in_browser(url: &str) -> bool {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
+}
+
+/// `tessera login`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// Host name of the tessera server; the issuer is https://HOST.
+    #[arg(long, conflicts_with = "issuer", required_unless_present = "issuer")]
+    host: Option<String>,
+    /// Issuer URL, when it has a path or a port.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// PEM CA bundle to trust for the issuer; default: the system's roots.
+    #[arg(long)]
+    certificate_authority: Option<PathBuf>,
+    /// Kubeconfig to write; default: KUBECONFIG's first file, else ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Name of the context to write; default: the cluster's name.
+    #[arg(long)]
+    context: Option<String>,
+    /// Write the context but do not make it the current one.
+    #[arg(long)]
+    no_set_context: bool,
+    /// Print the login URL instead of opening a browser.
+    #[arg(long)]
+    no_browser: bool,
+    /// Write the classic `auth-provider: oidc` user (tokens in the kubeconfig) instead of the
+    /// exec plugin, for tools that need it.
+    #[arg(long)]
+    legacy_auth_provider: bool,
+}
+
+impl LoginArgs {
+    fn issuer(&self) -> Result<String> {
+        let issuer = match (&self.issuer, &self.host) {
+            (Some(issuer), _) => issuer.clone(),
+            (None, Some(host)) => format!("https://{host}"),
+            (None, None) => bail!("pass --host HOST or --issuer URL"),
+        };
+        let url = url::Url::parse(&issuer)
+            .with_context(|| format!("`{issuer}` is not a URL; pass --issuer https://HOST"))?;
+        if url.scheme() != "https" {
+            bail!("the issuer must be an https URL, not `{issuer}`");
+        }
+        Ok(issuer.trim_end_matches('/').to_owned())
+    }
+}
+
+/// Logs in, writes the token cache and the kubeconfig's cluster, user and context.
+pub async fn login(args: &LoginArgs) -> Result<()> {
+    let issuer = args.issuer()?;
+    let ca_file = match &args.certificate_authority {
+        Some(file) => Some(
+            std::fs::canonicalize(file)
+                .with_context(|| format!("cannot find the CA bundle {}", file.display()))?,
+        ),
+        None => None,
+    };
+    // Fail on a broken kubeconfig before the user goes through a login.
+    let kubeconfig_path = kubeconfig::resolve_path(args.kubeconfig.as_deref())?;
+    let mut kubeconfig = Kubeconfig::load(&kubeconfig_path)?;
+    let http = oidc::http_client(ca_file.as_deref())?;
+    let provider = oidc::discover(&http, &issuer).await?;
+    let cluster = oidc::cluster(&http, &issuer).await?;
+    let open = !args.no_browser && has_display();
+    let logged_in = browser_login(&http, &provider, &cluster.client_id, open).await?;
+    let username = logged_in.claims.username().to_owned();
+
+    let user_entry = format!("{username}@{}", cluster.cluster_name);
+    let context = args.context.clone().unwrap_or(cluster.cluster_name.clone());
+    let user = if args.legacy_auth_provider {
+        legacy_user(&issuer, &cluster.client_id, ca_file.as_deref(), &logged_in)?
+    } else {
+        let key = CacheKey {
+            issuer: issuer.clone(),
+            client_id: cluster.client_id.clone(),
+            user: username.clone(),
+        };
+        let dir = cache::default_dir()
+            .context("no cache directory: set HOME, XDG_CACHE_HOME or TESSERA_CACHE_DIR")?;
+        let token_cache = TokenCache::new(&dir, key);
+        let _lock = token_cache.lock(super::credential::DEFAULT_LOCK_TIMEOUT)?;
+        token_cache.write(&super::credential::entry_from(
+            token_cache.key(),
+            &provider,
+            logged_in.tokens,
+            &logged_in.claims,
+        ))?;
+        exec_user(&issuer, &cluster.client_id, &username, ca_file.as_deref())?
+    };
+    kubeconfig.set_cluster(
+        &cluster.cluster_name,
+        &cluster.server,
+        cluster.certificate_authority_data.as_deref(),
+    );
+    kubeconfig.set_user(&user_entry, user);
+    kubeconfig.set_context(&context, &cluster.cluster_name, &user_entry);
+    if !args.no_set_context {
+        kubeconfig.use_context(&context);
+    }
+    kubeconfig.save()?;
+    let current = if args.no_set_context {
+        ""
+    } else {
+        ", now the current context"
+    };
+    eprintln!(
+        "Logged in to {issuer} as {username}. Wrote context `{context}` to {}{current}.",
+        kubeconfig.path().display()
+    );
+    Ok(())
+}
+
+/// The exec plugin user entry (`client.authentication.k8s.io/v1`).
+fn exec_user(
+    issuer: &str,
+    client_id: &str,
+    username: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Mapping> {
+    let command = std::env::current_exe()
+        .context("cannot find the path of this tessera binary for the kubeconfig")?;
+    let mut args: Vec<Value> = ["credential", "--issuer", issuer, "--client-id", client_id]
+        .into_iter()
+        .map(Value::from)
+        .collect();
+    args.extend(["--user".into(), username.into()]);
+    if let Some(ca) = ca_file {
+        args.extend([
+            "--certificate-authority".into(),
+            ca.display().to_string().into(),
+        ]);
+    }
+    let mut exec = Mapping::new();
+    exec.insert(
+        "apiVersion".into(),
+        "client.authentication.k8s.io/v1".into(),
+    );
+    exec.insert("command".into(), command.display().to_string().into());
+    exec.insert("args".into(), Value::Sequence(args));
+    exec.insert("interactiveMode".into(), "IfAvailable".into());
+    exec.insert("provideClusterInfo".into(), false.into());
+    exec.insert(
+        "installHint".into(),
+        "tessera is needed to log in to this cluster; install it and run `tessera login`".into(),
+    );
+    let mut user = Mapping::new();
+    user.insert("exec".into(), Value::Mapping(exec));
+    Ok(user)
+}
+
+/// The classic `auth-provider: oidc` user: client-go refreshes it itself and writes the new
+/// tokens back into the kubeconfig.
+fn legacy_user(
+    issuer: &str,
+    client_id: &str,
+    ca_file: Option<&std::path::Path>,
+    logged_in: &LoggedIn,
+) -> Result<Mapping> {
+    let mut config = Mapping::new();
+    config.insert("client-id".into(), client_id.into());
+    config.insert("idp-issuer-url".into(), issuer.into());
+    config.insert("id-token".into(), logged_in.tokens.id_token.clone().into());
+    if let Some(refresh) = &logged_in.tokens.refresh_token {
+        config.insert("refresh-token".into(), refresh.clone().into());
+    }
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        let data = base64::engine::general_purpose::STANDARD.encode(pem);
+        config.insert("idp-certificate-authority-data".into(), data.into());
+    }
+    let mut provider = Mapping::new();
+    provider.insert("name".into(), "oidc".into());
+    provider.insert("config".into(), Value::Mapping(config));
+    let mut user = Mapping::new();
+    user.insert("auth-provider".into(), Value::Mapping(provider));
+    Ok(user)
+}
+
+/// Whether someone can answer a browser login: kubectl says so in `KUBERNETES_EXEC_INFO`
+/// (`spec.interactive`); without it, whether standard input is a terminal.
+pub fn is_interactive(exec_info_interactive: Option<bool>) -> bool {
+    exec_info_interactive.unwrap_or_else(|| std::io::stdin().is_terminal())
+}
