@@ -1,10 +1,15 @@
 //! Storage of tessera behind one trait, [`Store`], whose heart is the atomic
 //! [`Store::redeem_refresh_token`]: the conditional claim of a token and every write its
-//! decision implies happen in one transaction. SQLite is the embedded default.
+//! decision implies happen in one transaction. SQLite is the embedded default; PostgreSQL serves
+//! several replicas sharing one database. [`StorageUrl`] tells which a configured URL names.
 #![warn(missing_docs)]
 
 mod model;
+mod postgres;
 mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use tessera_core::clock::UnixMillis;
@@ -12,6 +17,7 @@ use tessera_core::id::{SessionId, SsoId};
 use tessera_core::token::TokenHash;
 
 pub use model::*;
+pub use postgres::{MigrationReport, PostgresOptions, PostgresStore, migrate_only};
 pub use sqlite::{SqliteStore, Synchronous};
 
 /// Failures of the storage layer.
@@ -45,12 +51,104 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The database cannot be reached right now: the connection failed or broke, or no pooled
+    /// connection became free within the configured bound. Worth retrying later (HTTP 503
+    /// `temporarily_unavailable`), unlike [`StoreError::Query`].
+    #[error("the database is unavailable: {source}")]
+    Unavailable {
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A stored row does not decode.
     #[error("a stored {what} is corrupt")]
     Corrupt {
         /// What kind of row.
         what: &'static str,
     },
+}
+
+/// Where the data lives, as a storage URL names it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// `sqlite://PATH`: an embedded SQLite database file (`sqlite:///abs/path` or
+    /// `sqlite://relative/path`).
+    Sqlite(PathBuf),
+    /// `postgres://…` or `postgresql://…`: a PostgreSQL connection URL, kept whole (it may hold
+    /// a password, which [`fmt::Debug`] hides).
+    Postgres(String),
+}
+
+impl StorageUrl {
+    /// Parses a storage URL; the error says what is accepted (and never repeats a password).
+    pub fn parse(text: &str) -> Result<StorageUrl, String> {
+        let text = text.trim();
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Err(format!(
+                "storage URL {:?} has no scheme: expected sqlite://PATH (e.g. sqlite://{}), \
+                 postgres://… or postgresql://…",
+                redact_url(text),
+                redact_url(text),
+            ));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" if rest.is_empty() => {
+                Err("storage URL sqlite:// names no file: expected sqlite://PATH".to_owned())
+            }
+            "sqlite" if rest.contains(['?', '#']) => Err(format!(
+                "storage URL {text:?} has options: sqlite://PATH takes none"
+            )),
+            "sqlite" => Ok(StorageUrl::Sqlite(PathBuf::from(rest))),
+            "postgres" | "postgresql" => Ok(StorageUrl::Postgres(text.to_owned())),
+            _ => Err(format!(
+                "storage URL scheme {scheme:?} is not supported: expected sqlite://PATH, \
+                 postgres://… or postgresql://…"
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StorageUrl::Postgres(url) => f.debug_tuple("Postgres").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+/// `url` with its passwords (in the user info, or a `password=` query parameter) replaced by
+/// `***`, fit for logs and error messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (user_info, host) = authority.split_at(at);
+            match user_info.split_once(':') {
+                Some((user, _password)) => format!("{user}:***{host}"),
+                None => authority.to_owned(),
+            }
+        }
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// Everything tessera persists. Implementations keep every method atomic.
@@ -127,4 +225,64 @@ pub trait Store: Send + Sync {
     /// Deletes what can never be used again (ended sessions and their tokens, old codes);
     /// returns how many rows went.
     async fn sweep(&self, now: UnixMillis) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_a_path() {
+        assert_eq!(
+            StorageUrl::parse("sqlite:///var/lib/tessera/tessera.db"),
+            Ok(StorageUrl::Sqlite(PathBuf::from(
+                "/var/lib/tessera/tessera.db"
+            )))
+        );
+        assert_eq!(
+            StorageUrl::parse("sqlite://data/tessera.db"),
+            Ok(StorageUrl::Sqlite(PathBuf::from("data/tessera.db")))
+        );
+        assert!(StorageUrl::parse("sqlite://").is_err());
+        assert!(StorageUrl::parse("sqlite://x.db?mode=rwc").is_err());
+    }
+
+    #[test]
+    fn postgres_urls_are_kept_whole() {
+        for url in [
+            "postgres://tessera:pw@db:5432/tessera?sslmode=disable",
+            "postgresql://db/tessera",
+        ] {
+            assert_eq!(
+                StorageUrl::parse(url),
+                Ok(StorageUrl::Postgres(url.to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_what_is_accepted() {
+        for bad in ["mysql://db/x", "/var/lib/tessera.db", ""] {
+            let error = StorageUrl::parse(bad).unwrap_err();
+            assert!(error.contains("sqlite://PATH"), "{error}");
+            assert!(error.contains("postgres://"), "{error}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        let url =
+            StorageUrl::parse("postgres://tessera:s3cret@db/tessera?password=s3cret").unwrap();
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(
+            redact_url("postgres://tessera:s3cret@db:5432/tessera?password=s3cret&sslmode=disable"),
+            "postgres://tessera:***@db:5432/tessera?password=***&sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://db/tessera"), "postgres://db/tessera");
+        assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
+        let error = StorageUrl::parse("mysql://root:s3cret@db/x").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+    }
 }

@@ -10,17 +10,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::redeem::{Decision, OnReplay, RedeemPolicy, RejectReason};
 use tessera_core::token::{REFRESH_TOKEN_PREFIX, RotationKey, Secret};
 use tessera_store::{
-    AuthCode, CodeRedemption, NewRefreshToken, RedeemRequest, Redemption, Session, SqliteStore,
-    SsoSession, Store, StoreError, StoredKey, Synchronous,
+    AuthCode, CodeRedemption, MigrationReport, NewRefreshToken, PostgresOptions, PostgresStore,
+    RedeemRequest, Redemption, Session, SessionStart, SqliteStore, SsoSession, Store, StoreError,
+    StoredKey, Synchronous, migrate_only,
 };
 
 /// One backend under test: a private place for data and a way to open stores on it.
@@ -67,6 +70,10 @@ macro_rules! conformance_suite {
                 backend: [
                     reopening_the_database_keeps_every_row,
                     a_second_store_on_the_same_data_sees_the_first_ones_writes,
+                    replicas_redeeming_one_token_at_once_rotate_exactly_once,
+                    replicas_redeeming_inside_grace_converge_on_one_successor,
+                    replicas_storing_a_secret_at_once_agree_on_one_value,
+                    a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked,
                 ],
             );
         }
@@ -103,6 +110,7 @@ macro_rules! conformance_suite {
 }
 
 conformance_suite!(sqlite, Sqlite::fresh());
+conformance_suite!(postgres, Postgres::fresh().await);
 
 /// SQLite in a temporary directory that lives as long as the backend.
 struct Sqlite {
@@ -125,6 +133,130 @@ impl Sqlite {
 impl Backend for Sqlite {
     async fn open(&self) -> Arc<dyn Store> {
         Arc::new(SqliteStore::open(&self.path(), Synchronous::Normal).unwrap())
+    }
+}
+
+/// The database the PostgreSQL tests use when `TESSERA_TEST_POSTGRES_URL` is not set.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// PostgreSQL in a schema of its own (`t_<pid>_<counter>_<random>`), dropped with the backend,
+/// so tests run side by side in one database and leave nothing behind. An unreachable database
+/// fails the test: these tests never skip.
+struct Postgres {
+    url: String,
+    schema: String,
+}
+
+impl Postgres {
+    async fn fresh() -> Postgres {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let url = std::env::var("TESSERA_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let schema = format!(
+            "t_{}_{}_{:08x}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let backend = Postgres { url, schema };
+        drop(backend.admin().await);
+        backend
+    }
+
+    /// Options for a store on this backend's schema. Its connections carry the schema's name
+    /// as `application_name`, so a test can find them and the cleanup can end them.
+    fn options(&self) -> PostgresOptions {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        PostgresOptions {
+            url: format!("{}{separator}application_name={}", self.url, self.schema),
+            password: None,
+            max_connections: 5,
+            connect_timeout: Duration::from_secs(10),
+            schema: Some(self.schema.clone()),
+        }
+    }
+
+    /// A connection of the test's own, outside every store, with the schema on its path.
+    async fn admin(&self) -> PgConnection {
+        let connecting = PgConnection::connect(&self.url);
+        let mut c = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => panic!("{}: {e}", self.unreachable()),
+            Err(_) => panic!("{}: no answer within 10 s", self.unreachable()),
+        };
+        c.execute(format!("SET search_path TO \"{}\"", self.schema).as_str())
+            .await
+            .unwrap();
+        c
+    }
+
+    fn unreachable(&self) -> String {
+        format!(
+            "PostgreSQL is not reachable at {} (set TESSERA_TEST_POSTGRES_URL to a database \
+             the tests may create schemas in; the PostgreSQL tests do not skip)",
+            self.url
+        )
+    }
+}
+
+#[async_trait]
+impl Backend for Postgres {
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(PostgresStore::connect(self.options()).await.unwrap())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Drop cannot await, and may run inside a runtime: a thread with a runtime of its own.
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut c = PgConnection::connect(&url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // After a failed test, tasks of its stores may still hold transactions (and
+                // locks) in the schema: end their connections first, then drop; retry in case
+                // the drop still lost a deadlock to one of them.
+                let mut outcome = Ok(());
+                for _ in 0..5 {
+                    let ended = sqlx::query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                    )
+                    .bind(&schema)
+                    .execute(&mut c)
+                    .await;
+                    let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                    outcome = match ended {
+                        Ok(_) => c.execute(drop.as_str()).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    if outcome.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                outcome.map_err(|e| e.to_string())?;
+                c.close().await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        let failure = match dropped {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => "the cleanup thread panicked".to_owned(),
+        };
+        let message = format!("cannot drop the test schema {}: {failure}", self.schema);
+        if std::thread::panicking() {
+            eprintln!("{message}");
+        } else {
+            panic!("{message}");
+        }
     }
 }
 
@@ -662,6 +794,326 @@ async fn a_second_store_on_the_same_data_sees_the_first_ones_writes(backend: &dy
     assert_eq!(s.revoked_at, Some(T0));
 }
 
+async fn replicas_redeeming_one_token_at_once_rotate_exactly_once(backend: &dyn Backend) {
+    let (stores, redemptions) = race_on_replicas(backend, no_grace(OnReplay::RevokeSession)).await;
+    let decisions: Vec<Decision> = redemptions.into_iter().map(|r| r.decision).collect();
+    assert_eq!(
+        count(&decisions, |d| *d == Decision::Rotate),
+        1,
+        "{decisions:?}"
+    );
+    let refused = count(&decisions, |d| {
+        matches!(
+            d,
+            Decision::Replay {
+                revoke_session: true,
+                ..
+            } | Decision::Reject(RejectReason::SessionRevoked)
+        )
+    });
+    assert_eq!(refused, decisions.len() - 1, "{decisions:?}");
+    for store in &stores {
+        let s = store.find_session(sid("s1")).await.unwrap().unwrap();
+        assert!(s.revoked_at.is_some(), "every replica sees the revocation");
+    }
+}
+
+async fn replicas_redeeming_inside_grace_converge_on_one_successor(backend: &dyn Backend) {
+    let policy = grace(60_000, false);
+    let (stores, redemptions) = race_on_replicas(backend, policy).await;
+    let rotated: Vec<&Redemption> = redemptions
+        .iter()
+        .filter(|r| r.decision == Decision::Rotate)
+        .collect();
+    assert_eq!(rotated.len(), 1, "{redemptions:?}");
+    let expiry = rotated[0].successor_expires_at;
+    for r in &redemptions {
+        assert!(
+            matches!(r.decision, Decision::Rotate | Decision::Grace { .. }),
+            "{:?}",
+            r.decision
+        );
+        assert_eq!(r.successor_expires_at, expiry, "one successor for all");
+    }
+    let t = secret(1);
+    for store in &stores {
+        let successor = store.find_refresh_token(next(&t).hash()).await.unwrap();
+        let successor = successor.expect("the one successor is stored");
+        assert_eq!(successor.expires_at, expiry);
+        assert_eq!(successor.used_at, None);
+        assert_eq!(successor.session.revoked_at, None);
+    }
+    let later = T0.plus(Duration::from_secs(2));
+    let r = redeem(&*stores[REPLICAS - 1], &next(&t), later, policy).await;
+    assert_eq!(r.decision, Decision::Rotate);
+}
+
+async fn replicas_storing_a_secret_at_once_agree_on_one_value(backend: &dyn Backend) {
+    let stores = replicas(backend).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(REPLICAS * RACERS_PER_REPLICA));
+    let tasks: Vec<_> = (0..REPLICAS * RACERS_PER_REPLICA)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % REPLICAS]);
+            let barrier = Arc::clone(&barrier);
+            let candidate = vec![u8::try_from(i).unwrap(); 32];
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.secret_or_insert("rotation", candidate).await.unwrap()
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for task in tasks {
+        values.push(task.await.unwrap());
+    }
+    assert!(values.iter().all(|v| *v == values[0]), "{values:?}");
+}
+
+async fn a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked(
+    backend: &dyn Backend,
+) {
+    let (first, second) = (backend.open().await, backend.open().await);
+    for round in 0..20_u8 {
+        let code = secret(100 + round);
+        let id = format!("s-code-{round}");
+        first
+            .insert_code(AuthCode {
+                hash: code.hash(),
+                client_id: client(),
+                redirect_uri: "http://127.0.0.1:8000/callback".into(),
+                code_challenge: None,
+                nonce: None,
+                scope: "openid".into(),
+                session_id: sid(&id),
+                sso_id: None,
+                subject: Subject::new("alice"),
+                auth_time: T0,
+                expires_at: T0.plus(Duration::from_secs(60)),
+            })
+            .await
+            .unwrap();
+        let claimed = first.redeem_code(code.hash(), T0).await.unwrap();
+        assert!(matches!(claimed, CodeRedemption::Claimed(_)), "{claimed:?}");
+
+        // The exchange goes on to start the session while the code comes back on a replica.
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let token = secret(200 + round);
+        let starting = {
+            let (store, barrier, id) = (Arc::clone(&first), Arc::clone(&barrier), id.clone());
+            let first_token = NewRefreshToken {
+                hash: token.hash(),
+                issued_at: T0,
+                expires_at: T0.plus(TTL),
+            };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .start_session(session(&id, T0), first_token)
+                    .await
+                    .unwrap()
+            })
+        };
+        let reusing = {
+            let (store, barrier) = (Arc::clone(&second), Arc::clone(&barrier));
+            let hash = code.hash();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let reused = store.redeem_code(hash, T0).await.unwrap();
+                let CodeRedemption::AlreadyUsed { session_id } = reused else {
+                    panic!("a second use of a code: {reused:?}");
+                };
+                store
+                    .revoke_session(session_id, T0, "code_reuse")
+                    .await
+                    .unwrap();
+            })
+        };
+        let started = starting.await.unwrap();
+        reusing.await.unwrap();
+
+        let s = first.find_session(sid(&id)).await.unwrap();
+        let s = s.expect("the session, or its revoked tombstone, is there");
+        assert!(
+            s.revoked_at.is_some(),
+            "round {round}: {started:?} left it live"
+        );
+        let r = redeem(&*second, &token, T0, no_grace(OnReplay::RevokeSession)).await;
+        let expected = match started {
+            SessionStart::Started => Decision::Reject(RejectReason::SessionRevoked),
+            SessionStart::CodeReused => Decision::Reject(RejectReason::UnknownToken),
+        };
+        assert_eq!(r.decision, expected, "round {round}");
+    }
+}
+
+/// What only PostgreSQL has: a migration table and lock, a connection pool, a network.
+mod postgres_only {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_newer_than_this_binary_is_refused() {
+        let backend = Postgres::fresh().await;
+        drop(backend.open().await);
+        let mut admin = backend.admin().await;
+        admin
+            .execute("INSERT INTO schema_migrations (version) VALUES (99)")
+            .await
+            .unwrap();
+        let opened = PostgresStore::connect(backend.options()).await;
+        assert!(
+            matches!(
+                opened,
+                Err(StoreError::SchemaTooNew {
+                    found: 99,
+                    known: 1
+                })
+            ),
+            "{:?}",
+            opened.err()
+        );
+        let migrated = migrate_only(&backend.options()).await;
+        assert!(
+            matches!(migrated, Err(StoreError::SchemaTooNew { .. })),
+            "{migrated:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn migrate_only_reports_what_it_applied() {
+        let backend = Postgres::fresh().await;
+        let report = migrate_only(&backend.options()).await.unwrap();
+        assert_eq!(
+            report,
+            MigrationReport {
+                found: 0,
+                applied: vec![1],
+                current: 1
+            }
+        );
+        let store = PostgresStore::connect(backend.options()).await.unwrap();
+        let again = store.migrate().await.unwrap();
+        assert_eq!(
+            again,
+            MigrationReport {
+                found: 1,
+                applied: vec![],
+                current: 1
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn replicas_starting_at_once_migrate_one_at_a_time() {
+        let backend = Postgres::fresh().await;
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let options = backend.options();
+                tokio::spawn(async move { migrate_only(&options).await.unwrap() })
+            })
+            .collect();
+        let mut applied = Vec::new();
+        for task in tasks {
+            applied.extend(task.await.unwrap().applied);
+        }
+        assert_eq!(applied, vec![1], "exactly one replica applied version 1");
+        let store = backend.open().await;
+        start(&*store, session("s1", T0), &secret(1)).await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_unavailable_within_the_bound() {
+        // A port that accepts connections and never answers, like a partitioned server.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let options = PostgresOptions {
+            url: format!("postgres://postgres@127.0.0.1:{port}/test"),
+            password: None,
+            max_connections: 2,
+            connect_timeout: Duration::from_millis(300),
+            schema: None,
+        };
+        let bound = Duration::from_secs(5);
+        let opened = tokio::time::timeout(bound, PostgresStore::connect(options.clone()))
+            .await
+            .expect("connect gives up within its bound");
+        assert!(
+            matches!(opened, Err(StoreError::Unavailable { .. })),
+            "{:?}",
+            opened.err()
+        );
+        let migrated = tokio::time::timeout(bound, migrate_only(&options))
+            .await
+            .expect("migrate gives up within its bound");
+        assert!(
+            matches!(migrated, Err(StoreError::Unavailable { .. })),
+            "{migrated:?}"
+        );
+        drop(silent);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exhausted_pool_is_unavailable_within_the_bound() {
+        let backend = Postgres::fresh().await;
+        let name = backend.schema.clone();
+        let options = PostgresOptions {
+            max_connections: 1,
+            connect_timeout: Duration::from_millis(300),
+            ..backend.options()
+        };
+        let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(options).await.unwrap());
+        let t = secret(1);
+        start(&*store, session("s1", T0), &t).await;
+
+        // Another client holds the token's row lock: the redeem waits on it with the one
+        // connection of the pool.
+        let mut holder = backend.admin().await;
+        holder.execute("BEGIN").await.unwrap();
+        holder
+            .execute("SELECT * FROM refresh_tokens FOR UPDATE")
+            .await
+            .unwrap();
+        let redeeming = {
+            let store = Arc::clone(&store);
+            let request = request(&t, T0, no_grace(OnReplay::RevokeSession));
+            tokio::spawn(async move { store.redeem_refresh_token(request).await })
+        };
+        let mut admin = backend.admin().await;
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}' \
+             AND wait_event_type = 'Lock'"
+        );
+        for attempt in 0.. {
+            let row = sqlx::query_scalar::<_, i64>(&waiting)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            if row == 1 {
+                break;
+            }
+            assert!(attempt < 500, "the redeem never waited on the row lock");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let starved = tokio::time::timeout(Duration::from_secs(5), store.find_session(sid("s1")))
+            .await
+            .expect("an exhausted pool answers within its bound");
+        assert!(
+            matches!(starved, Err(StoreError::Unavailable { .. })),
+            "{starved:?}"
+        );
+        let message = starved.unwrap_err().to_string();
+        assert!(
+            message.starts_with("the database is unavailable"),
+            "{message}"
+        );
+
+        holder.execute("COMMIT").await.unwrap();
+        let r = redeeming.await.unwrap().unwrap();
+        assert_eq!(r.decision, Decision::Rotate);
+        assert!(store.find_session(sid("s1")).await.unwrap().is_some());
+    }
+}
+
 /// What only SQLite has: its schema version lives in `PRAGMA user_version`.
 mod sqlite_only {
     use super::*;
@@ -831,6 +1283,47 @@ async fn race(store: &Arc<dyn Store>, policy: RedeemPolicy) -> Vec<Decision> {
         decisions.push(task.await.unwrap());
     }
     decisions
+}
+
+const REPLICAS: usize = 4;
+const RACERS_PER_REPLICA: usize = 10;
+
+/// [`REPLICAS`] stores on the backend's data, as so many processes would open.
+async fn replicas(backend: &dyn Backend) -> Vec<Arc<dyn Store>> {
+    let mut stores = Vec::with_capacity(REPLICAS);
+    for _ in 0..REPLICAS {
+        stores.push(backend.open().await);
+    }
+    stores
+}
+
+/// Starts session `s1` and has [`RACERS_PER_REPLICA`] tasks on each of [`REPLICAS`] stores
+/// redeem its first token at the same instant.
+async fn race_on_replicas(
+    backend: &dyn Backend,
+    policy: RedeemPolicy,
+) -> (Vec<Arc<dyn Store>>, Vec<Redemption>) {
+    let stores = replicas(backend).await;
+    let t = secret(1);
+    start(&*stores[0], session("s1", T0), &t).await;
+    let now = T0.plus(Duration::from_secs(1));
+    let racers = REPLICAS * RACERS_PER_REPLICA;
+    let barrier = Arc::new(tokio::sync::Barrier::new(racers));
+    let tasks: Vec<_> = (0..racers)
+        .map(|i| {
+            let (store, barrier) = (Arc::clone(&stores[i % REPLICAS]), Arc::clone(&barrier));
+            let request = request(&t, now, policy);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.redeem_refresh_token(request).await.unwrap()
+            })
+        })
+        .collect();
+    let mut redemptions = Vec::with_capacity(racers);
+    for task in tasks {
+        redemptions.push(task.await.unwrap());
+    }
+    (stores, redemptions)
 }
 
 fn count(decisions: &[Decision], matching: impl Fn(&Decision) -> bool) -> usize {

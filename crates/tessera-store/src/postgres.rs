@@ -1,0 +1,934 @@
+//! The PostgreSQL backend, for several replicas of tessera sharing one database.
+//!
+//! Every transaction runs at READ COMMITTED (pinned on each connection, whatever the server's
+//! default), and correctness across replicas comes from conditional writes, never from a read
+//! followed by a write, nor from locks that tessera holds between statements:
+//!
+//! - Redeeming a refresh token claims it with `UPDATE refresh_tokens … WHERE hash = $1 AND
+//!   used_at IS NULL RETURNING …`. A second claim of the same token, on any replica, blocks on
+//!   the first one's row lock; when the first commits, PostgreSQL re-checks the WHERE clause on
+//!   the new row version, finds `used_at` set and updates nothing; when the first rolls back (a
+//!   rejection), the second claims the token. Only a call that claimed nothing then reads the
+//!   row, in a new snapshot that sees the winner's commit, successor included, and decides grace
+//!   or replay from it. Claim, decision and the writes it implies share one transaction, as in
+//!   the SQLite backend; a rejection rolls the claim back.
+//! - A code is claimed by the same kind of conditional UPDATE. The revoked tombstone that a reuse
+//!   puts in for the session the code names, and the session its first use starts, are both
+//!   `INSERT … ON CONFLICT (id) DO NOTHING` on the same primary key: whichever commits first
+//!   wins, and the other finds it (a concurrent insert of the same key waits for the first).
+//! - A secret is `INSERT … ON CONFLICT DO NOTHING`, then read in a new snapshot.
+//!
+//! Migrations run under a session-level advisory lock on a connection of their own, so replicas
+//! starting together migrate one at a time. Connection failures and an exhausted pool answer
+//! [`StoreError::Unavailable`] within `connect_timeout`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, PgSslMode};
+use sqlx::{Connection, Executor, Row};
+use tessera_core::clock::UnixMillis;
+use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
+use tessera_core::redeem::{self, Decision, FirstUse, Lookup, Presenter, TokenRecord};
+use tessera_core::token::TokenHash;
+
+use crate::model::*;
+use crate::{Store, StoreError, redact_url};
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+
+/// Key of the advisory lock held while migrating: "tessera" in ASCII, then 1.
+const MIGRATION_LOCK: i64 = 0x7465_7373_6572_6101;
+/// Key of the advisory lock held by a sweep, so replicas sweep one at a time.
+const SWEEP_LOCK: i64 = 0x7465_7373_6572_6102;
+
+/// How to reach the PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// Connection URL, `postgres://user@host:port/database?…`.
+    pub url: String,
+    /// Password, overriding one in the URL (so the URL can sit in a config file without it).
+    pub password: Option<String>,
+    /// Most connections the pool opens (at least 1).
+    pub max_connections: u32,
+    /// Bound on waiting for a connection, whether a new one or a free pooled one: past it an
+    /// operation fails with [`StoreError::Unavailable`] instead of hanging.
+    pub connect_timeout: Duration,
+    /// Schema to keep the tables in, created if missing; `None` uses the server's `search_path`.
+    pub schema: Option<String>,
+}
+
+impl PostgresOptions {
+    /// Options for `url` with defaults: no separate password, 10 connections, a 5-second
+    /// connect timeout, the default schema.
+    pub fn new(url: impl Into<String>) -> PostgresOptions {
+        PostgresOptions {
+            url: url.into(),
+            password: None,
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+            schema: None,
+        }
+    }
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// What a migration run found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The schema version found (0 for an empty database).
+    pub found: i64,
+    /// The versions this run applied, in order; empty when the database was current.
+    pub applied: Vec<i64>,
+    /// The schema version now.
+    pub current: i64,
+}
+
+/// The PostgreSQL store: a pool of connections; cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    location: String,
+    schema: Option<String>,
+}
+
+impl PostgresStore {
+    /// Connects to the database and runs its migrations (see [`PostgresStore::migrate`]).
+    pub async fn connect(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let location = redact_url(&options.url);
+        let pool = pool(&options, &location)?;
+        if let Err(e) = run_migrations(&pool, options.schema.as_deref(), &location).await {
+            pool.close().await;
+            return Err(e);
+        }
+        Ok(PostgresStore {
+            pool,
+            location,
+            schema: options.schema,
+        })
+    }
+
+    /// Brings the schema up to date, one replica at a time (an advisory lock), and refuses a
+    /// database newer than this binary with [`StoreError::SchemaTooNew`].
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        run_migrations(&self.pool, self.schema.as_deref(), &self.location).await
+    }
+
+    /// Closes every connection; operations after this fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Runs the migrations and nothing else (`tessera migrate`): the report says which versions
+/// this run applied.
+pub async fn migrate_only(options: &PostgresOptions) -> Result<MigrationReport, StoreError> {
+    let location = redact_url(&options.url);
+    let pool = pool(options, &location)?;
+    let report = run_migrations(&pool, options.schema.as_deref(), &location).await;
+    pool.close().await;
+    report
+}
+
+/// A lazy pool: connections open on demand, each set up by `after_connect`.
+fn pool(options: &PostgresOptions, location: &str) -> Result<PgPool, StoreError> {
+    let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+        location: location.to_owned(),
+        source,
+    };
+    let mut connect =
+        PgConnectOptions::from_str(&options.url).map_err(|e| open_error(Box::new(e)))?;
+    if let Some(password) = &options.password {
+        connect = connect.password(password);
+    }
+    if connect.get_application_name().is_none() {
+        connect = connect.application_name("tessera");
+    }
+    if matches!(
+        connect.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    ) {
+        return Err(open_error(
+            "this tessera is built without TLS for PostgreSQL, so it cannot honour the \
+             sslmode the URL asks for"
+                .into(),
+        ));
+    }
+    let mut setup = String::from("SET default_transaction_isolation TO 'read committed'");
+    if let Some(schema) = &options.schema {
+        if schema.is_empty() {
+            return Err(open_error("the PostgreSQL schema name is empty".into()));
+        }
+        setup.push_str("; SET search_path TO ");
+        setup.push_str(&quote_identifier(schema));
+    }
+    let setup: Arc<str> = setup.into();
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .acquire_timeout(options.connect_timeout)
+        .after_connect(move |connection, _| {
+            let setup = Arc::clone(&setup);
+            Box::pin(async move { connection.execute(&*setup).await.map(drop) })
+        })
+        .connect_lazy_with(connect))
+}
+
+/// Migrates on a connection taken out of the pool for good: the advisory lock belongs to that
+/// session, and closing the connection releases it whatever happened.
+async fn run_migrations(
+    pool: &PgPool,
+    schema: Option<&str>,
+    location: &str,
+) -> Result<MigrationReport, StoreError> {
+    let fail = |source: sqlx::Error| open_error(location, source);
+    let mut connection = pool.acquire().await.map_err(fail)?.detach();
+    let outcome = migrate_locked(&mut connection, schema, location).await;
+    if outcome.is_ok() {
+        let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut connection)
+            .await;
+        if let Err(e) = unlock {
+            let _ = connection.close().await;
+            return Err(fail(e));
+        }
+    }
+    // A failure to say goodbye changes nothing: the server drops the session either way.
+    let _ = connection.close().await;
+    outcome
+}
+
+async fn migrate_locked(
+    c: &mut PgConnection,
+    schema: Option<&str>,
+    location: &str,
+) -> Result<MigrationReport, StoreError> {
+    let fail = |source: sqlx::Error| open_error(location, source);
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    // Waits for a replica that is migrating; migrations can take long, so there is no bound.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *c)
+        .await
+        .map_err(fail)?;
+    if let Some(schema) = schema {
+        // Asked first: CREATE SCHEMA IF NOT EXISTS would need the CREATE privilege even when
+        // the schema is there already.
+        let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+            .bind(schema)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(fail)?
+            .is_some();
+        if !exists {
+            let create = format!("CREATE SCHEMA {}", quote_identifier(schema));
+            c.execute(create.as_str()).await.map_err(fail)?;
+        }
+    }
+    let has_table: bool = sqlx::query("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        .fetch_one(&mut *c)
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(fail)?;
+    if !has_table {
+        c.execute(
+            "CREATE TABLE schema_migrations (
+                version    BIGINT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(fail)?;
+    }
+    let found: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        .fetch_one(&mut *c)
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(fail)?;
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    let mut applied = Vec::new();
+    for (version, sql) in (1..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let mut tx = c.begin().await.map_err(fail)?;
+        // A query without arguments goes as a simple query, which may hold many statements.
+        tx.execute(*sql).await.map_err(fail)?;
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        applied.push(version);
+    }
+    Ok(MigrationReport {
+        found,
+        applied,
+        current: found.max(known),
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn secret_or_insert(
+        &self,
+        name: &str,
+        candidate: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let op = "secret_or_insert";
+        // Two statements, so that the SELECT's snapshot sees a value another replica committed
+        // while this INSERT waited on it.
+        sqlx::query(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate.as_slice())
+        .execute(&self.pool)
+        .await
+        .map_err(query(op))?;
+        sqlx::query("SELECT value FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(query(op))
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let op = "signing_keys";
+        // Byte order for kid, as SQLite compares text.
+        let rows = sqlx::query(
+            "SELECT kid, alg, pkcs8, created_at FROM signing_keys ORDER BY created_at, kid COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query(op))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredKey {
+                    kid: r.try_get(0)?,
+                    alg: r.try_get(1)?,
+                    pkcs8: r.try_get(2)?,
+                    created_at: UnixMillis(r.try_get(3)?),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(query(op))
+    }
+
+    async fn add_signing_key(&self, key: StoredKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(key.pkcs8.as_slice())
+        .bind(key.created_at.0)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(query("add_signing_key"))
+    }
+
+    async fn create_sso(&self, sso: SsoSession) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sso_sessions (handle_hash, id, subject, auth_time, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&sso.handle.0[..])
+        .bind(sso.id.as_str())
+        .bind(sso.subject.as_str())
+        .bind(sso.auth_time.0)
+        .bind(sso.expires_at.0)
+        .bind(sso.revoked_at.map(|t| t.0))
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(query("create_sso"))
+    }
+
+    async fn find_sso(&self, handle: TokenHash) -> Result<Option<SsoSession>, StoreError> {
+        let op = "find_sso";
+        let row = sqlx::query(
+            "SELECT id, subject, auth_time, expires_at, revoked_at FROM sso_sessions
+             WHERE handle_hash = $1",
+        )
+        .bind(&handle.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query(op))?;
+        row.map(|r| {
+            Ok(SsoSession {
+                handle,
+                id: SsoId::new(r.try_get::<String, _>(0)?),
+                subject: Subject::new(r.try_get::<String, _>(1)?),
+                auth_time: UnixMillis(r.try_get(2)?),
+                expires_at: UnixMillis(r.try_get(3)?),
+                revoked_at: r.try_get::<Option<i64>, _>(4)?.map(UnixMillis),
+            })
+        })
+        .transpose()
+        .map_err(query(op))
+    }
+
+    async fn revoke_sso(
+        &self,
+        id: SsoId,
+        now: UnixMillis,
+        reason: &str,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let op = "revoke_sso";
+        let mut tx = self.pool.begin().await.map_err(query(op))?;
+        sqlx::query("UPDATE sso_sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id.as_str())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(query(op))?;
+        let rows = sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3
+             WHERE sso_id = $1 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(id.as_str())
+        .bind(now.0)
+        .bind(reason)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query(op))?;
+        let ids = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0).map(SessionId::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(query(op))?;
+        tx.commit().await.map_err(query(op))?;
+        Ok(ids)
+    }
+
+    async fn insert_code(&self, code: AuthCode) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO auth_codes (hash, client_id, redirect_uri, code_challenge, nonce, scope,
+             session_id, sso_id, subject, auth_time, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&code.hash.0[..])
+        .bind(code.client_id.as_str())
+        .bind(&code.redirect_uri)
+        .bind(code.code_challenge.as_deref())
+        .bind(code.nonce.as_deref())
+        .bind(&code.scope)
+        .bind(code.session_id.as_str())
+        .bind(code.sso_id.as_ref().map(SsoId::as_str))
+        .bind(code.subject.as_str())
+        .bind(code.auth_time.0)
+        .bind(code.expires_at.0)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(query("insert_code"))
+    }
+
+    async fn redeem_code(
+        &self,
+        hash: TokenHash,
+        now: UnixMillis,
+    ) -> Result<CodeRedemption, StoreError> {
+        let op = "redeem_code";
+        // The claim: of any number of concurrent calls, one updates the row; the others wait on
+        // its row lock and then find `used_at` set.
+        let claimed = sqlx::query(
+            "UPDATE auth_codes SET used_at = $2 WHERE hash = $1 AND used_at IS NULL
+             RETURNING client_id, redirect_uri, code_challenge, nonce, scope, session_id, sso_id,
+             subject, auth_time, expires_at",
+        )
+        .bind(&hash.0[..])
+        .bind(now.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query(op))?;
+        if let Some(row) = claimed {
+            let code = code_from_row(hash, &row).map_err(query(op))?;
+            return Ok(CodeRedemption::Claimed(Box::new(code)));
+        }
+        // Used before. The first use may not have started its session yet, and then revoking it
+        // would find nothing: put it in revoked already, so that its start is refused. If the
+        // session is there (or being inserted: the insert waits for it), this does nothing and
+        // the caller revokes it. The row lives as long as the code's (see `sweep`).
+        let used = sqlx::query(
+            "WITH code AS (
+                 SELECT session_id, subject, client_id, sso_id, scope, auth_time, expires_at
+                 FROM auth_codes WHERE hash = $1 AND used_at IS NOT NULL
+             ), tombstone AS (
+                 INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time,
+                     created_at, absolute_end, revoked_at, revoked_reason)
+                 SELECT session_id, subject, client_id, sso_id, scope, auth_time,
+                     $2, expires_at + 3600000, $2, 'code_reuse' FROM code
+                 ON CONFLICT (id) DO NOTHING
+             )
+             SELECT session_id FROM code",
+        )
+        .bind(&hash.0[..])
+        .bind(now.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query(op))?;
+        match used {
+            Some(row) => Ok(CodeRedemption::AlreadyUsed {
+                session_id: SessionId::new(row.try_get::<String, _>(0).map_err(query(op))?),
+            }),
+            None => Ok(CodeRedemption::Unknown),
+        }
+    }
+
+    async fn start_session(
+        &self,
+        session: Session,
+        first: NewRefreshToken,
+    ) -> Result<SessionStart, StoreError> {
+        // One statement, so atomic. Session ids are fresh random values: a row with this id is
+        // the revoked tombstone a reuse of the code put in (`redeem_code`), and then nothing is
+        // inserted at all.
+        let inserted = sqlx::query(
+            "WITH started AS (
+                 INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time,
+                     created_at, absolute_end, revoked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id, client_id
+             )
+             INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at)
+             SELECT $10, id, client_id, $11, $12 FROM started",
+        )
+        .bind(session.id.as_str())
+        .bind(session.subject.as_str())
+        .bind(session.client_id.as_str())
+        .bind(session.sso_id.as_ref().map(SsoId::as_str))
+        .bind(&session.scope)
+        .bind(session.auth_time.0)
+        .bind(session.created_at.0)
+        .bind(session.absolute_end.0)
+        .bind(session.revoked_at.map(|t| t.0))
+        .bind(&first.hash.0[..])
+        .bind(first.issued_at.0)
+        .bind(first.expires_at.0)
+        .execute(&self.pool)
+        .await
+        .map_err(query("start_session"))?
+        .rows_affected();
+        Ok(if inserted == 1 {
+            SessionStart::Started
+        } else {
+            SessionStart::CodeReused
+        })
+    }
+
+    async fn redeem_refresh_token(&self, request: RedeemRequest) -> Result<Redemption, StoreError> {
+        redeem_in_transaction(&self.pool, &request).await
+    }
+
+    async fn find_refresh_token(
+        &self,
+        hash: TokenHash,
+    ) -> Result<Option<RefreshTokenInfo>, StoreError> {
+        let op = "find_refresh_token";
+        let row = sqlx::query(&format!(
+            "SELECT t.client_id, t.issued_at, t.expires_at, t.used_at, {SESSION_COLUMNS}
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = $1"
+        ))
+        .bind(&hash.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query(op))?;
+        row.map(|r| {
+            Ok(RefreshTokenInfo {
+                client_id: ClientId::new(r.try_get::<String, _>(0)?),
+                issued_at: UnixMillis(r.try_get(1)?),
+                expires_at: UnixMillis(r.try_get(2)?),
+                used_at: r.try_get::<Option<i64>, _>(3)?.map(UnixMillis),
+                session: session_from_row(&r, 4)?,
+            })
+        })
+        .transpose()
+        .map_err(query(op))
+    }
+
+    async fn find_session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let op = "find_session";
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query(op))?;
+        row.map(|r| session_from_row(&r, 0))
+            .transpose()
+            .map_err(query(op))
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        now: UnixMillis,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        revoke_session_row(&self.pool, &id, now, reason)
+            .await
+            .map_err(query("revoke_session"))
+    }
+
+    async fn count_active_sessions(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        sqlx::query("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND absolute_end > $1")
+            .bind(now.0)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0))
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(query("count_active_sessions"))
+    }
+
+    async fn sweep(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        let op = "sweep";
+        let mut tx = self.pool.begin().await.map_err(query(op))?;
+        // One replica sweeps at a time: two sweeps would only delete the same rows, in orders
+        // that may deadlock each other.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SWEEP_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(query(op))?;
+        let mut removed = 0;
+        // Ended sessions go with their tokens. Revoked ones are kept until their absolute end,
+        // so a replay of their tokens is still recognised and audited.
+        for sql in [
+            "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE absolute_end <= $1)",
+            "DELETE FROM sessions WHERE absolute_end <= $1",
+            "DELETE FROM auth_codes WHERE expires_at <= $1 - 3600000",
+            "DELETE FROM sso_sessions WHERE expires_at <= $1",
+        ] {
+            removed += sqlx::query(sql)
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(query(op))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(query(op))?;
+        Ok(removed)
+    }
+}
+
+const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, s.auth_time, s.created_at, s.absolute_end, s.revoked_at";
+
+/// What the claim or, failing it, the read found: the token, its session, its first use, and
+/// the expiry of the presented successor if that is stored.
+type Found = (TokenRecord, Session, Option<FirstUse>, Option<i64>);
+
+/// The redeem transaction: claim, decide, apply, as in the SQLite backend. A rejected claim rolls
+/// back, so a refused token is left exactly as it was. The claim records the successor's hash at
+/// once: a claim ends in a rotation or in a rejection that rolls back, so it is right either way.
+async fn redeem_in_transaction(
+    pool: &PgPool,
+    request: &RedeemRequest,
+) -> Result<Redemption, StoreError> {
+    let op = "redeem_refresh_token";
+    let mut tx = pool.begin().await.map_err(query(op))?;
+    // The claim returns the session too, saving the rotation (the common case) a round trip.
+    let claim = sqlx::query(&format!(
+        "UPDATE refresh_tokens t SET used_at = $2, used_ip = $3, successor_hash = $4
+         FROM sessions s
+         WHERE t.hash = $1 AND t.used_at IS NULL AND s.id = t.session_id
+         RETURNING t.client_id, t.expires_at, t.used_at, t.used_ip, NULL::BIGINT, {SESSION_COLUMNS}"
+    ))
+    .bind(&request.hash.0[..])
+    .bind(request.now.0)
+    .bind(&request.ip)
+    .bind(&request.successor.0[..])
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(query(op))?;
+    let claimed = claim.is_some();
+    let row = match claim {
+        Some(row) => Some(row),
+        // Not claimed: unknown, or used by a transaction that has committed (had it rolled back,
+        // the claim above would have waited for it and then succeeded). This statement's
+        // snapshot is newer than that commit, so it sees the first use and the successor.
+        None => sqlx::query(&format!(
+            "SELECT t.client_id, t.expires_at, t.used_at, t.used_ip, n.expires_at, {SESSION_COLUMNS}
+             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+             LEFT JOIN refresh_tokens n ON n.hash = $2
+             WHERE t.hash = $1"
+        ))
+        .bind(&request.hash.0[..])
+        .bind(&request.successor.0[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query(op))?,
+    };
+    let found = row
+        .as_ref()
+        .map(found_from_row)
+        .transpose()
+        .map_err(query(op))?;
+    let presenter = Presenter {
+        client_id: &request.client_id,
+        ip: &request.ip,
+        now: request.now,
+    };
+    let lookup = match &found {
+        None => Lookup::Unknown,
+        Some((record, session, _, _)) if claimed => Lookup::Claimed(record, session.bounds()),
+        Some((record, session, Some(first), _)) => {
+            Lookup::AlreadyUsed(record, session.bounds(), first)
+        }
+        // Unclaimed yet unused: the token did not exist when the claim ran (it has just been
+        // stored). Nobody can hold it yet, so it counts as unknown.
+        Some((_, _, None, _)) => Lookup::Unknown,
+    };
+    let decision = redeem::decide(lookup, presenter, &request.policy);
+    let (session, successor_expiry) = match found {
+        Some((_, session, _, successor)) => (Some(session), successor),
+        None => (None, None),
+    };
+    let mut successor_expires_at = request.now;
+    match (&decision, &session) {
+        (Decision::Rotate, Some(session)) => {
+            successor_expires_at =
+                redeem::successor_expiry(request.now, request.ttl, session.bounds());
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&request.successor.0[..])
+            .bind(session.id.as_str())
+            .bind(session.client_id.as_str())
+            .bind(request.now.0)
+            .bind(successor_expires_at.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(query(op))?;
+            tx.commit().await.map_err(query(op))?;
+        }
+        (
+            Decision::Replay {
+                revoke_session: true,
+                ..
+            },
+            Some(session),
+        ) => {
+            revoke_session_row(&mut *tx, &session.id, request.now, "replay")
+                .await
+                .map_err(query(op))?;
+            tx.commit().await.map_err(query(op))?;
+        }
+        (decision, _) => {
+            if let Decision::Grace { .. } = decision {
+                successor_expires_at = successor_expiry.map_or(request.now, UnixMillis);
+            }
+            // Grace, rejections and a replay without revocation change nothing: roll the claim
+            // back. A failed rollback changes nothing either (the server aborts the transaction
+            // of a broken connection), so it does not turn the decision into an error.
+            let _ = tx.rollback().await;
+        }
+    }
+    Ok(Redemption {
+        decision,
+        session,
+        successor_expires_at,
+    })
+}
+
+fn found_from_row(r: &PgRow) -> Result<Found, sqlx::Error> {
+    let session = session_from_row(r, 5)?;
+    let record = TokenRecord {
+        client_id: ClientId::new(r.try_get::<String, _>(0)?),
+        session_id: session.id.clone(),
+        expires_at: UnixMillis(r.try_get(1)?),
+    };
+    let first = r
+        .try_get::<Option<i64>, _>(2)?
+        .map(|at| -> Result<FirstUse, sqlx::Error> {
+            Ok(FirstUse {
+                at: UnixMillis(at),
+                ip: r.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+            })
+        })
+        .transpose()?;
+    let successor_expiry = r.try_get::<Option<i64>, _>(4)?;
+    Ok((record, session, first, successor_expiry))
+}
+
+async fn revoke_session_row<'e, E>(
+    executor: E,
+    id: &SessionId,
+    now: UnixMillis,
+    reason: &str,
+) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id.as_str())
+    .bind(now.0)
+    .bind(reason)
+    .execute(executor)
+    .await
+    .map(|done| done.rows_affected() == 1)
+}
+
+fn session_from_row(r: &PgRow, at: usize) -> Result<Session, sqlx::Error> {
+    Ok(Session {
+        id: SessionId::new(r.try_get::<String, _>(at)?),
+        subject: Subject::new(r.try_get::<String, _>(at + 1)?),
+        client_id: ClientId::new(r.try_get::<String, _>(at + 2)?),
+        sso_id: r.try_get::<Option<String>, _>(at + 3)?.map(SsoId::new),
+        scope: r.try_get(at + 4)?,
+        auth_time: UnixMillis(r.try_get(at + 5)?),
+        created_at: UnixMillis(r.try_get(at + 6)?),
+        absolute_end: UnixMillis(r.try_get(at + 7)?),
+        revoked_at: r.try_get::<Option<i64>, _>(at + 8)?.map(UnixMillis),
+    })
+}
+
+fn code_from_row(hash: TokenHash, r: &PgRow) -> Result<AuthCode, sqlx::Error> {
+    Ok(AuthCode {
+        hash,
+        client_id: ClientId::new(r.try_get::<String, _>(0)?),
+        redirect_uri: r.try_get(1)?,
+        code_challenge: r.try_get(2)?,
+        nonce: r.try_get(3)?,
+        scope: r.try_get(4)?,
+        session_id: SessionId::new(r.try_get::<String, _>(5)?),
+        sso_id: r.try_get::<Option<String>, _>(6)?.map(SsoId::new),
+        subject: Subject::new(r.try_get::<String, _>(7)?),
+        auth_time: UnixMillis(r.try_get(8)?),
+        expires_at: UnixMillis(r.try_get(9)?),
+    })
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether `e` says the database cannot be reached (rather than that a query is wrong): worth a
+/// retry later, and a 503 now.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception. 57P01-03: the server is shutting down, crashed or
+            // starting. 53300: too many connections. 25006: a read-only transaction, as on a
+            // standby during a failover.
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "25006")
+        }),
+        _ => false,
+    }
+}
+
+fn unavailable_or(e: sqlx::Error, other: impl FnOnce(sqlx::Error) -> StoreError) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable {
+            source: Box::new(e),
+        }
+    } else {
+        other(e)
+    }
+}
+
+fn open_error(location: &str, e: sqlx::Error) -> StoreError {
+    unavailable_or(e, |source| StoreError::Open {
+        location: location.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn query(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| {
+        unavailable_or(e, |source| StoreError::Query {
+            operation,
+            source: Box::new(source),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_unavailable_and_query_failures_are_not() {
+        let timed_out = query("find_session")(sqlx::Error::PoolTimedOut);
+        assert!(matches!(timed_out, StoreError::Unavailable { .. }));
+        assert!(
+            timed_out
+                .to_string()
+                .starts_with("the database is unavailable: ")
+        );
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            query("sweep")(sqlx::Error::Io(io)),
+            StoreError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            query("sweep")(sqlx::Error::PoolClosed),
+            StoreError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            query("sweep")(sqlx::Error::RowNotFound),
+            StoreError::Query {
+                operation: "sweep",
+                ..
+            }
+        ));
+    }
+
+    /// Compiles only if they are `Send` (a `raw_sql(…).execute(…)` inside made them not).
+    #[test]
+    fn connecting_and_migrating_can_be_spawned() {
+        fn send<T: Send>(_: T) {}
+        let options = PostgresOptions::new("postgres://tessera@db/tessera");
+        send(PostgresStore::connect(options.clone()));
+        send(migrate_only(&options));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("t_1"), "\"t_1\"");
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn options_hide_the_password() {
+        let options = PostgresOptions {
+            password: Some("s3cret".into()),
+            ..PostgresOptions::new("postgres://tessera:s3cret@db/tessera")
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}
