@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tessera_core::clock::{Clock, SystemClock};
-use tessera_store::SqliteStore;
 
 use crate::audit::Audit;
 use crate::client::credential::{self, CredentialArgs, LogoutArgs};
 use crate::client::login::{self, LoginArgs};
-use crate::config::Config;
+use crate::config::{Config, Storage};
 use crate::serve::{self, ServeOptions};
+use tessera_store::SqliteStore;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +50,8 @@ enum Command {
     Credential(CredentialArgs),
     /// Revoke the cached session at the server and delete it from the token cache.
     Logout(LogoutArgs),
+    /// Run the database migrations and exit (`serve` also runs them at start).
+    Migrate(ConfigArg),
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -130,6 +132,7 @@ pub fn run() -> Result<()> {
         Command::Login(args) => runtime()?.block_on(login::login(&args)),
         Command::Credential(args) => credential::credential(&args),
         Command::Logout(args) => runtime()?.block_on(credential::logout(&args)),
+        Command::Migrate(config) => runtime()?.block_on(migrate(&config)),
         Command::Keys {
             command: KeysCommand::Rotate(config),
         } => runtime()?.block_on(rotate_keys(&config)),
@@ -149,13 +152,39 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+async fn migrate(arg: &ConfigArg) -> Result<()> {
+    let config = arg.load()?;
+    match &config.storage {
+        Storage::Sqlite { path, synchronous } => {
+            // Opening an SQLite database migrates it, under its own write lock.
+            SqliteStore::open(path, *synchronous)?;
+            println!("{} is at the current schema version", path.display());
+        }
+        Storage::Postgres(options) => {
+            let report = tessera_store::migrate_only(options).await?;
+            if report.applied.is_empty() {
+                println!(
+                    "the database is at schema version {}; nothing to do",
+                    report.current
+                );
+            } else {
+                println!(
+                    "migrated the database from schema version {} to {} (applied {:?})",
+                    report.found, report.current, report.applied
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn rotate_keys(arg: &ConfigArg) -> Result<()> {
     let config = arg.load()?;
-    let store = SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous)?;
+    let store = crate::storage::open(&config.storage).await?;
     let now = SystemClock.now();
     let algs = [config.signing_alg, config.access_token_alg];
     let audit = Audit::start(config.audit_file.as_deref())?;
-    let added = crate::keys::rotate_if_due(&store, &algs, now, None, &audit).await?;
+    let added = crate::keys::rotate_if_due(store.as_ref(), &algs, now, None, &audit).await?;
     for (kid, alg) in &added {
         println!("added signing key {kid} ({})", alg.as_str());
     }

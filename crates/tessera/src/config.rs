@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tessera_core::id::ClientId;
 use tessera_core::jwt::Algorithm;
 use tessera_core::redeem::{OnReplay, RedeemPolicy};
-use tessera_store::Synchronous;
+use tessera_store::{PostgresOptions, StorageUrl, Synchronous};
 use yaml_serde::Value;
 
 /// A configuration problem, always naming the key (and the line, when it came from the file).
@@ -204,10 +204,14 @@ struct RawUsers {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawStorage {
-    /// `sqlite://PATH` (relative to this file).
+    /// `sqlite://PATH` (relative to this file) or `postgres://USER@HOST[:PORT]/DATABASE[?…]`.
     url: String,
     /// SQLite commit durability: `normal` (survives a crash) or `full` (survives power loss).
     sqlite_synchronous: String,
+    /// PostgreSQL: a file holding the password (`TESSERA_STORAGE_PASSWORD` takes precedence).
+    password_file: Option<PathBuf>,
+    /// PostgreSQL connection pool.
+    pool: RawPool,
 }
 
 impl Default for RawStorage {
@@ -215,6 +219,26 @@ impl Default for RawStorage {
         RawStorage {
             url: "sqlite://tessera.db".into(),
             sqlite_synchronous: "normal".into(),
+            password_file: None,
+            pool: RawPool::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPool {
+    /// Most connections to PostgreSQL, per replica.
+    max_connections: u32,
+    /// Bound on opening a connection or waiting for a free one; past it requests answer 503.
+    connect_timeout: String,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        RawPool {
+            max_connections: 32,
+            connect_timeout: "5s".into(),
         }
     }
 }
@@ -301,10 +325,8 @@ pub struct Config {
     pub clients: HashMap<String, Client>,
     /// Users file.
     pub users_file: Option<PathBuf>,
-    /// SQLite database path.
-    pub sqlite_path: PathBuf,
-    /// SQLite durability.
-    pub sqlite_synchronous: Synchronous,
+    /// Where sessions and keys live.
+    pub storage: Storage,
     /// Failed logins allowed per user and per IP in a window.
     pub login_max_failures: u32,
     /// The failure-counting window.
@@ -315,6 +337,20 @@ pub struct Config {
     pub key_reload_interval: Duration,
     /// The cluster published to `tessera login`, if configured.
     pub kubernetes: Option<KubeCluster>,
+}
+
+/// The configured database.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// Embedded SQLite: one file, one replica.
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// Commit durability.
+        synchronous: Synchronous,
+    },
+    /// PostgreSQL, shared by any number of replicas.
+    Postgres(PostgresOptions),
 }
 
 /// The cluster details `tessera login` fetches from `/kube/cluster`.
@@ -367,7 +403,7 @@ impl Config {
                 ))
             })?
         };
-        validate(raw, path)
+        validate(raw, path, env)
     }
 }
 
@@ -419,7 +455,7 @@ fn set_path(root: &mut Value, keys: &[String], literal: &str) -> Result<(), Stri
     Err("empty key".into())
 }
 
-fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or(Path::new("."));
     let bad = |key: &str, message: String| ConfigError::Value {
         path: path.to_owned(),
@@ -513,25 +549,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             return Err(bad(&key, format!("client id `{}` appears twice", c.id)));
         }
     }
-    let sqlite_path = match raw.storage.url.strip_prefix("sqlite://") {
-        Some(p) if !p.is_empty() => base.join(p),
-        _ => {
-            return Err(bad(
-                "storage.url",
-                format!("`{}` is not supported; use sqlite://PATH", raw.storage.url),
-            ));
-        }
-    };
-    let sqlite_synchronous = match raw.storage.sqlite_synchronous.as_str() {
-        "normal" => Synchronous::Normal,
-        "full" => Synchronous::Full,
-        other => {
-            return Err(bad(
-                "storage.sqlite_synchronous",
-                format!("`{other}` is not one of normal, full"),
-            ));
-        }
-    };
+    let storage = storage(raw.storage, base, env).map_err(|(key, m)| bad(key, m))?;
     let audit_file = match raw.audit.output.as_str() {
         "stdout" => None,
         file => Some(base.join(file)),
@@ -567,14 +585,70 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         audit_file,
         clients,
         users_file: raw.users.file.map(|f| base.join(f)),
-        sqlite_path,
-        sqlite_synchronous,
+        storage,
         login_max_failures: raw.login.max_failures,
         login_failure_window: duration("login.failure_window", &raw.login.failure_window)?,
         key_rotation_interval: duration("keys.rotation_interval", &raw.keys.rotation_interval)?,
         key_reload_interval: duration("keys.reload_interval", &raw.keys.reload_interval)?,
         kubernetes,
     })
+}
+
+fn storage(
+    raw: RawStorage,
+    base: &Path,
+    env: &[(String, String)],
+) -> Result<Storage, (&'static str, String)> {
+    let url = StorageUrl::parse(&raw.url).map_err(|m| ("storage.url", m))?;
+    match url {
+        StorageUrl::Sqlite(path) => {
+            let synchronous = match raw.sqlite_synchronous.as_str() {
+                "normal" => Synchronous::Normal,
+                "full" => Synchronous::Full,
+                other => {
+                    return Err((
+                        "storage.sqlite_synchronous",
+                        format!("`{other}` is not one of normal, full"),
+                    ));
+                }
+            };
+            Ok(Storage::Sqlite {
+                path: base.join(path),
+                synchronous,
+            })
+        }
+        StorageUrl::Postgres(url) => {
+            let from_env = env
+                .iter()
+                .find(|(name, _)| name == "TESSERA_STORAGE_PASSWORD")
+                .map(|(_, value)| value.clone());
+            let password = match (from_env, raw.password_file) {
+                (Some(p), _) => Some(p),
+                (None, Some(file)) => {
+                    let file = base.join(file);
+                    let text = std::fs::read_to_string(&file).map_err(|e| {
+                        (
+                            "storage.password_file",
+                            format!("cannot read {}: {e}", file.display()),
+                        )
+                    })?;
+                    Some(text.trim_end_matches(['\n', '\r']).to_owned())
+                }
+                (None, None) => None,
+            };
+            if raw.pool.max_connections == 0 {
+                return Err(("storage.pool.max_connections", "must be at least 1".into()));
+            }
+            let connect_timeout = parse_duration(&raw.pool.connect_timeout)
+                .map_err(|m| ("storage.pool.connect_timeout", m))?;
+            Ok(Storage::Postgres(PostgresOptions {
+                password,
+                max_connections: raw.pool.max_connections,
+                connect_timeout,
+                ..PostgresOptions::new(url)
+            }))
+        }
+    }
 }
 
 fn kube_cluster(
@@ -693,6 +767,41 @@ mod tests {
         assert_eq!(c.policy.grace_period, Duration::ZERO);
         assert_eq!(c.policy.on_replay, OnReplay::RevokeSession);
         assert_eq!(c.signing_alg, Algorithm::RS256);
+    }
+
+    #[test]
+    fn postgres_storage_takes_its_password_from_the_environment_first() {
+        let yaml = "storage:\n  url: postgres://tessera@db.example.com/tessera\n  pool: {max_connections: 8, connect_timeout: 2s}\n";
+        let Storage::Postgres(options) = load(yaml, &[]).unwrap().storage else {
+            panic!("a postgres:// URL selects PostgreSQL");
+        };
+        assert_eq!(options.max_connections, 8);
+        assert_eq!(options.connect_timeout, Duration::from_secs(2));
+        assert_eq!(options.password, None);
+        let env = [("TESSERA_STORAGE_PASSWORD", "s3cret")];
+        let Storage::Postgres(options) = load(yaml, &env).unwrap().storage else {
+            panic!("still PostgreSQL");
+        };
+        assert_eq!(options.password.as_deref(), Some("s3cret"));
+        assert!(
+            !format!("{options:?}").contains("s3cret"),
+            "Debug hides the password"
+        );
+    }
+
+    #[test]
+    fn an_unsupported_storage_url_names_the_key() {
+        let err = load("storage:\n  url: mysql://x/y\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.url"), "{err}");
+        let err = load(
+            "storage:\n  url: postgres://x/y\n  pool: {max_connections: 0}\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("storage.pool.max_connections"), "{err}");
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod keys;
 pub mod metrics;
 pub mod secret;
 pub mod serve;
+pub mod storage;
 pub mod tls;
 pub mod users;

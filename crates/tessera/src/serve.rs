@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tessera_core::clock::SystemClock;
-use tessera_store::SqliteStore;
 
 use crate::app::{App, AppParts};
 use crate::audit::Audit;
@@ -69,7 +68,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         .issuer
         .clone()
         .unwrap_or_else(|| format!("https://{address}"));
-    let store = SqliteStore::open(&config.sqlite_path, config.sqlite_synchronous)?;
+    let store = crate::storage::open(&config.storage).await?;
     let users = match &config.users_file {
         Some(path) => Users::load(path).map_err(anyhow::Error::msg)?,
         None => Users::default(),
@@ -80,7 +79,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         App::new(AppParts {
             config,
             issuer: issuer.clone(),
-            store: Arc::new(store),
+            store,
             clock: Arc::new(SystemClock),
             audit,
             users,
