@@ -66,6 +66,45 @@ pub enum StoreError {
         /// What kind of row.
         what: &'static str,
     },
+    /// A snapshot was to be imported into a database that already holds data
+    /// ([`Store::import_snapshot`]): a copy never merges two installations, so nothing was
+    /// written.
+    #[error(
+        "the target database is not empty (it holds rows in {}): a copy goes only into an \
+         empty database, so nothing was written",
+        .tables.join(", ")
+    )]
+    NotEmpty {
+        /// The tables that hold rows, in [`TABLES`] order.
+        tables: Vec<&'static str>,
+    },
+}
+
+/// Every table a snapshot holds, in the order an import fills them (a refresh token after its
+/// session).
+pub const TABLES: [&str; 6] = [
+    "secrets",
+    "signing_keys",
+    "sso_sessions",
+    "auth_codes",
+    "sessions",
+    "refresh_tokens",
+];
+
+/// Copies every row of `from` into `to`, which must be empty (else
+/// [`StoreError::NotEmpty`], and `to` is left as it was): `tessera storage copy`, to move an
+/// embedded installation to PostgreSQL (or back) without losing a session. Sessions, refresh
+/// tokens with their first use and successor, codes, SSO sessions, signing keys and secrets
+/// (the rotation key among them) all come across, so a token answers on `to` exactly as it
+/// would have on `from`.
+///
+/// The source is read in one consistent snapshot and the target written in one transaction:
+/// a failure leaves the target as it was. The whole snapshot is held in memory (see
+/// [`Snapshot`]); nothing streams. Run it with the servers stopped: what `from` records after
+/// the snapshot is not copied.
+pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, StoreError> {
+    let snapshot = from.export_snapshot().await?;
+    to.import_snapshot(snapshot).await
 }
 
 /// Where the data lives, as a storage URL names it.
@@ -225,6 +264,16 @@ pub trait Store: Send + Sync {
     /// Deletes what can never be used again (ended sessions and their tokens, old codes);
     /// returns how many rows went.
     async fn sweep(&self, now: UnixMillis) -> Result<u64, StoreError>;
+
+    /// Reads every persisted row, in one consistent snapshot of the database (see
+    /// [`Snapshot`] for its order and its memory).
+    async fn export_snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// Writes `snapshot` into this store, in one transaction, if the store holds no row in any
+    /// of [`TABLES`]; otherwise writes nothing and fails with [`StoreError::NotEmpty`] (never a
+    /// merge). Answers how many rows of each table it wrote. Any failure leaves the store as it
+    /// was.
+    async fn import_snapshot(&self, snapshot: Snapshot) -> Result<CopyReport, StoreError>;
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The rows the store keeps, as the rest of tessera sees them.
 
+use std::fmt;
 use std::time::Duration;
 
 use tessera_core::clock::UnixMillis;
@@ -7,8 +8,9 @@ use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::redeem::{Decision, RedeemPolicy, SessionBounds};
 use tessera_core::token::TokenHash;
 
-/// A JWT signing key as stored: every replica signs with the same keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A JWT signing key as stored: every replica signs with the same keys. Its [`fmt::Debug`]
+/// hides the private key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredKey {
     /// Key id.
     pub kid: String,
@@ -18,6 +20,17 @@ pub struct StoredKey {
     pub pkcs8: Vec<u8>,
     /// When it was created.
     pub created_at: UnixMillis,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("pkcs8", &format_args!("<{} bytes>", self.pkcs8.len()))
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 /// A browser single-sign-on session (the SSO cookie's target).
@@ -176,4 +189,159 @@ pub struct Redemption {
     pub session: Option<Session>,
     /// When the successor expires (meaningful for `Rotate` and `Grace`).
     pub successor_expires_at: UnixMillis,
+}
+
+/// A row of `secrets`: a server-wide secret (the rotation key, the cookie key, …). Its
+/// [`fmt::Debug`] hides the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    /// The secret's name.
+    pub name: String,
+    /// Its value.
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for SecretRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretRow")
+            .field("name", &self.name)
+            .field("value", &format_args!("<{} bytes>", self.value.len()))
+            .finish()
+    }
+}
+
+/// A row of `auth_codes`: the code and when it was claimed, if it was (so a copied code that
+/// was used is still refused, and its reuse still revokes the session it started).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthCodeRow {
+    /// The code.
+    pub code: AuthCode,
+    /// When it was claimed.
+    pub used_at: Option<UnixMillis>,
+}
+
+/// A row of `sessions`: the session and why it was revoked, if it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    /// The session.
+    pub session: Session,
+    /// Why it was revoked (`admin`, `replay`, `sign_out`, `code_reuse`, …).
+    pub revoked_reason: Option<String>,
+}
+
+/// A row of `refresh_tokens`, every column: with its first use and successor, a copied token
+/// used inside its grace period still answers the same successor, and a spent one is still
+/// recognised as a replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshTokenRow {
+    /// SHA-256 of the token.
+    pub hash: TokenHash,
+    /// Its session (the family).
+    pub session_id: SessionId,
+    /// The client it was issued to.
+    pub client_id: ClientId,
+    /// When it was issued.
+    pub issued_at: UnixMillis,
+    /// When it expires.
+    pub expires_at: UnixMillis,
+    /// When it was first used.
+    pub used_at: Option<UnixMillis>,
+    /// The source IP of its first use.
+    pub used_ip: Option<String>,
+    /// SHA-256 of the successor its first use created.
+    pub successor_hash: Option<TokenHash>,
+}
+
+/// Every persisted row of a store, in a backend-neutral form: what
+/// [`crate::Store::export_snapshot`] reads and [`crate::Store::import_snapshot`] writes, so
+/// that [`crate::copy_store`] moves an installation from one backend to another.
+///
+/// A snapshot is held whole in memory: no streaming. That is a deliberate simplicity, fine for
+/// the sizes an installation reaches (about 100 000 sessions with their refresh tokens take a
+/// few hundred bytes a row, some tens or hundreds of megabytes in all); spent refresh tokens are
+/// kept until their session's absolute end, so they are usually most of the rows.
+///
+/// Every list is in primary-key order, compared byte by byte (hashes by their bytes), so two
+/// stores holding the same rows export equal snapshots whatever their backends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `secrets`, by name.
+    pub secrets: Vec<SecretRow>,
+    /// `signing_keys`, by kid.
+    pub signing_keys: Vec<StoredKey>,
+    /// `sso_sessions`, by handle hash.
+    pub sso_sessions: Vec<SsoSession>,
+    /// `auth_codes`, by hash.
+    pub auth_codes: Vec<AuthCodeRow>,
+    /// `sessions`, by id (revoked ones and the revoked placeholders of reused codes included).
+    pub sessions: Vec<SessionRow>,
+    /// `refresh_tokens`, by hash; each names a session of [`Snapshot::sessions`].
+    pub refresh_tokens: Vec<RefreshTokenRow>,
+}
+
+impl Snapshot {
+    /// How many rows of each table it holds.
+    pub fn counts(&self) -> CopyReport {
+        CopyReport {
+            secrets: self.secrets.len(),
+            signing_keys: self.signing_keys.len(),
+            sso_sessions: self.sso_sessions.len(),
+            auth_codes: self.auth_codes.len(),
+            sessions: self.sessions.len(),
+            refresh_tokens: self.refresh_tokens.len(),
+        }
+    }
+
+    /// Whether it holds no row at all.
+    pub fn is_empty(&self) -> bool {
+        self.counts().total() == 0
+    }
+}
+
+/// How many rows of each table a copy (or an import) wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Rows of `secrets`.
+    pub secrets: usize,
+    /// Rows of `signing_keys`.
+    pub signing_keys: usize,
+    /// Rows of `sso_sessions`.
+    pub sso_sessions: usize,
+    /// Rows of `auth_codes`.
+    pub auth_codes: usize,
+    /// Rows of `sessions`.
+    pub sessions: usize,
+    /// Rows of `refresh_tokens`.
+    pub refresh_tokens: usize,
+}
+
+impl CopyReport {
+    /// All rows, every table together.
+    pub fn total(&self) -> usize {
+        self.secrets
+            + self.signing_keys
+            + self.sso_sessions
+            + self.auth_codes
+            + self.sessions
+            + self.refresh_tokens
+    }
+}
+
+impl fmt::Display for CopyReport {
+    /// One line: `5 sessions, 7 refresh tokens, 2 authorization codes, 1 SSO session, 2 signing
+    /// keys, 2 secrets`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        write!(
+            f,
+            "{}, {}, {}, {}, {}, {}",
+            plural(self.sessions, "session", "sessions"),
+            plural(self.refresh_tokens, "refresh token", "refresh tokens"),
+            plural(self.auth_codes, "authorization code", "authorization codes"),
+            plural(self.sso_sessions, "SSO session", "SSO sessions"),
+            plural(self.signing_keys, "signing key", "signing keys"),
+            plural(self.secrets, "secret", "secrets"),
+        )
+    }
 }

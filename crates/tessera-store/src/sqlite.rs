@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
@@ -24,7 +25,7 @@ use tessera_core::redeem::{self, Decision, FirstUse, Lookup, Presenter, TokenRec
 use tessera_core::token::TokenHash;
 
 use crate::model::*;
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, TABLES};
 
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
 const READERS: usize = 4;
@@ -509,9 +510,266 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn export_snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.read("export_snapshot", |c| {
+            // One read transaction: in WAL mode every statement in it sees the same snapshot,
+            // whatever the writer commits meanwhile.
+            let tx = c
+                .unchecked_transaction()
+                .map_err(query("export_snapshot"))?;
+            let snapshot = read_snapshot(&tx)?;
+            tx.commit().map_err(query("export_snapshot"))?;
+            Ok(snapshot)
+        })
+        .await
+    }
+
+    async fn import_snapshot(&self, snapshot: Snapshot) -> Result<CopyReport, StoreError> {
+        self.write("import_snapshot", move |c| {
+            let tx = immediate(c, "import_snapshot")?;
+            // Under the write lock, so no other writer (of this process or another) can put a
+            // row in between the check and the import.
+            let tables = occupied_tables(&tx)?;
+            if !tables.is_empty() {
+                return Err(StoreError::NotEmpty { tables });
+            }
+            write_snapshot(&tx, &snapshot).map_err(query("import_snapshot"))?;
+            tx.commit().map_err(query("import_snapshot"))?;
+            Ok(snapshot.counts())
+        })
+        .await
+    }
 }
 
 const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, s.auth_time, s.created_at, s.absolute_end, s.revoked_at";
+
+/// Every row, each table in primary-key order (SQLite compares text byte by byte, and a hash's
+/// lowercase hex sorts as its bytes do).
+fn read_snapshot(c: &Connection) -> Result<Snapshot, StoreError> {
+    Ok(Snapshot {
+        secrets: rows(
+            c,
+            "secret",
+            "SELECT name, value FROM secrets ORDER BY name",
+            |r| {
+                Ok(SecretRow {
+                    name: r.get(0)?,
+                    value: r.get(1)?,
+                })
+            },
+        )?,
+        signing_keys: rows(
+            c,
+            "signing key",
+            "SELECT kid, alg, pkcs8, created_at FROM signing_keys ORDER BY kid",
+            |r| {
+                Ok(StoredKey {
+                    kid: r.get(0)?,
+                    alg: r.get(1)?,
+                    pkcs8: r.get(2)?,
+                    created_at: UnixMillis(r.get(3)?),
+                })
+            },
+        )?,
+        sso_sessions: rows(
+            c,
+            "SSO session",
+            "SELECT handle_hash, id, subject, auth_time, expires_at, revoked_at FROM sso_sessions
+             ORDER BY handle_hash",
+            |r| {
+                Ok(SsoSession {
+                    handle: hash_at(r, 0)?,
+                    id: SsoId::new(r.get::<_, String>(1)?),
+                    subject: Subject::new(r.get::<_, String>(2)?),
+                    auth_time: UnixMillis(r.get(3)?),
+                    expires_at: UnixMillis(r.get(4)?),
+                    revoked_at: r.get::<_, Option<i64>>(5)?.map(UnixMillis),
+                })
+            },
+        )?,
+        auth_codes: rows(
+            c,
+            "authorization code",
+            "SELECT client_id, redirect_uri, code_challenge, nonce, scope, session_id, sso_id,
+             subject, auth_time, expires_at, hash, used_at FROM auth_codes ORDER BY hash",
+            |r| {
+                Ok(AuthCodeRow {
+                    code: code_from_row(hash_at(r, 10)?, r)?,
+                    used_at: r.get::<_, Option<i64>>(11)?.map(UnixMillis),
+                })
+            },
+        )?,
+        sessions: rows(
+            c,
+            "session",
+            &format!("SELECT {SESSION_COLUMNS}, s.revoked_reason FROM sessions s ORDER BY s.id"),
+            |r| {
+                Ok(SessionRow {
+                    session: session_from_row(r, 0)?,
+                    revoked_reason: r.get(9)?,
+                })
+            },
+        )?,
+        refresh_tokens: rows(
+            c,
+            "refresh token",
+            "SELECT hash, session_id, client_id, issued_at, expires_at, used_at, used_ip,
+             successor_hash FROM refresh_tokens ORDER BY hash",
+            |r| {
+                Ok(RefreshTokenRow {
+                    hash: hash_at(r, 0)?,
+                    session_id: SessionId::new(r.get::<_, String>(1)?),
+                    client_id: ClientId::new(r.get::<_, String>(2)?),
+                    issued_at: UnixMillis(r.get(3)?),
+                    expires_at: UnixMillis(r.get(4)?),
+                    used_at: r.get::<_, Option<i64>>(5)?.map(UnixMillis),
+                    used_ip: r.get(6)?,
+                    successor_hash: match r.get_ref(7)? {
+                        ValueRef::Null => None,
+                        _ => Some(hash_at(r, 7)?),
+                    },
+                })
+            },
+        )?,
+    })
+}
+
+/// All rows `sql` selects, each made by `row`; a value that does not decode makes the store
+/// [`StoreError::Corrupt`] with `what`.
+fn rows<T>(
+    c: &Connection,
+    what: &'static str,
+    sql: &str,
+    row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let fail = |e: rusqlite::Error| match e {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt { what },
+        other => query("export_snapshot")(other),
+    };
+    let mut stmt = c.prepare(sql).map_err(fail)?;
+    let rows = stmt.query_map([], row).map_err(fail)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+}
+
+/// Column `at`, a SHA-256 in hex, as a [`TokenHash`].
+fn hash_at(r: &Row<'_>, at: usize) -> rusqlite::Result<TokenHash> {
+    let text = r.get::<_, String>(at)?;
+    TokenHash::from_hex(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            at,
+            rusqlite::types::Type::Text,
+            "not a SHA-256 in hex".into(),
+        )
+    })
+}
+
+/// The tables of [`TABLES`] that hold at least one row.
+fn occupied_tables(c: &Connection) -> Result<Vec<&'static str>, StoreError> {
+    let mut occupied = Vec::new();
+    for table in TABLES {
+        let any = c
+            .query_row(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), [], |r| {
+                r.get::<_, bool>(0)
+            })
+            .map_err(query("import_snapshot"))?;
+        if any {
+            occupied.push(table);
+        }
+    }
+    Ok(occupied)
+}
+
+/// Inserts every row of `snapshot`, each table in [`TABLES`] order.
+fn write_snapshot(tx: &Transaction<'_>, snapshot: &Snapshot) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare("INSERT INTO secrets (name, value) VALUES (?1, ?2)")?;
+    for secret in &snapshot.secrets {
+        insert.execute(params![secret.name, secret.value])?;
+    }
+    let mut insert = tx.prepare(
+        "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for key in &snapshot.signing_keys {
+        insert.execute(params![key.kid, key.alg, key.pkcs8, key.created_at.0])?;
+    }
+    let mut insert = tx.prepare(
+        "INSERT INTO sso_sessions (handle_hash, id, subject, auth_time, expires_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for sso in &snapshot.sso_sessions {
+        insert.execute(params![
+            sso.handle.to_hex(),
+            sso.id.as_str(),
+            sso.subject.as_str(),
+            sso.auth_time.0,
+            sso.expires_at.0,
+            sso.revoked_at.map(|t| t.0),
+        ])?;
+    }
+    let mut insert = tx.prepare(
+        "INSERT INTO auth_codes (hash, client_id, redirect_uri, code_challenge, nonce, scope,
+         session_id, sso_id, subject, auth_time, expires_at, used_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    for AuthCodeRow { code, used_at } in &snapshot.auth_codes {
+        insert.execute(params![
+            code.hash.to_hex(),
+            code.client_id.as_str(),
+            code.redirect_uri,
+            code.code_challenge,
+            code.nonce,
+            code.scope,
+            code.session_id.as_str(),
+            code.sso_id.as_ref().map(SsoId::as_str),
+            code.subject.as_str(),
+            code.auth_time.0,
+            code.expires_at.0,
+            used_at.map(|t| t.0),
+        ])?;
+    }
+    let mut insert = tx.prepare(
+        "INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at,
+         absolute_end, revoked_at, revoked_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for SessionRow {
+        session,
+        revoked_reason,
+    } in &snapshot.sessions
+    {
+        insert.execute(params![
+            session.id.as_str(),
+            session.subject.as_str(),
+            session.client_id.as_str(),
+            session.sso_id.as_ref().map(SsoId::as_str),
+            session.scope,
+            session.auth_time.0,
+            session.created_at.0,
+            session.absolute_end.0,
+            session.revoked_at.map(|t| t.0),
+            revoked_reason,
+        ])?;
+    }
+    let mut insert = tx.prepare(
+        "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at, used_at,
+         used_ip, successor_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for token in &snapshot.refresh_tokens {
+        insert.execute(params![
+            token.hash.to_hex(),
+            token.session_id.as_str(),
+            token.client_id.as_str(),
+            token.issued_at.0,
+            token.expires_at.0,
+            token.used_at.map(|t| t.0),
+            token.used_ip,
+            token.successor_hash.as_ref().map(TokenHash::to_hex),
+        ])?;
+    }
+    Ok(())
+}
 
 /// The redeem transaction: claim, decide, apply. A rejected claim rolls back, so a refused
 /// token is left exactly as it was. The claim records the successor's hash at once: a claim

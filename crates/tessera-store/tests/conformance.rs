@@ -19,11 +19,12 @@ use tempfile::TempDir;
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::redeem::{Decision, OnReplay, RedeemPolicy, RejectReason};
-use tessera_core::token::{REFRESH_TOKEN_PREFIX, RotationKey, Secret};
+use tessera_core::token::{REFRESH_TOKEN_PREFIX, RotationKey, Secret, TokenHash};
 use tessera_store::{
-    AuthCode, CodeRedemption, MigrationReport, NewRefreshToken, PostgresOptions, PostgresStore,
-    RedeemRequest, Redemption, Session, SessionStart, SqliteStore, SsoSession, Store, StoreError,
-    StoredKey, Synchronous, migrate_only,
+    AuthCode, CodeRedemption, CopyReport, MigrationReport, NewRefreshToken, PostgresOptions,
+    PostgresStore, RedeemRequest, Redemption, RefreshTokenRow, SecretRow, Session, SessionRow,
+    SessionStart, Snapshot, SqliteStore, SsoSession, Store, StoreError, StoredKey, Synchronous,
+    copy_store, migrate_only,
 };
 
 /// One backend under test: a private place for data and a way to open stores on it.
@@ -61,6 +62,8 @@ macro_rules! conformance_suite {
                     find_returns_what_was_stored,
                     count_active_sessions_skips_revoked_and_ended_ones,
                     sweep_deletes_what_can_never_be_used_again,
+                    an_empty_store_exports_an_empty_snapshot,
+                    an_import_that_fails_half_way_writes_nothing,
                 ],
                 shared: [
                     fifty_concurrent_redemptions_rotate_exactly_once,
@@ -111,6 +114,46 @@ macro_rules! conformance_suite {
 
 conformance_suite!(sqlite, Sqlite::fresh());
 conformance_suite!(postgres, Postgres::fresh().await);
+
+/// Expands the copy tests (`tessera storage copy`) for one (source, target) pair of backends,
+/// inside `mod $pair`. `$from` and `$to` are evaluated for every backend a test needs and must
+/// yield a [`Backend`] with empty, private data.
+macro_rules! copy_suite {
+    ($pair:ident, $from:expr, $to:expr) => {
+        mod $pair {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn a_copy_answers_every_token_as_the_source_would() {
+                let (from, to) = ($from, $to);
+                super::a_copy_answers_every_token_as_the_source_would(&from, &to).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged() {
+                let from = $from;
+                let fresh_target = async || {
+                    let backend: Box<dyn Backend> = Box::new($to);
+                    backend
+                };
+                super::copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
+                    &from,
+                    fresh_target,
+                )
+                .await;
+            }
+        }
+    };
+}
+
+copy_suite!(sqlite_to_postgres, Sqlite::fresh(), Postgres::fresh().await);
+copy_suite!(postgres_to_sqlite, Postgres::fresh().await, Sqlite::fresh());
+copy_suite!(sqlite_to_sqlite, Sqlite::fresh(), Sqlite::fresh());
+copy_suite!(
+    postgres_to_postgres,
+    Postgres::fresh().await,
+    Postgres::fresh().await
+);
 
 /// SQLite in a temporary directory that lives as long as the backend.
 struct Sqlite {
@@ -946,6 +989,428 @@ async fn a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked(
     }
 }
 
+async fn an_empty_store_exports_an_empty_snapshot(store: &dyn Store) {
+    let snapshot = store.export_snapshot().await.unwrap();
+    assert_eq!(snapshot, Snapshot::default());
+    assert!(snapshot.is_empty());
+    assert_eq!(snapshot.counts(), CopyReport::default());
+    // An empty snapshot goes into an empty store, and leaves it empty (so still a target).
+    let report = store.import_snapshot(snapshot).await.unwrap();
+    assert_eq!(report.total(), 0);
+    assert_eq!(store.export_snapshot().await.unwrap(), Snapshot::default());
+}
+
+async fn an_import_that_fails_half_way_writes_nothing(store: &dyn Store) {
+    // Good rows first, then a refresh token of a session the snapshot does not hold.
+    let orphan = RefreshTokenRow {
+        hash: secret(1).hash(),
+        session_id: sid("nowhere"),
+        client_id: client(),
+        issued_at: T0,
+        expires_at: T0.plus(TTL),
+        used_at: None,
+        used_ip: None,
+        successor_hash: None,
+    };
+    let broken = Snapshot {
+        secrets: vec![SecretRow {
+            name: "rotation".into(),
+            value: vec![1; 32],
+        }],
+        signing_keys: vec![key("k1", T0)],
+        refresh_tokens: vec![orphan],
+        ..Snapshot::default()
+    };
+    let failed = store.import_snapshot(broken).await;
+    assert!(
+        matches!(failed, Err(StoreError::Query { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(store.export_snapshot().await.unwrap(), Snapshot::default());
+
+    // Nothing was left behind: the store is still an empty target.
+    let good = Snapshot {
+        secrets: vec![SecretRow {
+            name: "rotation".into(),
+            value: vec![1; 32],
+        }],
+        signing_keys: vec![key("k1", T0)],
+        ..Snapshot::default()
+    };
+    let report = store.import_snapshot(good.clone()).await.unwrap();
+    assert_eq!(report, good.counts());
+    assert_eq!(store.export_snapshot().await.unwrap(), good);
+    assert_eq!(store.signing_keys().await.unwrap(), vec![key("k1", T0)]);
+    let rotation = store.secret_or_insert("rotation", vec![2; 32]).await;
+    assert_eq!(rotation.unwrap(), vec![1; 32]);
+}
+
+/// When the copied tokens of [`populate_for_copy`] were used: `graced` at [`USED`], the others
+/// earlier. The copy is then checked at [`CHECKED`], inside a 5-second grace of [`USED`].
+const USED: UnixMillis = UnixMillis(T0.0 + 60_000);
+const CHECKED: UnixMillis = UnixMillis(USED.0 + 2_000);
+const COPY_GRACE: u64 = 5_000;
+
+/// What [`populate_for_copy`] leaves for the checks.
+struct CopyFixture {
+    sso: SsoSession,
+    fresh_code: AuthCode,
+    /// The successor expiry of `graced`'s first rotation.
+    graced_successor_expires_at: UnixMillis,
+}
+
+fn code_for_copy(code: &Secret, session_id: &str) -> AuthCode {
+    AuthCode {
+        hash: code.hash(),
+        client_id: client(),
+        redirect_uri: "http://127.0.0.1:8000/callback".into(),
+        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+        nonce: Some("n-0S6_WzA2Mj".into()),
+        scope: "openid email groups".into(),
+        session_id: sid(session_id),
+        sso_id: Some(SsoId::new("sso-1")),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        expires_at: T0.plus(Duration::from_secs(600)),
+    }
+}
+
+/// An installation with sessions in every state:
+/// - `live`, started from SSO session `sso-1`, its first token spent at T0 + 10 s, so
+///   `next(secret(1))` is its fresh token;
+/// - `graced`: `secret(2)` spent at [`USED`];
+/// - `spent`: `secret(3)` spent at T0 + 10 s;
+/// - `revoked`: `secret(4)` never used, the session revoked at T0 + 20 s;
+/// - `s-code-reused`: the revoked placeholder that a second use of code `secret(51)` put in;
+/// - code `secret(50)`, never used; two secrets, two signing keys.
+async fn populate_for_copy(store: &dyn Store) -> CopyFixture {
+    store
+        .secret_or_insert("rotation", vec![42; 32])
+        .await
+        .unwrap();
+    store.secret_or_insert("cookie", vec![7; 32]).await.unwrap();
+    store.add_signing_key(key("k1", T0)).await.unwrap();
+    store
+        .add_signing_key(key("k2", T0.plus(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    let sso = SsoSession {
+        handle: secret(100).hash(),
+        id: SsoId::new("sso-1"),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        expires_at: T0.plus(LIFETIME),
+        revoked_at: None,
+    };
+    store.create_sso(sso.clone()).await.unwrap();
+
+    let fresh_code = code_for_copy(&secret(50), "s-code-fresh");
+    store.insert_code(fresh_code.clone()).await.unwrap();
+    store
+        .insert_code(code_for_copy(&secret(51), "s-code-reused"))
+        .await
+        .unwrap();
+    let claimed = store.redeem_code(secret(51).hash(), T0).await.unwrap();
+    assert!(matches!(claimed, CodeRedemption::Claimed(_)), "{claimed:?}");
+    let reused = store.redeem_code(secret(51).hash(), T0).await.unwrap();
+    assert!(
+        matches!(reused, CodeRedemption::AlreadyUsed { .. }),
+        "{reused:?}"
+    );
+
+    let early = T0.plus(Duration::from_secs(10));
+    let live = Session {
+        sso_id: Some(SsoId::new("sso-1")),
+        ..session("live", T0)
+    };
+    start(store, live, &secret(1)).await;
+    redeem_expecting_rotate(store, &secret(1), early, no_grace(OnReplay::RevokeSession)).await;
+
+    start(store, session("graced", T0), &secret(2)).await;
+    let graced = redeem_expecting_rotate(store, &secret(2), USED, grace(COPY_GRACE, false)).await;
+
+    start(store, session("spent", T0), &secret(3)).await;
+    redeem_expecting_rotate(store, &secret(3), early, no_grace(OnReplay::RevokeSession)).await;
+
+    start(store, session("revoked", T0), &secret(4)).await;
+    let revoked_at = T0.plus(Duration::from_secs(20));
+    assert!(
+        store
+            .revoke_session(sid("revoked"), revoked_at, "admin")
+            .await
+            .unwrap()
+    );
+
+    CopyFixture {
+        sso,
+        fresh_code,
+        graced_successor_expires_at: graced.successor_expires_at,
+    }
+}
+
+/// Row counts of what [`populate_for_copy`] stores.
+const COPIED: CopyReport = CopyReport {
+    secrets: 2,
+    signing_keys: 2,
+    sso_sessions: 1,
+    auth_codes: 2,
+    sessions: 5,
+    refresh_tokens: 7,
+};
+
+async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: &dyn Backend) {
+    let source = from.open().await;
+    let fixture = populate_for_copy(&*source).await;
+    let target = to.open().await;
+    let report = copy_store(&*source, &*target).await.unwrap();
+    assert_eq!(report, COPIED);
+    assert_eq!(
+        report.to_string(),
+        "5 sessions, 7 refresh tokens, 2 authorization codes, 1 SSO session, 2 signing keys, \
+         2 secrets"
+    );
+
+    // Every row, every column, whatever the backends; the source is left as it was.
+    let exported = source.export_snapshot().await.unwrap();
+    assert_eq!(exported.counts(), COPIED);
+    assert_eq!(target.export_snapshot().await.unwrap(), exported);
+    let shown = format!("{exported:?}");
+    assert!(
+        shown.contains("<32 bytes>") && !shown.contains("42, 42") && !shown.contains("107, 49"),
+        "a snapshot's Debug hides secrets and private keys: {shown}"
+    );
+    let token = |t: &Secret| {
+        exported
+            .refresh_tokens
+            .iter()
+            .find(|row| row.hash == t.hash())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        token(&secret(2)).successor_hash,
+        Some(next(&secret(2)).hash())
+    );
+    assert_eq!(token(&secret(2)).used_ip.as_deref(), Some(IP));
+    let reasons: Vec<_> = exported
+        .sessions
+        .iter()
+        .map(|row| (row.session.id.as_str(), row.revoked_reason.as_deref()))
+        .collect();
+    assert!(reasons.contains(&("revoked", Some("admin"))), "{reasons:?}");
+    assert!(
+        reasons.contains(&("s-code-reused", Some("code_reuse"))),
+        "{reasons:?}"
+    );
+
+    // The same keys and secrets, so the target signs and derives successors alike.
+    assert_eq!(
+        target.signing_keys().await.unwrap(),
+        source.signing_keys().await.unwrap()
+    );
+    assert_eq!(
+        target.signing_keys().await.unwrap(),
+        vec![key("k1", T0), key("k2", T0.plus(Duration::from_secs(60)))]
+    );
+    for (name, value) in [("rotation", vec![42; 32]), ("cookie", vec![7; 32])] {
+        let kept = target.secret_or_insert(name, vec![0; 32]).await.unwrap();
+        assert_eq!(kept, value, "{name}");
+    }
+    assert_eq!(
+        target.count_active_sessions(CHECKED).await.unwrap(),
+        source.count_active_sessions(CHECKED).await.unwrap()
+    );
+    assert_eq!(target.count_active_sessions(CHECKED).await.unwrap(), 3);
+
+    // The live chain's fresh token rotates.
+    let r = redeem(
+        &*target,
+        &next(&secret(1)),
+        CHECKED,
+        no_grace(OnReplay::RevokeSession),
+    )
+    .await;
+    assert_eq!(r.decision, Decision::Rotate);
+    assert_eq!(r.successor_expires_at, CHECKED.plus(TTL));
+    let live = r.session.unwrap();
+    assert_eq!(live.sso_id, Some(SsoId::new("sso-1")));
+
+    // The token used inside its grace answers the same successor, still unused.
+    let r = redeem_from(
+        &*target,
+        &secret(2),
+        CHECKED,
+        grace(COPY_GRACE, false),
+        "10.2.2.2",
+    )
+    .await;
+    assert_eq!(
+        r.decision,
+        Decision::Grace {
+            first_used_ip: IP.into(),
+            first_used_ms_ago: 2_000,
+        }
+    );
+    assert_eq!(r.successor_expires_at, fixture.graced_successor_expires_at);
+    let successor = target.find_refresh_token(next(&secret(2)).hash()).await;
+    let successor = successor.unwrap().expect("the successor came across");
+    assert_eq!(successor.used_at, None);
+    assert_eq!(successor.expires_at, fixture.graced_successor_expires_at);
+    assert_eq!(successor.session.id, sid("graced"));
+
+    // A used token, under a no-grace policy and outside the grace, is a replay.
+    let r = redeem(&*target, &secret(3), CHECKED, no_grace(OnReplay::Reject)).await;
+    assert_eq!(
+        r.decision,
+        Decision::Replay {
+            revoke_session: false,
+            first_used_ip: IP.into(),
+            first_used_ms_ago: 52_000,
+        }
+    );
+    let r = redeem(&*target, &secret(3), CHECKED, grace(COPY_GRACE, false)).await;
+    assert!(
+        matches!(
+            r.decision,
+            Decision::Replay {
+                revoke_session: true,
+                ..
+            }
+        ),
+        "{:?}",
+        r.decision
+    );
+    let spent = target.find_session(sid("spent")).await.unwrap().unwrap();
+    assert_eq!(spent.revoked_at, Some(CHECKED));
+
+    // The revoked session stays revoked.
+    let revoked = target.find_session(sid("revoked")).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(T0.plus(Duration::from_secs(20))));
+    let r = redeem(
+        &*target,
+        &secret(4),
+        CHECKED,
+        no_grace(OnReplay::RevokeSession),
+    )
+    .await;
+    assert_eq!(r.decision, Decision::Reject(RejectReason::SessionRevoked));
+    let again = target
+        .revoke_session(sid("revoked"), CHECKED, "admin")
+        .await;
+    assert!(!again.unwrap(), "revoked already");
+
+    // Codes: the unused one is claimed once, the reused one stays refused with its session.
+    let claimed = target.redeem_code(secret(50).hash(), CHECKED).await;
+    assert_eq!(
+        claimed.unwrap(),
+        CodeRedemption::Claimed(Box::new(fixture.fresh_code))
+    );
+    let reused = target.redeem_code(secret(51).hash(), CHECKED).await;
+    assert_eq!(
+        reused.unwrap(),
+        CodeRedemption::AlreadyUsed {
+            session_id: sid("s-code-reused")
+        }
+    );
+    let first = NewRefreshToken {
+        hash: secret(60).hash(),
+        issued_at: CHECKED,
+        expires_at: CHECKED.plus(TTL),
+    };
+    let started = target
+        .start_session(session("s-code-reused", CHECKED), first)
+        .await;
+    assert_eq!(started.unwrap(), SessionStart::CodeReused);
+
+    // The SSO session came across and still reaches the sessions it started.
+    let found = target.find_sso(fixture.sso.handle).await.unwrap();
+    assert_eq!(found, Some(fixture.sso));
+    let signed_out = target
+        .revoke_sso(SsoId::new("sso-1"), CHECKED, "sign_out")
+        .await;
+    assert_eq!(signed_out.unwrap(), vec![sid("live")]);
+
+    // None of this touched the source.
+    assert_eq!(source.export_snapshot().await.unwrap(), exported);
+}
+
+async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
+    from: &dyn Backend,
+    fresh_target: impl AsyncFn() -> Box<dyn Backend>,
+) {
+    let source = from.open().await;
+    populate_for_copy(&*source).await;
+
+    // One row of any kind is enough to refuse.
+    let cases: [(&str, &[&str]); 5] = [
+        ("a secret", &["secrets"]),
+        ("a signing key", &["signing_keys"]),
+        ("an SSO session", &["sso_sessions"]),
+        ("a code", &["auth_codes"]),
+        ("a session", &["sessions", "refresh_tokens"]),
+    ];
+    for (what, tables) in cases {
+        let backend = fresh_target().await;
+        let target = backend.open().await;
+        match what {
+            "a secret" => drop(target.secret_or_insert("rotation", vec![1; 32]).await),
+            "a signing key" => target.add_signing_key(key("other", T0)).await.unwrap(),
+            "an SSO session" => target
+                .create_sso(SsoSession {
+                    handle: secret(200).hash(),
+                    id: SsoId::new("sso-other"),
+                    subject: Subject::new("bob"),
+                    auth_time: T0,
+                    expires_at: T0.plus(LIFETIME),
+                    revoked_at: None,
+                })
+                .await
+                .unwrap(),
+            "a code" => target
+                .insert_code(code_for_copy(&secret(201), "s-other"))
+                .await
+                .unwrap(),
+            _ => drop(start(&*target, session("other", T0), &secret(202)).await),
+        }
+        let before = target.export_snapshot().await.unwrap();
+        assert!(!before.is_empty());
+        let copied = copy_store(&*source, &*target).await;
+        match copied {
+            Err(StoreError::NotEmpty { tables: found }) => {
+                assert_eq!(found, tables, "{what}");
+            }
+            other => panic!("a target holding {what} was copied into: {other:?}"),
+        }
+        assert_eq!(target.export_snapshot().await.unwrap(), before, "{what}");
+    }
+
+    // Copying twice: the second copy finds the first one's rows, says so and writes nothing.
+    let backend = fresh_target().await;
+    let target = backend.open().await;
+    assert_eq!(copy_store(&*source, &*target).await.unwrap(), COPIED);
+    let copied = target.export_snapshot().await.unwrap();
+    let error = copy_store(&*source, &*target).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::NotEmpty { tables } if tables.len() == 6),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "the target database is not empty (it holds rows in secrets, signing_keys, \
+         sso_sessions, auth_codes, sessions, refresh_tokens): a copy goes only into an empty \
+         database, so nothing was written"
+    );
+    assert_eq!(target.export_snapshot().await.unwrap(), copied);
+    let r = redeem(
+        &*target,
+        &next(&secret(1)),
+        CHECKED,
+        no_grace(OnReplay::RevokeSession),
+    )
+    .await;
+    assert_eq!(r.decision, Decision::Rotate, "the target still works");
+}
+
 /// What only PostgreSQL has: a migration table and lock, a connection pool, a network.
 mod postgres_only {
     use super::*;
@@ -976,6 +1441,23 @@ mod postgres_only {
             matches!(migrated, Err(StoreError::SchemaTooNew { .. })),
             "{migrated:?}"
         );
+    }
+
+    /// More rows than one batched INSERT of an import takes (5 000), both ways.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_copy_larger_than_one_batch_comes_across_whole() {
+        let snapshot = large_snapshot(5_001);
+        let (sqlite, postgres, back) = (Sqlite::fresh(), Postgres::fresh().await, Sqlite::fresh());
+        let source = sqlite.open().await;
+        source.import_snapshot(snapshot.clone()).await.unwrap();
+        let target = postgres.open().await;
+        let report = copy_store(&*source, &*target).await.unwrap();
+        assert_eq!(report, snapshot.counts());
+        assert_eq!(target.export_snapshot().await.unwrap(), snapshot);
+        let again = back.open().await;
+        copy_store(&*target, &*again).await.unwrap();
+        assert_eq!(again.export_snapshot().await.unwrap(), snapshot);
+        assert_eq!(target.count_active_sessions(T0).await.unwrap(), 5_001);
     }
 
     #[tokio::test]
@@ -1112,6 +1594,46 @@ mod postgres_only {
         assert_eq!(r.decision, Decision::Rotate);
         assert!(store.find_session(sid("s1")).await.unwrap().is_some());
     }
+}
+
+/// A snapshot of `sessions` sessions, each with a spent first token and its fresh successor.
+fn large_snapshot(sessions: u32) -> Snapshot {
+    let hash = |n: u32, kind: u8| {
+        let mut bytes = [kind; 32];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        TokenHash(bytes)
+    };
+    let mut snapshot = Snapshot::default();
+    for n in 0..sessions {
+        let id = format!("s-{n:06}");
+        let used = T0.plus(Duration::from_millis(u64::from(n)));
+        snapshot.sessions.push(SessionRow {
+            session: session(&id, T0),
+            revoked_reason: None,
+        });
+        snapshot.refresh_tokens.push(RefreshTokenRow {
+            hash: hash(n, 1),
+            session_id: sid(&id),
+            client_id: client(),
+            issued_at: T0,
+            expires_at: T0.plus(TTL),
+            used_at: Some(used),
+            used_ip: Some(IP.into()),
+            successor_hash: Some(hash(n, 2)),
+        });
+        snapshot.refresh_tokens.push(RefreshTokenRow {
+            hash: hash(n, 2),
+            session_id: sid(&id),
+            client_id: client(),
+            issued_at: used,
+            expires_at: used.plus(TTL),
+            used_at: None,
+            used_ip: None,
+            successor_hash: None,
+        });
+    }
+    snapshot.refresh_tokens.sort_by_key(|t| t.hash.0);
+    snapshot
 }
 
 /// What only SQLite has: its schema version lives in `PRAGMA user_version`.
