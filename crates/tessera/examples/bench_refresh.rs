@@ -18,6 +18,13 @@
 //!
 //! Each refresh signs two JWTs (id_token and access token), so the ceiling is half the
 //! all-cores signing rate; the table reports refreshes/s divided by that ceiling.
+//!
+//! With `--storage postgres` (issue 5) it runs SQLite first, then 1, 2, 3 (`--replicas`)
+//! replicas sharing one fresh PostgreSQL database, each replica with its own dev data directory
+//! and the chains spread round-robin over them (straight to each replica, no load balancer in
+//! between). On one machine the replicas compete for the same cores, so the figure to watch is
+//! CPU time per refresh (all replicas, and PostgreSQL's own processes, from /proc), not
+//! throughput.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -46,6 +53,11 @@ usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurr
   --concurrency LIST  concurrent refresh chains, comma-separated (default 1,8,64)
   --sign-secs SECS    seconds of each raw signing measurement (default 2)
   --synchronous MODE  the server's storage.sqlite_synchronous (default normal)
+  --storage KIND      sqlite (default) or postgres: SQLite, then PostgreSQL with each replica
+                      count of --replicas, in one run (C defaults to 64 then)
+  --replicas LIST     replica counts for --storage postgres (default 1,2,3)
+  --postgres URL      server to create the benchmark database on
+                      (default postgres://postgres@127.0.0.1:5432)
   --tessera PATH      the server binary (default: target/release/tessera beside this example)";
 
 const PASSWORD: &str = "bench password, not a secret";
@@ -77,6 +89,39 @@ struct Options {
     sign_secs: Duration,
     synchronous: String,
     tessera: PathBuf,
+    /// SQLite alone, or SQLite then PostgreSQL with each count of `replicas`.
+    postgres: bool,
+    replicas: Vec<usize>,
+    postgres_url: String,
+}
+
+/// One deployment under test.
+#[derive(Clone, Copy)]
+struct Setup {
+    postgres: bool,
+    replicas: usize,
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        if self.postgres { "postgres" } else { "sqlite" }
+    }
+}
+
+impl Options {
+    fn setups(&self) -> Vec<Setup> {
+        let mut setups = vec![Setup {
+            postgres: false,
+            replicas: 1,
+        }];
+        if self.postgres {
+            setups.extend(self.replicas.iter().map(|&replicas| Setup {
+                postgres: true,
+                replicas,
+            }));
+        }
+        setups
+    }
 }
 
 impl Options {
@@ -89,7 +134,11 @@ impl Options {
             sign_secs: Duration::from_secs(2),
             synchronous: "normal".into(),
             tessera: default_tessera()?,
+            postgres: false,
+            replicas: vec![1, 2, 3],
+            postgres_url: "postgres://postgres@127.0.0.1:5432".into(),
         };
+        let mut concurrency_given = false;
         while let Some(flag) = args.next() {
             if flag == "--help" || flag == "-h" {
                 println!("{USAGE}");
@@ -105,7 +154,21 @@ impl Options {
                 "--sign-secs" => options.sign_secs = seconds(&value).context("--sign-secs")?,
                 "--synchronous" => options.synchronous = value,
                 "--tessera" => options.tessera = PathBuf::from(value),
+                "--storage" => match value.as_str() {
+                    "sqlite" => options.postgres = false,
+                    "postgres" => options.postgres = true,
+                    other => bail!("--storage {other}: expected sqlite or postgres"),
+                },
+                "--replicas" => {
+                    options.replicas = value
+                        .split(',')
+                        .map(|c| c.trim().parse::<usize>())
+                        .collect::<Result<_, _>>()
+                        .context("--replicas wants a list like 1,2,3")?;
+                }
+                "--postgres" => options.postgres_url = value.trim_end_matches('/').to_owned(),
                 "--concurrency" => {
+                    concurrency_given = true;
                     options.concurrency = value
                         .split(',')
                         .map(|c| c.trim().parse::<usize>())
@@ -114,6 +177,12 @@ impl Options {
                 }
                 _ => bail!("unknown option {flag}\n{USAGE}"),
             }
+        }
+        if options.postgres && !concurrency_given {
+            options.concurrency = vec![64];
+        }
+        if options.replicas.contains(&0) {
+            bail!("--replicas: every count must be at least 1");
         }
         let largest = options.concurrency.iter().copied().max().unwrap_or(0);
         if options.concurrency.contains(&0) || options.sessions < largest {
@@ -270,13 +339,17 @@ fn signing_rate(key: &SigningKey, claims: &Value, each: Duration) -> Result<f64>
 
 /// What one concurrency level measured.
 struct Level {
+    setup: Setup,
     concurrency: usize,
     refreshes: u64,
     seconds: f64,
     errors: u64,
     latencies_micros: Vec<u32>,
     server_rss_kib: u64,
+    /// CPU time of every replica.
     server_cpu_ms: f64,
+    /// CPU time of PostgreSQL's processes (0 on SQLite).
+    database_cpu_ms: f64,
     driver_cpu_ms: f64,
     /// CPU time of the whole machine (every process, every core) in the window.
     machine_cpu_ms: f64,
@@ -299,51 +372,151 @@ impl Level {
 }
 
 async fn run(options: &Options) -> Result<Vec<Level>> {
-    let server = Server::start(&options.tessera, &options.synchronous).await?;
-    println!(
-        "server: {} (pid {}), data in {}, sqlite synchronous={}",
-        server.issuer,
-        server.pid,
-        server.dir.path().display(),
-        options.synchronous
-    );
-    let started = monotonic_now();
-    let tokens = mint_sessions(&server, options.sessions).await?;
-    println!(
-        "minted {} sessions in {:.1} s (one password login, then the SSO cookie)",
-        tokens.len(),
-        started.elapsed().as_secs_f64()
-    );
-    let pool = Arc::new(Mutex::new(tokens));
     let mut levels = Vec::new();
-    // Around every level, while the server idles (see the module documentation).
+    // Around every level, while the servers idle (see the module documentation).
     let mut signing_before = SigningRates::measure(options.sign_secs)?;
     signing_before.print("before the first level");
-    for &concurrency in &options.concurrency {
-        let mut level = run_level(&server, &pool, concurrency, options).await?;
-        let signing_after = SigningRates::measure(options.sign_secs)?;
-        signing_after.print(&format!("after C={concurrency}"));
-        level.signing = signing_before.faster(&signing_after);
-        let drift =
-            (signing_before.all_cores - signing_after.all_cores).abs() / level.signing.all_cores;
-        if drift > 0.1 {
-            eprintln!(
-                "warning: the signing rate moved by {:.0}% around C={concurrency}; the machine is not steady",
-                drift * 100.0
+    for setup in options.setups() {
+        let deployment = Deployment::start(options, setup).await?;
+        let first = deployment.first()?;
+        for server in &deployment.servers {
+            println!(
+                "server: {} (pid {}), data in {}, storage {}",
+                server.issuer,
+                server.pid,
+                server.dir.path().display(),
+                setup.name()
             );
         }
-        signing_before = signing_after;
+        let started = monotonic_now();
+        let tokens = mint_sessions(first, options.sessions).await?;
         println!(
-            "C={concurrency}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-            level.per_second(),
-            level.percentile_ms(0.50),
-            level.percentile_ms(0.99),
-            level.errors
+            "minted {} sessions in {:.1} s (one password login, then the SSO cookie)",
+            tokens.len(),
+            started.elapsed().as_secs_f64()
         );
-        server.check_alive()?;
-        levels.push(level);
+        let pool = Arc::new(Mutex::new(tokens));
+        for &concurrency in &options.concurrency {
+            let mut level = run_level(&deployment, &pool, concurrency, options).await?;
+            let signing_after = SigningRates::measure(options.sign_secs)?;
+            signing_after.print(&format!(
+                "after {} ×{} C={concurrency}",
+                setup.name(),
+                setup.replicas
+            ));
+            level.signing = signing_before.faster(&signing_after);
+            let drift = (signing_before.all_cores - signing_after.all_cores).abs()
+                / level.signing.all_cores;
+            if drift > 0.1 {
+                eprintln!(
+                    "warning: the signing rate moved by {:.0}% around this level; the machine is not steady",
+                    drift * 100.0
+                );
+            }
+            signing_before = signing_after;
+            println!(
+                "{} ×{} C={concurrency}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                setup.name(),
+                setup.replicas,
+                level.per_second(),
+                level.percentile_ms(0.50),
+                level.percentile_ms(0.99),
+                level.errors
+            );
+            for server in &deployment.servers {
+                server.check_alive()?;
+            }
+            levels.push(level);
+        }
     }
     Ok(levels)
+}
+
+/// The replicas of one [`Setup`], and the PostgreSQL database they share.
+struct Deployment {
+    servers: Vec<Server>,
+    // Dropped after the servers (field order), so no replica holds a connection any more.
+    database: Option<Database>,
+}
+
+impl Deployment {
+    async fn start(options: &Options, setup: Setup) -> Result<Deployment> {
+        let database = if setup.postgres {
+            Some(Database::create(&options.postgres_url)?)
+        } else {
+            None
+        };
+        let mut servers = Vec::new();
+        // One at a time: the first one migrates the database and creates the keys.
+        for _ in 0..setup.replicas {
+            let url = database.as_ref().map(|d| d.url.as_str());
+            servers.push(Server::start(&options.tessera, &options.synchronous, url).await?);
+        }
+        Ok(Deployment { servers, database })
+    }
+
+    fn first(&self) -> Result<&Server> {
+        self.servers
+            .first()
+            .context("a deployment has at least one replica")
+    }
+}
+
+/// A fresh PostgreSQL database, dropped (with its connections) on drop.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn create(server_url: &str) -> Result<Database> {
+        let name = format!("tessera_bench_{}", std::process::id());
+        let admin = format!("{server_url}/postgres");
+        let database = Database {
+            url: format!("{server_url}/{name}"),
+            admin,
+            name,
+        };
+        database.psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            database.name
+        ))?;
+        database.psql(&format!("CREATE DATABASE {}", database.name))?;
+        Ok(database)
+    }
+
+    fn psql(&self, sql: &str) -> Result<()> {
+        let output = Command::new("psql")
+            .args([
+                self.admin.as_str(),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                sql,
+            ])
+            .output()
+            .context("cannot run psql (PostgreSQL's client) to manage the benchmark database")?;
+        if !output.status.success() {
+            bail!(
+                "psql `{sql}` failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Err(e) = self.psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )) {
+            eprintln!("warning: {e:#}");
+        }
+    }
 }
 
 /// A running release `tessera serve --dev`, killed by PID when dropped.
@@ -363,7 +536,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    async fn start(binary: &Path, synchronous: &str) -> Result<Server> {
+    async fn start(binary: &Path, synchronous: &str, postgres: Option<&str>) -> Result<Server> {
         if !binary.exists() {
             bail!(
                 "{} is missing: run `cargo build --release --bin tessera` (bench/refresh does)",
@@ -374,14 +547,19 @@ impl Server {
             .prefix("tessera-bench-")
             .tempdir()
             .context("cannot create a temporary data directory")?;
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env("TESSERA_DEV_PASSWORD", PASSWORD)
             .env("TESSERA_LOG", "warn")
             .env("TESSERA_STORAGE__SQLITE_SYNCHRONOUS", synchronous)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        if let Some(url) = postgres {
+            command.env("TESSERA_STORAGE__URL", url);
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id();
@@ -653,7 +831,7 @@ struct ChainReport {
 }
 
 async fn run_level(
-    server: &Server,
+    deployment: &Deployment,
     pool: &Arc<Mutex<Vec<String>>>,
     concurrency: usize,
     options: &Options,
@@ -664,18 +842,22 @@ async fn run_level(
         end: start + options.duration,
     };
     let mut chains = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for i in 0..concurrency {
         let token =
             take(pool).ok_or_else(|| anyhow!("no live session left for C={concurrency}"))?;
+        let server = &deployment.servers[i % deployment.servers.len()];
         let client = server.client(false)?;
         let (url, pool) = (server.token_url()?, Arc::clone(pool));
         chains.spawn(async move { chain(client, url, token, pool, window).await });
     }
     tokio::time::sleep_until(window.start.into()).await;
-    let before = CpuSample::take(server)?;
+    let before = CpuSample::take(&deployment.servers)?;
     tokio::time::sleep_until(window.end.into()).await;
-    let used = CpuSample::take(server)?.since(&before);
-    let server_rss_kib = rss_kib(&server.proc_path("status"))?;
+    let used = CpuSample::take(&deployment.servers)?.since(&before);
+    let mut server_rss_kib = 0;
+    for server in &deployment.servers {
+        server_rss_kib += rss_kib(&server.proc_path("status"))?;
+    }
     let mut latencies_micros = Vec::new();
     let mut errors = 0;
     while let Some(report) = chains.join_next().await {
@@ -688,6 +870,10 @@ async fn run_level(
     }
     latencies_micros.sort_unstable();
     Ok(Level {
+        setup: Setup {
+            postgres: deployment.database.is_some(),
+            replicas: deployment.servers.len(),
+        },
         concurrency,
         refreshes: latencies_micros.len() as u64,
         seconds: options.duration.as_secs_f64(),
@@ -695,6 +881,7 @@ async fn run_level(
         latencies_micros,
         server_rss_kib,
         server_cpu_ms: used.server_ms,
+        database_cpu_ms: used.database_ms,
         driver_cpu_ms: used.driver_ms,
         machine_cpu_ms: used.machine_ms,
         signing: SigningRates::default(),
@@ -764,14 +951,20 @@ fn lock(pool: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
 /// CPU time used so far by the server, by this load generator, and by the whole machine.
 struct CpuSample {
     server_ms: f64,
+    database_ms: f64,
     driver_ms: f64,
     machine_ms: f64,
 }
 
 impl CpuSample {
-    fn take(server: &Server) -> Result<CpuSample> {
+    fn take(servers: &[Server]) -> Result<CpuSample> {
+        let mut server_ms = 0.0;
+        for server in servers {
+            server_ms += cpu_ms(&server.proc_path("stat"))?;
+        }
         Ok(CpuSample {
-            server_ms: cpu_ms(&server.proc_path("stat"))?,
+            server_ms,
+            database_ms: postgres_cpu_ms(),
             driver_ms: cpu_ms(Path::new("/proc/self/stat"))?,
             machine_ms: machine_cpu_ms()?,
         })
@@ -780,10 +973,33 @@ impl CpuSample {
     fn since(&self, earlier: &CpuSample) -> CpuSample {
         CpuSample {
             server_ms: self.server_ms - earlier.server_ms,
+            database_ms: self.database_ms - earlier.database_ms,
             driver_ms: self.driver_ms - earlier.driver_ms,
             machine_ms: self.machine_ms - earlier.machine_ms,
         }
     }
+}
+
+/// CPU time of every process named `postgres` (the server and its backends). A backend that
+/// exits within a window takes its time with it, so this errs low; the benchmark's connections
+/// are pooled and live through the window.
+fn postgres_cpu_ms() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(|e| cpu_ms(&e.path().join("stat")).ok())
+        .sum()
 }
 
 /// Busy time of all cores together (everything but idle and iowait), from `/proc/stat`.
@@ -860,13 +1076,15 @@ fn print_table(options: &Options, levels: &[Level]) {
     );
     println!();
     println!(
-        "| C | refreshes/s | p50 ms | p99 ms | errors | server RSS MiB | server CPU ms/refresh | server CPU (cores) | load generator CPU (cores) | other CPU (cores) | RS256 signs/s, 1 thread | RS256 signs/s, {threads} threads | ratio |"
+        "| storage | replicas | C | refreshes/s | p50 ms | p99 ms | errors | server RSS MiB | server CPU ms/refresh | database CPU ms/refresh | server CPU (cores) | load generator CPU (cores) | other CPU (cores) | RS256 signs/s, 1 thread | RS256 signs/s, {threads} threads | ratio |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for level in levels {
         let refreshes = level.refreshes.max(1) as f64;
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.3} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} |",
+            level.setup.name(),
+            level.setup.replicas,
             level.concurrency,
             level.per_second(),
             level.percentile_ms(0.50),
@@ -874,9 +1092,14 @@ fn print_table(options: &Options, levels: &[Level]) {
             level.errors,
             level.server_rss_kib as f64 / 1024.0,
             level.server_cpu_ms / refreshes,
+            level.database_cpu_ms / refreshes,
             level.server_cpu_ms / 1000.0 / level.seconds,
             level.driver_cpu_ms / 1000.0 / level.seconds,
-            (level.machine_cpu_ms - level.server_cpu_ms - level.driver_cpu_ms).max(0.0)
+            (level.machine_cpu_ms
+                - level.server_cpu_ms
+                - level.database_cpu_ms
+                - level.driver_cpu_ms)
+                .max(0.0)
                 / 1000.0
                 / level.seconds,
             level.signing.one_thread,

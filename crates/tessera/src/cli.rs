@@ -13,7 +13,7 @@ use crate::client::credential::{self, CredentialArgs, LogoutArgs};
 use crate::client::login::{self, LoginArgs};
 use crate::config::{Config, Storage};
 use crate::serve::{self, ServeOptions};
-use tessera_store::SqliteStore;
+use tessera_store::{PostgresOptions, SqliteStore, StorageUrl};
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +52,11 @@ enum Command {
     Logout(LogoutArgs),
     /// Run the database migrations and exit (`serve` also runs them at start).
     Migrate(ConfigArg),
+    /// Work on whole databases.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -66,6 +71,21 @@ enum Command {
     Kube {
         #[command(subcommand)]
         command: KubeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Copy every session, token, key and secret into an empty database, e.g. from the embedded
+    /// SQLite to PostgreSQL. Stop the servers first: what they write during the copy is lost.
+    Copy {
+        /// Source: sqlite://PATH or postgres://…
+        #[arg(long)]
+        from: String,
+        /// Target (must be empty): sqlite://PATH or postgres://… (password from
+        /// TESSERA_STORAGE_PASSWORD)
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -133,6 +153,9 @@ pub fn run() -> Result<()> {
         Command::Credential(args) => credential::credential(&args),
         Command::Logout(args) => runtime()?.block_on(credential::logout(&args)),
         Command::Migrate(config) => runtime()?.block_on(migrate(&config)),
+        Command::Storage {
+            command: StorageCommand::Copy { from, to },
+        } => runtime()?.block_on(copy_storage(&from, &to)),
         Command::Keys {
             command: KeysCommand::Rotate(config),
         } => runtime()?.block_on(rotate_keys(&config)),
@@ -176,6 +199,36 @@ async fn migrate(arg: &ConfigArg) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn copy_storage(from: &str, to: &str) -> Result<()> {
+    let source = storage_from_url(from, true).context("--from")?;
+    let target = storage_from_url(to, false).context("--to")?;
+    let source = crate::storage::open(&source).await?;
+    let target = crate::storage::open(&target).await?;
+    let report = tessera_store::copy_store(source.as_ref(), target.as_ref()).await?;
+    println!("copied {report}");
+    Ok(())
+}
+
+/// A storage URL given on the command line; a source SQLite file must exist (opening would
+/// otherwise create an empty one and copy nothing).
+fn storage_from_url(url: &str, must_exist: bool) -> Result<Storage> {
+    match StorageUrl::parse(url).map_err(anyhow::Error::msg)? {
+        StorageUrl::Sqlite(path) => {
+            if must_exist && !path.exists() {
+                bail!("{} does not exist", path.display());
+            }
+            Ok(Storage::Sqlite {
+                path,
+                synchronous: tessera_store::Synchronous::Full,
+            })
+        }
+        StorageUrl::Postgres(url) => Ok(Storage::Postgres(PostgresOptions {
+            password: std::env::var("TESSERA_STORAGE_PASSWORD").ok(),
+            ..PostgresOptions::new(url)
+        })),
+    }
 }
 
 async fn rotate_keys(arg: &ConfigArg) -> Result<()> {
