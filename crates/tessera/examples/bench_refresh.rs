@@ -428,6 +428,9 @@ async fn run(options: &Options) -> Result<Vec<Level>> {
             }
             levels.push(level);
         }
+        if let Some(database) = &deployment.database {
+            database.print_sizes()?;
+        }
     }
     Ok(levels)
 }
@@ -487,25 +490,50 @@ impl Database {
     }
 
     fn psql(&self, sql: &str) -> Result<()> {
-        let output = Command::new("psql")
-            .args([
-                self.admin.as_str(),
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-c",
-                sql,
-            ])
-            .output()
-            .context("cannot run psql (PostgreSQL's client) to manage the benchmark database")?;
-        if !output.status.success() {
-            bail!(
-                "psql `{sql}` failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
+        run_psql(&self.admin, sql).map(drop)
+    }
+
+    /// Rows and bytes per row (heap and indexes) of the tables a refresh writes: what sizes the
+    /// database of a real installation.
+    fn print_sizes(&self) -> Result<()> {
+        for table in ["sessions", "refresh_tokens"] {
+            let sql = format!(
+                "SELECT count(*), pg_table_size('{table}'), pg_indexes_size('{table}') FROM {table}"
+            );
+            let answer = run_psql(&self.url, &sql)?;
+            let numbers: Vec<f64> = answer
+                .trim()
+                .split('|')
+                .map(|n| n.trim().parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("psql answered `{answer}`"))?;
+            let [rows, heap, indexes] = numbers[..] else {
+                bail!("psql answered `{answer}`");
+            };
+            let rows_nonzero = rows.max(1.0);
+            println!(
+                "{table}: {rows:.0} rows, {:.0} bytes/row in the table, {:.0} bytes/row in its indexes",
+                heap / rows_nonzero,
+                indexes / rows_nonzero
             );
         }
         Ok(())
     }
+}
+
+/// Runs one statement with psql; its unaligned, tuples-only output.
+fn run_psql(url: &str, sql: &str) -> Result<String> {
+    let output = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-c", sql])
+        .output()
+        .context("cannot run psql (PostgreSQL's client) to manage the benchmark database")?;
+    if !output.status.success() {
+        bail!(
+            "psql `{sql}` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 impl Drop for Database {

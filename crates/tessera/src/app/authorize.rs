@@ -151,6 +151,17 @@ impl App {
         {
             return Err(fail("invalid_request", "state or nonce is too long"));
         }
+        // The nonce is stored and signed into the id_token: control characters (NUL above all,
+        // which PostgreSQL refuses to store) have no business in it.
+        if nonce
+            .as_ref()
+            .is_some_and(|n| n.chars().any(char::is_control))
+        {
+            return Err(fail(
+                "invalid_request",
+                "the nonce contains control characters",
+            ));
+        }
         Ok(AuthRequest {
             client_id,
             scope: scope.join(" "),

@@ -75,15 +75,14 @@ impl Entry {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// Reading, writing or locking failed.
-    #[error("cannot {action} the token cache {}: {source}", path.display())]
+    #[error("cannot {action} the token cache {}: {reason}", path.display())]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        /// The cause. Not a `source`: the message already says it, and `{:#}` would repeat it.
+        reason: std::io::Error,
     },
     /// The file is not a cache file of this version, or belongs to another issuer or client.
     #[error("the token cache {} {reason}", path.display())]
@@ -158,11 +157,11 @@ impl TokenCache {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
+            Err(reason) => {
                 return Err(CacheError::Io {
                     action: "read",
                     path: self.path.clone(),
-                    source,
+                    reason,
                 });
             }
         };
@@ -198,10 +197,10 @@ impl TokenCache {
     /// Replaces the entry atomically: a temporary file (mode 0600) in the same directory,
     /// flushed, then renamed over the old one.
     pub fn write(&self, entry: &Entry) -> Result<(), CacheError> {
-        let io = |action, source| CacheError::Io {
+        let io = |action, reason| CacheError::Io {
             action,
             path: self.path.clone(),
-            source,
+            reason,
         };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         create_private_dir(dir).map_err(|e| io("create the directory of", e))?;
@@ -224,7 +223,7 @@ impl TokenCache {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(CacheError::Io {
                 action: "delete",
                 path: self.path.clone(),
-                source: e,
+                reason: e,
             }),
             _ => Ok(()),
         }
@@ -233,10 +232,10 @@ impl TokenCache {
     /// Takes the exclusive lock, waiting at most `timeout`. The wait is a blocking `flock` on a
     /// helper thread, so the lock passes to the next process the moment it is released.
     pub fn lock(&self, timeout: Duration) -> Result<CacheLock, CacheError> {
-        let io = |source| CacheError::Io {
+        let io = |reason| CacheError::Io {
             action: "lock",
             path: self.lock_path.clone(),
-            source,
+            reason,
         };
         let dir = self.lock_path.parent().unwrap_or(Path::new("."));
         create_private_dir(dir).map_err(io)?;

@@ -369,6 +369,8 @@ async fn authorize_errors_about_pkce_and_scope_go_back_to_the_client() {
     assert_error_redirect(&response, "unsupported_response_type");
     let response = authorize_with(&server, "response_type", None).await;
     assert_error_redirect(&response, "invalid_request");
+    let response = authorize_with(&server, "nonce", Some("n\u{0}once")).await;
+    assert_error_redirect(&response, "invalid_request");
 }
 
 #[tokio::test]

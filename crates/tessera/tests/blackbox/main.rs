@@ -11,5 +11,7 @@ mod bad_input;
 mod endpoints;
 mod flow;
 mod keys;
+mod kube_api;
+mod kubectl;
 mod oidc_library;
 mod rotation;
