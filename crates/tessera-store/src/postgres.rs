@@ -32,7 +32,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Executor, Row};
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
-use tessera_core::redeem::{self, Decision, FirstUse, Lookup, Presenter, TokenRecord};
+use tessera_core::redeem::{
+    self, Decision, FirstUse, Lookup, Presenter, RejectReason, TokenRecord,
+};
 use tessera_core::token::TokenHash;
 
 use crate::model::*;
@@ -1102,7 +1104,7 @@ async fn redeem_in_transaction(
         // stored). Nobody can hold it yet, so it counts as unknown.
         Some((_, _, None, _)) => Lookup::Unknown,
     };
-    let decision = redeem::decide(lookup, presenter, &request.policy);
+    let mut decision = redeem::decide(lookup, presenter, &request.policy);
     let (session, successor_expiry) = match found {
         Some((_, session, _, successor)) => (Some(session), successor),
         None => (None, None),
@@ -1133,10 +1135,16 @@ async fn redeem_in_transaction(
             },
             Some(session),
         ) => {
-            revoke_session_row(&mut *tx, &session.id, request.now, "replay")
+            let revoked_now = revoke_session_row(&mut *tx, &session.id, request.now, "replay")
                 .await
                 .map_err(query(op))?;
             tx.commit().await.map_err(query(op))?;
+            if !revoked_now {
+                // A concurrent replay revoked the session after this one read it live: in any
+                // serial order this one would have found the session revoked, so it says so,
+                // and the revocation is recorded once.
+                decision = Decision::Reject(RejectReason::SessionRevoked);
+            }
         }
         (decision, _) => {
             if let Decision::Grace { .. } = decision {

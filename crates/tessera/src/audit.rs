@@ -61,7 +61,12 @@ fn write_loop(receiver: &mpsc::Receiver<Message>, mut out: BufWriter<Box<dyn Wri
         let mut result = Ok(());
         for message in std::iter::once(first).chain(receiver.try_iter()) {
             match message {
-                Message::Line(line) => result = result.and_then(|()| writeln!(out, "{line}")),
+                // One write per line, newline included: the buffer then only ever flushes
+                // whole lines, so replicas appending to one file never split each other's.
+                Message::Line(mut line) => {
+                    line.push('\n');
+                    result = result.and_then(|()| out.write_all(line.as_bytes()));
+                }
                 Message::Flushed(ack) => waiting.push(ack),
             }
         }

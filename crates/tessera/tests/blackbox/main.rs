@@ -5,6 +5,7 @@
 // The harness is shared by test modules; not every module uses every helper.
 #![allow(unreachable_pub, dead_code)]
 
+mod cluster;
 mod support;
 
 mod bad_input;
@@ -14,4 +15,6 @@ mod keys;
 mod kube_api;
 mod kubectl;
 mod oidc_library;
+mod replicas;
 mod rotation;
+mod storage_copy;
