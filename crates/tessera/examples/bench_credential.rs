@@ -278,7 +278,7 @@ async fn login(tessera: &Path, server: &Server, cache_dir: &Path, kubeconfig: &P
         .and_then(|l| l.to_str().ok())
         .context("the login form did not redirect")?
         .to_owned();
-    reqwest::get(&callback).await?.error_for_status()?;
+    browser.get(&callback).send().await?.error_for_status()?;
     let status = child.wait()?;
     if !status.success() {
         bail!("tessera login failed with {status}");

@@ -1180,3 +1180,56 @@ async fn credential_after_the_session_was_revoked_says_to_log_in() {
     assert_one_clear_error(&out, &["tessera login"]);
     assert_eq!(count(&server, "TokenRefreshed"), 0);
 }
+
+/// When the session has ended and kubectl says a terminal is attached, `tessera credential`
+/// starts a browser login (the URL on stderr, stdout kept for the ExecCredential), and answers
+/// with the new session's token.
+#[tokio::test]
+async fn credential_with_a_terminal_signs_in_again_when_the_session_has_ended() {
+    let server = Server::start_with(&[TTL]).await;
+    let home = Home::new();
+    logged_in(&server, &home, &[]).await;
+    let entry = home.cache_entry();
+    let answer = server
+        .post(
+            "/revoke",
+            &[
+                ("token", entry["refresh_token"].as_str().unwrap()),
+                ("token_type_hint", "refresh_token"),
+                ("client_id", "kubernetes"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    sleep_until_wall(entry["expires_at"].as_i64().unwrap() * 1000 + 50).await;
+
+    let mut command = home.credential(&server);
+    command
+        .env(
+            "KUBERNETES_EXEC_INFO",
+            r#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","spec":{"interactive":true}}"#,
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Guard::spawn(command);
+    let mut stdout = lines_of(child.0.stdout.take().unwrap());
+    let mut stderr = lines_of(child.0.stderr.take().unwrap());
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), stderr.recv())
+            .await
+            .expect("tessera credential prints a login URL")
+            .expect("tessera credential prints a login URL before exiting");
+        let text = line.trim();
+        if text.starts_with("https://") && text.contains("/authorize?") {
+            break text.to_owned();
+        }
+    };
+    sign_in(&server, &url).await;
+    assert!(child.wait(Duration::from_secs(30)).await.success());
+    let credential: serde_json::Value =
+        serde_json::from_str(&stdout.recv().await.expect("an ExecCredential on stdout")).unwrap();
+    let token = credential["status"]["token"].as_str().unwrap();
+    assert_ne!(token, entry["id_token"].as_str().unwrap());
+    server.verify(token, "kubernetes").await.unwrap();
+    assert_eq!(home.cache_entry()["id_token"].as_str().unwrap(), token);
+}

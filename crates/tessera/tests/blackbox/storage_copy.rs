@@ -55,3 +55,28 @@ async fn storage_copy_moves_an_embedded_installation_to_postgres_without_losing_
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant", "a spent token stays spent");
 }
+
+#[tokio::test]
+async fn migrate_applies_the_schema_once_then_has_nothing_to_do() {
+    let db = Database::create();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tessera.yaml"),
+        format!("storage:\n  url: {}\n", db.url(5432)),
+    )
+    .unwrap();
+    let config = dir.path().join("tessera.yaml");
+    let migrate = || tessera_cli(&["migrate".into(), "--config".into(), config.clone().into()]);
+    let first = migrate();
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(said.contains("from schema version 0 to 1"), "{said}");
+    let second = migrate();
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success());
+    assert!(said.contains("nothing to do"), "{said}");
+}
