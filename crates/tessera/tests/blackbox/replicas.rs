@@ -616,6 +616,31 @@ async fn replicas_a_replica_cut_off_from_postgres_answers_503_fast_and_recovers_
         refresh_took < Duration::from_secs(2) + Duration::from_millis(2500),
         "503 within connect_timeout (2 s) and a margin, not {refresh_took:?}"
     );
+    // A login during the outage: the form needs no database, signing in does.
+    let browser = crate::cluster::client(&cluster.ca, true);
+    let form = browser
+        .get(format!("{base}/authorize"))
+        .query(&crate::support::AuthParams::kubernetes().pairs())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK, "the login form is shown");
+    let mut fields = crate::support::hidden_fields(&form.text().await.unwrap());
+    fields.push(("username".into(), "dev".into()));
+    fields.push(("password".into(), crate::support::PASSWORD.into()));
+    let started = monotonic_now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        browser.post(format!("{base}/login")).form(&fields).send(),
+    )
+    .await
+    .expect("a login answers within 10 s of the outage")
+    .unwrap();
+    let login_took = started.elapsed();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    eprintln!("during the outage: login 503 after {login_took:?}");
     assert!(replica.running());
 
     forwarder.restore();
