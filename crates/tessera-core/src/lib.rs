@@ -9,4 +9,5 @@ pub mod id;
 pub mod jwt;
 pub mod pkce;
 pub mod redeem;
+pub mod seal;
 pub mod token;
