@@ -66,6 +66,14 @@ struct RawConfig {
     login: RawLogin,
     keys: RawKeys,
     kubernetes: Option<RawKubernetes>,
+    http: RawHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    /// Load balancers and proxies (addresses or CIDRs) whose `X-Forwarded-For` is believed.
+    trusted_proxies: Vec<String>,
 }
 
 /// The cluster `tessera login` writes into kubeconfigs, published at `/kube/cluster`.
@@ -337,6 +345,8 @@ pub struct Config {
     pub key_reload_interval: Duration,
     /// The cluster published to `tessera login`, if configured.
     pub kubernetes: Option<KubeCluster>,
+    /// Peers whose `X-Forwarded-For` names the client (load balancers in front of replicas).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The configured database.
@@ -558,6 +568,19 @@ fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Con
         None => None,
         Some(k) => Some(kube_cluster(k, &clients, base).map_err(|(key, m)| bad(key, m))?),
     };
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in raw.http.trusted_proxies.iter().enumerate() {
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                bad(
+                    &format!("http.trusted_proxies[{i}]"),
+                    format!("`{text}` is not an address or a CIDR like 10.0.0.0/8"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
     let id_token_ttl = duration("tokens.id_token_ttl", &raw.tokens.id_token_ttl)?;
     let access_token_ttl = duration("tokens.access_token_ttl", &raw.tokens.access_token_ttl)?;
     if id_token_ttl < Duration::from_secs(1) || access_token_ttl < Duration::from_secs(1) {
@@ -591,6 +614,7 @@ fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Con
         key_rotation_interval: duration("keys.rotation_interval", &raw.keys.rotation_interval)?,
         key_reload_interval: duration("keys.reload_interval", &raw.keys.reload_interval)?,
         kubernetes,
+        trusted_proxies,
     })
 }
 

@@ -9,7 +9,7 @@ mod ops;
 mod session;
 mod token;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -112,14 +112,17 @@ async fn not_found() -> OAuthError {
 /// The request's origin, for the audit log and the grace IP check.
 pub struct Ctx(pub RequestContext);
 
-impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+impl FromRequestParts<Arc<App>> for Ctx {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Ctx, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Ctx, Self::Rejection> {
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+            .map_or_else(
+                || "unknown".to_owned(),
+                |c| client_ip(c.0.ip(), &parts.headers, &app.config.trusted_proxies).to_string(),
+            );
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -127,6 +130,34 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             .map(|ua| ua.chars().take(256).collect());
         Ok(Ctx(RequestContext { ip, user_agent }))
     }
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy; then the nearest
+/// address in `X-Forwarded-For` that is not one of ours. Each proxy appends the address it saw,
+/// so the list is read from the right, and nothing left of an untrusted hop is believed (a client
+/// can write anything there).
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// The CSRF token for a form: the browser's existing `tessera_csrf` cookie, or a new one.
@@ -177,4 +208,52 @@ fn set_cookie(name: &str, value: &str, path: &str, max_age_secs: i64) -> HeaderV
         .build();
     // Cookie names and our base64url values are visible ASCII, always valid header text.
     HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let spoof = forwarded(&["203.0.113.9"]);
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &spoof, &trusted),
+            ip("198.51.100.1")
+        );
+        // Behind one trusted proxy: the address it saw.
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &spoof, &trusted),
+            ip("203.0.113.9")
+        );
+        // A client that writes its own header gets no further than the last untrusted hop.
+        let chain = forwarded(&["1.2.3.4, 203.0.113.9", "10.1.1.1"]);
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &chain, &trusted),
+            ip("203.0.113.9")
+        );
+        // Garbage stops the walk at the last address believed.
+        let garbage = forwarded(&["203.0.113.9, not-an-ip"]);
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &garbage, &trusted),
+            ip("10.0.0.5")
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.5")
+        );
+    }
 }

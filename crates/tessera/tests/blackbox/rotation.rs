@@ -372,3 +372,52 @@ async fn simultaneous_uses_of_one_code_never_leave_a_working_session() {
         }
     }
 }
+
+/// Behind a load balancer every request comes from the balancer: with `http.trusted_proxies`
+/// the client's address is read from `X-Forwarded-For`, so the same-IP grace and the audit see
+/// the real client; a header from an untrusted peer is ignored.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_address_counts() {
+    let server = Server::start_with(&[
+        ("TESSERA_REFRESH_TOKEN__GRACE_PERIOD_MILLIS", "30000"),
+        ("TESSERA_REFRESH_TOKEN__GRACE_REQUIRES_SAME_IP", "true"),
+        ("TESSERA_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1/32\"]"),
+    ])
+    .await;
+    let refresh_as = |token: String, forwarded: &'static str, from: Option<IpAddr>| {
+        let client = match from {
+            Some(local) => server.client_from(local),
+            None => server.http.clone(),
+        };
+        let url = server.url("/token");
+        async move {
+            let response = client
+                .post(url)
+                .header("x-forwarded-for", forwarded)
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.as_str()),
+                    ("client_id", "kubernetes"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let first = refresh_token(&server.kubernetes_tokens().await);
+    let (status, rotated) = refresh_as(first.clone(), "203.0.113.7", None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    // The same client again through the balancer: inside the grace.
+    let (status, again) = refresh_as(first.clone(), "203.0.113.7", None).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    // An untrusted peer (127.0.0.2) claiming to be that client is not believed.
+    let elsewhere = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let (status, body) = refresh_as(first.clone(), "203.0.113.7", elsewhere).await;
+    assert_invalid_grant(status, &body);
+    let replays = server.audit_events("RefreshTokenReplayDetected", 1).await;
+    assert_eq!(replays.len(), 1, "{replays:?}");
+    assert_eq!(replays[0]["source_ip"], "127.0.0.2");
+    assert_eq!(replays[0]["first_used_ip"], "203.0.113.7");
+}
