@@ -205,34 +205,14 @@ impl Store for SqliteStore {
 
     async fn add_signing_key(&self, key: StoredKey) -> Result<(), StoreError> {
         self.write("add_signing_key", move |c| {
-            c.execute(
-                "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![key.kid, key.alg, key.pkcs8, key.created_at.0],
-            )
-            .map(drop)
-            .map_err(query("add_signing_key"))
+            insert_signing_key(c, &key).map_err(query("add_signing_key"))
         })
         .await
     }
 
     async fn create_sso(&self, sso: SsoSession) -> Result<(), StoreError> {
         self.write("create_sso", move |c| {
-            c.prepare_cached(
-                "INSERT INTO sso_sessions (handle_hash, id, subject, auth_time, expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    sso.handle.to_hex(),
-                    sso.id.as_str(),
-                    sso.subject.as_str(),
-                    sso.auth_time.0,
-                    sso.expires_at.0,
-                    sso.revoked_at.map(|t| t.0),
-                ])
-            })
-            .map(drop)
-            .map_err(query("create_sso"))
+            insert_sso(c, &sso).map_err(query("create_sso"))
         })
         .await
     }
@@ -297,28 +277,7 @@ impl Store for SqliteStore {
 
     async fn insert_code(&self, code: AuthCode) -> Result<(), StoreError> {
         self.write("insert_code", move |c| {
-            c.prepare_cached(
-                "INSERT INTO auth_codes (hash, client_id, redirect_uri, code_challenge, nonce, scope,
-                 session_id, sso_id, subject, auth_time, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    code.hash.to_hex(),
-                    code.client_id.as_str(),
-                    code.redirect_uri,
-                    code.code_challenge,
-                    code.nonce,
-                    code.scope,
-                    code.session_id.as_str(),
-                    code.sso_id.as_ref().map(SsoId::as_str),
-                    code.subject.as_str(),
-                    code.auth_time.0,
-                    code.expires_at.0,
-                ])
-            })
-            .map(drop)
-            .map_err(query("insert_code"))
+            insert_code_row(c, &code, None).map_err(query("insert_code"))
         })
         .await
     }
@@ -393,24 +352,7 @@ impl Store for SqliteStore {
             if revoked_in_advance {
                 return Ok(SessionStart::CodeReused);
             }
-            tx.prepare_cached(
-                "INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at,
-                 absolute_end, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    session.id.as_str(),
-                    session.subject.as_str(),
-                    session.client_id.as_str(),
-                    session.sso_id.as_ref().map(SsoId::as_str),
-                    session.scope,
-                    session.auth_time.0,
-                    session.created_at.0,
-                    session.absolute_end.0,
-                    session.revoked_at.map(|t| t.0),
-                ])
-            })
-            .map_err(query("start_session"))?;
+            insert_session_row(&tx, &session, None).map_err(query("start_session"))?;
             insert_refresh_token(&tx, &first, &session.id, &session.client_id)?;
             tx.commit().map_err(query("start_session"))?;
             Ok(SessionStart::Started)
@@ -688,69 +630,21 @@ fn write_snapshot(tx: &Transaction<'_>, snapshot: &Snapshot) -> rusqlite::Result
     for secret in &snapshot.secrets {
         insert.execute(params![secret.name, secret.value])?;
     }
-    let mut insert = tx.prepare(
-        "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )?;
     for key in &snapshot.signing_keys {
-        insert.execute(params![key.kid, key.alg, key.pkcs8, key.created_at.0])?;
+        insert_signing_key(tx, key)?;
     }
-    let mut insert = tx.prepare(
-        "INSERT INTO sso_sessions (handle_hash, id, subject, auth_time, expires_at, revoked_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
     for sso in &snapshot.sso_sessions {
-        insert.execute(params![
-            sso.handle.to_hex(),
-            sso.id.as_str(),
-            sso.subject.as_str(),
-            sso.auth_time.0,
-            sso.expires_at.0,
-            sso.revoked_at.map(|t| t.0),
-        ])?;
+        insert_sso(tx, sso)?;
     }
-    let mut insert = tx.prepare(
-        "INSERT INTO auth_codes (hash, client_id, redirect_uri, code_challenge, nonce, scope,
-         session_id, sso_id, subject, auth_time, expires_at, used_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?;
     for AuthCodeRow { code, used_at } in &snapshot.auth_codes {
-        insert.execute(params![
-            code.hash.to_hex(),
-            code.client_id.as_str(),
-            code.redirect_uri,
-            code.code_challenge,
-            code.nonce,
-            code.scope,
-            code.session_id.as_str(),
-            code.sso_id.as_ref().map(SsoId::as_str),
-            code.subject.as_str(),
-            code.auth_time.0,
-            code.expires_at.0,
-            used_at.map(|t| t.0),
-        ])?;
+        insert_code_row(tx, code, *used_at)?;
     }
-    let mut insert = tx.prepare(
-        "INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at,
-         absolute_end, revoked_at, revoked_reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
     for SessionRow {
         session,
         revoked_reason,
     } in &snapshot.sessions
     {
-        insert.execute(params![
-            session.id.as_str(),
-            session.subject.as_str(),
-            session.client_id.as_str(),
-            session.sso_id.as_ref().map(SsoId::as_str),
-            session.scope,
-            session.auth_time.0,
-            session.created_at.0,
-            session.absolute_end.0,
-            session.revoked_at.map(|t| t.0),
-            revoked_reason,
-        ])?;
+        insert_session_row(tx, session, revoked_reason.as_deref())?;
     }
     let mut insert = tx.prepare(
         "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at, used_at,
@@ -893,6 +787,85 @@ fn revoke_session_row(
     )?
     .execute(params![id.as_str(), now.0, reason])
     .map(|n| n == 1)
+}
+
+// One writer per table, shared by the single-row methods and `write_snapshot`, so a copied row
+// is written exactly as the live path writes it.
+
+fn insert_signing_key(c: &Connection, key: &StoredKey) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![key.kid, key.alg, key.pkcs8, key.created_at.0])
+    .map(drop)
+}
+
+fn insert_sso(c: &Connection, sso: &SsoSession) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO sso_sessions (handle_hash, id, subject, auth_time, expires_at, revoked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        sso.handle.to_hex(),
+        sso.id.as_str(),
+        sso.subject.as_str(),
+        sso.auth_time.0,
+        sso.expires_at.0,
+        sso.revoked_at.map(|t| t.0),
+    ])
+    .map(drop)
+}
+
+fn insert_code_row(
+    c: &Connection,
+    code: &AuthCode,
+    used_at: Option<UnixMillis>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO auth_codes (hash, client_id, redirect_uri, code_challenge, nonce, scope,
+         session_id, sso_id, subject, auth_time, expires_at, used_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        code.hash.to_hex(),
+        code.client_id.as_str(),
+        code.redirect_uri,
+        code.code_challenge,
+        code.nonce,
+        code.scope,
+        code.session_id.as_str(),
+        code.sso_id.as_ref().map(SsoId::as_str),
+        code.subject.as_str(),
+        code.auth_time.0,
+        code.expires_at.0,
+        used_at.map(|t| t.0),
+    ])
+    .map(drop)
+}
+
+fn insert_session_row(
+    c: &Connection,
+    session: &Session,
+    revoked_reason: Option<&str>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at,
+         absolute_end, revoked_at, revoked_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        session.id.as_str(),
+        session.subject.as_str(),
+        session.client_id.as_str(),
+        session.sso_id.as_ref().map(SsoId::as_str),
+        session.scope,
+        session.auth_time.0,
+        session.created_at.0,
+        session.absolute_end.0,
+        session.revoked_at.map(|t| t.0),
+        revoked_reason,
+    ])
+    .map(drop)
 }
 
 fn insert_refresh_token(
