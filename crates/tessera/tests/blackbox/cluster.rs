@@ -19,7 +19,7 @@ use serde_json::Value;
 use tessera_core::clock::monotonic_now;
 use tokio::sync::{mpsc, watch};
 
-use crate::support::{self, AuthParams, PASSWORD};
+use crate::support::{self, AuthParams, PASSWORD, client};
 
 /// PostgreSQL on this machine (trust authentication for `postgres`).
 pub const PG_PORT: u16 = 5432;
@@ -167,28 +167,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
         .port()
-}
-
-/// A client trusting only the dev CA, not following redirects, optionally with cookies.
-pub fn client(ca: &Path, cookies: bool) -> reqwest::Client {
-    let pem = std::fs::read(ca).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(cookies)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

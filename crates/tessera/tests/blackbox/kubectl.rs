@@ -1037,34 +1037,11 @@ async fn logout_revokes_the_refresh_token_and_deletes_the_cache() {
     let home = Home::new();
 
     // Through the kubeconfig's current context.
-    logged_in(&server, &home, &[]).await;
-    let file = home.cache_file();
-    let refresh = home.cache_entry()["refresh_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let mut logout = home.tessera(&["logout", "--kubeconfig"]);
     logout.arg(home.kubeconfig());
-    let out = output(logout).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!file.exists(), "the cache file is gone");
-    let (status, body) = server.refresh(&refresh).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"], "invalid_grant", "{body}");
-    let out = output(home.credential(&server)).await;
-    assert_one_clear_error(&out, &["tessera login"]);
+    assert_logout_ends_the_login(&server, &home, logout).await;
 
     // Naming the login directly.
-    logged_in(&server, &home, &[]).await;
-    let file = home.cache_file();
-    let refresh = home.cache_entry()["refresh_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let mut logout = home.tessera(&[
         "logout",
         "--issuer",
@@ -1076,6 +1053,18 @@ async fn logout_revokes_the_refresh_token_and_deletes_the_cache() {
         "--certificate-authority",
     ]);
     logout.arg(&server.ca);
+    assert_logout_ends_the_login(&server, &home, logout).await;
+}
+
+/// Logs in, runs `logout`, and checks that the refresh token is revoked at the server, the
+/// cache file is gone, and `tessera credential` then names `tessera login`.
+async fn assert_logout_ends_the_login(server: &Server, home: &Home, logout: Command) {
+    logged_in(server, home, &[]).await;
+    let file = home.cache_file();
+    let refresh = home.cache_entry()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let out = output(logout).await;
     assert!(
         out.status.success(),
@@ -1086,7 +1075,7 @@ async fn logout_revokes_the_refresh_token_and_deletes_the_cache() {
     let (status, body) = server.refresh(&refresh).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant", "{body}");
-    let out = output(home.credential(&server)).await;
+    let out = output(home.credential(server)).await;
     assert_one_clear_error(&out, &["tessera login"]);
 }
 

@@ -617,7 +617,7 @@ async fn replicas_a_replica_cut_off_from_postgres_answers_503_fast_and_recovers_
         "503 within connect_timeout (2 s) and a margin, not {refresh_took:?}"
     );
     // A login during the outage: the form needs no database, signing in does.
-    let browser = crate::cluster::client(&cluster.ca, true);
+    let browser = crate::support::client(&cluster.ca, true);
     let form = browser
         .get(format!("{base}/authorize"))
         .query(&crate::support::AuthParams::kubernetes().pairs())

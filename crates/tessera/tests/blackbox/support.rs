@@ -346,7 +346,8 @@ fn unescape(text: &str) -> String {
         .replace("&amp;", "&")
 }
 
-fn client(ca: &std::path::Path, cookies: bool) -> reqwest::Client {
+/// A client trusting only the server's CA, not following redirects, optionally with cookies.
+pub fn client(ca: &std::path::Path, cookies: bool) -> reqwest::Client {
     client_builder(ca).cookie_store(cookies).build().unwrap()
 }
 
