@@ -36,8 +36,10 @@ const TAG_LEN: usize = 16;
 
 /// Seals and opens session cookies with a current key and any number of previous ones.
 pub struct Sealer {
-    /// The current key first: it seals; all of them open.
-    keys: Vec<SealKey>,
+    /// Seals, and opens.
+    current: SealKey,
+    /// Only open: values sealed before a rotation.
+    previous: Vec<SealKey>,
 }
 
 struct SealKey {
@@ -72,20 +74,19 @@ pub enum SealError {
 impl Sealer {
     /// A sealer that seals under `current` and also opens values sealed under `previous`.
     pub fn new(current: [u8; 32], previous: Vec<[u8; 32]>) -> Sealer {
-        let keys = std::iter::once(current)
-            .chain(previous)
-            .map(|bytes| SealKey::new(&bytes))
-            .collect();
-        Sealer { keys }
+        Sealer {
+            current: SealKey::new(&current),
+            previous: previous
+                .into_iter()
+                .map(|bytes| SealKey::new(&bytes))
+                .collect(),
+        }
     }
 
     /// Encrypts `plaintext` under the current key with a fresh random nonce, bound to `aad`
     /// (the cookie name).
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<String, SealError> {
-        // `new` always puts the current key first, so `keys` is never empty.
-        let Some(key) = self.keys.first() else {
-            unreachable!("a Sealer always holds its current key")
-        };
+        let key = &self.current;
         let header = header(key.id);
         let mut body = plaintext.to_vec();
         let nonce = key
@@ -113,7 +114,7 @@ impl Sealer {
             return Err(SealError::UnknownVersion { version: header[0] });
         }
         // Ids are 32 bits, so two configured keys may share one; try each that matches.
-        let mut candidates = self.keys.iter().filter(|k| k.id == header[1..]).peekable();
+        let mut candidates = self.keys().filter(|k| k.id == header[1..]).peekable();
         if candidates.peek().is_none() {
             return Err(SealError::UnknownKey);
         }
@@ -124,9 +125,16 @@ impl Sealer {
     }
 }
 
+impl Sealer {
+    /// Every key that opens, the current one first.
+    fn keys(&self) -> impl Iterator<Item = &SealKey> {
+        std::iter::once(&self.current).chain(&self.previous)
+    }
+}
+
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ids: Vec<String> = self.keys.iter().map(|k| hex::encode(k.id)).collect();
+        let ids: Vec<String> = self.keys().map(|k| hex::encode(k.id)).collect();
         f.debug_struct("Sealer").field("key_ids", &ids).finish()
     }
 }
