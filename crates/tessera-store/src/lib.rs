@@ -82,21 +82,22 @@ pub enum StoreError {
 
 /// Every table a snapshot holds, in the order an import fills them (a refresh token after its
 /// session).
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "secrets",
     "signing_keys",
     "sso_sessions",
     "auth_codes",
     "sessions",
     "refresh_tokens",
+    "proxy_sessions",
 ];
 
 /// Copies every row of `from` into `to`, which must be empty (else
 /// [`StoreError::NotEmpty`], and `to` is left as it was): `tessera storage copy`, to move an
 /// embedded installation to PostgreSQL (or back) without losing a session. Sessions, refresh
-/// tokens with their first use and successor, codes, SSO sessions, signing keys and secrets
-/// (the rotation key among them) all come across, so a token answers on `to` exactly as it
-/// would have on `from`.
+/// tokens with their first use and successor, codes, SSO sessions, signing keys, secrets (the
+/// rotation key among them) and the proxy's sessions all come across, so a token or a cookie
+/// answers on `to` exactly as it would have on `from`.
 ///
 /// The source is read in one consistent snapshot and the target written in one transaction:
 /// a failure leaves the target as it was. The whole snapshot is held in memory (see
@@ -261,9 +262,49 @@ pub trait Store: Send + Sync {
     /// Sessions neither revoked nor past their absolute end.
     async fn count_active_sessions(&self, now: UnixMillis) -> Result<u64, StoreError>;
 
-    /// Deletes what can never be used again (ended sessions and their tokens, old codes);
-    /// returns how many rows went.
+    /// Deletes what can never be used again (ended sessions and their tokens, old codes, proxy
+    /// sessions past their absolute end); returns how many rows went.
     async fn sweep(&self, now: UnixMillis) -> Result<u64, StoreError>;
+
+    /// Records a new proxy session.
+    async fn create_proxy_session(&self, session: ProxySession) -> Result<(), StoreError>;
+
+    /// Finds a proxy session by the hash of its cookie handle.
+    async fn find_proxy_session(
+        &self,
+        handle: TokenHash,
+    ) -> Result<Option<ProxySession>, StoreError>;
+
+    /// Moves a proxy session's `last_seen_at` forward to `now` (never backward).
+    async fn touch_proxy_session(
+        &self,
+        handle: TokenHash,
+        now: UnixMillis,
+    ) -> Result<(), StoreError>;
+
+    /// Claims the right to refresh a proxy session's tokens, for every replica at once: true
+    /// when the session still holds the tokens obtained at `refreshed_at` and no unexpired lease,
+    /// in which case it now holds a lease until `lease_until`. Exactly one of any number of
+    /// concurrent claims for the same `refreshed_at` wins, so a one-time refresh token is
+    /// presented once.
+    async fn claim_proxy_refresh(
+        &self,
+        handle: TokenHash,
+        refreshed_at: UnixMillis,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends a refresh claimed with [`Store::claim_proxy_refresh`]: stores the new tokens, or
+    /// only releases the lease.
+    async fn finish_proxy_refresh(
+        &self,
+        handle: TokenHash,
+        outcome: ProxyRefreshOutcome,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a proxy session (sign-out, timeout, refused refresh); true when it existed.
+    async fn delete_proxy_session(&self, handle: TokenHash) -> Result<bool, StoreError>;
 
     /// Reads every persisted row, in one consistent snapshot of the database (see
     /// [`Snapshot`] for its order and its memory).

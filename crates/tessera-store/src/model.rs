@@ -252,6 +252,56 @@ pub struct RefreshTokenRow {
     pub successor_hash: Option<TokenHash>,
 }
 
+/// A session of the authenticating proxy (DESIGN.md "Proxy"). The browser holds only an
+/// opaque handle; the store keeps its SHA-256 and the session, whose tokens the proxy seals
+/// before they get here (a refresh token is the one secret the proxy must be able to present
+/// again, so it cannot be kept as a hash: it is kept encrypted instead).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxySession {
+    /// SHA-256 of the cookie handle.
+    pub handle: TokenHash,
+    /// When the user logged in through the proxy.
+    pub created_at: UnixMillis,
+    /// The last request seen (the idle timeout counts from it; updated coarsely).
+    pub last_seen_at: UnixMillis,
+    /// When the session ends whatever happens (the absolute timeout).
+    pub absolute_end: UnixMillis,
+    /// When the tokens in `sealed` were obtained: the version a refresh claims against.
+    pub refreshed_at: UnixMillis,
+    /// A refresh in progress (by any replica) holds the session until then.
+    pub refresh_lease_until: Option<UnixMillis>,
+    /// The tokens and claims, sealed by the proxy (opaque to the store).
+    pub sealed: Vec<u8>,
+}
+
+impl fmt::Debug for ProxySession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxySession")
+            .field("handle", &self.handle)
+            .field("created_at", &self.created_at)
+            .field("last_seen_at", &self.last_seen_at)
+            .field("absolute_end", &self.absolute_end)
+            .field("refreshed_at", &self.refreshed_at)
+            .field("refresh_lease_until", &self.refresh_lease_until)
+            .field("sealed", &format_args!("<{} bytes>", self.sealed.len()))
+            .finish()
+    }
+}
+
+/// How a proxy session's refresh ended (see [`crate::Store::finish_proxy_refresh`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyRefreshOutcome {
+    /// New tokens: stored, with the time they were obtained; the lease is released.
+    Refreshed {
+        /// The new sealed tokens and claims.
+        sealed: Vec<u8>,
+        /// When they were obtained.
+        refreshed_at: UnixMillis,
+    },
+    /// The refresh failed for a passing reason: the lease is released so a later request retries.
+    Abandoned,
+}
+
 /// Every persisted row of a store, in a backend-neutral form: what
 /// [`crate::Store::export_snapshot`] reads and [`crate::Store::import_snapshot`] writes, so
 /// that [`crate::copy_store`] moves an installation from one backend to another.
@@ -277,6 +327,9 @@ pub struct Snapshot {
     pub sessions: Vec<SessionRow>,
     /// `refresh_tokens`, by hash; each names a session of [`Snapshot::sessions`].
     pub refresh_tokens: Vec<RefreshTokenRow>,
+    /// `proxy_sessions`, by handle hash, refresh leases included (a copy made while a refresh
+    /// is in flight keeps it held until the lease runs out, as the source would).
+    pub proxy_sessions: Vec<ProxySession>,
 }
 
 impl Snapshot {
@@ -289,6 +342,7 @@ impl Snapshot {
             auth_codes: self.auth_codes.len(),
             sessions: self.sessions.len(),
             refresh_tokens: self.refresh_tokens.len(),
+            proxy_sessions: self.proxy_sessions.len(),
         }
     }
 
@@ -313,6 +367,8 @@ pub struct CopyReport {
     pub sessions: usize,
     /// Rows of `refresh_tokens`.
     pub refresh_tokens: usize,
+    /// Rows of `proxy_sessions`.
+    pub proxy_sessions: usize,
 }
 
 impl CopyReport {
@@ -324,24 +380,26 @@ impl CopyReport {
             + self.auth_codes
             + self.sessions
             + self.refresh_tokens
+            + self.proxy_sessions
     }
 }
 
 impl fmt::Display for CopyReport {
     /// One line: `5 sessions, 7 refresh tokens, 2 authorization codes, 1 SSO session, 2 signing
-    /// keys, 2 secrets`.
+    /// keys, 2 secrets, 3 proxy sessions`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         write!(
             f,
-            "{}, {}, {}, {}, {}, {}",
+            "{}, {}, {}, {}, {}, {}, {}",
             plural(self.sessions, "session", "sessions"),
             plural(self.refresh_tokens, "refresh token", "refresh tokens"),
             plural(self.auth_codes, "authorization code", "authorization codes"),
             plural(self.sso_sessions, "SSO session", "SSO sessions"),
             plural(self.signing_keys, "signing key", "signing keys"),
             plural(self.secrets, "secret", "secrets"),
+            plural(self.proxy_sessions, "proxy session", "proxy sessions"),
         )
     }
 }

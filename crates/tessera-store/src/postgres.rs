@@ -17,6 +17,11 @@
 //!   `INSERT … ON CONFLICT (id) DO NOTHING` on the same primary key: whichever commits first
 //!   wins, and the other finds it (a concurrent insert of the same key waits for the first).
 //! - A secret is `INSERT … ON CONFLICT DO NOTHING`, then read in a new snapshot.
+//! - A proxy session's refresh is claimed by `UPDATE proxy_sessions SET refresh_lease_until = …
+//!   WHERE … refreshed_at = $2 AND (refresh_lease_until IS NULL OR refresh_lease_until <= $3)`:
+//!   a concurrent claim waits on the winner's row lock, then finds its lease and updates
+//!   nothing. `last_seen_at` moves with `GREATEST`, which the same re-check computes from the
+//!   newest row version, so it never goes backward.
 //!
 //! Migrations run under a session-level advisory lock on a connection of their own, so replicas
 //! starting together migrate one at a time. Connection failures and an exhausted pool answer
@@ -40,7 +45,10 @@ use tessera_core::token::TokenHash;
 use crate::model::*;
 use crate::{Store, StoreError, TABLES, redact_url};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_proxy_sessions.sql"),
+];
 
 /// Key of the advisory lock held while migrating: "tessera" in ASCII, then 1.
 const MIGRATION_LOCK: i64 = 0x7465_7373_6572_6101;
@@ -623,6 +631,7 @@ impl Store for PostgresStore {
             "DELETE FROM sessions WHERE absolute_end <= $1",
             "DELETE FROM auth_codes WHERE expires_at <= $1 - 3600000",
             "DELETE FROM sso_sessions WHERE expires_at <= $1",
+            "DELETE FROM proxy_sessions WHERE absolute_end <= $1",
         ] {
             removed += sqlx::query(sql)
                 .bind(now.0)
@@ -633,6 +642,126 @@ impl Store for PostgresStore {
         }
         tx.commit().await.map_err(query(op))?;
         Ok(removed)
+    }
+
+    async fn create_proxy_session(&self, session: ProxySession) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO proxy_sessions ({PROXY_SESSION_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(&session.handle.0[..])
+        .bind(session.created_at.0)
+        .bind(session.last_seen_at.0)
+        .bind(session.absolute_end.0)
+        .bind(session.refreshed_at.0)
+        .bind(session.refresh_lease_until.map(|t| t.0))
+        .bind(session.sealed.as_slice())
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(query("create_proxy_session"))
+    }
+
+    async fn find_proxy_session(
+        &self,
+        handle: TokenHash,
+    ) -> Result<Option<ProxySession>, StoreError> {
+        let op = "find_proxy_session";
+        let row = sqlx::query(&format!(
+            "SELECT {PROXY_SESSION_COLUMNS} FROM proxy_sessions WHERE handle_hash = $1"
+        ))
+        .bind(&handle.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query(op))?;
+        row.as_ref()
+            .map(proxy_session_from_row)
+            .transpose()
+            .map_err(query(op))
+    }
+
+    async fn touch_proxy_session(
+        &self,
+        handle: TokenHash,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        // GREATEST: a touch from a replica with a slower clock must not bring the idle timeout
+        // closer. A session gone meanwhile is nothing to touch.
+        sqlx::query(
+            "UPDATE proxy_sessions SET last_seen_at = GREATEST(last_seen_at, $2)
+             WHERE handle_hash = $1",
+        )
+        .bind(&handle.0[..])
+        .bind(now.0)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(query("touch_proxy_session"))
+    }
+
+    async fn claim_proxy_refresh(
+        &self,
+        handle: TokenHash,
+        refreshed_at: UnixMillis,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        // One statement, its own transaction: see the module's documentation for why exactly
+        // one of any number of concurrent claims, on any replica, updates the row.
+        sqlx::query(
+            "UPDATE proxy_sessions SET refresh_lease_until = $4
+             WHERE handle_hash = $1 AND refreshed_at = $2
+             AND (refresh_lease_until IS NULL OR refresh_lease_until <= $3)",
+        )
+        .bind(&handle.0[..])
+        .bind(refreshed_at.0)
+        .bind(now.0)
+        .bind(lease_until.0)
+        .execute(&self.pool)
+        .await
+        .map(|done| done.rows_affected() == 1)
+        .map_err(query("claim_proxy_refresh"))
+    }
+
+    async fn finish_proxy_refresh(
+        &self,
+        handle: TokenHash,
+        outcome: ProxyRefreshOutcome,
+    ) -> Result<(), StoreError> {
+        // A session deleted while its refresh ran (sign-out, sweep) stays deleted: there is
+        // nothing to update, and that is no error.
+        let finish = match &outcome {
+            // The new tokens count as activity: the refresh was made for a request.
+            ProxyRefreshOutcome::Refreshed {
+                sealed,
+                refreshed_at,
+            } => sqlx::query(
+                "UPDATE proxy_sessions SET sealed = $2, refreshed_at = $3,
+                 refresh_lease_until = NULL, last_seen_at = GREATEST(last_seen_at, $3)
+                 WHERE handle_hash = $1",
+            )
+            .bind(&handle.0[..])
+            .bind(sealed.as_slice())
+            .bind(refreshed_at.0),
+            ProxyRefreshOutcome::Abandoned => sqlx::query(
+                "UPDATE proxy_sessions SET refresh_lease_until = NULL WHERE handle_hash = $1",
+            )
+            .bind(&handle.0[..]),
+        };
+        finish
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(query("finish_proxy_refresh"))
+    }
+
+    async fn delete_proxy_session(&self, handle: TokenHash) -> Result<bool, StoreError> {
+        sqlx::query("DELETE FROM proxy_sessions WHERE handle_hash = $1")
+            .bind(&handle.0[..])
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+            .map_err(query("delete_proxy_session"))
     }
 
     async fn export_snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -788,6 +917,13 @@ async fn read_snapshot(c: &mut PgConnection) -> Result<Snapshot, StoreError> {
         },
     )
     .await?;
+    let proxy_sessions = select(
+        c,
+        "proxy session",
+        &format!("SELECT {PROXY_SESSION_COLUMNS} FROM proxy_sessions ORDER BY handle_hash"),
+        proxy_session_from_row,
+    )
+    .await?;
     Ok(Snapshot {
         secrets,
         signing_keys,
@@ -795,6 +931,7 @@ async fn read_snapshot(c: &mut PgConnection) -> Result<Snapshot, StoreError> {
         auth_codes,
         sessions,
         refresh_tokens,
+        proxy_sessions,
     })
 }
 
@@ -1034,10 +1171,51 @@ async fn write_snapshot(c: &mut PgConnection, snapshot: &Snapshot) -> Result<(),
         .execute(&mut *c)
         .await?;
     }
+    for batch in snapshot.proxy_sessions.chunks(IMPORT_BATCH) {
+        insert_proxy_sessions(c, batch).await?;
+    }
     Ok(())
 }
 
+/// Inserts `batch` in one statement, one array parameter a column.
+async fn insert_proxy_sessions(
+    c: &mut PgConnection,
+    batch: &[ProxySession],
+) -> Result<(), sqlx::Error> {
+    let times = |at: fn(&ProxySession) -> UnixMillis| -> Vec<i64> {
+        batch.iter().map(|s| at(s).0).collect()
+    };
+    sqlx::query(&format!(
+        "INSERT INTO proxy_sessions ({PROXY_SESSION_COLUMNS})
+         SELECT * FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
+             $5::BIGINT[], $6::BIGINT[], $7::BYTEA[])"
+    ))
+    .bind(batch.iter().map(|s| &s.handle.0[..]).collect::<Vec<_>>())
+    .bind(times(|s| s.created_at))
+    .bind(times(|s| s.last_seen_at))
+    .bind(times(|s| s.absolute_end))
+    .bind(times(|s| s.refreshed_at))
+    .bind(
+        batch
+            .iter()
+            .map(|s| s.refresh_lease_until.map(|t| t.0))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        batch
+            .iter()
+            .map(|s| s.sealed.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *c)
+    .await
+    .map(drop)
+}
+
 const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, s.auth_time, s.created_at, s.absolute_end, s.revoked_at";
+
+/// The columns [`proxy_session_from_row`] reads, in its order.
+const PROXY_SESSION_COLUMNS: &str = "handle_hash, created_at, last_seen_at, absolute_end, refreshed_at, refresh_lease_until, sealed";
 
 /// What the claim or, failing it, the read found: the token, its session, its first use, and
 /// the expiry of the presented successor if that is stored.
@@ -1214,6 +1392,19 @@ fn session_from_row(r: &PgRow, at: usize) -> Result<Session, sqlx::Error> {
         created_at: UnixMillis(r.try_get(at + 6)?),
         absolute_end: UnixMillis(r.try_get(at + 7)?),
         revoked_at: r.try_get::<Option<i64>, _>(at + 8)?.map(UnixMillis),
+    })
+}
+
+/// A row of [`PROXY_SESSION_COLUMNS`].
+fn proxy_session_from_row(r: &PgRow) -> Result<ProxySession, sqlx::Error> {
+    Ok(ProxySession {
+        handle: hash_at(r, 0)?,
+        created_at: UnixMillis(r.try_get(1)?),
+        last_seen_at: UnixMillis(r.try_get(2)?),
+        absolute_end: UnixMillis(r.try_get(3)?),
+        refreshed_at: UnixMillis(r.try_get(4)?),
+        refresh_lease_until: r.try_get::<Option<i64>, _>(5)?.map(UnixMillis),
+        sealed: r.try_get(6)?,
     })
 }
 

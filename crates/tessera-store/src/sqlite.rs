@@ -27,7 +27,10 @@ use tessera_core::token::TokenHash;
 use crate::model::*;
 use crate::{Store, StoreError, TABLES};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_proxy_sessions.sql"),
+];
 const READERS: usize = 4;
 
 /// How hard SQLite syncs a commit to disk.
@@ -444,11 +447,105 @@ impl Store for SqliteStore {
                 "DELETE FROM sessions WHERE absolute_end <= ?1",
                 "DELETE FROM auth_codes WHERE expires_at <= ?1 - 3600000",
                 "DELETE FROM sso_sessions WHERE expires_at <= ?1",
+                "DELETE FROM proxy_sessions WHERE absolute_end <= ?1",
             ] {
                 removed += tx.execute(sql, [now.0]).map_err(query("sweep"))?;
             }
             tx.commit().map_err(query("sweep"))?;
             Ok(u64::try_from(removed).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
+    async fn create_proxy_session(&self, session: ProxySession) -> Result<(), StoreError> {
+        self.write("create_proxy_session", move |c| {
+            insert_proxy_session(c, &session).map_err(query("create_proxy_session"))
+        })
+        .await
+    }
+
+    async fn find_proxy_session(
+        &self,
+        handle: TokenHash,
+    ) -> Result<Option<ProxySession>, StoreError> {
+        self.read("find_proxy_session", move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {PROXY_SESSION_COLUMNS} FROM proxy_sessions WHERE handle_hash = ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_row([handle.to_hex()], proxy_session_from_row)
+                    .optional()
+            })
+            .map_err(query("find_proxy_session"))
+        })
+        .await
+    }
+
+    async fn touch_proxy_session(
+        &self,
+        handle: TokenHash,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        // MAX: a touch queued behind a later one must not bring the idle timeout closer. A
+        // session gone meanwhile is nothing to touch.
+        self.write("touch_proxy_session", move |c| {
+            c.prepare_cached(
+                "UPDATE proxy_sessions SET last_seen_at = MAX(last_seen_at, ?2)
+                 WHERE handle_hash = ?1",
+            )
+            .and_then(|mut s| s.execute(params![handle.to_hex(), now.0]))
+            .map(drop)
+            .map_err(query("touch_proxy_session"))
+        })
+        .await
+    }
+
+    async fn claim_proxy_refresh(
+        &self,
+        handle: TokenHash,
+        refreshed_at: UnixMillis,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        // One conditional UPDATE: the writer runs claims one after another, and the first
+        // leaves a lease that every later one's WHERE refuses.
+        self.write("claim_proxy_refresh", move |c| {
+            c.prepare_cached(
+                "UPDATE proxy_sessions SET refresh_lease_until = ?4
+                 WHERE handle_hash = ?1 AND refreshed_at = ?2
+                 AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?3)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    handle.to_hex(),
+                    refreshed_at.0,
+                    now.0,
+                    lease_until.0
+                ])
+            })
+            .map(|n| n == 1)
+            .map_err(query("claim_proxy_refresh"))
+        })
+        .await
+    }
+
+    async fn finish_proxy_refresh(
+        &self,
+        handle: TokenHash,
+        outcome: ProxyRefreshOutcome,
+    ) -> Result<(), StoreError> {
+        self.write("finish_proxy_refresh", move |c| {
+            finish_proxy_refresh_row(c, &handle, &outcome).map_err(query("finish_proxy_refresh"))
+        })
+        .await
+    }
+
+    async fn delete_proxy_session(&self, handle: TokenHash) -> Result<bool, StoreError> {
+        self.write("delete_proxy_session", move |c| {
+            c.prepare_cached("DELETE FROM proxy_sessions WHERE handle_hash = ?1")
+                .and_then(|mut s| s.execute([handle.to_hex()]))
+                .map(|n| n == 1)
+                .map_err(query("delete_proxy_session"))
         })
         .await
     }
@@ -485,6 +582,9 @@ impl Store for SqliteStore {
 }
 
 const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, s.auth_time, s.created_at, s.absolute_end, s.revoked_at";
+
+/// The columns [`proxy_session_from_row`] reads, in its order.
+const PROXY_SESSION_COLUMNS: &str = "handle_hash, created_at, last_seen_at, absolute_end, refreshed_at, refresh_lease_until, sealed";
 
 /// Every row, each table in primary-key order (SQLite compares text byte by byte, and a hash's
 /// lowercase hex sorts as its bytes do).
@@ -574,6 +674,12 @@ fn read_snapshot(c: &Connection) -> Result<Snapshot, StoreError> {
                 })
             },
         )?,
+        proxy_sessions: rows(
+            c,
+            "proxy session",
+            &format!("SELECT {PROXY_SESSION_COLUMNS} FROM proxy_sessions ORDER BY handle_hash"),
+            proxy_session_from_row,
+        )?,
     })
 }
 
@@ -661,6 +767,9 @@ fn write_snapshot(tx: &Transaction<'_>, snapshot: &Snapshot) -> rusqlite::Result
             token.used_ip,
             token.successor_hash.as_ref().map(TokenHash::to_hex),
         ])?;
+    }
+    for session in &snapshot.proxy_sessions {
+        insert_proxy_session(tx, session)?;
     }
     Ok(())
 }
@@ -868,6 +977,50 @@ fn insert_session_row(
     .map(drop)
 }
 
+fn insert_proxy_session(c: &Connection, session: &ProxySession) -> rusqlite::Result<()> {
+    c.prepare_cached(&format!(
+        "INSERT INTO proxy_sessions ({PROXY_SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?
+    .execute(params![
+        session.handle.to_hex(),
+        session.created_at.0,
+        session.last_seen_at.0,
+        session.absolute_end.0,
+        session.refreshed_at.0,
+        session.refresh_lease_until.map(|t| t.0),
+        session.sealed,
+    ])
+    .map(drop)
+}
+
+/// Stores the new tokens or only releases the lease. A session deleted while its refresh ran
+/// (sign-out, sweep) stays deleted: there is nothing to update, and that is no error.
+fn finish_proxy_refresh_row(
+    c: &Connection,
+    handle: &TokenHash,
+    outcome: &ProxyRefreshOutcome,
+) -> rusqlite::Result<()> {
+    match outcome {
+        // The new tokens count as activity: the refresh was made for a request.
+        ProxyRefreshOutcome::Refreshed {
+            sealed,
+            refreshed_at,
+        } => c
+            .prepare_cached(
+                "UPDATE proxy_sessions SET sealed = ?2, refreshed_at = ?3,
+                 refresh_lease_until = NULL, last_seen_at = MAX(last_seen_at, ?3)
+                 WHERE handle_hash = ?1",
+            )?
+            .execute(params![handle.to_hex(), sealed, refreshed_at.0]),
+        ProxyRefreshOutcome::Abandoned => c
+            .prepare_cached(
+                "UPDATE proxy_sessions SET refresh_lease_until = NULL WHERE handle_hash = ?1",
+            )?
+            .execute([handle.to_hex()]),
+    }
+    .map(drop)
+}
+
 fn insert_refresh_token(
     tx: &Transaction<'_>,
     token: &NewRefreshToken,
@@ -902,6 +1055,19 @@ fn session_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Session> {
         created_at: UnixMillis(r.get(at + 6)?),
         absolute_end: UnixMillis(r.get(at + 7)?),
         revoked_at: r.get::<_, Option<i64>>(at + 8)?.map(UnixMillis),
+    })
+}
+
+/// A row of [`PROXY_SESSION_COLUMNS`].
+fn proxy_session_from_row(r: &Row<'_>) -> rusqlite::Result<ProxySession> {
+    Ok(ProxySession {
+        handle: hash_at(r, 0)?,
+        created_at: UnixMillis(r.get(1)?),
+        last_seen_at: UnixMillis(r.get(2)?),
+        absolute_end: UnixMillis(r.get(3)?),
+        refreshed_at: UnixMillis(r.get(4)?),
+        refresh_lease_until: r.get::<_, Option<i64>>(5)?.map(UnixMillis),
+        sealed: r.get(6)?,
     })
 }
 

@@ -22,9 +22,9 @@ use tessera_core::redeem::{Decision, OnReplay, RedeemPolicy, RejectReason};
 use tessera_core::token::{REFRESH_TOKEN_PREFIX, RotationKey, Secret, TokenHash};
 use tessera_store::{
     AuthCode, CodeRedemption, CopyReport, MigrationReport, NewRefreshToken, PostgresOptions,
-    PostgresStore, RedeemRequest, Redemption, RefreshTokenRow, SecretRow, Session, SessionRow,
-    SessionStart, Snapshot, SqliteStore, SsoSession, Store, StoreError, StoredKey, Synchronous,
-    copy_store, migrate_only,
+    PostgresStore, ProxyRefreshOutcome, ProxySession, RedeemRequest, Redemption, RefreshTokenRow,
+    SecretRow, Session, SessionRow, SessionStart, Snapshot, SqliteStore, SsoSession, Store,
+    StoreError, StoredKey, Synchronous, copy_store, migrate_only,
 };
 
 /// One backend under test: a private place for data and a way to open stores on it.
@@ -64,11 +64,20 @@ macro_rules! conformance_suite {
                     sweep_deletes_what_can_never_be_used_again,
                     an_empty_store_exports_an_empty_snapshot,
                     an_import_that_fails_half_way_writes_nothing,
+                    a_proxy_session_is_found_as_it_was_stored,
+                    touching_a_proxy_session_never_moves_it_backward,
+                    a_refresh_claim_against_stale_tokens_fails,
+                    an_expired_refresh_lease_can_be_claimed_again,
+                    a_finished_refresh_stores_the_new_tokens_and_moves_the_claim_on,
+                    an_abandoned_refresh_releases_the_lease,
+                    deleting_a_proxy_session_answers_true_only_the_first_time,
+                    sweep_deletes_proxy_sessions_past_their_absolute_end,
                 ],
                 shared: [
                     fifty_concurrent_redemptions_rotate_exactly_once,
                     fifty_concurrent_redemptions_inside_grace_converge_on_one_successor,
                     fifty_concurrent_redemptions_under_reject_policy_leave_the_session_live,
+                    fifty_concurrent_refresh_claims_grant_exactly_one_lease,
                 ],
                 backend: [
                     reopening_the_database_keeps_every_row,
@@ -77,6 +86,7 @@ macro_rules! conformance_suite {
                     replicas_redeeming_inside_grace_converge_on_one_successor,
                     replicas_storing_a_secret_at_once_agree_on_one_value,
                     a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked,
+                    replicas_claiming_one_refresh_at_once_grant_exactly_one_lease,
                 ],
             );
         }
@@ -996,6 +1006,215 @@ async fn a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked(
     }
 }
 
+async fn a_proxy_session_is_found_as_it_was_stored(store: &dyn Store) {
+    let leased = ProxySession {
+        refresh_lease_until: Some(T0.plus(LEASE)),
+        sealed: vec![0, 255, 1, 254],
+        ..proxy_session(&secret(1), T0)
+    };
+    store.create_proxy_session(leased.clone()).await.unwrap();
+    let plain = proxy_session(&secret(2), T0);
+    store.create_proxy_session(plain.clone()).await.unwrap();
+    let found = store.find_proxy_session(secret(1).hash()).await.unwrap();
+    assert_eq!(found, Some(leased));
+    let found = store.find_proxy_session(secret(2).hash()).await.unwrap();
+    assert_eq!(found, Some(plain));
+    let missing = store.find_proxy_session(secret(3).hash()).await.unwrap();
+    assert_eq!(missing, None);
+}
+
+async fn touching_a_proxy_session_never_moves_it_backward(store: &dyn Store) {
+    let handle = secret(1).hash();
+    store
+        .create_proxy_session(proxy_session(&secret(1), T0))
+        .await
+        .unwrap();
+    let later = T0.plus(Duration::from_secs(60));
+    store.touch_proxy_session(handle, later).await.unwrap();
+    // A touch that arrives late, or from a replica whose clock is behind.
+    let earlier = T0.plus(Duration::from_secs(10));
+    store.touch_proxy_session(handle, earlier).await.unwrap();
+    let found = store.find_proxy_session(handle).await.unwrap();
+    let expected = ProxySession {
+        last_seen_at: later,
+        ..proxy_session(&secret(1), T0)
+    };
+    assert_eq!(found, Some(expected), "only last_seen_at moves, forward");
+    // A session gone (signed out on another tab) is nothing to touch, and no error.
+    let gone = secret(2).hash();
+    store.touch_proxy_session(gone, later).await.unwrap();
+    assert_eq!(store.find_proxy_session(gone).await.unwrap(), None);
+}
+
+async fn a_refresh_claim_against_stale_tokens_fails(store: &dyn Store) {
+    let handle = secret(1).hash();
+    let refreshed_at = T0.plus(Duration::from_secs(300));
+    let session = ProxySession {
+        refreshed_at,
+        ..proxy_session(&secret(1), T0)
+    };
+    store.create_proxy_session(session.clone()).await.unwrap();
+    let now = refreshed_at.plus(Duration::from_secs(1));
+    // A request that read the session before its last refresh holds spent tokens.
+    let stale = store.claim_proxy_refresh(handle, T0, now, now.plus(LEASE));
+    assert!(!stale.await.unwrap());
+    let found = store.find_proxy_session(handle).await.unwrap();
+    assert_eq!(found, Some(session), "a refused claim leaves no lease");
+    let current = store.claim_proxy_refresh(handle, refreshed_at, now, now.plus(LEASE));
+    assert!(current.await.unwrap());
+    let missing = store.claim_proxy_refresh(secret(2).hash(), T0, now, now.plus(LEASE));
+    assert!(!missing.await.unwrap(), "no session, nothing to refresh");
+}
+
+async fn an_expired_refresh_lease_can_be_claimed_again(store: &dyn Store) {
+    let handle = secret(1).hash();
+    store
+        .create_proxy_session(proxy_session(&secret(1), T0))
+        .await
+        .unwrap();
+    let now = T0.plus(Duration::from_secs(60));
+    let lease_until = now.plus(LEASE);
+    assert!(
+        store
+            .claim_proxy_refresh(handle, T0, now, lease_until)
+            .await
+            .unwrap()
+    );
+    // Held until the last millisecond of the lease, whoever asks.
+    let just_before = UnixMillis(lease_until.0 - 1);
+    for at in [now, just_before] {
+        let held = store.claim_proxy_refresh(handle, T0, at, at.plus(LEASE));
+        assert!(!held.await.unwrap(), "claimed at {at:?} inside the lease");
+    }
+    // Run out (the replica refreshing it died): the next claim takes it over.
+    let taken_over = lease_until.plus(LEASE);
+    let again = store.claim_proxy_refresh(handle, T0, lease_until, taken_over);
+    assert!(again.await.unwrap());
+    let found = store.find_proxy_session(handle).await.unwrap().unwrap();
+    assert_eq!(found.refresh_lease_until, Some(taken_over));
+}
+
+async fn a_finished_refresh_stores_the_new_tokens_and_moves_the_claim_on(store: &dyn Store) {
+    let handle = secret(1).hash();
+    store
+        .create_proxy_session(proxy_session(&secret(1), T0))
+        .await
+        .unwrap();
+    let now = T0.plus(Duration::from_secs(60));
+    let claimed = store.claim_proxy_refresh(handle, T0, now, now.plus(LEASE));
+    assert!(claimed.await.unwrap());
+    let refreshed_at = now.plus(Duration::from_secs(1));
+    let outcome = ProxyRefreshOutcome::Refreshed {
+        sealed: b"new tokens".to_vec(),
+        refreshed_at,
+    };
+    store.finish_proxy_refresh(handle, outcome).await.unwrap();
+    let expected = ProxySession {
+        last_seen_at: refreshed_at,
+        refreshed_at,
+        refresh_lease_until: None,
+        sealed: b"new tokens".to_vec(),
+        ..proxy_session(&secret(1), T0)
+    };
+    assert_eq!(
+        store.find_proxy_session(handle).await.unwrap(),
+        Some(expected)
+    );
+
+    let later = refreshed_at.plus(Duration::from_secs(60));
+    let old = store.claim_proxy_refresh(handle, T0, later, later.plus(LEASE));
+    assert!(!old.await.unwrap(), "the old tokens are spent");
+    let new = store.claim_proxy_refresh(handle, refreshed_at, later, later.plus(LEASE));
+    assert!(new.await.unwrap());
+
+    // A request seen while the refresh ran keeps its later last_seen_at.
+    let seen = later.plus(Duration::from_secs(10));
+    store.touch_proxy_session(handle, seen).await.unwrap();
+    let outcome = ProxyRefreshOutcome::Refreshed {
+        sealed: b"newer tokens".to_vec(),
+        refreshed_at: later.plus(Duration::from_secs(1)),
+    };
+    store.finish_proxy_refresh(handle, outcome).await.unwrap();
+    let found = store.find_proxy_session(handle).await.unwrap().unwrap();
+    assert_eq!(found.last_seen_at, seen);
+    assert_eq!(found.sealed, b"newer tokens");
+}
+
+async fn an_abandoned_refresh_releases_the_lease(store: &dyn Store) {
+    let handle = secret(1).hash();
+    let session = proxy_session(&secret(1), T0);
+    store.create_proxy_session(session.clone()).await.unwrap();
+    let now = T0.plus(Duration::from_secs(60));
+    let claimed = store.claim_proxy_refresh(handle, T0, now, now.plus(LEASE));
+    assert!(claimed.await.unwrap());
+    store
+        .finish_proxy_refresh(handle, ProxyRefreshOutcome::Abandoned)
+        .await
+        .unwrap();
+    let found = store.find_proxy_session(handle).await.unwrap();
+    assert_eq!(
+        found,
+        Some(session),
+        "the tokens and times are left as they were"
+    );
+    // The next request retries at once, well inside the lease it would have waited for.
+    let retried = store.claim_proxy_refresh(handle, T0, now, now.plus(LEASE));
+    assert!(retried.await.unwrap());
+}
+
+async fn deleting_a_proxy_session_answers_true_only_the_first_time(store: &dyn Store) {
+    let (gone, kept) = (secret(1).hash(), secret(2).hash());
+    for handle in [secret(1), secret(2)] {
+        let session = proxy_session(&handle, T0);
+        store.create_proxy_session(session).await.unwrap();
+    }
+    assert!(store.delete_proxy_session(gone).await.unwrap());
+    assert!(!store.delete_proxy_session(gone).await.unwrap());
+    assert_eq!(store.find_proxy_session(gone).await.unwrap(), None);
+    assert!(store.find_proxy_session(kept).await.unwrap().is_some());
+    // A refresh that ends after its session was deleted (a sign-out meanwhile) brings
+    // nothing back, and is no error.
+    let outcome = ProxyRefreshOutcome::Refreshed {
+        sealed: b"new tokens".to_vec(),
+        refreshed_at: T0.plus(Duration::from_secs(1)),
+    };
+    store.finish_proxy_refresh(gone, outcome).await.unwrap();
+    let abandoned = store.finish_proxy_refresh(gone, ProxyRefreshOutcome::Abandoned);
+    abandoned.await.unwrap();
+    assert_eq!(store.find_proxy_session(gone).await.unwrap(), None);
+}
+
+async fn sweep_deletes_proxy_sessions_past_their_absolute_end(store: &dyn Store) {
+    let end = T0.plus(Duration::from_secs(60));
+    let ended = ProxySession {
+        absolute_end: end,
+        ..proxy_session(&secret(1), T0)
+    };
+    store.create_proxy_session(ended).await.unwrap();
+    store
+        .create_proxy_session(proxy_session(&secret(2), T0))
+        .await
+        .unwrap();
+    assert_eq!(store.sweep(UnixMillis(end.0 - 1)).await.unwrap(), 0);
+    assert_eq!(store.sweep(end).await.unwrap(), 1);
+    assert_eq!(
+        store.find_proxy_session(secret(1).hash()).await.unwrap(),
+        None
+    );
+    let live = store.find_proxy_session(secret(2).hash()).await.unwrap();
+    assert!(live.is_some());
+    assert_eq!(store.sweep(end).await.unwrap(), 0);
+}
+
+async fn fifty_concurrent_refresh_claims_grant_exactly_one_lease(store: &Arc<dyn Store>) {
+    race_for_a_lease(std::slice::from_ref(store), RACERS).await;
+}
+
+async fn replicas_claiming_one_refresh_at_once_grant_exactly_one_lease(backend: &dyn Backend) {
+    let stores = replicas(backend).await;
+    race_for_a_lease(&stores, REPLICAS * RACERS_PER_REPLICA).await;
+}
+
 async fn an_empty_store_exports_an_empty_snapshot(store: &dyn Store) {
     let snapshot = store.export_snapshot().await.unwrap();
     assert_eq!(snapshot, Snapshot::default());
@@ -1089,7 +1308,8 @@ fn code_for_copy(code: &Secret, session_id: &str) -> AuthCode {
 /// - `spent`: `secret(3)` spent at T0 + 10 s;
 /// - `revoked`: `secret(4)` never used, the session revoked at T0 + 20 s;
 /// - `s-code-reused`: the revoked placeholder that a second use of code `secret(51)` put in;
-/// - code `secret(50)`, never used; two secrets, two signing keys.
+/// - code `secret(50)`, never used; two secrets, two signing keys;
+/// - the [`proxy_sessions_for_copy`].
 async fn populate_for_copy(store: &dyn Store) -> CopyFixture {
     store
         .secret_or_insert("rotation", vec![42; 32])
@@ -1148,11 +1368,32 @@ async fn populate_for_copy(store: &dyn Store) -> CopyFixture {
             .unwrap()
     );
 
+    for proxy in proxy_sessions_for_copy() {
+        store.create_proxy_session(proxy).await.unwrap();
+    }
+
     CopyFixture {
         sso,
         fresh_code,
         graced_successor_expires_at: graced.successor_expires_at,
     }
+}
+
+/// Two proxy sessions: `secret(110)` refreshed once, idle; `secret(111)` with a refresh in
+/// flight, its lease running past [`CHECKED`].
+fn proxy_sessions_for_copy() -> [ProxySession; 2] {
+    let idle = ProxySession {
+        last_seen_at: T0.plus(Duration::from_secs(40)),
+        refreshed_at: T0.plus(Duration::from_secs(30)),
+        sealed: vec![9; 48],
+        ..proxy_session(&secret(110), T0)
+    };
+    let refreshing = ProxySession {
+        last_seen_at: USED,
+        refresh_lease_until: Some(USED.plus(LEASE)),
+        ..proxy_session(&secret(111), T0)
+    };
+    [idle, refreshing]
 }
 
 /// Row counts of what [`populate_for_copy`] stores.
@@ -1163,6 +1404,7 @@ const COPIED: CopyReport = CopyReport {
     auth_codes: 2,
     sessions: 5,
     refresh_tokens: 7,
+    proxy_sessions: 2,
 };
 
 async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: &dyn Backend) {
@@ -1174,7 +1416,7 @@ async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: 
     assert_eq!(
         report.to_string(),
         "5 sessions, 7 refresh tokens, 2 authorization codes, 1 SSO session, 2 signing keys, \
-         2 secrets"
+         2 secrets, 2 proxy sessions"
     );
 
     // Every row, every column, whatever the backends; the source is left as it was.
@@ -1337,6 +1579,18 @@ async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: 
         .await;
     assert_eq!(signed_out.unwrap(), vec![sid("live")]);
 
+    // The proxy's sessions came across, a refresh in flight still holding its lease.
+    let [idle, refreshing] = proxy_sessions_for_copy();
+    for proxy in [&idle, &refreshing] {
+        let found = target.find_proxy_session(proxy.handle).await.unwrap();
+        assert_eq!(found.as_ref(), Some(proxy));
+    }
+    let lease = CHECKED.plus(LEASE);
+    let held = target.claim_proxy_refresh(refreshing.handle, T0, CHECKED, lease);
+    assert!(!held.await.unwrap(), "the lease is still held");
+    let idle_claim = target.claim_proxy_refresh(idle.handle, idle.refreshed_at, CHECKED, lease);
+    assert!(idle_claim.await.unwrap());
+
     // None of this touched the source.
     assert_eq!(source.export_snapshot().await.unwrap(), exported);
 }
@@ -1349,12 +1603,13 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
     populate_for_copy(&*source).await;
 
     // One row of any kind is enough to refuse.
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("a secret", &["secrets"]),
         ("a signing key", &["signing_keys"]),
         ("an SSO session", &["sso_sessions"]),
         ("a code", &["auth_codes"]),
         ("a session", &["sessions", "refresh_tokens"]),
+        ("a proxy session", &["proxy_sessions"]),
     ];
     for (what, tables) in cases {
         let backend = fresh_target().await;
@@ -1375,6 +1630,10 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
                 .unwrap(),
             "a code" => target
                 .insert_code(code_for_copy(&secret(201), "s-other"))
+                .await
+                .unwrap(),
+            "a proxy session" => target
+                .create_proxy_session(proxy_session(&secret(203), T0))
                 .await
                 .unwrap(),
             _ => drop(start(&*target, session("other", T0), &secret(202)).await),
@@ -1398,14 +1657,14 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
     let copied = target.export_snapshot().await.unwrap();
     let error = copy_store(&*source, &*target).await.unwrap_err();
     assert!(
-        matches!(&error, StoreError::NotEmpty { tables } if tables.len() == 6),
+        matches!(&error, StoreError::NotEmpty { tables } if tables.len() == 7),
         "{error:?}"
     );
     assert_eq!(
         error.to_string(),
         "the target database is not empty (it holds rows in secrets, signing_keys, \
-         sso_sessions, auth_codes, sessions, refresh_tokens): a copy goes only into an empty \
-         database, so nothing was written"
+         sso_sessions, auth_codes, sessions, refresh_tokens, proxy_sessions): a copy goes only \
+         into an empty database, so nothing was written"
     );
     assert_eq!(target.export_snapshot().await.unwrap(), copied);
     let r = redeem(
@@ -1437,7 +1696,7 @@ mod postgres_only {
                 opened,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 1
+                    known: 2
                 })
             ),
             "{:?}",
@@ -1475,8 +1734,8 @@ mod postgres_only {
             report,
             MigrationReport {
                 found: 0,
-                applied: vec![1],
-                current: 1
+                applied: vec![1, 2],
+                current: 2
             }
         );
         let store = PostgresStore::connect(backend.options()).await.unwrap();
@@ -1484,11 +1743,48 @@ mod postgres_only {
         assert_eq!(
             again,
             MigrationReport {
-                found: 1,
+                found: 2,
                 applied: vec![],
-                current: 1
+                current: 2
             }
         );
+    }
+
+    /// An installation from before the proxy: the migration adds its table, and nothing else
+    /// changes.
+    #[tokio::test]
+    async fn a_version_1_database_gains_proxy_sessions_and_keeps_its_rows() {
+        let backend = Postgres::fresh().await;
+        let store = backend.open().await;
+        start(&*store, session("s1", T0), &secret(1)).await;
+        let before = store.export_snapshot().await.unwrap();
+        store
+            .secret_or_insert("rotation", vec![1; 32])
+            .await
+            .unwrap();
+        // Back to version 1, as the previous tessera left it.
+        let mut admin = backend.admin().await;
+        admin
+            .execute("DROP TABLE proxy_sessions; DELETE FROM schema_migrations WHERE version = 2")
+            .await
+            .unwrap();
+        let report = migrate_only(&backend.options()).await.unwrap();
+        let expected = MigrationReport {
+            found: 1,
+            applied: vec![2],
+            current: 2,
+        };
+        assert_eq!(report, expected);
+        let store = backend.open().await;
+        let rotation = store.secret_or_insert("rotation", vec![2; 32]).await;
+        assert_eq!(rotation.unwrap(), vec![1; 32]);
+        let after = store.export_snapshot().await.unwrap();
+        assert_eq!(after.sessions, before.sessions);
+        assert_eq!(after.refresh_tokens, before.refresh_tokens);
+        let proxy = proxy_session(&secret(2), T0);
+        store.create_proxy_session(proxy.clone()).await.unwrap();
+        let found = store.find_proxy_session(proxy.handle).await.unwrap();
+        assert_eq!(found, Some(proxy));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1504,7 +1800,11 @@ mod postgres_only {
         for task in tasks {
             applied.extend(task.await.unwrap().applied);
         }
-        assert_eq!(applied, vec![1], "exactly one replica applied version 1");
+        assert_eq!(
+            applied,
+            vec![1, 2],
+            "exactly one replica applied each version"
+        );
         let store = backend.open().await;
         start(&*store, session("s1", T0), &secret(1)).await;
     }
@@ -1603,7 +1903,8 @@ mod postgres_only {
     }
 }
 
-/// A snapshot of `sessions` sessions, each with a spent first token and its fresh successor.
+/// A snapshot of `sessions` sessions, each with a spent first token and its fresh successor,
+/// and as many proxy sessions.
 fn large_snapshot(sessions: u32) -> Snapshot {
     let hash = |n: u32, kind: u8| {
         let mut bytes = [kind; 32];
@@ -1638,6 +1939,12 @@ fn large_snapshot(sessions: u32) -> Snapshot {
             used_ip: None,
             successor_hash: None,
         });
+        // Pushed in handle order: the first bytes of a handle are `n`, big-endian.
+        snapshot.proxy_sessions.push(ProxySession {
+            handle: hash(n, 3),
+            refresh_lease_until: (n % 2 == 0).then_some(used),
+            ..proxy_session(&secret(0), used)
+        });
     }
     snapshot.refresh_tokens.sort_by_key(|t| t.hash.0);
     snapshot
@@ -1660,12 +1967,43 @@ mod sqlite_only {
                 opened,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 1
+                    known: 2
                 })
             ),
             "{:?}",
             opened.err()
         );
+    }
+
+    /// An installation from before the proxy: the migration adds its table, and nothing else
+    /// changes.
+    #[tokio::test]
+    async fn a_version_1_database_gains_proxy_sessions_and_keeps_its_rows() {
+        let backend = Sqlite::fresh();
+        let store = backend.open().await;
+        start(&*store, session("s1", T0), &secret(1)).await;
+        store
+            .secret_or_insert("rotation", vec![1; 32])
+            .await
+            .unwrap();
+        let before = store.export_snapshot().await.unwrap();
+        drop(store);
+        // Back to version 1, as the previous tessera left it.
+        let raw = rusqlite::Connection::open(backend.path()).unwrap();
+        raw.execute_batch("DROP TABLE proxy_sessions; PRAGMA user_version = 1")
+            .unwrap();
+        drop(raw);
+        let store = backend.open().await;
+        assert_eq!(store.export_snapshot().await.unwrap(), before);
+        let proxy = proxy_session(&secret(2), T0);
+        store.create_proxy_session(proxy.clone()).await.unwrap();
+        let found = store.find_proxy_session(proxy.handle).await.unwrap();
+        assert_eq!(found, Some(proxy));
+        let raw = rusqlite::Connection::open(backend.path()).unwrap();
+        let version: i64 = raw
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
     }
 }
 
@@ -1677,6 +2015,8 @@ const TTL: Duration = Duration::from_secs(15 * 60);
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 const IP: &str = "10.1.1.1";
 const RACERS: usize = 50;
+/// How long a proxy refresh claim holds its session.
+const LEASE: Duration = Duration::from_secs(30);
 
 fn secret(n: u8) -> Secret {
     Secret::from_random(REFRESH_TOKEN_PREFIX, [n; 32])
@@ -1727,6 +2067,20 @@ async fn start(store: &dyn Store, session: Session, first: &Secret) -> Session {
     };
     store.start_session(session.clone(), token).await.unwrap();
     session
+}
+
+/// A proxy session with cookie handle `handle`, logged in at `created_at` with the tokens it
+/// got then, and no refresh in flight.
+fn proxy_session(handle: &Secret, created_at: UnixMillis) -> ProxySession {
+    ProxySession {
+        handle: handle.hash(),
+        created_at,
+        last_seen_at: created_at,
+        absolute_end: created_at.plus(LIFETIME),
+        refreshed_at: created_at,
+        refresh_lease_until: None,
+        sealed: b"sealed tokens".to_vec(),
+    }
 }
 
 fn no_grace(on_replay: OnReplay) -> RedeemPolicy {
@@ -1816,6 +2170,41 @@ async fn race(store: &Arc<dyn Store>, policy: RedeemPolicy) -> Vec<Decision> {
 
 const REPLICAS: usize = 4;
 const RACERS_PER_REPLICA: usize = 10;
+
+/// Stores proxy session `secret(1)` and has `racers` tasks, spread over `stores`, claim its
+/// refresh at the same instant, each asking a lease of its own length; checks that exactly
+/// one won and that the stored lease is the winner's.
+async fn race_for_a_lease(stores: &[Arc<dyn Store>], racers: usize) {
+    let handle = secret(1).hash();
+    stores[0]
+        .create_proxy_session(proxy_session(&secret(1), T0))
+        .await
+        .unwrap();
+    let now = T0.plus(Duration::from_secs(60));
+    let lease_of = |i: usize| now.plus(LEASE + Duration::from_millis(u64::try_from(i).unwrap()));
+    let barrier = Arc::new(tokio::sync::Barrier::new(racers));
+    let tasks: Vec<_> = (0..racers)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % stores.len()]);
+            let (barrier, lease_until) = (Arc::clone(&barrier), lease_of(i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let claim = store.claim_proxy_refresh(handle, T0, now, lease_until);
+                claim.await.unwrap()
+            })
+        })
+        .collect();
+    let mut won = Vec::with_capacity(racers);
+    for task in tasks {
+        won.push(task.await.unwrap());
+    }
+    let winners: Vec<usize> = (0..racers).filter(|&i| won[i]).collect();
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    for store in stores {
+        let found = store.find_proxy_session(handle).await.unwrap().unwrap();
+        assert_eq!(found.refresh_lease_until, Some(lease_of(winners[0])));
+    }
+}
 
 /// [`REPLICAS`] stores on the backend's data, as so many processes would open.
 async fn replicas(backend: &dyn Backend) -> Vec<Arc<dyn Store>> {

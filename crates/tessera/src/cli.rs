@@ -1,4 +1,4 @@
-//! The command line: `serve`, `login`, `credential`, `logout`, `keys rotate`, `users hash`,
+//! The command line: `serve`, `proxy`, `login`, `credential`, `logout`, `keys rotate`, `users hash`,
 //! `kube apiserver-config`.
 
 use std::io::Read;
@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, conflicts_with = "dev")]
         config: Option<PathBuf>,
         /// Address to listen on; port 0 picks a free one.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run the authenticating reverse proxy alone, in front of `proxy.provider`.
+    Proxy {
+        /// The configuration file with a `proxy:` section.
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides `proxy.listen`; port 0 picks a free one.
         #[arg(long)]
         listen: Option<String>,
     },
@@ -149,6 +158,9 @@ pub fn run() -> Result<()> {
             config,
             listen,
         })),
+        Command::Proxy { config, listen } => {
+            runtime()?.block_on(crate::proxy::run_standalone(&config, listen.as_deref()))
+        }
         Command::Login(args) => runtime()?.block_on(login::login(&args)),
         Command::Credential(args) => credential::credential(&args),
         Command::Logout(args) => runtime()?.block_on(credential::logout(&args)),

@@ -67,6 +67,8 @@ struct RawConfig {
     keys: RawKeys,
     kubernetes: Option<RawKubernetes>,
     http: RawHttp,
+    /// The authenticating reverse proxy (optional).
+    proxy: Option<crate::proxy::config::RawProxy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +349,8 @@ pub struct Config {
     pub kubernetes: Option<KubeCluster>,
     /// Peers whose `X-Forwarded-For` names the client (load balancers in front of replicas).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The authenticating reverse proxy, if configured.
+    pub proxy: Option<crate::proxy::config::ProxyConfig>,
 }
 
 /// The configured database.
@@ -581,6 +585,11 @@ fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Con
             })?;
         trusted_proxies.push(net);
     }
+    let proxy = raw
+        .proxy
+        .map(|p| crate::proxy::config::validate(p, base))
+        .transpose()
+        .map_err(|(key, m)| bad(&key, m))?;
     let id_token_ttl = duration("tokens.id_token_ttl", &raw.tokens.id_token_ttl)?;
     let access_token_ttl = duration("tokens.access_token_ttl", &raw.tokens.access_token_ttl)?;
     if id_token_ttl < Duration::from_secs(1) || access_token_ttl < Duration::from_secs(1) {
@@ -615,6 +624,7 @@ fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Con
         key_reload_interval: duration("keys.reload_interval", &raw.keys.reload_interval)?,
         kubernetes,
         trusted_proxies,
+        proxy,
     })
 }
 

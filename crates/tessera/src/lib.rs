@@ -10,6 +10,7 @@ pub mod dev;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod proxy;
 pub mod secret;
 pub mod serve;
 pub mod storage;

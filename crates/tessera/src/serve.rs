@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tessera_core::clock::SystemClock;
+use tessera_core::clock::{Clock, SystemClock};
 
 use crate::app::{App, AppParts};
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::proxy::provider::Provider;
+use crate::proxy::{self, Proxy, ProxyParts};
 use crate::users::Users;
 use crate::{dev, http, tls};
 
@@ -64,6 +66,17 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
+    // The proxy's address is known before the provider starts, so that the provider can
+    // register the proxy's callback on it.
+    let proxy_listener = match &config.proxy {
+        Some(p) => Some(proxy::bind(p.listen)?),
+        None => None,
+    };
+    if let (Some(p), Some(l)) = (&config.proxy, &proxy_listener)
+        && p.provider.is_none()
+    {
+        proxy::register_local_client(&mut config.clients, p, l.local_addr()?)?;
+    }
     let issuer = config
         .issuer
         .clone()
@@ -75,17 +88,40 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     };
     let audit = Audit::start(config.audit_file.as_deref())
         .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Arc::new(
         App::new(AppParts {
             config,
             issuer: issuer.clone(),
-            store,
-            clock: Arc::new(SystemClock),
+            store: Arc::clone(&store),
+            clock: Arc::clone(&clock),
             audit,
             users,
         })
         .await?,
     );
+    if let (Some(proxy_config), Some(listener)) = (app.config.proxy.clone(), proxy_listener) {
+        let provider = match proxy_config.provider.clone() {
+            Some(external) => Provider::remote(external)?,
+            None => Provider::Local {
+                app: Arc::clone(&app),
+            },
+        };
+        let proxy = Proxy::new(ProxyParts {
+            config: proxy_config,
+            provider,
+            store: Some(store),
+            clock,
+            trusted_proxies: app.config.trusted_proxies.clone(),
+        })
+        .await?;
+        println!("proxy listening on http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(e) = proxy::serve(listener, Arc::new(proxy)).await {
+                tracing::error!(error = %e, "the proxy stopped");
+            }
+        });
+    }
     spawn_maintenance(Arc::clone(&app));
     announce(address, &issuer, setup.as_ref());
     let handle = axum_server::Handle::new();

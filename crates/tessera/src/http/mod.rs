@@ -136,7 +136,7 @@ impl FromRequestParts<Arc<App>> for Ctx {
 /// address in `X-Forwarded-For` that is not one of ours. Each proxy appends the address it saw,
 /// so the list is read from the right, and nothing left of an untrusted hop is believed (a client
 /// can write anything there).
-fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;

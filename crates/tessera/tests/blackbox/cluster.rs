@@ -416,30 +416,13 @@ impl Nginx {
     /// Starts nginx on 127.0.0.1:`port`; `Err` with what it printed when it cannot (a port
     /// taken in the meantime, say).
     async fn start(port: u16, upstreams: &[SocketAddr], tls_dir: &Path) -> Result<Nginx, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
         let tls = tls_dir.display();
         let servers: String = upstreams
             .iter()
             .map(|a| format!("        server {a};\n"))
             .collect();
-        let config = format!(
-            "daemon off;
-master_process on;
-worker_processes 1;
-user root root;
-pid {d}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 2048; }}
-http {{
-    log_format upstream '$upstream_addr|$upstream_status|$status|$request_time';
-    access_log {d}/access.log upstream;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream tessera {{
+        let http = format!(
+            "    upstream tessera {{
 {servers}    }}
     server {{
         listen 127.0.0.1:{port} ssl;
@@ -457,7 +440,33 @@ http {{
             proxy_set_header Connection \"\";
         }}
     }}
-}}
+"
+        );
+        Nginx::start_http(port, &http, &format!("https://127.0.0.1:{port}")).await
+    }
+
+    /// Starts nginx with `http` inside its `http {}` block (which must listen on
+    /// 127.0.0.1:`port`); `url` is how tests reach it.
+    pub async fn start_http(port: u16, http: &str, url: &str) -> Result<Nginx, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            "daemon off;
+master_process on;
+worker_processes 1;
+user root root;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 2048; }}
+http {{
+    log_format upstream '$upstream_addr|$upstream_status|$status|$request_time';
+    access_log {d}/access.log upstream;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+{http}}}
 "
         );
         let conf = dir.path().join("nginx.conf");
@@ -484,7 +493,7 @@ http {{
                 graceful: true,
             },
             port,
-            url: format!("https://127.0.0.1:{port}"),
+            url: url.to_owned(),
             dir,
         };
         let started = monotonic_now();

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod support;
+mod upstream;
 
 mod bad_input;
 mod endpoints;
@@ -15,6 +16,8 @@ mod keys;
 mod kube_api;
 mod kubectl;
 mod oidc_library;
+mod proxy;
+mod proxy_external;
 mod replicas;
 mod rotation;
 mod storage_copy;

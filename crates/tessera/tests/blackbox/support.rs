@@ -22,6 +22,8 @@ pub struct Server {
     child: Child,
     pub dir: tempfile::TempDir,
     pub issuer: String,
+    /// `http://ADDR` of the authenticating proxy, when the configuration has a `proxy:` section.
+    pub proxy: Option<String>,
     pub ca: PathBuf,
     pub demo_secret: String,
     /// A client with a cookie jar that does not follow redirects: a browser, step by step.
@@ -71,12 +73,15 @@ impl Server {
                 let _ = lines_tx.send(line);
             }
         });
-        let mut issuer = None;
+        let (mut issuer, mut proxy) = (None, None);
         while issuer.is_none() {
             let line = lines_rx
                 .recv_timeout(Duration::from_secs(60))
                 .expect("tessera prints `issuer: URL` at start");
             issuer = line.strip_prefix("issuer: ").map(str::to_owned);
+            if let Some(url) = line.strip_prefix("proxy listening on ") {
+                proxy = Some(url.to_owned());
+            }
         }
         let issuer = issuer.unwrap();
         let ca = dir.path().join("ca.pem");
@@ -90,6 +95,7 @@ impl Server {
             child,
             dir,
             issuer,
+            proxy,
             ca,
             demo_secret,
             browser,

@@ -1,0 +1,129 @@
+//! The proxy's cookies: reading them from a request, writing them with tessera's strict
+//! attributes (`Secure; HttpOnly; SameSite=Lax`, `Path=/`, the configured `Domain`), and
+//! removing the proxy's own cookies from what the upstream sees.
+
+use axum::http::header::COOKIE;
+use axum::http::{HeaderMap, HeaderValue};
+
+/// How the proxy writes its cookies.
+#[derive(Clone, Debug)]
+pub(crate) struct CookieJar {
+    /// The session cookie's name; chunks are `NAME_0`, …; the login state is `NAME_csrf`.
+    pub(crate) name: String,
+    /// The `Domain` attribute, if configured.
+    pub(crate) domain: Option<String>,
+}
+
+impl CookieJar {
+    /// Name of the cookie that carries the login state between `/oauth2/start` and the callback.
+    pub(crate) fn csrf_name(&self) -> String {
+        format!("{}_csrf", self.name)
+    }
+
+    /// A `Set-Cookie` value that lives `max_age_secs` (0 deletes it).
+    pub(crate) fn set(&self, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
+        let mut cookie = cookie::Cookie::build((name.to_owned(), value.to_owned()))
+            .path("/")
+            .secure(true)
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .max_age(cookie::time::Duration::seconds(max_age_secs.max(0)))
+            .build();
+        if let Some(domain) = &self.domain {
+            cookie.set_domain(domain.clone());
+        }
+        // Names are validated tokens and values base64url: always valid header text.
+        HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// A `Set-Cookie` that deletes `name`.
+    pub(crate) fn clear(&self, name: &str) -> HeaderValue {
+        self.set(name, "", 0)
+    }
+
+    /// Whether `cookie` is one of the proxy's own (session, chunk or login state).
+    pub(crate) fn is_ours(&self, cookie: &str) -> bool {
+        cookie.strip_prefix(self.name.as_str()).is_some_and(|rest| {
+            rest.is_empty()
+                || rest == "_csrf"
+                || rest
+                    .strip_prefix('_')
+                    .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        })
+    }
+
+    /// The request's `Cookie` header without the proxy's own cookies, or `None` when nothing
+    /// else is left: the upstream never sees the session.
+    pub(crate) fn strip_ours(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let kept: Vec<String> = pairs(headers)
+            .into_iter()
+            .filter(|(name, _)| !self.is_ours(name))
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        if kept.is_empty() {
+            return None;
+        }
+        HeaderValue::from_str(&kept.join("; ")).ok()
+    }
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers, in order.
+pub(crate) fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .map(|c| (c.name().to_owned(), c.value().to_owned()))
+        .collect()
+}
+
+/// The value of cookie `name`, if present.
+pub(crate) fn value(headers: &HeaderMap, name: &str) -> Option<String> {
+    pairs(headers)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_proxys_cookies_are_stripped() {
+        let jar = CookieJar {
+            name: "_tp".into(),
+            domain: None,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; _tp=x; _tp_0=y; _tp_12=z; _tp_csrf=s; _tpx=keep; b=2"),
+        );
+        assert_eq!(jar.strip_ours(&headers).unwrap(), "a=1; _tpx=keep; b=2");
+        headers.insert(COOKIE, HeaderValue::from_static("_tp=x"));
+        assert_eq!(jar.strip_ours(&headers), None);
+    }
+
+    #[test]
+    fn cookies_are_strict() {
+        let jar = CookieJar {
+            name: "_tp".into(),
+            domain: Some("example.com".into()),
+        };
+        let set = jar.set("_tp", "v", 60);
+        let text = set.to_str().unwrap();
+        for part in [
+            "Secure",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Path=/",
+            "Domain=example.com",
+        ] {
+            assert!(text.contains(part), "{text}");
+        }
+    }
+}

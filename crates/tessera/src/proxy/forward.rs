@@ -1,0 +1,221 @@
+//! Forwarding a request to its upstream and the answer back: hop-by-hop headers dropped (RFC
+//! 9110 §7.6.1), `X-Forwarded-For/-Proto/-Host` set, the proxy's own cookies removed, bodies
+//! streamed both ways, and protocol upgrades (websockets) joined into one tunnel.
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderName};
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::config::Route;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Where the request came from, as the upstream should be told.
+#[derive(Clone, Debug)]
+pub(crate) struct Origin {
+    /// `X-Forwarded-For` to send: the trusted chain so far plus the client.
+    pub(crate) forwarded_for: String,
+    /// The scheme the client used.
+    pub(crate) proto: String,
+    /// The host the client asked for.
+    pub(crate) host: String,
+}
+
+/// A pooled HTTP/1.1 client for upstreams.
+#[derive(Clone)]
+pub(crate) struct Upstreams {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Upstreams {
+    /// A client with `TCP_NODELAY` (small answers are not held back for a delayed ACK).
+    pub(crate) fn new() -> Upstreams {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Upstreams {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Sends `request` to `route`'s upstream with `extra` headers (identity, authorization)
+    /// and `cookie` as its only `Cookie` header; answers the upstream's response.
+    pub(crate) async fn forward(
+        &self,
+        route: &Route,
+        mut request: Request<Body>,
+        origin: &Origin,
+        extra: HeaderMap,
+        cookie: Option<HeaderValue>,
+    ) -> Response<Body> {
+        let upgrade = upgrade_protocol(request.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let Ok(uri) = upstream_uri(route, request.uri()) else {
+            return bad_gateway("the upstream URL cannot be built");
+        };
+        *request.uri_mut() = uri;
+        *request.version_mut() = axum::http::Version::HTTP_11;
+        let headers = request.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(header::COOKIE);
+        if let Some(cookie) = cookie {
+            headers.insert(header::COOKIE, cookie);
+        }
+        set_forwarded(headers, origin);
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        for (name, value) in &extra {
+            headers.insert(name.clone(), value.clone());
+        }
+        let mut response = match self.client.request(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(upstream = %route.upstream, error = %e, "upstream failed");
+                return bad_gateway("the upstream cannot be reached");
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
+        strip_hop_by_hop(response.headers_mut());
+        response.map(Body::new)
+    }
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Upstreams::new()
+    }
+}
+
+/// Joins the client's and the upstream's upgraded connections until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "an upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "an upgraded connection ended with an error");
+    }
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` and `Upgrade: …`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+fn upstream_uri(route: &Route, original: &Uri) -> Result<Uri, axum::http::Error> {
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    let base = route.upstream.as_str().trim_end_matches('/');
+    Uri::try_from(format!("{base}{path}")).map_err(Into::into)
+}
+
+/// Removes the hop-by-hop headers and every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn set_forwarded(headers: &mut HeaderMap, origin: &Origin) {
+    let pairs = [
+        ("x-forwarded-for", origin.forwarded_for.as_str()),
+        ("x-forwarded-proto", origin.proto.as_str()),
+        ("x-forwarded-host", origin.host.as_str()),
+    ];
+    for (name, value) in pairs {
+        match HeaderValue::from_str(value) {
+            Ok(v) => {
+                headers.insert(name, v);
+            }
+            Err(_) => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+fn bad_gateway(description: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": "bad_gateway", "error_description": description});
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn only_an_upgrade_named_in_connection_counts() {
+        let mut headers = HeaderMap::new();
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert_eq!(upgrade_protocol(&headers), None);
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(upgrade_protocol(&headers).unwrap(), "websocket");
+    }
+}

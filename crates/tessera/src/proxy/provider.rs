@@ -1,0 +1,348 @@
+//! The proxy as a relying party: the provider it logs users in with. Either this tessera's own
+//! provider, called in-process (`tessera serve` with a `proxy:` section), or any OpenID Connect
+//! provider over HTTPS (`proxy.provider`). Both answer the same [`Grant`], so the rest of the
+//! proxy does not know which one it talks to.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use super::config::ExternalProvider;
+use crate::app::{App, AppError, RequestContext};
+use crate::client::oidc;
+use crate::config::Client;
+
+/// Id of the client `tessera serve` registers for its own proxy. It has a random secret nobody
+/// knows, so only the proxy, in-process, can use it.
+pub const LOCAL_CLIENT_ID: &str = "tessera-proxy";
+
+/// Scopes the proxy asks for.
+const SCOPE: &str = "openid profile email groups offline_access";
+
+/// Where the proxy logs users in.
+pub enum Provider {
+    /// This tessera's own provider, in-process.
+    Local {
+        /// The provider.
+        app: Arc<App>,
+    },
+    /// An OpenID Connect provider over HTTPS.
+    Remote(Box<Remote>),
+}
+
+/// An external provider: its configuration and, once read, its discovery document.
+pub struct Remote {
+    config: ExternalProvider,
+    http: reqwest::Client,
+    endpoints: OnceCell<oidc::Provider>,
+}
+
+/// Tokens from a login or a refresh, and who they are for. Only the tokens are serialized (the
+/// identity is read back from the id_token), so a session cookie carries the groups once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "GrantTokens", into = "GrantTokens")]
+pub struct Grant {
+    /// The id_token (sent upstream as the bearer token).
+    pub id_token: String,
+    /// The refresh token, when the provider issued one.
+    pub refresh_token: Option<String>,
+    /// The user, from the id_token.
+    pub identity: Identity,
+}
+
+/// The serialized form of a [`Grant`].
+#[derive(Serialize, Deserialize)]
+struct GrantTokens {
+    id_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+}
+
+impl TryFrom<GrantTokens> for Grant {
+    type Error = ProviderError;
+
+    fn try_from(tokens: GrantTokens) -> Result<Grant, ProviderError> {
+        grant(tokens.id_token, tokens.refresh_token)
+    }
+}
+
+impl From<Grant> for GrantTokens {
+    fn from(grant: Grant) -> GrantTokens {
+        GrantTokens {
+            id_token: grant.id_token,
+            refresh_token: grant.refresh_token,
+        }
+    }
+}
+
+/// The claims of an id_token the proxy passes on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// Subject.
+    pub sub: String,
+    /// Login name.
+    #[serde(default)]
+    pub preferred_username: Option<String>,
+    /// E-mail.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Expiry of the id_token, seconds since the epoch.
+    pub exp: i64,
+}
+
+/// A failure of the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The grant is dead (the session ended, the token was spent): log in again.
+    #[error("the provider refused the grant")]
+    Refused,
+    /// The provider cannot be reached or answered nonsense; the grant may still be good.
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Provider {
+    /// An external provider; its discovery document is read on first use (and again after a
+    /// failure), so the proxy starts even while the provider is down.
+    pub fn remote(config: ExternalProvider) -> anyhow::Result<Provider> {
+        let http = oidc::http_client(config.certificate_authority.as_deref())?;
+        Ok(Provider::Remote(Box::new(Remote {
+            config,
+            http,
+            endpoints: OnceCell::new(),
+        })))
+    }
+
+    /// The URL that starts a login at the provider (authorization code flow with PKCE S256).
+    pub async fn authorization_url(
+        &self,
+        redirect_uri: &str,
+        state: &str,
+        nonce: &str,
+        challenge: &str,
+    ) -> Result<String, ProviderError> {
+        let (endpoint, client_id) = match self {
+            Provider::Local { app } => (format!("{}/authorize", app.issuer), LOCAL_CLIENT_ID),
+            Provider::Remote(r) => (
+                r.endpoints().await?.authorization_endpoint.clone(),
+                r.config.client_id.as_str(),
+            ),
+        };
+        let mut url = url::Url::parse(&endpoint)
+            .map_err(|e| ProviderError::Unavailable(format!("authorization endpoint: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("scope", SCOPE)
+            .append_pair("state", state)
+            .append_pair("nonce", nonce)
+            .append_pair("code_challenge", challenge)
+            .append_pair("code_challenge_method", "S256");
+        Ok(url.into())
+    }
+
+    /// Redeems an authorization code; the id_token's nonce must be `nonce`.
+    pub async fn exchange(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        nonce: &str,
+        ctx: &RequestContext,
+    ) -> Result<Grant, ProviderError> {
+        match self {
+            Provider::Local { app } => {
+                let client = local_client(app)?;
+                let response = app
+                    .exchange_code(client, code, Some(redirect_uri), Some(verifier), ctx)
+                    .await
+                    .map_err(app_error)?;
+                grant(response.id_token, Some(response.refresh_token))
+            }
+            Provider::Remote(r) => r.exchange(code, redirect_uri, verifier, nonce).await,
+        }
+    }
+
+    /// Redeems a refresh token for new tokens.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        ctx: &RequestContext,
+    ) -> Result<Grant, ProviderError> {
+        match self {
+            Provider::Local { app } => {
+                let client = local_client(app)?;
+                let response = app
+                    .refresh(client, refresh_token, None, ctx)
+                    .await
+                    .map_err(app_error)?;
+                grant(response.id_token, Some(response.refresh_token))
+            }
+            Provider::Remote(r) => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token),
+                ];
+                r.client_auth(&mut form);
+                let tokens = r.token_request(&form).await?;
+                grant(tokens.id_token, tokens.refresh_token)
+            }
+        }
+    }
+
+    /// Revokes a refresh token, which ends its session at the provider (RFC 7009).
+    pub async fn revoke(
+        &self,
+        refresh_token: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), ProviderError> {
+        match self {
+            Provider::Local { app } => {
+                let client = local_client(app)?;
+                app.revoke(client, refresh_token, ctx)
+                    .await
+                    .map_err(app_error)
+            }
+            Provider::Remote(r) => r.revoke(refresh_token).await,
+        }
+    }
+}
+
+impl Remote {
+    async fn endpoints(&self) -> Result<&oidc::Provider, ProviderError> {
+        self.endpoints
+            .get_or_try_init(|| oidc::discover(&self.http, &self.config.issuer))
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("{e:#}")))
+    }
+
+    /// `client_secret_post` for a confidential client, else the public client's id alone.
+    fn client_auth<'a>(&'a self, form: &mut Vec<(&'static str, &'a str)>) {
+        form.push(("client_id", &self.config.client_id));
+        if let Some(secret) = &self.config.client_secret {
+            form.push(("client_secret", secret));
+        }
+    }
+
+    async fn token_request(&self, form: &[(&str, &str)]) -> Result<oidc::Tokens, ProviderError> {
+        let endpoints = self.endpoints().await?;
+        oidc::token_request(&self.http, &endpoints.token_endpoint, form)
+            .await
+            .map_err(|e| match e {
+                oidc::TokenError::InvalidGrant(_) => ProviderError::Refused,
+                oidc::TokenError::Other(e) => ProviderError::Unavailable(format!("{e:#}")),
+            })
+    }
+
+    async fn exchange(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        nonce: &str,
+    ) -> Result<Grant, ProviderError> {
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ];
+        self.client_auth(&mut form);
+        let tokens = self.token_request(&form).await?;
+        // At login the id_token is verified in full (signature, issuer, audience, expiry,
+        // nonce); refreshed ones come straight from the token endpoint over TLS (OpenID Connect
+        // Core §3.1.3.7).
+        let endpoints = self.endpoints().await?;
+        oidc::verify_id_token(
+            &self.http,
+            endpoints,
+            &self.config.client_id,
+            &tokens.id_token,
+            nonce,
+        )
+        .await
+        .map_err(|e| ProviderError::Unavailable(format!("{e:#}")))?;
+        grant(tokens.id_token, tokens.refresh_token)
+    }
+
+    async fn revoke(&self, refresh_token: &str) -> Result<(), ProviderError> {
+        let endpoints = self.endpoints().await?;
+        let Some(endpoint) = &endpoints.revocation_endpoint else {
+            // Nothing to call: the token lives on at the provider until it expires.
+            return Ok(());
+        };
+        let mut form = vec![
+            ("token", refresh_token),
+            ("token_type_hint", "refresh_token"),
+        ];
+        self.client_auth(&mut form);
+        let response = self
+            .http
+            .post(endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("{endpoint}: {e}")))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(ProviderError::Unavailable(format!(
+                "{endpoint} answered {}",
+                response.status()
+            )))
+        }
+    }
+}
+
+/// The local provider's client for the proxy (registered by `tessera serve`).
+fn local_client(app: &App) -> Result<&Client, ProviderError> {
+    app.client(LOCAL_CLIENT_ID).ok_or_else(|| {
+        ProviderError::Unavailable(format!("the client `{LOCAL_CLIENT_ID}` is not registered"))
+    })
+}
+
+fn app_error(e: AppError) -> ProviderError {
+    match e {
+        AppError::InvalidGrant { .. } | AppError::InvalidToken => ProviderError::Refused,
+        other => ProviderError::Unavailable(other.to_string()),
+    }
+}
+
+fn grant(id_token: String, refresh_token: Option<String>) -> Result<Grant, ProviderError> {
+    let identity = identity(&id_token)
+        .map_err(|e| ProviderError::Unavailable(format!("the id_token: {e:#}")))?;
+    Ok(Grant {
+        id_token,
+        refresh_token,
+        identity,
+    })
+}
+
+/// Reads the claims of an id_token that came straight from the provider.
+fn identity(id_token: &str) -> anyhow::Result<Identity> {
+    let payload = id_token.split('.').nth(1).context("not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .context("payload is not base64url")?;
+    serde_json::from_slice(&bytes).context("payload lacks sub or exp")
+}
+
+/// The client `tessera serve` registers for its own proxy: confidential, with a secret nobody
+/// holds, and exactly the given redirect URIs.
+pub fn local_client_registration(redirect_uris: Vec<String>) -> Client {
+    let secret: [u8; 32] = rand::random();
+    Client {
+        id: tessera_core::id::ClientId::new(LOCAL_CLIENT_ID),
+        public: false,
+        secret_hash: Some(crate::secret::sha256_secret_hash(&hex::encode(secret))),
+        redirect_uris,
+        post_logout_redirect_uris: Vec::new(),
+    }
+}

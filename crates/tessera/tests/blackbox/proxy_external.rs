@@ -1,0 +1,220 @@
+//! `tessera proxy` alone in front of an external OpenID Connect provider (a second tessera),
+//! with the session sealed into the cookie: a user with many groups needs three chunks, which
+//! are joined on every request, replaced whole by a refresh, and cleared at sign-out, which also
+//! revokes the session at the provider.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::proxy::ProxyBrowser;
+use crate::support::{PASSWORD, Server};
+use crate::upstream::Upstream;
+
+/// A running `tessera proxy --config FILE`, killed by PID when dropped.
+struct StandaloneProxy {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for StandaloneProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl StandaloneProxy {
+    fn start(yaml: &str) -> StandaloneProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tessera.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["proxy", "--config"])
+            .arg(&config)
+            .env("TESSERA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the tessera binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("proxy listening on ")
+            .unwrap_or_else(|| panic!("tessera proxy announces its address, not {line:?}"))
+            .to_owned();
+        StandaloneProxy {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+/// The provider: the dev set-up with user `dev` in `groups` groups and a confidential client
+/// `rp` whose only redirect URI is `callback`.
+async fn provider_with_client(groups: usize, callback: &str, secret: &str) -> Server {
+    let hash = tessera::secret::hash_password(PASSWORD).unwrap();
+    let users_dir = tempfile::tempdir().unwrap();
+    let users = users_dir.path().join("users.yaml");
+    let groups: Vec<String> = (0..groups)
+        .map(|i| format!("team-{i:04}-readers"))
+        .collect();
+    let yaml = serde_json::json!({"users": [{
+        "username": "dev",
+        "password_hash": hash,
+        "email": "dev@example.com",
+        "groups": groups,
+    }]});
+    std::fs::write(&users, yaml.to_string()).unwrap();
+    // A first start writes the dev configuration; the client `rp` is added to it for the second.
+    let dir = Server::start().await.stop();
+    let config = dir.path().join("tessera.yaml");
+    let mut yaml: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let rp: yaml_serde::Value = yaml_serde::from_str(&format!(
+        "{{id: rp, secret_hash: '{}', redirect_uris: ['{callback}']}}",
+        tessera::secret::sha256_secret_hash(secret)
+    ))
+    .unwrap();
+    yaml["clients"].as_sequence_mut().unwrap().push(rp);
+    std::fs::write(&config, yaml_serde::to_string(&yaml).unwrap()).unwrap();
+    let server = Server::start_in(dir, &[("TESSERA_USERS__FILE", users.to_str().unwrap())]).await;
+    // The users file must outlive the start only; the server has read it.
+    drop(users_dir);
+    server
+}
+
+fn chunks(browser: &ProxyBrowser<'_>) -> Vec<(String, String)> {
+    browser
+        .cookies()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("_tessera_proxy") && !name.ends_with("_csrf"))
+        .collect()
+}
+
+/// Opens the sealed session the way the proxy does, with the key the test configured.
+fn open_session(key: [u8; 32], browser: &ProxyBrowser<'_>) -> Value {
+    let cookies = chunks(browser);
+    let pairs: Vec<(&str, &str)> = cookies
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let sealed = tessera_core::seal::join("_tessera_proxy", &pairs).unwrap();
+    let sealer = tessera_core::seal::Sealer::new(key, Vec::new());
+    serde_json::from_slice(&sealer.open(&sealed, b"_tessera_proxy").unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_cookie_session_from_an_external_provider_is_chunked_refreshed_and_revoked_at_sign_out() {
+    let upstream = Upstream::start().await;
+    let port = crate::cluster::free_port();
+    let callback = format!("http://127.0.0.1:{port}/oauth2/callback");
+    let secret = "rp secret for the proxy test";
+    let provider = provider_with_client(220, &callback, secret).await;
+    let key = [42u8; 32];
+    let yaml = format!(
+        "proxy:
+  listen: 127.0.0.1:{port}
+  routes: [{{upstream: '{upstream}', pass_access_token: true}}]
+  session: {{store: cookie, refresh_after: 1s}}
+  cookie: {{secret: '{key}'}}
+  provider:
+    issuer: {issuer}
+    client_id: rp
+    client_secret: {secret}
+    certificate_authority: {ca}
+",
+        upstream = upstream.url(),
+        key = base64::engine::general_purpose::STANDARD.encode(key),
+        issuer = provider.issuer,
+        ca = provider.ca.display(),
+    );
+    let proxy = StandaloneProxy::start(&yaml);
+    let browser = ProxyBrowser::new(&provider, &proxy.url);
+
+    assert_eq!(browser.log_in("/board").await, "/board");
+    let first = chunks(&browser);
+    let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["_tessera_proxy_0", "_tessera_proxy_1", "_tessera_proxy_2"]
+    );
+    for (name, value) in &first {
+        assert!(
+            name.len() + 1 + value.len() <= 3840,
+            "{name} stays below 4 kB"
+        );
+    }
+    let echo: Value = browser.fetch("/echo").await.json().await.unwrap();
+    let groups = echo["headers"]["x-auth-request-groups"][0]
+        .as_str()
+        .unwrap();
+    assert_eq!(groups.split(',').count(), 220, "the chunks were joined");
+    assert_eq!(
+        echo["headers"]["x-auth-request-email"][0],
+        "dev@example.com"
+    );
+    let upstream_cookies = echo["headers"]["cookie"][0].as_str().unwrap_or_default();
+    assert!(
+        !upstream_cookies.contains("_tessera_proxy"),
+        "{upstream_cookies}"
+    );
+
+    let refreshed_before = provider.audit_events("TokenRefreshed", 0).await.len();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let requests = (0..8).map(|_| browser.fetch("/echo"));
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let refreshed = provider
+        .audit_events("TokenRefreshed", refreshed_before + 1)
+        .await;
+    assert_eq!(
+        refreshed.len() - refreshed_before,
+        1,
+        "one refresh for eight requests"
+    );
+    assert_eq!(refreshed[refreshed_before]["client_id"], "rp");
+    let second = chunks(&browser);
+    assert_eq!(second.len(), 3);
+    assert_ne!(first, second, "the refresh rewrote the cookie");
+    assert_eq!(
+        browser.fetch("/echo").await.status(),
+        StatusCode::OK,
+        "the new chunks join"
+    );
+
+    let refresh_token = open_session(key, &browser)["grant"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = browser.navigate("/oauth2/sign_out").await;
+    assert_eq!(out.status(), StatusCode::FOUND);
+    assert!(chunks(&browser).is_empty(), "every chunk is cleared");
+    let revoked = provider.audit_events("SessionRevoked", 1).await;
+    assert_eq!(revoked[0]["reason"], "revocation_endpoint");
+    let answer = provider
+        .post(
+            "/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &refresh_token),
+                ("client_id", "rp"),
+                ("client_secret", secret),
+            ],
+        )
+        .await;
+    assert_eq!(
+        answer.error(),
+        "invalid_grant",
+        "the signed-out session is dead at the provider"
+    );
+}
