@@ -2,11 +2,12 @@
 //! `/oauth2/auth`, `/oauth2/sign_out`, `/oauth2/userinfo`, and forwarding of everything else.
 //! Each parses, asks [`Sessions`](super::session::Sessions) and the provider, and renders.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
 use axum::http::header::{self, HeaderName};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -61,11 +62,11 @@ pub(super) struct RdQuery {
 /// login at the provider.
 pub(super) async fn start(
     State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     Query(query): Query<RdQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let origin = proxy.origin(peer, &headers);
+    let origin = &caller.origin;
     let asked = query.rd.as_deref().or_else(|| {
         headers
             .get("x-auth-request-redirect")
@@ -75,13 +76,13 @@ pub(super) async fn start(
         .and_then(|rd| proxy.redirects.check(rd, &origin.host))
         .unwrap_or("/")
         .to_owned();
-    begin_login(&proxy, &origin, rd).await
+    begin_login(&proxy, origin, rd).await
 }
 
 /// `GET /oauth2/callback?code=…&state=…`: finishes a login and starts the session.
 pub(super) async fn callback(
     State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     Query(query): Query<CallbackQuery>,
     headers: HeaderMap,
 ) -> Response {
@@ -113,7 +114,7 @@ pub(super) async fn callback(
     let Some(code) = query.code.as_deref() else {
         return error(StatusCode::BAD_REQUEST, "invalid_request", "no code");
     };
-    let ctx = proxy.request_context(peer, &headers);
+    let ctx = caller.ctx;
     let grant = match proxy
         .provider
         .exchange(
@@ -154,11 +155,11 @@ pub(super) struct AuthQuery {
 /// session, 403 outside `allowed_groups`.
 pub(super) async fn auth(
     State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     Query(query): Query<AuthQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let current = match proxy.session(peer, &headers).await {
+    let current = match proxy.session(&caller.ctx, &headers).await {
         Ok(current) => current,
         Err(answer) => return answer.unauthenticated(),
     };
@@ -181,18 +182,18 @@ pub(super) async fn auth(
 /// `GET|POST /oauth2/sign_out?rd=URL`: ends the session here and at the provider.
 pub(super) async fn sign_out(
     State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     Query(query): Query<RdQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let origin = proxy.origin(peer, &headers);
+    let origin = &caller.origin;
     let target = query
         .rd
         .as_deref()
         .and_then(|rd| proxy.redirects.check(rd, &origin.host))
         .unwrap_or("/")
         .to_owned();
-    let ctx = proxy.request_context(peer, &headers);
+    let ctx = caller.ctx;
     let cookies = match proxy.sessions.lookup(&headers).await {
         Ok(Lookup::Live(current)) => match proxy.end(&current.state, &headers, &ctx).await {
             Ok(cookies) => cookies,
@@ -211,10 +212,10 @@ pub(super) async fn sign_out(
 /// `GET /oauth2/userinfo`: the user as JSON, as oauth2-proxy answers it.
 pub(super) async fn userinfo(
     State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     headers: HeaderMap,
 ) -> Response {
-    let current = match proxy.session(peer, &headers).await {
+    let current = match proxy.session(&caller.ctx, &headers).await {
         Ok(current) => current,
         Err(answer) => return answer.unauthenticated(),
     };
@@ -231,10 +232,10 @@ pub(super) async fn userinfo(
 /// Everything else: a route's request, forwarded with the user's identity when signed in.
 pub(super) async fn proxied(
     State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
     mut request: Request,
 ) -> Response {
-    let origin = proxy.origin(peer, request.headers());
+    let origin = &caller.origin;
     let Some(route) = proxy.route(&origin.host, request.uri().path()).cloned() else {
         return error(
             StatusCode::NOT_FOUND,
@@ -242,7 +243,7 @@ pub(super) async fn proxied(
             "no route for this host and path",
         );
     };
-    let current = match proxy.session(peer, request.headers()).await {
+    let current = match proxy.session(&caller.ctx, request.headers()).await {
         Ok(current) => current,
         Err(answer) => return answer.login_or_unauthenticated(&request),
     };
@@ -254,7 +255,7 @@ pub(super) async fn proxied(
     let extra = identity_headers(&current.state, route.pass_access_token, true);
     let response = proxy
         .upstreams
-        .forward(&route, request, &origin, extra, cookie)
+        .forward(&route, request, origin, extra, cookie)
         .await;
     with_cookies(response, current.set_cookies)
 }
@@ -298,10 +299,9 @@ impl Proxy {
     /// The request's live, fresh session, or why there is none.
     async fn session(
         self: &Arc<Self>,
-        peer: SocketAddr,
+        ctx: &RequestContext,
         headers: &HeaderMap,
     ) -> Result<Current, NoSession> {
-        let ctx = self.request_context(peer, headers);
         let current = match self.sessions.lookup(headers).await {
             Ok(Lookup::Live(current)) => current,
             Ok(Lookup::Missing) => {
@@ -311,7 +311,7 @@ impl Proxy {
                 });
             }
             Ok(Lookup::TimedOut { state, set_cookies }) => {
-                self.revoke_later(state, ctx);
+                self.revoke_later(state, ctx.clone());
                 return Err(NoSession {
                     set_cookies,
                     failure: None,
@@ -326,7 +326,7 @@ impl Proxy {
         };
         match self
             .sessions
-            .fresh(current, &self.provider, headers, &ctx)
+            .fresh(current, &self.provider, headers, ctx)
             .await
         {
             Ok(current) => Ok(current),
@@ -371,52 +371,71 @@ impl Proxy {
         });
     }
 
-    /// Who is asking, for the provider's audit log.
-    fn request_context(&self, peer: SocketAddr, headers: &HeaderMap) -> RequestContext {
-        let ip = crate::http::client_ip(peer.ip(), headers, &self.trusted_proxies);
-        RequestContext {
-            ip: ip.to_string(),
-            user_agent: headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(|ua| ua.chars().take(256).collect()),
-        }
-    }
-
-    /// How the client reached us: forwarded headers are believed only from trusted proxies.
-    fn origin(&self, peer: SocketAddr, headers: &HeaderMap) -> Origin {
-        let trusted = self.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(',').next().unwrap_or_default().trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let host = header("x-forwarded-host")
-            .filter(|_| trusted)
-            .or_else(|| header("host"))
-            .unwrap_or_default();
-        let proto = header("x-forwarded-proto")
-            .filter(|_| trusted)
-            .unwrap_or_else(|| "http".to_owned());
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(chain) if trusted => format!("{chain}, {}", peer.ip()),
-            _ => peer.ip().to_string(),
-        };
-        Origin {
-            forwarded_for,
-            proto,
-            host,
-        }
-    }
-
     /// The callback URL for a request: the configured one, or this request's own host.
     fn callback_url(&self, origin: &Origin) -> String {
         match &self.config.redirect_url {
             Some(url) => url.to_string(),
             None => format!("{}://{}{CALLBACK_PATH}", origin.proto, origin.host),
         }
+    }
+}
+
+/// Who is asking and how they reached the proxy: forwarded headers are believed only from
+/// `http.trusted_proxies`.
+pub(super) struct Caller {
+    origin: Origin,
+    ctx: RequestContext,
+}
+
+impl FromRequestParts<Arc<Proxy>> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        proxy: &Arc<Proxy>,
+    ) -> Result<Caller, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+        let headers = &parts.headers;
+        let trusted = proxy.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let first = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(',').next().unwrap_or_default().trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
+        let host = first("x-forwarded-host")
+            .filter(|_| trusted)
+            .or_else(|| first("host"))
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let proto = first("x-forwarded-proto")
+            .filter(|_| trusted)
+            .unwrap_or_else(|| "http".to_owned());
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(chain) if trusted => format!("{chain}, {peer}"),
+            _ => peer.to_string(),
+        };
+        let ip = crate::http::client_ip(peer, headers, &proxy.trusted_proxies);
+        let user_agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect());
+        Ok(Caller {
+            origin: Origin {
+                forwarded_for,
+                proto,
+                host,
+            },
+            ctx: RequestContext {
+                ip: ip.to_string(),
+                user_agent,
+            },
+        })
     }
 }
 

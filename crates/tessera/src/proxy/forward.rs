@@ -74,6 +74,13 @@ impl Upstreams {
             headers.insert(header::COOKIE, cookie);
         }
         set_forwarded(headers, origin);
+        // The upstream sees the host the client asked for (oauth2-proxy's pass_host_header);
+        // an HTTP/2 client sent it as `:authority`, not as `Host`.
+        if !headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(&origin.host)
+        {
+            headers.insert(header::HOST, host);
+        }
         if let Some(protocol) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());

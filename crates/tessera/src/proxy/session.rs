@@ -28,8 +28,10 @@ use crate::app::RequestContext;
 
 /// Prefix of the opaque handle in the `server` store's cookie.
 const HANDLE_PREFIX: &str = "tsp1_";
-/// How long a refresh claim holds the session against other replicas.
-const REFRESH_LEASE: Duration = Duration::from_secs(30);
+/// How long a refresh claim holds the session against other replicas: twice the provider's
+/// request timeout, so a claim never lapses while its refresh is still under way (a lapsed
+/// claim would let a second replica present the same one-time refresh token).
+const REFRESH_LEASE: Duration = Duration::from_secs(60);
 /// How often a request whose id_token has expired looks whether another replica has finished
 /// the refresh it is waiting for, and how many times.
 const LEASE_POLL: Duration = Duration::from_millis(100);

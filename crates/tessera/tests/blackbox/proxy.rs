@@ -561,3 +561,32 @@ async fn nginx_auth_request_admits_only_signed_in_users_and_never_spoofed_header
         "signed out"
     );
 }
+
+#[tokio::test]
+async fn http2_clients_are_proxied_to_an_http1_upstream() {
+    let upstream = Upstream::start().await;
+    let server = start_proxy(&upstream, &[]).await;
+    let base = server.proxy.clone().unwrap();
+    let browser = ProxyBrowser::new(&server, &base);
+    browser.log_in("/").await;
+    let h2c = support::client_builder(&server.ca)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let cookie = format!("_tessera_proxy={}", browser.cookies()["_tessera_proxy"]);
+    let response = h2c
+        .get(format!("{base}/echo"))
+        .header(COOKIE, cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["version"], "HTTP/1.1");
+    assert_eq!(
+        header(&echo, "host"),
+        Some(base.trim_start_matches("http://"))
+    );
+    assert_eq!(header(&echo, "x-auth-request-user"), Some("dev"));
+}

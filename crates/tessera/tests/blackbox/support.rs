@@ -358,7 +358,7 @@ pub fn client(ca: &std::path::Path, cookies: bool) -> reqwest::Client {
 }
 
 /// A client trusting only the server's CA, not following redirects.
-fn client_builder(ca: &std::path::Path) -> reqwest::ClientBuilder {
+pub fn client_builder(ca: &std::path::Path) -> reqwest::ClientBuilder {
     let pem = std::fs::read(ca).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
