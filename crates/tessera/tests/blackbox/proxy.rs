@@ -38,6 +38,13 @@ impl<'a> ProxyBrowser<'a> {
         }
     }
 
+    /// The same browser with new connections (the proxy behind them was restarted).
+    pub fn reconnect(&self) -> ProxyBrowser<'a> {
+        let fresh = ProxyBrowser::new(self.server, &self.base);
+        *fresh.cookies.lock().unwrap() = self.cookies();
+        fresh
+    }
+
     /// The proxy's cookies this browser holds.
     pub fn cookies(&self) -> BTreeMap<String, String> {
         self.cookies.lock().unwrap().clone()

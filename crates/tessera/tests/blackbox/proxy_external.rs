@@ -137,7 +137,7 @@ async fn a_cookie_session_from_an_external_provider_is_chunked_refreshed_and_rev
         issuer = provider.issuer,
         ca = provider.ca.display(),
     );
-    let proxy = StandaloneProxy::start(&yaml);
+    let mut proxy = StandaloneProxy::start(&yaml);
     let browser = ProxyBrowser::new(&provider, &proxy.url);
 
     assert_eq!(browser.log_in("/board").await, "/board");
@@ -167,6 +167,27 @@ async fn a_cookie_session_from_an_external_provider_is_chunked_refreshed_and_rev
         !upstream_cookies.contains("_tessera_proxy"),
         "{upstream_cookies}"
     );
+
+    // A new cookie secret, the old one kept as previous: the session survives the rotation.
+    let new_key = [7u8; 32];
+    let b64 = |k: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
+    drop(proxy);
+    proxy = StandaloneProxy::start(&yaml.replace(
+        &format!("cookie: {{secret: '{}'}}", b64(key)),
+        &format!(
+            "cookie: {{secret: '{}', previous_secrets: ['{}']}}",
+            b64(new_key),
+            b64(key)
+        ),
+    ));
+    assert_eq!(proxy.url, format!("http://127.0.0.1:{port}"));
+    let browser = browser.reconnect();
+    assert_eq!(
+        browser.fetch("/echo").await.status(),
+        StatusCode::OK,
+        "sealed under the previous key"
+    );
+    let key = new_key;
 
     let refreshed_before = provider.audit_events("TokenRefreshed", 0).await.len();
     tokio::time::sleep(Duration::from_millis(1200)).await;
