@@ -120,7 +120,7 @@ impl Process {
 }
 
 /// Sends a signal to one process by its PID.
-fn signal(which: &str, pid: u32) {
+pub fn signal(which: &str, pid: u32) {
     let _ = Command::new("kill")
         .args([which, &pid.to_string()])
         .stderr(Stdio::null())
@@ -141,7 +141,7 @@ impl Drop for Process {
 }
 
 /// The PIDs whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
+pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

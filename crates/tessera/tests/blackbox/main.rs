@@ -5,6 +5,7 @@
 // The harness is shared by test modules; not every module uses every helper.
 #![allow(unreachable_pub, dead_code)]
 
+mod browser;
 mod cluster;
 mod support;
 mod upstream;
@@ -17,6 +18,7 @@ mod kube_api;
 mod kubectl;
 mod oidc_library;
 mod proxy;
+mod proxy_chromium;
 mod proxy_external;
 mod replicas;
 mod rotation;
