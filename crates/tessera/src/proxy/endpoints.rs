@@ -175,7 +175,7 @@ pub(super) async fn auth(
     }
     let mut response = StatusCode::ACCEPTED.into_response();
     let headers = response.headers_mut();
-    headers.extend(identity_headers(&current.state, true, false));
+    headers.extend(identity_headers(&current.state, true));
     with_cookies(response, current.set_cookies)
 }
 
@@ -252,7 +252,7 @@ pub(super) async fn proxied(
     }
     let cookie = proxy.sessions.jar.strip_ours(request.headers());
     strip_identity(request.headers_mut());
-    let extra = identity_headers(&current.state, route.pass_access_token, true);
+    let extra = identity_headers(&current.state, route.pass_access_token);
     let response = proxy
         .upstreams
         .forward(&route, request, origin, extra, cookie)
@@ -470,31 +470,28 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String) -> Response {
     with_cookies(redirect(&url), vec![jar.set(&csrf, &sealed, max_age)])
 }
 
-/// The headers that tell the upstream (or nginx) who the user is. `forwarded` adds
-/// oauth2-proxy's `X-Forwarded-*` user headers for proxied requests.
-fn identity_headers(state: &SessionState, bearer: bool, forwarded: bool) -> HeaderMap {
+/// The headers that tell the upstream (or nginx) who the user is: oauth2-proxy's
+/// `X-Auth-Request-*`, and with `bearer` the id_token as `Authorization`.
+fn identity_headers(state: &SessionState, bearer: bool) -> HeaderMap {
     let identity = &state.grant.identity;
     let groups = identity.groups.join(",");
-    let mut values = vec![
-        ("user", Some(identity.sub.as_str())),
-        ("email", identity.email.as_deref()),
-        ("groups", Some(groups.as_str()).filter(|g| !g.is_empty())),
-        ("preferred-username", identity.preferred_username.as_deref()),
+    let values = [
+        ("x-auth-request-user", Some(identity.sub.as_str())),
+        ("x-auth-request-email", identity.email.as_deref()),
+        (
+            "x-auth-request-groups",
+            Some(groups.as_str()).filter(|g| !g.is_empty()),
+        ),
+        (
+            "x-auth-request-preferred-username",
+            identity.preferred_username.as_deref(),
+        ),
     ];
-    values.retain(|(_, v)| v.is_some());
-    let mut headers = HeaderMap::new();
-    for (suffix, value) in values {
-        let Some(Ok(value)) = value.map(|v| HeaderValue::from_bytes(v.as_bytes())) else {
-            continue;
-        };
-        let mut prefixes = vec!["x-auth-request-"];
-        if forwarded {
-            prefixes.push("x-forwarded-");
-        }
-        for prefix in prefixes {
-            if let Ok(name) = HeaderName::try_from(format!("{prefix}{suffix}")) {
-                headers.insert(name, value.clone());
-            }
+    let mut headers = HeaderMap::with_capacity(values.len() + 1);
+    for (name, value) in values {
+        // Claims are UTF-8; a value with control characters is left out rather than mangled.
+        if let Some(Ok(value)) = value.map(|v| HeaderValue::from_bytes(v.as_bytes())) {
+            headers.insert(HeaderName::from_static(name), value);
         }
     }
     if bearer && let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", state.grant.id_token))

@@ -36,6 +36,13 @@ const REFRESH_LEASE: Duration = Duration::from_secs(60);
 /// the refresh it is waiting for, and how many times.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 const LEASE_POLLS: u32 = 100;
+/// How long a `server`-store process answers a session from memory before reading its row
+/// again. Within one process a change (refresh, sign-out, timeout) is seen at once; a sign-out
+/// on another replica is seen here within this time, far within the life of the id_token the
+/// upstream already holds. Without it every request would read the database.
+const READ_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Past this many remembered sessions, expired ones are dropped on the next insert.
+const READ_CACHE_PRUNE_AT: usize = 10_000;
 /// How long a `cookie`-store process remembers a session's newest state for requests that
 /// still carry the cookie from before its refresh.
 const LATEST_KEPT: Duration = Duration::from_secs(600);
@@ -56,6 +63,9 @@ pub(crate) struct Sessions {
     gates: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     /// `cookie` store: the newest state of each recently refreshed session.
     latest: Mutex<HashMap<String, SessionState>>,
+    /// `server` store: sessions read in the last [`READ_CACHE_TTL`], by handle hash, with when
+    /// they were read.
+    read_cache: Mutex<HashMap<TokenHash, (UnixMillis, SessionState)>>,
 }
 
 /// What [`Sessions`] is built from.
@@ -152,6 +162,7 @@ impl Sessions {
             clock: parts.clock,
             gates: Mutex::new(HashMap::new()),
             latest: Mutex::new(HashMap::new()),
+            read_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -215,7 +226,11 @@ impl Sessions {
         if now.millis_since(state.last_seen_at) >= touch_granularity(self.idle_timeout) {
             state.last_seen_at = now;
             match &self.store {
-                Some(store) => store.touch_proxy_session(handle_of(&state)?, now).await?,
+                Some(store) => {
+                    let handle = handle_of(&state)?;
+                    store.touch_proxy_session(handle, now).await?;
+                    self.cache(handle, &state);
+                }
                 None => set_cookies = self.cookie_state(&state, request)?,
             }
         }
@@ -252,7 +267,9 @@ impl Sessions {
         request: &HeaderMap,
     ) -> Result<Vec<HeaderValue>, SessionError> {
         if let Some(store) = &self.store {
-            store.delete_proxy_session(handle_of(state)?).await?;
+            let handle = handle_of(state)?;
+            self.uncache(handle);
+            store.delete_proxy_session(handle).await?;
         } else {
             self.latest_map().remove(&state.id);
         }
@@ -304,10 +321,48 @@ impl Sessions {
             return Ok(None);
         }
         let hash = Secret::from_presented(handle).hash();
+        if let Some(state) = self.cached(hash) {
+            return Ok(Some(state));
+        }
         let Some(row) = store.find_proxy_session(hash).await? else {
             return Ok(None);
         };
-        Ok(self.state_of_row(&row))
+        let state = self.state_of_row(&row);
+        if let Some(state) = &state {
+            self.cache(hash, state);
+        }
+        Ok(state)
+    }
+
+    /// The session as read within the last [`READ_CACHE_TTL`], if it was.
+    fn cached(&self, hash: TokenHash) -> Option<SessionState> {
+        let now = self.now();
+        let cache = self
+            .read_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (read_at, state) = cache.get(&hash)?;
+        (now.millis_since(*read_at) < millis(READ_CACHE_TTL)).then(|| state.clone())
+    }
+
+    /// Remembers the session's current state (after a read, a touch or a refresh).
+    fn cache(&self, hash: TokenHash, state: &SessionState) {
+        let now = self.now();
+        let mut cache = self
+            .read_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= READ_CACHE_PRUNE_AT {
+            cache.retain(|_, (read_at, _)| now.millis_since(*read_at) < millis(READ_CACHE_TTL));
+        }
+        cache.insert(hash, (now, state.clone()));
+    }
+
+    fn uncache(&self, hash: TokenHash) {
+        self.read_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&hash);
     }
 
     /// The session a stored row holds; `None` when it does not open (sealed under a key that
@@ -394,6 +449,7 @@ impl Sessions {
             let latest = self.state_of_row(&row).ok_or(SessionError::Sealing)?;
             if latest.refreshed_at != current.state.refreshed_at || !self.is_stale(&latest) {
                 // Refreshed meanwhile, by this process or another replica.
+                self.cache(handle, &latest);
                 return Ok(Current {
                     state: latest,
                     set_cookies: current.set_cookies,
@@ -444,9 +500,11 @@ impl Sessions {
                 current.state.grant = grant;
                 current.state.refreshed_at = now;
                 current.state.last_seen_at = now;
+                self.cache(handle, &current.state);
                 Ok(current)
             }
             Err(ProviderError::Refused) => {
+                self.uncache(handle);
                 store.delete_proxy_session(handle).await?;
                 Err(SessionError::Ended {
                     set_cookies: self.clear_all(request),
