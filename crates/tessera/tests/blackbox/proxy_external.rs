@@ -239,3 +239,44 @@ async fn a_cookie_session_from_an_external_provider_is_chunked_refreshed_and_rev
         "the signed-out session is dead at the provider"
     );
 }
+
+#[tokio::test]
+async fn a_standalone_proxy_keeps_its_sessions_in_its_own_database() {
+    let upstream = Upstream::start().await;
+    let port = crate::cluster::free_port();
+    let callback = format!("http://127.0.0.1:{port}/oauth2/callback");
+    let secret = "rp secret for the database test";
+    let provider = provider_with_client(3, &callback, secret).await;
+    let yaml = format!(
+        "storage: {{url: 'sqlite://proxy.db'}}
+proxy:
+  listen: 127.0.0.1:{port}
+  routes: [{{upstream: '{upstream}'}}]
+  provider: {{issuer: '{issuer}', client_id: rp, client_secret: '{secret}', certificate_authority: '{ca}'}}
+",
+        upstream = upstream.url(),
+        issuer = provider.issuer,
+        ca = provider.ca.display(),
+    );
+    let proxy = StandaloneProxy::start(&yaml);
+    let browser = ProxyBrowser::new(&provider, &proxy.url);
+    assert_eq!(browser.log_in("/").await, "/");
+    let cookies = chunks(&browser);
+    assert_eq!(cookies.len(), 1, "one cookie: {cookies:?}");
+    assert!(cookies[0].1.starts_with("tsp1_"), "an opaque handle");
+    let echo: Value = browser.fetch("/echo").await.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-auth-request-user"][0], "dev");
+    assert_eq!(
+        echo["headers"]["authorization"],
+        Value::Null,
+        "no pass_access_token"
+    );
+    assert!(
+        proxy._dir.path().join("proxy.db").exists(),
+        "the session lives in the proxy's database"
+    );
+    let out = browser.navigate("/oauth2/sign_out").await;
+    assert_eq!(out.status(), StatusCode::FOUND);
+    let revoked = provider.audit_events("SessionRevoked", 1).await;
+    assert_eq!(revoked[0]["client_id"], "rp");
+}
