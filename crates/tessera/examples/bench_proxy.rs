@@ -34,13 +34,16 @@ use tessera_core::clock::{Clock, SystemClock, monotonic_now};
 
 const USAGE: &str = "\
 usage: bench_proxy --nginx PATH --wrk PATH [--duration SECS] [--warmup SECS] [--rounds N]
-                   [--connections N] [--threads N] [--tessera PATH]
+                   [--connections N] [--threads N] [--pass-access-token BOOL] [--tessera PATH]
 
   --duration SECS     measured seconds per configuration (default 10)
   --warmup SECS       unmeasured seconds of the same load just before each (default 2)
   --rounds N          times the five configurations run, in turn (default 1)
   --connections N     wrk's open connections (default 64)
   --threads N         wrk's threads (default 2)
+  --pass-access-token BOOL
+                      (c) also sends the id_token upstream as Authorization (default false:
+                      like (d), the upstream learns only who the user is)
   --nginx PATH        Debian's nginx (bench/proxy passes the one scripts/test-tools provides)
   --wrk PATH          wrk (bench/proxy passes the one bench/tools provides)
   --tessera PATH      the release server binary (default: target/release/tessera beside this
@@ -83,6 +86,7 @@ struct Options {
     rounds: usize,
     connections: usize,
     threads: usize,
+    pass_access_token: bool,
     nginx: PathBuf,
     wrk: PathBuf,
     tessera: PathBuf,
@@ -96,6 +100,7 @@ impl Options {
             rounds: 1,
             connections: 64,
             threads: 2,
+            pass_access_token: false,
             nginx: PathBuf::new(),
             wrk: PathBuf::new(),
             tessera: default_tessera()?,
@@ -114,6 +119,9 @@ impl Options {
                 "--rounds" => options.rounds = value.parse().context("--rounds")?,
                 "--connections" => options.connections = value.parse().context("--connections")?,
                 "--threads" => options.threads = value.parse().context("--threads")?,
+                "--pass-access-token" => {
+                    options.pass_access_token = value.parse().context("--pass-access-token")?;
+                }
                 "--nginx" => options.nginx = PathBuf::from(value),
                 "--wrk" => options.wrk = PathBuf::from(value),
                 "--tessera" => options.tessera = PathBuf::from(value),
@@ -187,7 +195,8 @@ impl Setup {
     async fn start(options: &Options) -> Result<Setup> {
         let upstream = Nginx::start(&options.nginx, 1, |p| static_servers(p[0])).await?;
         let upstream_url = format!("http://127.0.0.1:{}", upstream.ports[0]);
-        let tessera = Tessera::start(&options.tessera, &upstream_url).await?;
+        let tessera =
+            Tessera::start(&options.tessera, &upstream_url, options.pass_access_token).await?;
         let cookie = log_in(&tessera).await?;
         let front_config = |p: &[u16]| front_servers(p, upstream.ports[0], &tessera.proxy_address);
         let front = Nginx::start(&options.nginx, 2, front_config).await?;
@@ -486,7 +495,7 @@ impl Drop for Tessera {
 }
 
 impl Tessera {
-    async fn start(binary: &Path, upstream: &str) -> Result<Tessera> {
+    async fn start(binary: &Path, upstream: &str, pass_access_token: bool) -> Result<Tessera> {
         if !binary.exists() {
             bail!(
                 "{} is missing: run `cargo build --release --bin tessera` (bench/proxy does)",
@@ -497,7 +506,8 @@ impl Tessera {
             .prefix("tessera-bench-")
             .tempdir()
             .context("cannot create a temporary data directory")?;
-        let routes = format!("[{{upstream: '{upstream}', pass_access_token: true}}]");
+        let routes =
+            format!("[{{upstream: '{upstream}', pass_access_token: {pass_access_token}}}]");
         let mut child = Command::new(binary)
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
@@ -969,11 +979,16 @@ fn print_table(options: &Options, measurements: &[Measurement]) {
         options.rounds,
         cores(),
     );
+    let token = if options.pass_access_token {
+        " and the user's id_token as Authorization (--pass-access-token true)"
+    } else {
+        ""
+    };
     println!(
-        "what reaches the upstream: (b) the client's request; (c) also the user's id_token as \
-         Authorization (route pass_access_token: true) and the X-Auth-Request-* user \
-         headers; (d) also X-User. CPU µs/request: CPU time of that server (all its processes or \
-         threads) in the window ÷ requests answered; wrk takes most of the rest of the machine."
+        "what reaches the upstream: (b) the client's request; (c) also the X-Auth-Request-* user \
+         headers{token}; (d) also X-User. CPU µs/request: CPU time of that server (all its \
+         processes or threads) in the window ÷ requests answered; wrk takes most of the rest of \
+         the machine."
     );
     println!();
     println!(
