@@ -23,14 +23,20 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use tessera_core::clock::{Clock, SystemClock, monotonic_now};
+use tessera_core::clock::monotonic_now;
+
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+use bench_support::{
+    clock_ticks_per_second, cores, default_tessera, hidden_fields, machine_cpu_ms, tls_trusting,
+    today, warn_if_busy,
+};
 
 const USAGE: &str = "\
 usage: bench_proxy --nginx PATH --wrk PATH [--duration SECS] [--warmup SECS] [--rounds N]
@@ -139,16 +145,6 @@ impl Options {
         }
         Ok(options)
     }
-}
-
-/// `target/release/tessera`: the example lives in `target/release/examples/`.
-fn default_tessera() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let release = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("{} has no grandparent directory", exe.display()))?;
-    Ok(release.join("tessera"))
 }
 
 /// What wrk is pointed at.
@@ -589,19 +585,6 @@ fn announced(stdout: std::process::ChildStdout) -> Result<(String, String)> {
     }
 }
 
-fn tls_trusting(ca: &Path) -> Result<rustls::ClientConfig> {
-    let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// Logs in as `dev` through the proxy as a browser does; answers `_tessera_proxy=…`.
 async fn log_in(tessera: &Tessera) -> Result<String> {
     let proxy = tessera.client(false)?;
@@ -657,32 +640,6 @@ fn location(response: &reqwest::Response) -> Result<String> {
         .ok_or_else(|| anyhow!("expected a redirect, got {}", response.status()))?
         .to_str()?
         .to_owned())
-}
-
-/// The hidden inputs of the login form (CSRF token and the carried request).
-fn hidden_fields(html: &str) -> Vec<(String, String)> {
-    let between = |text: &str, start: &str| {
-        let from = text.find(start)? + start.len();
-        let len = text[from..].find('"')?;
-        Some(text[from..from + len].to_owned())
-    };
-    html.split("<input type=\"hidden\" ")
-        .skip(1)
-        .filter_map(|part| {
-            Some((
-                unescape(&between(part, "name=\"")?),
-                unescape(&between(part, "value=\"")?),
-            ))
-        })
-        .collect()
-}
-
-fn unescape(text: &str) -> String {
-    text.replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
 }
 
 /// One configuration's measured window.
@@ -865,39 +822,6 @@ fn stat_cpu_ms(fields: &[String]) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) * 1000.0 / clock_ticks_per_second())
 }
 
-/// Busy time of all cores together (everything but idle and iowait), from `/proc/stat`.
-fn machine_cpu_ms() -> Result<f64> {
-    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
-    let ticks: Vec<u64> = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("cpu "))
-        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let busy: u64 = ticks
-        .iter()
-        .enumerate()
-        // user nice system idle iowait irq softirq steal guest guest_nice; guests are already
-        // inside user and nice.
-        .filter(|(i, _)| !matches!(i, 3 | 4 | 8 | 9))
-        .map(|(_, t)| t)
-        .sum();
-    Ok(busy as f64 * 1000.0 / clock_ticks_per_second())
-}
-
-/// `USER_HZ`, the unit of `/proc` times: 100 on every mainstream Linux build.
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 fn print_machine(options: &Options) {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -933,37 +857,6 @@ fn first_line(tool: &Path, flag: &str) -> String {
             text.lines().next().unwrap_or_default().trim().to_owned()
         })
         .unwrap_or_else(|e| format!("{}: {e}", tool.display()))
-}
-
-/// Other processes share the cores with the servers and wrk: say so.
-fn warn_if_busy() -> Result<()> {
-    let before = machine_cpu_ms()?;
-    let started = monotonic_now();
-    std::thread::park_timeout(Duration::from_secs(1));
-    let busy = (machine_cpu_ms()? - before) / 1000.0 / started.elapsed().as_secs_f64();
-    println!("machine busy before the run: {busy:.2} cores");
-    if busy > 0.15 {
-        eprintln!(
-            "warning: other processes use {busy:.2} of {} cores; every figure below will be low",
-            cores()
-        );
-    }
-    Ok(())
-}
-
-fn today() -> String {
-    let now = SystemClock.now();
-    time::OffsetDateTime::from_unix_timestamp(now.as_secs())
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{} s after the epoch", now.as_secs()))
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn print_table(options: &Options, measurements: &[Measurement]) {

@@ -42,6 +42,13 @@ use sha2::{Digest, Sha256};
 use tessera_core::clock::{Clock, SystemClock, monotonic_now};
 use tessera_core::jwt::{Algorithm, SigningKey};
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+use bench_support::{
+    clock_ticks_per_second, cores, default_tessera, hidden_fields, machine_cpu_ms, tls_trusting,
+    today, warn_if_busy,
+};
+
 const USAGE: &str = "\
 usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurrency 1,8,64]
                      [--sign-secs SECS] [--synchronous normal|full] [--tessera PATH]
@@ -199,16 +206,6 @@ fn seconds(text: &str) -> Result<Duration> {
     Ok(Duration::try_from_secs_f64(text.parse::<f64>()?)?)
 }
 
-/// `target/release/tessera`: the example lives in `target/release/examples/`.
-fn default_tessera() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let release = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("{} has no grandparent directory", exe.display()))?;
-    Ok(release.join("tessera"))
-}
-
 fn print_machine() {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -225,37 +222,6 @@ fn print_machine() {
         cores(),
         kernel.trim()
     );
-}
-
-/// Other processes share the cores with the server and the signing measurement: say so.
-fn warn_if_busy() -> Result<()> {
-    let before = machine_cpu_ms()?;
-    let started = monotonic_now();
-    std::thread::park_timeout(Duration::from_secs(1));
-    let busy = (machine_cpu_ms()? - before) / 1000.0 / started.elapsed().as_secs_f64();
-    println!("machine busy before the run: {busy:.2} cores");
-    if busy > 0.15 {
-        eprintln!(
-            "warning: other processes use {busy:.2} of {} cores; every figure below will be low",
-            cores()
-        );
-    }
-    Ok(())
-}
-
-fn today() -> String {
-    let now = SystemClock.now();
-    time::OffsetDateTime::from_unix_timestamp(now.as_secs())
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{} s after the epoch", now.as_secs()))
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// The raw rate of signing one representative id_token.
@@ -670,19 +636,6 @@ impl Server {
     }
 }
 
-fn tls_trusting(ca: &Path) -> Result<rustls::ClientConfig> {
-    let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// Logs in once through the form, then turns the SSO cookie into `count` sessions; returns their
 /// refresh tokens.
 async fn mint_sessions(server: &Server, count: usize) -> Result<Vec<String>> {
@@ -815,32 +768,6 @@ fn code_from(location: &str) -> Result<String> {
         .find(|(k, _)| k == "code")
         .map(|(_, v)| v.into_owned())
         .ok_or_else(|| anyhow!("no code in {location}"))
-}
-
-/// The hidden inputs of the login form (CSRF token and the carried request).
-fn hidden_fields(html: &str) -> Vec<(String, String)> {
-    let between = |text: &str, start: &str| {
-        let from = text.find(start)? + start.len();
-        let len = text[from..].find('"')?;
-        Some(text[from..from + len].to_owned())
-    };
-    html.split("<input type=\"hidden\" ")
-        .skip(1)
-        .filter_map(|part| {
-            Some((
-                unescape(&between(part, "name=\"")?),
-                unescape(&between(part, "value=\"")?),
-            ))
-        })
-        .collect()
-}
-
-fn unescape(text: &str) -> String {
-    text.replace("&quot;", "\"")
-        .replace("&#x27;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
 }
 
 /// The measured window of one level; a refresh counts when it starts and ends inside it.
@@ -1030,28 +957,6 @@ fn postgres_cpu_ms() -> f64 {
         .sum()
 }
 
-/// Busy time of all cores together (everything but idle and iowait), from `/proc/stat`.
-fn machine_cpu_ms() -> Result<f64> {
-    let text = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
-    let ticks: Vec<u64> = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("cpu "))
-        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let busy: u64 = ticks
-        .iter()
-        .enumerate()
-        // user nice system idle iowait irq softirq steal guest guest_nice; guests are already
-        // inside user and nice.
-        .filter(|(i, _)| !matches!(i, 3 | 4 | 8 | 9))
-        .map(|(_, t)| t)
-        .sum();
-    Ok(busy as f64 * 1000.0 / clock_ticks_per_second())
-}
-
 /// User plus system CPU time of a process (all its threads), from `/proc/PID/stat`.
 fn cpu_ms(stat: &Path) -> Result<f64> {
     let text =
@@ -1069,17 +974,6 @@ fn cpu_ms(stat: &Path) -> Result<f64> {
         Ok(field.parse::<u64>()? as f64)
     };
     Ok((ticks(11)? + ticks(12)?) * 1000.0 / clock_ticks_per_second())
-}
-
-/// USER_HZ, the unit of `/proc/PID/stat` times: 100 on every mainstream Linux build.
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn rss_kib(status: &Path) -> Result<u64> {
