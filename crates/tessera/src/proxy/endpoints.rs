@@ -2,12 +2,10 @@
 //! `/oauth2/auth`, `/oauth2/sign_out`, `/oauth2/userinfo`, and forwarding of everything else.
 //! Each parses, asks [`Sessions`](super::session::Sessions) and the provider, and renders.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
-use axum::http::header::{self, HeaderName};
-use axum::http::request::Parts;
+use axum::extract::{Query, Request, State};
+use axum::http::header;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -19,26 +17,17 @@ use tessera_core::clock::UnixMillis;
 use tessera_core::token::constant_time_eq;
 
 use super::Proxy;
+use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
+use super::caller::Caller;
 use super::forward::Origin;
-use super::provider::{Identity, ProviderError};
+use super::identity::{identity_headers, in_groups, strip_identity};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
-use crate::http::OAuthError;
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";
 /// How long a login may take between `/oauth2/start` and the callback.
 const LOGIN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Headers a client could use to pretend to be someone: never passed on from the client.
-const IDENTITY_HEADERS: [&str; 6] = [
-    "authorization",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-forwarded-preferred-username",
-    "x-forwarded-access-token",
-];
 
 /// What the login-state cookie carries from `/oauth2/start` to the callback.
 #[derive(Serialize, Deserialize)]
@@ -380,65 +369,6 @@ impl Proxy {
     }
 }
 
-/// Who is asking and how they reached the proxy: forwarded headers are believed only from
-/// `http.trusted_proxies`.
-pub(super) struct Caller {
-    origin: Origin,
-    ctx: RequestContext,
-}
-
-impl FromRequestParts<Arc<Proxy>> for Caller {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        proxy: &Arc<Proxy>,
-    ) -> Result<Caller, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
-        let headers = &parts.headers;
-        let trusted = proxy.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let first = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(',').next().unwrap_or_default().trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
-        let host = first("x-forwarded-host")
-            .filter(|_| trusted)
-            .or_else(|| first("host"))
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        let proto = first("x-forwarded-proto")
-            .filter(|_| trusted)
-            .unwrap_or_else(|| "http".to_owned());
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(chain) if trusted => format!("{chain}, {peer}"),
-            _ => peer.to_string(),
-        };
-        let ip = crate::http::client_ip(peer, headers, &proxy.trusted_proxies);
-        let user_agent = headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(256).collect());
-        Ok(Caller {
-            origin: Origin {
-                forwarded_for,
-                proto,
-                host,
-            },
-            ctx: RequestContext {
-                ip: ip.to_string(),
-                user_agent,
-            },
-        })
-    }
-}
-
 async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String) -> Response {
     let verifier = random_text();
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
@@ -470,135 +400,6 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String) -> Response {
     with_cookies(redirect(&url), vec![jar.set(&csrf, &sealed, max_age)])
 }
 
-/// The headers that tell the upstream (or nginx) who the user is: oauth2-proxy's
-/// `X-Auth-Request-*`, and with `bearer` the id_token as `Authorization`.
-fn identity_headers(state: &SessionState, bearer: bool) -> HeaderMap {
-    let identity = &state.grant.identity;
-    let groups = identity.groups.join(",");
-    let values = [
-        ("x-auth-request-user", Some(identity.sub.as_str())),
-        ("x-auth-request-email", identity.email.as_deref()),
-        (
-            "x-auth-request-groups",
-            Some(groups.as_str()).filter(|g| !g.is_empty()),
-        ),
-        (
-            "x-auth-request-preferred-username",
-            identity.preferred_username.as_deref(),
-        ),
-    ];
-    let mut headers = HeaderMap::with_capacity(values.len() + 1);
-    for (name, value) in values {
-        // Claims are UTF-8; a value with control characters is left out rather than mangled.
-        if let Some(Ok(value)) = value.map(|v| HeaderValue::from_bytes(v.as_bytes())) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
-    }
-    if bearer && let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", state.grant.id_token))
-    {
-        headers.insert(header::AUTHORIZATION, value);
-    }
-    headers
-}
-
-/// Removes every header by which a client could claim an identity.
-fn strip_identity(headers: &mut HeaderMap) {
-    for name in IDENTITY_HEADERS {
-        headers.remove(name);
-    }
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-auth-request-"))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
-}
-
-/// Whether the user is in one of `allowed` (an empty list allows everyone signed in).
-fn in_groups(identity: &Identity, allowed: &[String]) -> bool {
-    allowed.is_empty() || identity.groups.iter().any(|g| allowed.contains(g))
-}
-
 fn random_text() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-}
-
-fn redirect(location: &str) -> Response {
-    match HeaderValue::from_str(location) {
-        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
-        Err(_) => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "bad redirect target",
-        ),
-    }
-}
-
-fn with_cookies(mut response: Response, cookies: Vec<HeaderValue>) -> Response {
-    for cookie in cookies {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-    response
-}
-
-fn forbidden() -> Response {
-    error(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "you are not in a group allowed here",
-    )
-}
-
-fn error(status: StatusCode, code: &'static str, description: impl Into<String>) -> Response {
-    OAuthError::new(status, code, description).into_response()
-}
-
-fn provider_error(e: &ProviderError) -> Response {
-    match e {
-        ProviderError::Refused => error(
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "the provider refused the login; open the page again",
-        ),
-        ProviderError::Unavailable(why) => {
-            tracing::warn!(error = %why, "the provider failed");
-            error(
-                StatusCode::BAD_GATEWAY,
-                "temporarily_unavailable",
-                "the identity provider cannot be reached; try again shortly",
-            )
-        }
-    }
-}
-
-fn session_error(e: SessionError) -> Response {
-    match e {
-        SessionError::Provider(e) => provider_error(&e),
-        SessionError::Ended { set_cookies } => with_cookies(
-            error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the session has ended",
-            ),
-            set_cookies,
-        ),
-        SessionError::Store(e) => {
-            tracing::warn!(error = %e, "the session store failed");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the session store is unavailable; try again shortly",
-            )
-        }
-        SessionError::Sealing => {
-            tracing::error!("a proxy session could not be sealed or opened");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "the session could not be read",
-            )
-        }
-    }
 }

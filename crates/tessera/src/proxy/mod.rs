@@ -2,10 +2,13 @@
 //! `/oauth2/*` endpoints and headers: routes under `tessera serve`, or `tessera proxy` alone in
 //! front of any OpenID Connect provider.
 
+mod answer;
+mod caller;
 pub mod config;
 mod cookie;
 mod endpoints;
 mod forward;
+mod identity;
 pub mod provider;
 mod redirect;
 mod session;

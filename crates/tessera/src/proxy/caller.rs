@@ -1,0 +1,75 @@
+//! Who is asking and how they reached the proxy, for every handler: the client's address (for
+//! the provider's audit log), and the scheme, host and `X-Forwarded-For` chain to pass on.
+//! Forwarded headers are believed only from `http.trusted_proxies`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::Proxy;
+use super::forward::Origin;
+use crate::app::RequestContext;
+
+/// Who is asking and how they reached the proxy: forwarded headers are believed only from
+/// `http.trusted_proxies`.
+pub(super) struct Caller {
+    /// How the client reached the proxy.
+    pub(super) origin: Origin,
+    /// Who the client is, for the provider.
+    pub(super) ctx: RequestContext,
+}
+
+impl FromRequestParts<Arc<Proxy>> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        proxy: &Arc<Proxy>,
+    ) -> Result<Caller, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+        let headers = &parts.headers;
+        let trusted = proxy.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let first = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(',').next().unwrap_or_default().trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
+        let host = first("x-forwarded-host")
+            .filter(|_| trusted)
+            .or_else(|| first("host"))
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let proto = first("x-forwarded-proto")
+            .filter(|_| trusted)
+            .unwrap_or_else(|| "http".to_owned());
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(chain) if trusted => format!("{chain}, {peer}"),
+            _ => peer.to_string(),
+        };
+        let ip = crate::http::client_ip(peer, headers, &proxy.trusted_proxies);
+        let user_agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect());
+        Ok(Caller {
+            origin: Origin {
+                forwarded_for,
+                proto,
+                host,
+            },
+            ctx: RequestContext {
+                ip: ip.to_string(),
+                user_agent,
+            },
+        })
+    }
+}
