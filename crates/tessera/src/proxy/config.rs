@@ -58,6 +58,10 @@ struct RawRoute {
     /// Send `Authorization: Bearer <id_token>` to the upstream.
     #[serde(default)]
     pass_access_token: bool,
+    /// Speak HTTP/2 to the upstream without TLS (h2c with prior knowledge, e.g. for gRPC);
+    /// default HTTP/1.1.
+    #[serde(default)]
+    upstream_http2: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +197,8 @@ pub struct Route {
     pub allowed_groups: Vec<String>,
     /// Whether to send the id_token as a bearer token.
     pub pass_access_token: bool,
+    /// Whether the upstream speaks HTTP/2 (h2c, prior knowledge).
+    pub upstream_http2: bool,
 }
 
 /// An external OpenID Connect provider the proxy is a client of.
@@ -326,6 +332,7 @@ fn route(raw: RawRoute) -> Result<Route, String> {
         upstream,
         allowed_groups: raw.allowed_groups,
         pass_access_token: raw.pass_access_token,
+        upstream_http2: raw.upstream_http2,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Forwarding a request to its upstream and the answer back: hop-by-hop headers dropped (RFC
 //! 9110 §7.6.1), `X-Forwarded-For/-Proto/-Host` set, the proxy's own cookies removed, bodies
-//! streamed both ways, and protocol upgrades (websockets) joined into one tunnel.
+//! streamed both ways, and protocol upgrades (websockets) joined into one tunnel. Upstreams
+//! speak HTTP/1.1, or HTTP/2 without TLS when their route says so.
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderName};
@@ -34,10 +35,11 @@ pub(crate) struct Origin {
     pub(crate) host: String,
 }
 
-/// A pooled HTTP/1.1 client for upstreams.
+/// Pooled clients for upstreams: HTTP/1.1, and HTTP/2 without TLS for routes that ask for it.
 #[derive(Clone)]
 pub(crate) struct Upstreams {
-    client: Client<HttpConnector, Body>,
+    http1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
 }
 
 impl Upstreams {
@@ -46,7 +48,10 @@ impl Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Upstreams {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2c: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
         }
     }
 
@@ -66,7 +71,12 @@ impl Upstreams {
             return bad_gateway("the upstream URL cannot be built");
         };
         *request.uri_mut() = uri;
-        *request.version_mut() = axum::http::Version::HTTP_11;
+        let (client, version) = if route.upstream_http2 {
+            (&self.h2c, axum::http::Version::HTTP_2)
+        } else {
+            (&self.http1, axum::http::Version::HTTP_11)
+        };
+        *request.version_mut() = version;
         let headers = request.headers_mut();
         strip_hop_by_hop(headers);
         headers.remove(header::COOKIE);
@@ -88,7 +98,7 @@ impl Upstreams {
         for (name, value) in &extra {
             headers.insert(name.clone(), value.clone());
         }
-        let mut response = match self.client.request(request).await {
+        let mut response = match client.request(request).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(upstream = %route.upstream, error = %e, "upstream failed");

@@ -601,3 +601,22 @@ async fn http2_clients_are_proxied_to_an_http1_upstream() {
     );
     assert_eq!(header(&echo, "x-auth-request-user"), Some("dev"));
 }
+
+#[tokio::test]
+async fn a_route_may_speak_http2_to_its_upstream() {
+    let upstream = Upstream::start().await;
+    let routes = format!("[{{upstream: '{}', upstream_http2: true}}]", upstream.url());
+    let server = start_proxy(&upstream, &[("TESSERA_PROXY__ROUTES", &routes)]).await;
+    let base = server.proxy.clone().unwrap();
+    let browser = ProxyBrowser::new(&server, &base);
+    browser.log_in("/").await;
+    let echo = json(browser.fetch("/echo?h2").await).await;
+    assert_eq!(echo["version"], "HTTP/2.0");
+    assert_eq!(echo["path"], "/echo?h2");
+    assert_eq!(header(&echo, "x-auth-request-user"), Some("dev"));
+    assert_eq!(
+        header(&echo, "authorization"),
+        None,
+        "no pass_access_token on this route"
+    );
+}
