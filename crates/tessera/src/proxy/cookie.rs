@@ -5,19 +5,35 @@
 use axum::http::header::COOKIE;
 use axum::http::{HeaderMap, HeaderValue};
 
+/// How many characters of a login's `state` name its cookie: enough that two logins in one
+/// browser never share one (96 random bits), short enough to keep the name small.
+const CSRF_NAME_STATE_CHARS: usize = 16;
+
+/// Whether `name` is a login-state cookie of the jar named `jar_name`.
+pub(crate) fn is_csrf(jar_name: &str, name: &str) -> bool {
+    name.strip_prefix(jar_name)
+        .is_some_and(|rest| rest.starts_with("_csrf_"))
+}
+
 /// How the proxy writes its cookies.
 #[derive(Clone, Debug)]
 pub(crate) struct CookieJar {
-    /// The session cookie's name; chunks are `NAME_0`, …; the login state is `NAME_csrf`.
+    /// The session cookie's name; chunks are `NAME_0`, …; login states are `NAME_csrf_…`.
     pub(crate) name: String,
     /// The `Domain` attribute, if configured.
     pub(crate) domain: Option<String>,
 }
 
 impl CookieJar {
-    /// Name of the cookie that carries the login state between `/oauth2/start` and the callback.
-    pub(crate) fn csrf_name(&self) -> String {
-        format!("{}_csrf", self.name)
+    /// Name of the cookie that carries one login's state from `/oauth2/start` to the callback:
+    /// one per login (named by the start of its `state`), so that several tabs sent to log in
+    /// at once each come back to their own. `None` for a `state` we cannot have made.
+    pub(crate) fn csrf_name(&self, state: &str) -> Option<String> {
+        let prefix = state.get(..CSRF_NAME_STATE_CHARS)?;
+        let ours = prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ours.then(|| format!("{}_csrf_{prefix}", self.name))
     }
 
     /// A `Set-Cookie` value that lives `max_age_secs` (0 deletes it).
@@ -45,7 +61,7 @@ impl CookieJar {
     pub(crate) fn is_ours(&self, cookie: &str) -> bool {
         cookie.strip_prefix(self.name.as_str()).is_some_and(|rest| {
             rest.is_empty()
-                || rest == "_csrf"
+                || rest.starts_with("_csrf_")
                 || rest
                     .strip_prefix('_')
                     .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
@@ -101,11 +117,30 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             COOKIE,
-            HeaderValue::from_static("a=1; _tp=x; _tp_0=y; _tp_12=z; _tp_csrf=s; _tpx=keep; b=2"),
+            HeaderValue::from_static(
+                "a=1; _tp=x; _tp_0=y; _tp_12=z; _tp_csrf_abcdefgh12345678=s; _tpx=keep; b=2",
+            ),
         );
         assert_eq!(jar.strip_ours(&headers).unwrap(), "a=1; _tpx=keep; b=2");
         headers.insert(COOKIE, HeaderValue::from_static("_tp=x"));
         assert_eq!(jar.strip_ours(&headers), None);
+    }
+
+    #[test]
+    fn each_login_has_its_own_state_cookie() {
+        let jar = CookieJar {
+            name: "_tp".into(),
+            domain: None,
+        };
+        let one = jar.csrf_name("abcdefgh12345678-rest-of-state").unwrap();
+        assert_eq!(one, "_tp_csrf_abcdefgh12345678");
+        assert!(jar.is_ours(&one) && is_csrf("_tp", &one));
+        assert_eq!(jar.csrf_name("short"), None);
+        assert_eq!(
+            jar.csrf_name("abc;efgh12345678"),
+            None,
+            "only base64url names"
+        );
     }
 
     #[test]

@@ -76,7 +76,14 @@ pub(super) async fn callback(
     headers: HeaderMap,
 ) -> Response {
     let jar = &proxy.sessions.jar;
-    let csrf = jar.csrf_name();
+    let sent_state = query.state.as_deref().unwrap_or_default();
+    let Some(csrf) = jar.csrf_name(sent_state) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the state is missing or malformed; open the page again",
+        );
+    };
     let login = super::cookie::value(&headers, &csrf)
         .and_then(|sealed| proxy.sessions.open_for(&csrf, &sealed))
         .and_then(|plain| serde_json::from_slice::<LoginState>(&plain).ok())
@@ -88,7 +95,6 @@ pub(super) async fn callback(
             "the login state is missing or expired (cookies off, or a login older than 10 minutes); open the page again",
         );
     };
-    let sent_state = query.state.as_deref().unwrap_or_default();
     if !constant_time_eq(sent_state.as_bytes(), login.state.as_bytes()) {
         return error(
             StatusCode::FORBIDDEN,
@@ -389,7 +395,9 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String) -> Response {
         Err(e) => return provider_error(&e),
     };
     let jar = &proxy.sessions.jar;
-    let csrf = jar.csrf_name();
+    let Some(csrf) = jar.csrf_name(&login.state) else {
+        return session_error(SessionError::Sealing);
+    };
     let Some(sealed) = serde_json::to_vec(&login)
         .ok()
         .and_then(|plain| proxy.sessions.seal_for(&csrf, &plain).ok())

@@ -282,7 +282,7 @@ impl Sessions {
         let mut names: Vec<String> = cookie::pairs(request)
             .into_iter()
             .map(|(name, _)| name)
-            .filter(|name| self.jar.is_ours(name) && *name != self.jar.csrf_name())
+            .filter(|name| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name))
             .collect();
         if !names.contains(&self.jar.name) {
             names.push(self.jar.name.clone());
@@ -425,7 +425,7 @@ impl Sessions {
         cookies.extend(
             seal::stale(&self.jar.name, &written, &present)
                 .iter()
-                .filter(|name| **name != self.jar.csrf_name())
+                .filter(|name| !cookie::is_csrf(&self.jar.name, name))
                 .map(|name| self.jar.clear(name)),
         );
         Ok(cookies)

@@ -141,7 +141,7 @@ impl<'a> ProxyBrowser<'a> {
     }
 
     /// The provider's side of a login: the form, submitted as `dev`; answers the callback URL.
-    async fn provider_login(&self, authorize: &str) -> String {
+    pub async fn provider_login(&self, authorize: &str) -> String {
         let response = self.provider.get(authorize).send().await.unwrap();
         if response.status().is_redirection() {
             return support::location(&response);
@@ -455,16 +455,62 @@ async fn sign_out_revokes_the_session_at_the_provider_and_refuses_open_redirects
     );
 
     let start = browser.navigate("/oauth2/start?rd=//evil.example/x").await;
-    let login = browser.cookies();
-    assert!(login.contains_key("_tessera_proxy_csrf"), "{login:?}");
     assert_eq!(start.status(), StatusCode::FOUND);
+    let state = support::query_param(&support::location(&start), "state").unwrap();
+    let login = browser.cookies();
+    assert!(
+        login.contains_key(&format!("_tessera_proxy_csrf_{}", &state[..16])),
+        "{login:?}"
+    );
     let forged = browser
-        .navigate("/oauth2/callback?code=x&state=not-the-one")
+        .navigate(&format!(
+            "/oauth2/callback?code=x&state={}-forged",
+            &state[..16]
+        ))
         .await;
     assert_eq!(
         forged.status(),
         StatusCode::FORBIDDEN,
         "a callback with another state is refused"
+    );
+    let unknown = browser
+        .navigate("/oauth2/callback?code=x&state=not-the-one")
+        .await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn logins_started_at_once_in_several_tabs_all_come_back() {
+    let upstream = Upstream::start().await;
+    let server = start_proxy(&upstream, &[]).await;
+    let base = server.proxy.clone().unwrap();
+    let browser = ProxyBrowser::new(&server, &base);
+    let mut authorizations = Vec::new();
+    for tab in ["/one", "/two", "/three"] {
+        let page = browser.navigate(tab).await;
+        let start = browser.navigate(&support::location(&page)).await;
+        authorizations.push(support::location(&start));
+    }
+    let mut landed = Vec::new();
+    for authorize in &authorizations {
+        let callback = browser.provider_login(authorize).await;
+        let back = browser.navigate(&callback).await;
+        assert_eq!(
+            back.status(),
+            StatusCode::FOUND,
+            "every tab's login finishes"
+        );
+        landed.push(support::location(&back));
+    }
+    assert_eq!(landed, ["/one", "/two", "/three"]);
+    let left: Vec<String> = browser
+        .cookies()
+        .into_keys()
+        .filter(|name| name.contains("_csrf_"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "each login's state cookie is cleared: {left:?}"
     );
 }
 

@@ -96,7 +96,7 @@ fn chunks(browser: &ProxyBrowser<'_>) -> Vec<(String, String)> {
     browser
         .cookies()
         .into_iter()
-        .filter(|(name, _)| name.starts_with("_tessera_proxy") && !name.ends_with("_csrf"))
+        .filter(|(name, _)| name.starts_with("_tessera_proxy") && !name.contains("_csrf_"))
         .collect()
 }
 
