@@ -12,8 +12,13 @@ pub fn verify_s256(verifier: &str, challenge: &str) -> bool {
     if !is_valid_verifier(verifier) {
         return false;
     }
-    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    constant_time_eq(computed.as_bytes(), challenge.as_bytes())
+    constant_time_eq(s256_challenge(verifier).as_bytes(), challenge.as_bytes())
+}
+
+/// The S256 challenge a client sends for `verifier` (RFC 7636 §4.2):
+/// `BASE64URL(SHA256(verifier))`.
+pub fn s256_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 /// Whether `challenge` has the shape of an S256 challenge: 43 base64url characters.

@@ -13,8 +13,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use base64::Engine as _;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use yaml_serde::{Mapping, Value};
 
@@ -53,11 +51,10 @@ pub async fn browser_login(
         .context("cannot read the loopback listener's port")?
         .port();
     let redirect_uri = format!("http://127.0.0.1:{port}/callback");
-    let state = random_token();
-    let nonce = random_token();
-    let verifier = random_token();
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(Sha256::digest(verifier.as_bytes()));
+    let state = oidc::random_token();
+    let nonce = oidc::random_token();
+    let verifier = oidc::random_token();
+    let challenge = tessera_core::pkce::s256_challenge(&verifier);
     let url = url::Url::parse_with_params(
         &provider.authorization_endpoint,
         [
@@ -177,13 +174,6 @@ async fn receive_callback(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>tessera</title></head><body>{text}</body></html>"
     ))
     .into_response()
-}
-
-/// 32 random bytes as base64url: state, nonce and PKCE verifier (RFC 7636 §4.1: 43 chars).
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Whether a browser can be shown: a graphical session on Linux, always on macOS.

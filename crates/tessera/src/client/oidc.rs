@@ -60,6 +60,12 @@ pub fn add_pem_roots(roots: &mut rustls::RootCertStore, pem: &[u8]) -> Result<()
     Ok(())
 }
 
+/// 32 random bytes as base64url: a state, a nonce or a PKCE verifier (RFC 7636 §4.1: 43
+/// characters).
+pub fn random_token() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
 /// The endpoints of an issuer (OpenID Connect Discovery 1.0 §3).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Provider {

@@ -8,11 +8,8 @@ use axum::extract::{Query, Request, State};
 use axum::http::header;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tessera_core::clock::UnixMillis;
 use tessera_core::token::constant_time_eq;
 
@@ -23,6 +20,7 @@ use super::forward::Origin;
 use super::identity::{identity_headers, in_groups, strip_identity};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
+use crate::client::oidc;
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";
@@ -376,11 +374,11 @@ impl Proxy {
 }
 
 async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String) -> Response {
-    let verifier = random_text();
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let verifier = oidc::random_token();
+    let challenge = tessera_core::pkce::s256_challenge(&verifier);
     let login = LoginState {
-        state: random_text(),
-        nonce: random_text(),
+        state: oidc::random_token(),
+        nonce: oidc::random_token(),
         verifier,
         redirect_uri: proxy.callback_url(origin),
         rd,
@@ -406,8 +404,4 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String) -> Response {
     };
     let max_age = i64::try_from(LOGIN_TTL.as_secs()).unwrap_or(600);
     with_cookies(redirect(&url), vec![jar.set(&csrf, &sealed, max_age)])
-}
-
-fn random_text() -> String {
-    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
