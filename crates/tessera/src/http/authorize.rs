@@ -152,6 +152,7 @@ pub(super) async fn login(
             SSO_COOKIE,
             outcome.handle.expose(),
             &issuer_path(&app.issuer),
+            None,
             max_age,
         ),
     );
@@ -206,7 +207,7 @@ fn login_form(
     let mut response = page(status, "Sign in", &body);
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(CSRF_COOKIE, &csrf, &issuer_path(&app.issuer), 3600),
+        set_cookie(CSRF_COOKIE, &csrf, &issuer_path(&app.issuer), None, 3600),
     );
     response
 }

@@ -182,7 +182,7 @@ fn csrf_matches(headers: &HeaderMap, sent: Option<&str>) -> bool {
 }
 
 /// The value of cookie `name`, if the request carries it.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -193,9 +193,16 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|c| c.value().to_owned())
 }
 
-/// A `Set-Cookie` value with tessera's strict defaults: `Secure; HttpOnly; SameSite=Lax`.
-fn set_cookie(name: &str, value: &str, path: &str, max_age_secs: i64) -> HeaderValue {
-    let cookie = cookie::Cookie::build((name.to_owned(), value.to_owned()))
+/// A `Set-Cookie` value with tessera's strict defaults: `Secure; HttpOnly; SameSite=Lax`,
+/// scoped to `path` (`/` when empty) and, when given, to `domain`.
+pub(crate) fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    domain: Option<&str>,
+    max_age_secs: i64,
+) -> HeaderValue {
+    let mut cookie = cookie::Cookie::build((name.to_owned(), value.to_owned()))
         .path(if path.is_empty() {
             "/".to_owned()
         } else {
@@ -206,6 +213,9 @@ fn set_cookie(name: &str, value: &str, path: &str, max_age_secs: i64) -> HeaderV
         .same_site(cookie::SameSite::Lax)
         .max_age(cookie::time::Duration::seconds(max_age_secs))
         .build();
+    if let Some(domain) = domain {
+        cookie.set_domain(domain.to_owned());
+    }
     // Cookie names and our base64url values are visible ASCII, always valid header text.
     HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }

@@ -118,7 +118,7 @@ async fn logout(
     };
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(SSO_COOKIE, "", &issuer_path(&app.issuer), 0),
+        set_cookie(SSO_COOKIE, "", &issuer_path(&app.issuer), None, 0),
     );
     response
 }
@@ -144,7 +144,7 @@ fn confirmation(app: &App, headers: &HeaderMap, params: &Params) -> Response {
     let mut response = page(StatusCode::OK, "Sign out", &body);
     response.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(CSRF_COOKIE, &csrf, &issuer_path(&app.issuer), 3600),
+        set_cookie(CSRF_COOKIE, &csrf, &issuer_path(&app.issuer), None, 3600),
     );
     response
 }

@@ -36,20 +36,15 @@ impl CookieJar {
         ours.then(|| format!("{}_csrf_{prefix}", self.name))
     }
 
-    /// A `Set-Cookie` value that lives `max_age_secs` (0 deletes it).
+    /// A `Set-Cookie` value for the whole site that lives `max_age_secs` (0 deletes it).
     pub(crate) fn set(&self, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
-        let mut cookie = cookie::Cookie::build((name.to_owned(), value.to_owned()))
-            .path("/")
-            .secure(true)
-            .http_only(true)
-            .same_site(cookie::SameSite::Lax)
-            .max_age(cookie::time::Duration::seconds(max_age_secs.max(0)))
-            .build();
-        if let Some(domain) = &self.domain {
-            cookie.set_domain(domain.clone());
-        }
-        // Names are validated tokens and values base64url: always valid header text.
-        HeaderValue::from_str(&cookie.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+        crate::http::set_cookie(
+            name,
+            value,
+            "/",
+            self.domain.as_deref(),
+            max_age_secs.max(0),
+        )
     }
 
     /// A `Set-Cookie` that deletes `name`.
@@ -93,14 +88,6 @@ pub(crate) fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
         .filter_map(Result::ok)
         .map(|c| (c.name().to_owned(), c.value().to_owned()))
         .collect()
-}
-
-/// The value of cookie `name`, if present.
-pub(crate) fn value(headers: &HeaderMap, name: &str) -> Option<String> {
-    pairs(headers)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ pub(super) async fn callback(
             "the state is missing or malformed; open the page again",
         );
     };
-    let login = super::cookie::value(&headers, &csrf)
+    let login = crate::http::cookie(&headers, &csrf)
         .and_then(|sealed| proxy.sessions.open_for(&csrf, &sealed))
         .and_then(|plain| serde_json::from_slice::<LoginState>(&plain).ok())
         .filter(|login| proxy.sessions.now() < login.expires_at);
