@@ -154,7 +154,7 @@ async fn renew(
             ];
             match oidc::token_request(&http, &entry.token_endpoint, &form).await {
                 Ok(tokens) => {
-                    let claims = oidc::read_claims(&tokens.id_token)?;
+                    let claims: IdClaims = oidc::read_claims(&tokens.id_token)?;
                     let next = updated(entry, tokens, &claims, refresh_token);
                     cache.write(&next)?;
                     return Ok(next);
@@ -318,7 +318,7 @@ pub async fn logout(args: &LogoutArgs) -> Result<()> {
         && let (Some(token), Some(endpoint)) = (&entry.refresh_token, &entry.revocation_endpoint)
     {
         let http = credential.http()?;
-        oidc::revoke(&http, endpoint, &credential.client_id, token)
+        oidc::revoke(&http, endpoint, &credential.client_id, None, token)
             .await
             .context("the cache entry is kept so that you can retry `tessera logout`")?;
     }

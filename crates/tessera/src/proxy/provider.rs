@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -278,26 +276,15 @@ impl Remote {
             // Nothing to call: the token lives on at the provider until it expires.
             return Ok(());
         };
-        let mut form = vec![
-            ("token", refresh_token),
-            ("token_type_hint", "refresh_token"),
-        ];
-        self.client_auth(&mut form);
-        let response = self
-            .http
-            .post(endpoint)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| ProviderError::Unavailable(format!("{endpoint}: {e}")))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(ProviderError::Unavailable(format!(
-                "{endpoint} answered {}",
-                response.status()
-            )))
-        }
+        oidc::revoke(
+            &self.http,
+            endpoint,
+            &self.config.client_id,
+            self.config.client_secret.as_deref(),
+            refresh_token,
+        )
+        .await
+        .map_err(|e| ProviderError::Unavailable(format!("{e:#}")))
     }
 }
 
@@ -316,22 +303,14 @@ fn app_error(e: AppError) -> ProviderError {
 }
 
 fn grant(id_token: String, refresh_token: Option<String>) -> Result<Grant, ProviderError> {
-    let identity = identity(&id_token)
-        .map_err(|e| ProviderError::Unavailable(format!("the id_token: {e:#}")))?;
+    // The id_token came straight from the provider (OpenID Connect Core §3.1.3.7).
+    let identity: Identity =
+        oidc::read_claims(&id_token).map_err(|e| ProviderError::Unavailable(format!("{e:#}")))?;
     Ok(Grant {
         id_token,
         refresh_token,
         identity,
     })
-}
-
-/// Reads the claims of an id_token that came straight from the provider.
-fn identity(id_token: &str) -> anyhow::Result<Identity> {
-    let payload = id_token.split('.').nth(1).context("not a JWT")?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .context("payload is not base64url")?;
-    serde_json::from_slice(&bytes).context("payload lacks sub or exp")
 }
 
 /// The client `tessera serve` registers for its own proxy: confidential, with a secret nobody
