@@ -59,10 +59,7 @@ pub(super) async fn start(
             .get("x-auth-request-redirect")
             .and_then(|v| v.to_str().ok())
     });
-    let rd = asked
-        .and_then(|rd| proxy.redirects.check(rd, &origin.host))
-        .unwrap_or("/")
-        .to_owned();
+    let rd = proxy.redirects.target(asked, &origin.host);
     begin_login(&proxy, origin, rd).await
 }
 
@@ -180,12 +177,7 @@ pub(super) async fn sign_out(
     headers: HeaderMap,
 ) -> Response {
     let origin = &caller.origin;
-    let target = query
-        .rd
-        .as_deref()
-        .and_then(|rd| proxy.redirects.check(rd, &origin.host))
-        .unwrap_or("/")
-        .to_owned();
+    let target = proxy.redirects.target(query.rd.as_deref(), &origin.host);
     let ctx = caller.ctx;
     let cookies = match proxy.sessions.lookup(&headers).await {
         Ok(Lookup::Live(current)) => match proxy.end(&current.state, &headers, &ctx).await {

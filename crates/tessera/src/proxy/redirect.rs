@@ -14,9 +14,17 @@ impl RedirectPolicy {
         RedirectPolicy { hosts }
     }
 
+    /// Where to send the browser: `rd` when it is safe from a request to `request_host`, else
+    /// `/`.
+    pub(crate) fn target(&self, rd: Option<&str>, request_host: &str) -> String {
+        rd.and_then(|rd| self.check(rd, request_host))
+            .unwrap_or("/")
+            .to_owned()
+    }
+
     /// `rd` itself when it is safe to redirect to from a request to `request_host`, else
     /// `None`.
-    pub(crate) fn check<'a>(&self, rd: &'a str, request_host: &str) -> Option<&'a str> {
+    fn check<'a>(&self, rd: &'a str, request_host: &str) -> Option<&'a str> {
         if rd.chars().any(|c| c.is_control() || c == '\\') {
             return None;
         }

@@ -106,6 +106,13 @@ pub(crate) struct SessionState {
     pub(crate) refreshed_at: UnixMillis,
 }
 
+impl SessionState {
+    /// Whether its id_token is still accepted at `now` (JWT `exp` is in whole seconds).
+    pub(crate) fn id_token_live(&self, now: UnixMillis) -> bool {
+        now.as_secs() < self.grant.identity.exp
+    }
+}
+
 /// A live session and the cookies the answer must set to keep it.
 #[derive(Debug)]
 pub(crate) struct Current {
@@ -226,7 +233,11 @@ impl Sessions {
             return Ok(Lookup::TimedOut { state, set_cookies });
         }
         let mut set_cookies = Vec::new();
-        if now.millis_since(state.last_seen_at) >= touch_granularity(self.idle_timeout) {
+        if now
+            >= state
+                .last_seen_at
+                .plus(touch_granularity(self.idle_timeout))
+        {
             state.last_seen_at = now;
             match &self.store {
                 Some(store) => {
@@ -308,8 +319,7 @@ impl Sessions {
 
     fn is_stale(&self, state: &SessionState) -> bool {
         let now = self.now();
-        now.millis_since(state.refreshed_at) >= millis(self.refresh_after)
-            || now.as_secs() >= state.grant.identity.exp
+        now >= state.refreshed_at.plus(self.refresh_after) || !state.id_token_live(now)
     }
 
     async fn refresh_grant(
@@ -320,7 +330,7 @@ impl Sessions {
     ) -> Result<Grant, ProviderError> {
         let Some(refresh_token) = &state.grant.refresh_token else {
             // Without a refresh token the session lasts as long as its id_token.
-            return Err(if self.now().as_secs() < state.grant.identity.exp {
+            return Err(if state.id_token_live(self.now()) {
                 ProviderError::Unavailable("the provider issued no refresh token".into())
             } else {
                 ProviderError::Refused
@@ -336,7 +346,7 @@ impl Sessions {
 
     /// After a failed refresh: the old id_token while it lasts, else the failure.
     fn still_valid(&self, current: Current, e: ProviderError) -> Result<Current, SessionError> {
-        if self.now().as_secs() < current.state.grant.identity.exp {
+        if current.state.id_token_live(self.now()) {
             tracing::warn!(error = %e, "refresh failed; the current id_token still serves");
             Ok(current)
         } else {
@@ -362,12 +372,8 @@ impl Sessions {
 
 /// How stale `last_seen_at` may get before a request writes it: a tenth of the idle timeout,
 /// at most a minute, so a busy session is not a write per request.
-fn touch_granularity(idle_timeout: Duration) -> i64 {
-    millis(idle_timeout / 10).min(60_000)
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+fn touch_granularity(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 10).min(Duration::from_secs(60))
 }
 
 /// The handle hash of a `server`-store session (its id).
@@ -386,7 +392,13 @@ mod tests {
 
     #[test]
     fn busy_sessions_are_touched_coarsely() {
-        assert_eq!(touch_granularity(Duration::from_secs(15 * 60)), 60_000);
-        assert_eq!(touch_granularity(Duration::from_secs(3)), 300);
+        assert_eq!(
+            touch_granularity(Duration::from_secs(15 * 60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            touch_granularity(Duration::from_secs(3)),
+            Duration::from_millis(300)
+        );
     }
 }

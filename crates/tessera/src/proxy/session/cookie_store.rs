@@ -94,7 +94,7 @@ impl Sessions {
     pub(super) fn remember_latest(&self, state: &SessionState) {
         let now = self.now();
         let mut latest = self.latest_map();
-        latest.retain(|_, s| now.millis_since(s.refreshed_at) < millis(LATEST_KEPT));
+        latest.retain(|_, s| now < s.refreshed_at.plus(LATEST_KEPT));
         latest.insert(state.id.clone(), state.clone());
     }
 }

@@ -39,7 +39,7 @@ impl Sessions {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let (read_at, state) = cache.get(&hash)?;
-        (now.millis_since(*read_at) < millis(READ_CACHE_TTL)).then(|| state.clone())
+        (now < read_at.plus(READ_CACHE_TTL)).then(|| state.clone())
     }
 
     /// Remembers the session's current state (after a read, a touch or a refresh).
@@ -50,7 +50,7 @@ impl Sessions {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= READ_CACHE_PRUNE_AT {
-            cache.retain(|_, (read_at, _)| now.millis_since(*read_at) < millis(READ_CACHE_TTL));
+            cache.retain(|_, (read_at, _)| now < read_at.plus(READ_CACHE_TTL));
         }
         cache.insert(hash, (now, state.clone()));
     }
@@ -127,7 +127,7 @@ impl Sessions {
                     .await;
             }
             // Another replica is refreshing: the old id_token serves while it lasts.
-            if now.as_secs() < current.state.grant.identity.exp {
+            if current.state.id_token_live(now) {
                 return Ok(current);
             }
             tokio::time::sleep(LEASE_POLL).await;
