@@ -22,7 +22,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cluster::{children_of, free_port, signal};
+use crate::cluster::{children_of, free_port, signal, test_tools};
 use crate::support::{self, PASSWORD};
 
 /// One tab of a [`Browser`].
@@ -202,23 +202,9 @@ impl Drop for Browser {
 fn chromium_binaries() -> (&'static Path, &'static Path) {
     static BINARIES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     let (chromium, chromedriver) = BINARIES.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-tools");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("chromium")
-            .stdin(Stdio::null())
-            .output()
-            .expect("bash runs scripts/test-tools");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{} chromium failed:\n{stdout}\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut lines = stdout.lines().map(|l| PathBuf::from(l.trim()));
-        let chromium = lines.next().expect("test-tools prints chromium's path");
-        let chromedriver = lines.next().expect("then chromedriver's");
+        let mut paths = test_tools(&["chromium"]).into_iter();
+        let chromium = paths.next().expect("test-tools prints chromium's path");
+        let chromedriver = paths.next().expect("then chromedriver's");
         (chromium, chromedriver)
     });
     (chromium, chromedriver)

@@ -376,30 +376,32 @@ impl Replica {
 // ---------------------------------------------------------------------------------------------
 // nginx
 
+/// The paths `scripts/test-tools ARGS` prints, one a line (it installs what is missing first).
+pub fn test_tools(args: &[&str]) -> Vec<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-tools");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash runs scripts/test-tools");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed:\n{stdout}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(|l| PathBuf::from(l.trim())).collect()
+}
+
 /// The nginx binary `scripts/test-tools` provides (Debian's, unpacked under target/ if needed).
 pub fn nginx_binary() -> &'static Path {
     static NGINX: OnceLock<PathBuf> = OnceLock::new();
     NGINX.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-tools");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .output()
-            .expect("bash runs scripts/test-tools");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{} failed:\n{stdout}\n{}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(
-            stdout
-                .lines()
-                .last()
-                .expect("test-tools prints a path")
-                .trim(),
-        )
+        test_tools(&[])
+            .pop()
+            .expect("test-tools prints nginx's path")
     })
 }
 
