@@ -69,13 +69,13 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     // The proxy's address is known before the provider starts, so that the provider can
     // register the proxy's callback on it.
     let proxy_listener = match &config.proxy {
-        Some(p) => Some(proxy::bind(p.listen)?),
+        Some(p) => Some(proxy::Listeners::bind(p.listen)?),
         None => None,
     };
     if let (Some(p), Some(l)) = (&config.proxy, &proxy_listener)
         && p.provider.is_none()
     {
-        proxy::register_local_client(&mut config.clients, p, l.local_addr()?)?;
+        proxy::register_local_client(&mut config.clients, p, l.local_addr())?;
     }
     let issuer = config
         .issuer
@@ -115,9 +115,9 @@ pub async fn run(options: ServeOptions) -> Result<()> {
             trusted_proxies: app.config.trusted_proxies.clone(),
         })
         .await?;
-        println!("proxy listening on http://{}", listener.local_addr()?);
+        println!("proxy listening on http://{}", listener.local_addr());
         tokio::spawn(async move {
-            if let Err(e) = proxy::serve(listener, Arc::new(proxy)).await {
+            if let Err(e) = listener.serve(Arc::new(proxy)).await {
                 tracing::error!(error = %e, "the proxy stopped");
             }
         });

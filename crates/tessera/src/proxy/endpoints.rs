@@ -16,7 +16,7 @@ use tessera_core::token::constant_time_eq;
 use super::Proxy;
 use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
 use super::caller::Caller;
-use super::forward::Origin;
+use super::forward::{Origin, forward};
 use super::identity::{identity_headers, in_groups, strip_identity};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
@@ -238,10 +238,7 @@ pub(super) async fn proxied(
     let cookie = proxy.sessions.jar.strip_ours(request.headers());
     strip_identity(request.headers_mut());
     let extra = identity_headers(&current.state, route.pass_access_token);
-    let response = proxy
-        .upstreams
-        .forward(&route, request, origin, extra, cookie)
-        .await;
+    let response = forward(&route, request, origin, extra, cookie).await;
     with_cookies(response, current.set_cookies)
 }
 

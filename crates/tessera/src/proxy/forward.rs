@@ -35,16 +35,38 @@ pub(crate) struct Origin {
     pub(crate) host: String,
 }
 
+thread_local! {
+    /// One pool per proxy thread (see `listen`): a pooled connection is driven by a task of
+    /// the runtime that opened it, and a request from another thread would hop over to it.
+    static UPSTREAMS: Upstreams = Upstreams::new();
+}
+
+/// Sends `request` to `route`'s upstream with `extra` headers (identity, authorization) and
+/// `cookie` as its only `Cookie` header, over this thread's pooled connections; answers the
+/// upstream's response.
+pub(crate) async fn forward(
+    route: &Route,
+    request: Request<Body>,
+    origin: &Origin,
+    extra: HeaderMap,
+    cookie: Option<HeaderValue>,
+) -> Response<Body> {
+    let upstreams = UPSTREAMS.with(Upstreams::clone);
+    upstreams
+        .forward(route, request, origin, extra, cookie)
+        .await
+}
+
 /// Pooled clients for upstreams: HTTP/1.1, and HTTP/2 without TLS for routes that ask for it.
 #[derive(Clone)]
-pub(crate) struct Upstreams {
+struct Upstreams {
     http1: Client<HttpConnector, Body>,
     h2c: Client<HttpConnector, Body>,
 }
 
 impl Upstreams {
     /// A client with `TCP_NODELAY` (small answers are not held back for a delayed ACK).
-    pub(crate) fn new() -> Upstreams {
+    fn new() -> Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Upstreams {
@@ -55,9 +77,7 @@ impl Upstreams {
         }
     }
 
-    /// Sends `request` to `route`'s upstream with `extra` headers (identity, authorization)
-    /// and `cookie` as its only `Cookie` header; answers the upstream's response.
-    pub(crate) async fn forward(
+    async fn forward(
         &self,
         route: &Route,
         mut request: Request<Body>,
@@ -115,12 +135,6 @@ impl Upstreams {
         }
         strip_hop_by_hop(response.headers_mut());
         response.map(Body::new)
-    }
-}
-
-impl Default for Upstreams {
-    fn default() -> Self {
-        Upstreams::new()
     }
 }
 

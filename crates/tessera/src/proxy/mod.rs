@@ -9,26 +9,27 @@ mod cookie;
 mod endpoints;
 mod forward;
 mod identity;
+mod listen;
 pub mod provider;
 mod redirect;
 mod session;
 
+pub use listen::Listeners;
+
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use tessera_core::clock::Clock;
 use tessera_core::seal::Sealer;
 use tessera_store::Store;
 
 use self::config::{ProxyConfig, Route, SessionStore};
 use self::cookie::CookieJar;
-use self::forward::Upstreams;
 use self::provider::Provider;
 use self::redirect::RedirectPolicy;
 use self::session::{Sessions, SessionsParts};
@@ -42,7 +43,6 @@ pub struct Proxy {
     config: ProxyConfig,
     provider: Provider,
     sessions: Sessions,
-    upstreams: Upstreams,
     redirects: RedirectPolicy,
     trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -110,7 +110,6 @@ impl Proxy {
             config,
             provider,
             sessions,
-            upstreams: Upstreams::new(),
             redirects,
             trusted_proxies,
         })
@@ -142,30 +141,6 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/oauth2/userinfo", get(endpoints::userinfo))
         .fallback(endpoints::proxied)
         .with_state(proxy)
-}
-
-/// Binds the proxy's listener (before the provider starts, so its address can be registered).
-pub fn bind(address: SocketAddr) -> Result<TcpListener> {
-    let listener = TcpListener::bind(address)
-        .with_context(|| format!("the proxy cannot listen on {address}"))?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
-/// Serves the proxy on `listener` (HTTP/1.1 and HTTP/2 cleartext) until the process ends.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) -> Result<()> {
-    // TCP_NODELAY: small answers (a 202 for nginx) are not held back for a delayed ACK.
-    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        router(proxy).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .context("the proxy stopped")
 }
 
 /// Registers the client of `tessera serve`'s own proxy with the provider (see
@@ -211,7 +186,7 @@ pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<
         SessionStore::Server => Some(crate::storage::open(&config.storage).await?),
         SessionStore::Cookie => None,
     };
-    let listener = bind(proxy_config.listen)?;
+    let listeners = Listeners::bind(proxy_config.listen)?;
     let proxy = Proxy::new(ProxyParts {
         config: proxy_config,
         provider: Provider::remote(external)?,
@@ -220,8 +195,8 @@ pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<
         trusted_proxies: config.trusted_proxies,
     })
     .await?;
-    println!("proxy listening on http://{}", listener.local_addr()?);
-    serve(listener, Arc::new(proxy)).await
+    println!("proxy listening on http://{}", listeners.local_addr());
+    listeners.serve(Arc::new(proxy)).await
 }
 
 /// The callback URLs `tessera serve` registers for its own proxy: the configured
