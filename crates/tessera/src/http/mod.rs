@@ -183,14 +183,29 @@ fn csrf_matches(headers: &HeaderMap, sent: Option<&str>) -> bool {
 
 /// The value of cookie `name`, if the request carries it.
 pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookie_pairs(headers)
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers, in order (RFC 6265 §5.4: pairs
+/// split at `;`, whitespace trimmed, a value in double quotes unquoted; a pair without `=` or
+/// name skipped).
+pub(crate) fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            let (name, value) = (name.trim(), value.trim());
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            (!name.is_empty()).then_some((name, value))
+        })
 }
 
 /// A `Set-Cookie` value with tessera's strict defaults: `Secure; HttpOnly; SameSite=Lax`,
@@ -231,6 +246,20 @@ mod tests {
             headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
         }
         headers
+    }
+
+    #[test]
+    fn cookie_pairs_are_split_trimmed_and_unquoted() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static(" a=1;b = \"two\" ;novalue; =anonymous;c=x=y"),
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("d="));
+        let pairs: Vec<_> = cookie_pairs(&headers).collect();
+        assert_eq!(pairs, [("a", "1"), ("b", "two"), ("c", "x=y"), ("d", "")]);
+        assert_eq!(cookie(&headers, "c").as_deref(), Some("x=y"));
+        assert_eq!(cookie(&headers, "novalue"), None);
     }
 
     #[test]

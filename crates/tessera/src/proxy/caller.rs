@@ -2,7 +2,7 @@
 //! the provider's audit log), and the scheme, host and `X-Forwarded-For` chain to pass on.
 //! Forwarded headers are believed only from `http.trusted_proxies`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -12,6 +12,23 @@ use axum::http::request::Parts;
 use super::Proxy;
 use super::forward::Origin;
 use crate::app::RequestContext;
+
+/// The client end of a connection, its address written out once: every request on the
+/// connection needs it as text (`X-Forwarded-For`, the provider's audit log).
+#[derive(Clone, Debug)]
+pub(super) struct Peer {
+    ip: IpAddr,
+    text: Arc<str>,
+}
+
+impl Peer {
+    pub(super) fn new(ip: IpAddr) -> Peer {
+        Peer {
+            ip,
+            text: ip.to_string().into(),
+        }
+    }
+}
 
 /// Who is asking and how they reached the proxy: forwarded headers are believed only from
 /// `http.trusted_proxies`.
@@ -31,8 +48,10 @@ impl FromRequestParts<Arc<Proxy>> for Caller {
     ) -> Result<Caller, Self::Rejection> {
         let peer = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+            .get::<ConnectInfo<Peer>>()
+            .map_or_else(|| Peer::new(IpAddr::from([127, 0, 0, 1])), |c| c.0.clone());
+        let peer_text = peer.text.as_ref();
+        let peer = peer.ip;
         let headers = &parts.headers;
         let trusted = proxy.trusted_proxies.iter().any(|n| n.contains(&peer));
         let first = |name: &str| {
@@ -52,10 +71,13 @@ impl FromRequestParts<Arc<Proxy>> for Caller {
             .filter(|_| trusted)
             .unwrap_or_else(|| "http".to_owned());
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(chain) if trusted => format!("{chain}, {peer}"),
-            _ => peer.to_string(),
+            Some(chain) if trusted => format!("{chain}, {peer_text}"),
+            _ => peer_text.to_owned(),
         };
-        let ip = crate::http::client_ip(peer, headers, &proxy.trusted_proxies);
+        let ip = match crate::http::client_ip(peer, headers, &proxy.trusted_proxies) {
+            ip if ip == peer => peer_text.to_owned(),
+            ip => ip.to_string(),
+        };
         let user_agent = headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -66,10 +88,7 @@ impl FromRequestParts<Arc<Proxy>> for Caller {
                 proto,
                 host,
             },
-            ctx: RequestContext {
-                ip: ip.to_string(),
-                user_agent,
-            },
+            ctx: RequestContext { ip, user_agent },
         })
     }
 }

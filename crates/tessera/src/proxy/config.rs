@@ -193,6 +193,8 @@ pub struct Route {
     pub path_prefix: String,
     /// `scheme://authority` of the upstream.
     pub upstream: url::Url,
+    /// The upstream's `host:port`, ready for each forwarded request's URI.
+    pub upstream_authority: axum::http::uri::Authority,
     /// Required groups (any of).
     pub allowed_groups: Vec<String>,
     /// Whether to send the id_token as a bearer token.
@@ -322,6 +324,9 @@ fn route(raw: RawRoute) -> Result<Route, String> {
             raw.upstream
         ));
     }
+    let upstream_authority = upstream[url::Position::BeforeHost..url::Position::AfterPort]
+        .parse()
+        .map_err(|e| format!("`upstream` `{}`: {e}", raw.upstream))?;
     let path_prefix = raw.path_prefix.unwrap_or_else(|| "/".into());
     if !path_prefix.starts_with('/') {
         return Err(format!("`path_prefix` `{path_prefix}` must start with /"));
@@ -330,6 +335,7 @@ fn route(raw: RawRoute) -> Result<Route, String> {
         host: raw.host.map(|h| h.to_ascii_lowercase()),
         path_prefix,
         upstream,
+        upstream_authority,
         allowed_groups: raw.allowed_groups,
         pass_access_token: raw.pass_access_token,
         upstream_http2: raw.upstream_http2,

@@ -64,29 +64,37 @@ impl CookieJar {
     }
 
     /// The request's `Cookie` header without the proxy's own cookies, or `None` when nothing
-    /// else is left: the upstream never sees the session.
+    /// else is left: the upstream never sees the session. The other pairs pass on verbatim.
     pub(crate) fn strip_ours(&self, headers: &HeaderMap) -> Option<HeaderValue> {
-        let kept: Vec<String> = pairs(headers)
-            .into_iter()
-            .filter(|(name, _)| !self.is_ours(name))
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect();
+        let mut kept = String::new();
+        let pairs = headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty());
+        for pair in pairs {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name).trim();
+            if self.is_ours(name) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
         if kept.is_empty() {
             return None;
         }
-        HeaderValue::from_str(&kept.join("; ")).ok()
+        HeaderValue::from_str(&kept).ok()
     }
 }
 
 /// Every `name=value` pair of the request's `Cookie` headers, in order.
 pub(crate) fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .map(|c| (c.name().to_owned(), c.value().to_owned()))
+    crate::http::cookie_pairs(headers)
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect()
 }
 

@@ -17,7 +17,7 @@ use super::Proxy;
 use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
 use super::caller::Caller;
 use super::forward::{Origin, forward};
-use super::identity::{identity_headers, in_groups, strip_identity};
+use super::identity::{in_groups, strip_identity};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
 use crate::client::oidc;
@@ -165,7 +165,9 @@ pub(super) async fn auth(
     }
     let mut response = StatusCode::ACCEPTED.into_response();
     let headers = response.headers_mut();
-    headers.extend(identity_headers(&current.state, true));
+    for (name, value) in current.state.grant.headers.get(true) {
+        headers.insert(name.clone(), value.clone());
+    }
     with_cookies(response, current.set_cookies)
 }
 
@@ -185,7 +187,7 @@ pub(super) async fn sign_out(
             Err(e) => return session_error(e),
         },
         Ok(Lookup::TimedOut { state, set_cookies }) => {
-            proxy.revoke_later(state, ctx);
+            proxy.revoke_later(&state, ctx);
             set_cookies
         }
         Ok(Lookup::Missing) => proxy.sessions.clear_all(&headers),
@@ -221,7 +223,7 @@ pub(super) async fn proxied(
     mut request: Request,
 ) -> Response {
     let origin = &caller.origin;
-    let Some(route) = proxy.route(&origin.host, request.uri().path()).cloned() else {
+    let Some(route) = proxy.route(&origin.host, request.uri().path()) else {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -237,8 +239,8 @@ pub(super) async fn proxied(
     }
     let cookie = proxy.sessions.jar.strip_ours(request.headers());
     strip_identity(request.headers_mut());
-    let extra = identity_headers(&current.state, route.pass_access_token);
-    let response = forward(&route, request, origin, extra, cookie).await;
+    let extra = current.state.grant.headers.get(route.pass_access_token);
+    let response = forward(route, request, origin, extra, cookie).await;
     with_cookies(response, current.set_cookies)
 }
 
@@ -293,7 +295,7 @@ impl Proxy {
                 });
             }
             Ok(Lookup::TimedOut { state, set_cookies }) => {
-                self.revoke_later(state, ctx.clone());
+                self.revoke_later(&state, ctx.clone());
                 return Err(NoSession {
                     set_cookies,
                     failure: None,
@@ -341,8 +343,8 @@ impl Proxy {
 
     /// Revokes a timed-out session's refresh token at the provider, without holding up the
     /// answer.
-    fn revoke_later(self: &Arc<Self>, state: SessionState, ctx: RequestContext) {
-        let Some(token) = state.grant.refresh_token else {
+    fn revoke_later(self: &Arc<Self>, state: &SessionState, ctx: RequestContext) {
+        let Some(token) = state.grant.refresh_token.clone() else {
             return;
         };
         let proxy = Arc::clone(self);

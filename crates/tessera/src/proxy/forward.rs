@@ -5,6 +5,7 @@
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderName};
+use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -13,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::config::Route;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -22,7 +23,12 @@ const HOP_BY_HOP: [&str; 8] = [
     "te",
     "trailer",
     "transfer-encoding",
+    "upgrade",
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Where the request came from, as the upstream should be told.
 #[derive(Clone, Debug)]
@@ -48,7 +54,7 @@ pub(crate) async fn forward(
     route: &Route,
     request: Request<Body>,
     origin: &Origin,
-    extra: HeaderMap,
+    extra: &[(HeaderName, HeaderValue)],
     cookie: Option<HeaderValue>,
 ) -> Response<Body> {
     let upstreams = UPSTREAMS.with(Upstreams::clone);
@@ -82,7 +88,7 @@ impl Upstreams {
         route: &Route,
         mut request: Request<Body>,
         origin: &Origin,
-        extra: HeaderMap,
+        extra: &[(HeaderName, HeaderValue)],
         cookie: Option<HeaderValue>,
     ) -> Response<Body> {
         let upgrade = upgrade_protocol(request.headers());
@@ -115,7 +121,7 @@ impl Upstreams {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        for (name, value) in &extra {
+        for (name, value) in extra {
             headers.insert(name.clone(), value.clone());
         }
         let mut response = match client.request(request).await {
@@ -166,12 +172,20 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 fn upstream_uri(route: &Route, original: &Uri) -> Result<Uri, axum::http::Error> {
-    let path = original.path_and_query().map_or("/", |p| p.as_str());
-    let base = route.upstream.as_str().trim_end_matches('/');
-    Uri::try_from(format!("{base}{path}")).map_err(Into::into)
+    let mut parts = axum::http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(route.upstream_authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).map_err(Into::into)
 }
 
-/// Removes the hop-by-hop headers and every header the `Connection` header names.
+/// Removes the hop-by-hop headers and every header the `Connection` header names, in one
+/// pass over the headers (most requests carry none of them).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -180,20 +194,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::try_from(t.trim()).ok())
         .collect();
-    for name in named {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(&name.as_str()) || named.contains(name))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
 }
 
 fn set_forwarded(headers: &mut HeaderMap, origin: &Origin) {
     let pairs = [
-        ("x-forwarded-for", origin.forwarded_for.as_str()),
-        ("x-forwarded-proto", origin.proto.as_str()),
-        ("x-forwarded-host", origin.host.as_str()),
+        (X_FORWARDED_FOR, origin.forwarded_for.as_str()),
+        (X_FORWARDED_PROTO, origin.proto.as_str()),
+        (X_FORWARDED_HOST, origin.host.as_str()),
     ];
     for (name, value) in pairs {
         match HeaderValue::from_str(value) {

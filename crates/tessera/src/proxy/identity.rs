@@ -5,7 +5,6 @@ use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, HeaderValue};
 
 use super::provider::Identity;
-use super::session::SessionState;
 
 /// Headers a client could use to pretend to be someone: never passed on from the client.
 const IDENTITY_HEADERS: [&str; 6] = [
@@ -17,45 +16,70 @@ const IDENTITY_HEADERS: [&str; 6] = [
     "x-forwarded-access-token",
 ];
 
+const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
+const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+const X_AUTH_REQUEST_GROUPS: HeaderName = HeaderName::from_static("x-auth-request-groups");
+const X_AUTH_REQUEST_PREFERRED_USERNAME: HeaderName =
+    HeaderName::from_static("x-auth-request-preferred-username");
+
 /// The headers that tell the upstream (or nginx) who the user is: oauth2-proxy's
-/// `X-Auth-Request-*`, and with `bearer` the id_token as `Authorization`.
-pub(super) fn identity_headers(state: &SessionState, bearer: bool) -> HeaderMap {
-    let identity = &state.grant.identity;
-    let groups = identity.groups.join(",");
-    let values = [
-        ("x-auth-request-user", Some(identity.sub.as_str())),
-        ("x-auth-request-email", identity.email.as_deref()),
-        (
-            "x-auth-request-groups",
-            Some(groups.as_str()).filter(|g| !g.is_empty()),
-        ),
-        (
-            "x-auth-request-preferred-username",
-            identity.preferred_username.as_deref(),
-        ),
-    ];
-    let mut headers = HeaderMap::with_capacity(values.len() + 1);
-    for (name, value) in values {
-        // Claims are UTF-8; a value with control characters is left out rather than mangled.
-        if let Some(Ok(value)) = value.map(|v| HeaderValue::from_bytes(v.as_bytes())) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
-    }
-    if bearer && let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", state.grant.id_token))
-    {
-        headers.insert(header::AUTHORIZATION, value);
-    }
-    headers
+/// `X-Auth-Request-*`, then the id_token as `Authorization`. Made once per grant, not per
+/// request.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct UserHeaders {
+    entries: Vec<(HeaderName, HeaderValue)>,
+    /// Whether the last entry is `Authorization`.
+    has_bearer: bool,
 }
 
-/// Removes every header by which a client could claim an identity.
-pub(super) fn strip_identity(headers: &mut HeaderMap) {
-    for name in IDENTITY_HEADERS {
-        headers.remove(name);
+impl UserHeaders {
+    pub(crate) fn new(identity: &Identity, id_token: &str) -> UserHeaders {
+        let groups = identity.groups.join(",");
+        let values = [
+            (X_AUTH_REQUEST_USER, Some(identity.sub.as_str())),
+            (X_AUTH_REQUEST_EMAIL, identity.email.as_deref()),
+            (
+                X_AUTH_REQUEST_GROUPS,
+                Some(groups.as_str()).filter(|g| !g.is_empty()),
+            ),
+            (
+                X_AUTH_REQUEST_PREFERRED_USERNAME,
+                identity.preferred_username.as_deref(),
+            ),
+        ];
+        let mut entries = Vec::with_capacity(values.len() + 1);
+        for (name, value) in values {
+            // Claims are UTF-8; a value with control characters is left out rather than mangled.
+            if let Some(Ok(value)) = value.map(|v| HeaderValue::from_bytes(v.as_bytes())) {
+                entries.push((name, value));
+            }
+        }
+        let bearer = HeaderValue::from_str(&format!("Bearer {id_token}")).ok();
+        let has_bearer = bearer.is_some();
+        entries.extend(bearer.map(|value| (header::AUTHORIZATION, value)));
+        UserHeaders {
+            entries,
+            has_bearer,
+        }
     }
+
+    /// The headers to send, with `Authorization` when `bearer`.
+    pub(crate) fn get(&self, bearer: bool) -> &[(HeaderName, HeaderValue)] {
+        match self.entries.split_last() {
+            Some((_, without_bearer)) if self.has_bearer && !bearer => without_bearer,
+            _ => &self.entries,
+        }
+    }
+}
+
+/// Removes every header by which a client could claim an identity, in one pass over the
+/// headers (most requests carry none of them).
+pub(super) fn strip_identity(headers: &mut HeaderMap) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| n.as_str().starts_with("x-auth-request-"))
+        .filter(|n| {
+            IDENTITY_HEADERS.contains(&n.as_str()) || n.as_str().starts_with("x-auth-request-")
+        })
         .cloned()
         .collect();
     for name in spoofed {

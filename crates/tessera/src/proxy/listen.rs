@@ -9,9 +9,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use axum::serve::ListenerExt as _;
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
 use socket2::{Domain, Socket, Type};
 
+use super::caller::Peer;
 use super::{Proxy, router};
 
 /// Connections the kernel queues for a socket before the proxy accepts them.
@@ -84,18 +86,40 @@ impl Listeners {
 
 /// One socket's connections, on the current thread's runtime.
 async fn serve_socket(socket: TcpListener, proxy: Arc<Proxy>) -> Result<()> {
-    // TCP_NODELAY: small answers (a 202 for nginx) are not held back for a delayed ACK.
-    let listener = tokio::net::TcpListener::from_std(socket)?.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
+    let listener = NoDelayListener(tokio::net::TcpListener::from_std(socket)?);
     axum::serve(
         listener,
-        router(proxy).into_make_service_with_connect_info::<SocketAddr>(),
+        router(proxy).into_make_service_with_connect_info::<Peer>(),
     )
     .await
     .context("the proxy stopped accepting connections")
+}
+
+/// Tokio's listener as axum serves it, with `TCP_NODELAY` on every connection: small answers
+/// (a 202 for nginx) are not held back for a delayed ACK.
+struct NoDelayListener(tokio::net::TcpListener);
+
+impl Listener for NoDelayListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, address) = Listener::accept(&mut self.0).await;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        (stream, address)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl Connected<IncomingStream<'_, NoDelayListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, NoDelayListener>) -> Peer {
+        Peer::new(stream.remote_addr().ip())
+    }
 }
 
 /// A non-blocking listening socket that later sockets of this user may share the port with

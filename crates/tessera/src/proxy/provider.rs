@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::config::ExternalProvider;
+use super::identity::UserHeaders;
 use crate::app::{App, AppError, RequestContext};
 use crate::client::oidc;
 use crate::config::Client;
@@ -49,6 +50,8 @@ pub struct Grant {
     pub refresh_token: Option<String>,
     /// The user, from the id_token.
     pub identity: Identity,
+    /// The user as headers for the upstream.
+    pub(crate) headers: UserHeaders,
 }
 
 /// The serialized form of a [`Grant`].
@@ -307,6 +310,7 @@ fn grant(id_token: String, refresh_token: Option<String>) -> Result<Grant, Provi
     let identity: Identity =
         oidc::read_claims(&id_token).map_err(|e| ProviderError::Unavailable(format!("{e:#}")))?;
     Ok(Grant {
+        headers: UserHeaders::new(&identity, &id_token),
         id_token,
         refresh_token,
         identity,

@@ -94,8 +94,8 @@ pub(crate) struct SessionsParts {
 pub(crate) struct SessionState {
     /// Random id (the `cookie` store's key for single flight; the handle hash for `server`).
     pub(crate) id: String,
-    /// The tokens and the user.
-    pub(crate) grant: Grant,
+    /// The tokens and the user (shared: every request of the session reads it).
+    pub(crate) grant: Arc<Grant>,
     /// Login time.
     pub(crate) created_at: UnixMillis,
     /// Last request (coarse).
@@ -190,7 +190,7 @@ impl Sessions {
         let now = self.now();
         let mut state = SessionState {
             id: String::new(),
-            grant,
+            grant: Arc::new(grant),
             created_at: now,
             last_seen_at: now,
             absolute_end: now.plus(self.absolute_timeout),

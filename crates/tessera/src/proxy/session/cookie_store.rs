@@ -69,7 +69,7 @@ impl Sessions {
             Ok(grant) => {
                 let now = self.now();
                 let state = SessionState {
-                    grant,
+                    grant: Arc::new(grant),
                     refreshed_at: now,
                     last_seen_at: now,
                     ..current.state

@@ -72,7 +72,7 @@ impl Sessions {
         let grant: Grant = serde_json::from_slice(&plain).ok()?;
         Some(SessionState {
             id: row.handle.to_hex(),
-            grant,
+            grant: Arc::new(grant),
             created_at: row.created_at,
             last_seen_at: row.last_seen_at,
             absolute_end: row.absolute_end,
@@ -160,7 +160,7 @@ impl Sessions {
                         },
                     )
                     .await?;
-                current.state.grant = grant;
+                current.state.grant = Arc::new(grant);
                 current.state.refreshed_at = now;
                 current.state.last_seen_at = now;
                 self.cache(handle, &current.state);
