@@ -9,12 +9,12 @@
 //! With `--rounds N` the five run in that order N times, so drift of the virtual machine falls
 //! on every configuration alike.
 //!
-//! Fairness: every server may use every core (nginx `worker_processes auto`, as tessera's Tokio
-//! runtime runs one worker thread per core); nginx keeps its upstream connections alive
-//! (`keepalive 64`), keeps every connection open past its default limit of 1000 requests (hyper
-//! has none), and logs no request (tessera at `TESSERA_LOG=warn` logs none either). wrk sends
-//! the same request, session cookie included, to all five. wrk shares the cores with the
-//! servers: every figure includes its share of the machine.
+//! Fairness: every server may use every core (nginx `worker_processes auto`, as tessera's proxy
+//! runs one thread per core, each with its own listening socket); nginx keeps its upstream
+//! connections alive (`keepalive 64`), keeps every connection open past its default limit of
+//! 1000 requests (hyper has none), and logs no request (tessera at `TESSERA_LOG=warn` logs none
+//! either). wrk sends the same request, session cookie included, to all five. wrk shares the
+//! cores with the servers: every figure includes its share of the machine.
 //!
 //! The session is made as a browser makes it: `/oauth2/start` → the provider's login form →
 //! `/oauth2/callback`. Its cookie `_tessera_proxy` is `Secure`, so wrk sends it as a header.
@@ -863,7 +863,7 @@ fn print_table(options: &Options, measurements: &[Measurement]) {
     println!();
     println!(
         "wrk: {} connections, {} threads, {} s per configuration after {} s of the same load, {} round(s) in turn; \
-         nginx: worker_processes auto ({} workers, as tessera's runtime has one worker thread per core), \
+         nginx: worker_processes auto ({} workers, as tessera's proxy has one thread per core), \
          upstream keepalive 64, no access log; tessera: release build, session store `server` (SQLite)",
         options.connections,
         options.threads,

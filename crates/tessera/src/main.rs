@@ -1,8 +1,9 @@
 //! `tessera`: an OpenID Connect provider with one-time rotating refresh tokens, a kubectl
 //! credential plugin and an authenticating proxy, in one binary.
 
-/// mimalloc: a proxied request allocates and frees dozens of small buffers across threads,
-/// which glibc's allocator serves at a visible share of the proxy's CPU.
+/// mimalloc: a proxied request allocates and frees dozens of small buffers; glibc's allocator
+/// took about a seventh of the proxy's CPU time under `bench/proxy` (perf), and the proxy runs
+/// 7% fewer instructions per request with mimalloc (callgrind).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::header;
+use axum::http::header::{self, HeaderName};
 use axum::http::request::Parts;
 
 use super::Proxy;
-use super::forward::Origin;
+use super::forward::{Origin, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::app::RequestContext;
 
 /// The client end of a connection, its address written out once: every request on the
@@ -46,31 +46,33 @@ impl FromRequestParts<Arc<Proxy>> for Caller {
         parts: &mut Parts,
         proxy: &Arc<Proxy>,
     ) -> Result<Caller, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<Peer>>()
-            .map_or_else(|| Peer::new(IpAddr::from([127, 0, 0, 1])), |c| c.0.clone());
+        let unknown;
+        let peer = match parts.extensions.get::<ConnectInfo<Peer>>() {
+            Some(ConnectInfo(peer)) => peer,
+            None => {
+                unknown = Peer::new(IpAddr::from([127, 0, 0, 1]));
+                &unknown
+            }
+        };
         let peer_text = peer.text.as_ref();
         let peer = peer.ip;
         let headers = &parts.headers;
         let trusted = proxy.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let first = |name: &str| {
+        let first = |name: &HeaderName| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.split(',').next().unwrap_or_default().trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
+        let forwarded = |name: &HeaderName| if trusted { first(name) } else { None };
         // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
-        let host = first("x-forwarded-host")
-            .filter(|_| trusted)
-            .or_else(|| first("host"))
+        let host = forwarded(&X_FORWARDED_HOST)
+            .or_else(|| first(&header::HOST))
             .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        let proto = first("x-forwarded-proto")
-            .filter(|_| trusted)
-            .unwrap_or_else(|| "http".to_owned());
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let proto = forwarded(&X_FORWARDED_PROTO).unwrap_or_else(|| "http".to_owned());
+        let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(chain) if trusted => format!("{chain}, {peer_text}"),
             _ => peer_text.to_owned(),
         };

@@ -13,22 +13,25 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::config::Route;
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Whether `name` describes one connection and is never forwarded (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Where the request came from, as the upstream should be told.
 #[derive(Clone, Debug)]
@@ -57,18 +60,17 @@ pub(crate) async fn forward(
     extra: &[(HeaderName, HeaderValue)],
     cookie: Option<HeaderValue>,
 ) -> Response<Body> {
-    let upstreams = UPSTREAMS.with(Upstreams::clone);
-    upstreams
-        .forward(route, request, origin, extra, cookie)
-        .await
+    let client = UPSTREAMS.with(|u| u.client(route.upstream_http2).clone());
+    forward_with(&client, route, request, origin, extra, cookie).await
 }
 
 /// Pooled clients for upstreams: HTTP/1.1, and HTTP/2 without TLS for routes that ask for it.
-#[derive(Clone)]
 struct Upstreams {
-    http1: Client<HttpConnector, Body>,
-    h2c: Client<HttpConnector, Body>,
+    http1: UpstreamClient,
+    h2c: UpstreamClient,
 }
+
+type UpstreamClient = Client<HttpConnector, Body>;
 
 impl Upstreams {
     /// A client with `TCP_NODELAY` (small answers are not held back for a delayed ACK).
@@ -83,65 +85,70 @@ impl Upstreams {
         }
     }
 
-    async fn forward(
-        &self,
-        route: &Route,
-        mut request: Request<Body>,
-        origin: &Origin,
-        extra: &[(HeaderName, HeaderValue)],
-        cookie: Option<HeaderValue>,
-    ) -> Response<Body> {
-        let upgrade = upgrade_protocol(request.headers());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let Ok(uri) = upstream_uri(route, request.uri()) else {
-            return bad_gateway("the upstream URL cannot be built");
-        };
-        *request.uri_mut() = uri;
-        let (client, version) = if route.upstream_http2 {
-            (&self.h2c, axum::http::Version::HTTP_2)
-        } else {
-            (&self.http1, axum::http::Version::HTTP_11)
-        };
-        *request.version_mut() = version;
-        let headers = request.headers_mut();
-        strip_hop_by_hop(headers);
-        headers.remove(header::COOKIE);
-        if let Some(cookie) = cookie {
-            headers.insert(header::COOKIE, cookie);
-        }
-        set_forwarded(headers, origin);
-        // The upstream sees the host the client asked for (oauth2-proxy's pass_host_header);
-        // an HTTP/2 client sent it as `:authority`, not as `Host`.
-        if !headers.contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(&origin.host)
-        {
-            headers.insert(header::HOST, host);
-        }
-        if let Some(protocol) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
-        }
-        for (name, value) in extra {
-            headers.insert(name.clone(), value.clone());
-        }
-        let mut response = match client.request(request).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(upstream = %route.upstream, error = %e, "upstream failed");
-                return bad_gateway("the upstream cannot be reached");
-            }
-        };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
-            let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, Body::empty());
-        }
-        strip_hop_by_hop(response.headers_mut());
-        response.map(Body::new)
+    /// The client for a route's upstream.
+    fn client(&self, http2: bool) -> &UpstreamClient {
+        if http2 { &self.h2c } else { &self.http1 }
     }
+}
+
+/// [`forward`] with the client for the route.
+async fn forward_with(
+    client: &UpstreamClient,
+    route: &Route,
+    mut request: Request<Body>,
+    origin: &Origin,
+    extra: &[(HeaderName, HeaderValue)],
+    cookie: Option<HeaderValue>,
+) -> Response<Body> {
+    let upgrade = upgrade_protocol(request.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let Ok(uri) = upstream_uri(route, request.uri()) else {
+        return bad_gateway("the upstream URL cannot be built");
+    };
+    *request.uri_mut() = uri;
+    *request.version_mut() = if route.upstream_http2 {
+        axum::http::Version::HTTP_2
+    } else {
+        axum::http::Version::HTTP_11
+    };
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    headers.remove(header::COOKIE);
+    if let Some(cookie) = cookie {
+        headers.insert(header::COOKIE, cookie);
+    }
+    set_forwarded(headers, origin);
+    // The upstream sees the host the client asked for (oauth2-proxy's pass_host_header);
+    // an HTTP/2 client sent it as `:authority`, not as `Host`.
+    if !headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(&origin.host)
+    {
+        headers.insert(header::HOST, host);
+    }
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    for (name, value) in extra {
+        headers.insert(name.clone(), value.clone());
+    }
+    let mut response = match client.request(request).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(upstream = %route.upstream, error = %e, "upstream failed");
+            return bad_gateway("the upstream cannot be reached");
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, Body::empty());
+    }
+    strip_hop_by_hop(response.headers_mut());
+    response.map(Body::new)
 }
 
 /// Joins the client's and the upstream's upgraded connections until either side closes.
@@ -196,7 +203,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(&name.as_str()) || named.contains(name))
+        .filter(|name| is_hop_by_hop(name) || named.contains(name))
         .cloned()
         .collect();
     for name in doomed {

@@ -6,15 +6,20 @@ use axum::http::{HeaderMap, HeaderValue};
 
 use super::provider::Identity;
 
-/// Headers a client could use to pretend to be someone: never passed on from the client.
-const IDENTITY_HEADERS: [&str; 6] = [
-    "authorization",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-forwarded-preferred-username",
-    "x-forwarded-access-token",
-];
+/// Whether a client could use header `name` to pretend to be someone: such headers are never
+/// passed on from the client.
+fn claims_identity(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(
+        name,
+        "authorization"
+            | "x-forwarded-user"
+            | "x-forwarded-email"
+            | "x-forwarded-groups"
+            | "x-forwarded-preferred-username"
+            | "x-forwarded-access-token"
+    ) || name.starts_with("x-auth-request-")
+}
 
 const X_AUTH_REQUEST_USER: HeaderName = HeaderName::from_static("x-auth-request-user");
 const X_AUTH_REQUEST_EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
@@ -77,9 +82,7 @@ impl UserHeaders {
 pub(super) fn strip_identity(headers: &mut HeaderMap) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| {
-            IDENTITY_HEADERS.contains(&n.as_str()) || n.as_str().starts_with("x-auth-request-")
-        })
+        .filter(|n| claims_identity(n))
         .cloned()
         .collect();
     for name in spoofed {
