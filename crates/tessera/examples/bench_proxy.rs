@@ -6,8 +6,9 @@
 //! tessera's proxy with a valid session, (d) through nginx with `auth_request` to tessera's
 //! `/oauth2/auth`; and then tessera's `/oauth2/auth` alone. c/b is the price of tessera's proxy
 //! against the reference (target ≥ 0.8), d/b the price of the nginx `auth_request` deployment.
-//! With `--rounds N` the five run in that order N times, so drift of the virtual machine falls
-//! on every configuration alike.
+//! The five run in that order `--rounds` times (3 unless asked otherwise), so drift of the
+//! virtual machine falls on every configuration alike, and the verdict is the median of the
+//! rounds' ratios: on this machine absolute rates move by up to a quarter within a minute.
 //!
 //! Fairness: every server may use every core (nginx `worker_processes auto`, as tessera's proxy
 //! runs one thread per core, each with its own listening socket); nginx keeps its upstream
@@ -44,7 +45,8 @@ usage: bench_proxy --nginx PATH --wrk PATH [--duration SECS] [--warmup SECS] [--
 
   --duration SECS     measured seconds per configuration (default 10)
   --warmup SECS       unmeasured seconds of the same load just before each (default 2)
-  --rounds N          times the five configurations run, in turn (default 1)
+  --rounds N          times the five configurations run, in turn; the verdict is the
+                      median of the rounds' ratios (default 3)
   --connections N     wrk's open connections (default 64)
   --threads N         wrk's threads (default 2)
   --pass-access-token BOOL
@@ -103,7 +105,7 @@ impl Options {
         let mut options = Options {
             duration: 10,
             warmup: 2,
-            rounds: 1,
+            rounds: 3,
             connections: 64,
             threads: 2,
             pass_access_token: false,
