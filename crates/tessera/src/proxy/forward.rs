@@ -55,51 +55,12 @@ thread_local! {
 /// upstream's response.
 pub(crate) async fn forward(
     route: &Route,
-    request: Request<Body>,
-    origin: &Origin,
-    extra: &[(HeaderName, HeaderValue)],
-    cookie: Option<HeaderValue>,
-) -> Response<Body> {
-    let client = UPSTREAMS.with(|u| u.client(route.upstream_http2).clone());
-    forward_with(&client, route, request, origin, extra, cookie).await
-}
-
-/// Pooled clients for upstreams: HTTP/1.1, and HTTP/2 without TLS for routes that ask for it.
-struct Upstreams {
-    http1: UpstreamClient,
-    h2c: UpstreamClient,
-}
-
-type UpstreamClient = Client<HttpConnector, Body>;
-
-impl Upstreams {
-    /// A client with `TCP_NODELAY` (small answers are not held back for a delayed ACK).
-    fn new() -> Upstreams {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Upstreams {
-            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-            h2c: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(connector),
-        }
-    }
-
-    /// The client for a route's upstream.
-    fn client(&self, http2: bool) -> &UpstreamClient {
-        if http2 { &self.h2c } else { &self.http1 }
-    }
-}
-
-/// [`forward`] with the client for the route.
-async fn forward_with(
-    client: &UpstreamClient,
-    route: &Route,
     mut request: Request<Body>,
     origin: &Origin,
     extra: &[(HeaderName, HeaderValue)],
     cookie: Option<HeaderValue>,
 ) -> Response<Body> {
+    let client = UPSTREAMS.with(|u| u.client(route.upstream_http2).clone());
     let upgrade = upgrade_protocol(request.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let Ok(uri) = upstream_uri(route, request.uri()) else {
@@ -149,6 +110,33 @@ async fn forward_with(
     }
     strip_hop_by_hop(response.headers_mut());
     response.map(Body::new)
+}
+
+/// Pooled clients for upstreams: HTTP/1.1, and HTTP/2 without TLS for routes that ask for it.
+struct Upstreams {
+    http1: UpstreamClient,
+    h2c: UpstreamClient,
+}
+
+type UpstreamClient = Client<HttpConnector, Body>;
+
+impl Upstreams {
+    /// A client with `TCP_NODELAY` (small answers are not held back for a delayed ACK).
+    fn new() -> Upstreams {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Upstreams {
+            http1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2c: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+        }
+    }
+
+    /// The client for a route's upstream.
+    fn client(&self, http2: bool) -> &UpstreamClient {
+        if http2 { &self.h2c } else { &self.http1 }
+    }
 }
 
 /// Joins the client's and the upstream's upgraded connections until either side closes.

@@ -30,7 +30,7 @@ const X_AUTH_REQUEST_PREFERRED_USERNAME: HeaderName =
 /// The headers that tell the upstream (or nginx) who the user is: oauth2-proxy's
 /// `X-Auth-Request-*`, then the id_token as `Authorization`. Made once per grant, not per
 /// request.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct UserHeaders {
     entries: Vec<(HeaderName, HeaderValue)>,
     /// Whether the last entry is `Authorization`.
