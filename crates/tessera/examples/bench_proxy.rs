@@ -538,28 +538,13 @@ impl Tessera {
         format!("{}{path}", self.issuer)
     }
 
-    /// A client trusting the dev CA, following no redirect.
+    /// A client of this server (see [`bench_support::http_client`]).
     fn client(&self, cookies: bool) -> Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .use_preconfigured_tls(self.tls.clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .cookie_store(cookies)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")
+        bench_support::http_client(&self.tls, cookies)
     }
 
     async fn wait_healthy(&self) -> Result<()> {
-        let client = self.client(false)?;
-        for _ in 0..200 {
-            if let Ok(r) = client.get(self.url("/healthz")).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the server did not become healthy within 10 s")
+        bench_support::wait_healthy(&self.client(false)?, &self.url("/healthz")).await
     }
 }
 

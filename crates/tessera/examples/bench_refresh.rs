@@ -597,30 +597,13 @@ impl Server {
         Ok(reqwest::Url::parse(&self.url("/token"))?)
     }
 
-    /// An HTTP/1.1 client with one keep-alive connection to the server.
+    /// A client of this server (see [`bench_support::http_client`]).
     fn client(&self, cookies: bool) -> Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .use_preconfigured_tls(self.tls.clone())
-            .http1_only()
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .cookie_store(cookies)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")
+        bench_support::http_client(&self.tls, cookies)
     }
 
     async fn wait_healthy(&self) -> Result<()> {
-        let client = self.client(false)?;
-        for _ in 0..200 {
-            if let Ok(r) = client.get(self.url("/healthz")).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the server did not become healthy within 10 s")
+        bench_support::wait_healthy(&self.client(false)?, &self.url("/healthz")).await
     }
 
     fn check_alive(&self) -> Result<()> {

@@ -35,6 +35,20 @@ pub(crate) fn default_tessera() -> Result<PathBuf> {
     Ok(release.join("tessera"))
 }
 
+/// An HTTP/1.1 client trusting `tls`'s roots (the dev CA), following no redirect, with
+/// `TCP_NODELAY` and a 30 s timeout.
+pub(crate) fn http_client(tls: &rustls::ClientConfig, cookies: bool) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone())
+        .http1_only()
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(cookies)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")
+}
+
 /// The hidden inputs of the login form (CSRF token and the carried request).
 pub(crate) fn hidden_fields(html: &str) -> Vec<(String, String)> {
     let between = |text: &str, start: &str| {
@@ -121,4 +135,17 @@ pub(crate) fn warn_if_busy() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits up to 10 s for `healthz` to answer 2xx (a server just started).
+pub(crate) async fn wait_healthy(client: &reqwest::Client, healthz: &str) -> Result<()> {
+    for _ in 0..200 {
+        if let Ok(r) = client.get(healthz).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the server did not become healthy within 10 s")
 }
