@@ -1,6 +1,6 @@
-//! The proxy's cookies: reading them from a request, writing them with tessera's strict
-//! attributes (`Secure; HttpOnly; SameSite=Lax`, `Path=/`, the configured `Domain`), and
-//! removing the proxy's own cookies from what the upstream sees.
+//! The proxy's cookies: their names, writing them with tessera's strict attributes (`Secure;
+//! HttpOnly; SameSite=Lax`, `Path=/`, the configured `Domain`), and removing the proxy's own
+//! cookies from what the upstream sees. Reading them is `http::cookie_pairs`.
 
 use axum::http::header::COOKIE;
 use axum::http::{HeaderMap, HeaderValue};
@@ -89,13 +89,6 @@ impl CookieJar {
         }
         HeaderValue::from_str(&kept).ok()
     }
-}
-
-/// Every `name=value` pair of the request's `Cookie` headers, in order.
-pub(crate) fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
-    crate::http::cookie_pairs(headers)
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect()
 }
 
 #[cfg(test)]

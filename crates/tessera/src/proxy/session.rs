@@ -293,13 +293,12 @@ impl Sessions {
     /// Clearings for every session cookie (single or chunk) the request carries, and the
     /// single one in any case.
     pub(crate) fn clear_all(&self, request: &HeaderMap) -> Vec<HeaderValue> {
-        let mut names: Vec<String> = cookie::pairs(request)
-            .into_iter()
+        let mut names: Vec<&str> = crate::http::cookie_pairs(request)
             .map(|(name, _)| name)
             .filter(|name| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name))
             .collect();
-        if !names.contains(&self.jar.name) {
-            names.push(self.jar.name.clone());
+        if !names.contains(&self.jar.name.as_str()) {
+            names.push(&self.jar.name);
         }
         names.dedup();
         names.iter().map(|n| self.jar.clear(n)).collect()

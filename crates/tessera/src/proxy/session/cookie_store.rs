@@ -7,12 +7,8 @@ use super::*;
 impl Sessions {
     /// The session sealed in the request's cookies, or the newer state this process holds.
     pub(super) fn find_cookie(&self, request: &HeaderMap) -> Option<SessionState> {
-        let pairs = cookie::pairs(request);
-        let borrowed: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let sealed = seal::join(&self.jar.name, &borrowed)?;
+        let pairs: Vec<(&str, &str)> = crate::http::cookie_pairs(request).collect();
+        let sealed = seal::join(&self.jar.name, &pairs)?;
         let plain = self.sealer.open(&sealed, self.jar.name.as_bytes()).ok()?;
         let state: SessionState = serde_json::from_slice(&plain).ok()?;
         // A request sent before this process refreshed the session carries the older cookie.
@@ -31,8 +27,9 @@ impl Sessions {
         let plain = serde_json::to_vec(state).map_err(|_| SessionError::Sealing)?;
         let sealed = self.seal_for(&self.jar.name, &plain)?;
         let written = seal::split(&self.jar.name, &sealed, seal::MAX_PAIR_LEN);
-        let pairs = cookie::pairs(request);
-        let present: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
+        let present: Vec<&str> = crate::http::cookie_pairs(request)
+            .map(|(name, _)| name)
+            .collect();
         let max_age = self.max_age(state);
         let mut cookies: Vec<HeaderValue> = written
             .iter()
