@@ -36,7 +36,7 @@ use tessera_core::clock::monotonic_now;
 mod bench_support;
 use bench_support::{
     clock_ticks_per_second, cores, default_tessera, hidden_fields, machine_cpu_ms, tls_trusting,
-    today, warn_if_busy,
+    warn_if_busy,
 };
 
 const USAGE: &str = "\
@@ -810,21 +810,7 @@ fn stat_cpu_ms(fields: &[String]) -> Result<f64> {
 }
 
 fn print_machine(options: &Options) {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("date: {}", today());
-    println!(
-        "machine: nproc {}, {model}, Linux {}",
-        cores(),
-        kernel.trim()
-    );
+    bench_support::print_machine();
     println!(
         "tools: {}; {}",
         first_line(&options.nginx, "-v"),

@@ -46,7 +46,7 @@ use tessera_core::jwt::{Algorithm, SigningKey};
 mod bench_support;
 use bench_support::{
     clock_ticks_per_second, cores, default_tessera, hidden_fields, machine_cpu_ms, tls_trusting,
-    today, warn_if_busy,
+    warn_if_busy,
 };
 
 const USAGE: &str = "\
@@ -76,7 +76,7 @@ const MINTERS: usize = 8;
 
 fn main() -> Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
-    print_machine();
+    bench_support::print_machine();
     warn_if_busy()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -204,24 +204,6 @@ impl Options {
 
 fn seconds(text: &str) -> Result<Duration> {
     Ok(Duration::try_from_secs_f64(text.parse::<f64>()?)?)
-}
-
-fn print_machine() {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("date: {}", today());
-    println!(
-        "machine: nproc {}, {model}, Linux {}",
-        cores(),
-        kernel.trim()
-    );
 }
 
 /// The raw rate of signing one representative id_token.

@@ -121,6 +121,25 @@ pub(crate) fn unescape(text: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// The date, the CPU model, the core count and the kernel: what a figure was measured on.
+pub(crate) fn print_machine() {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("date: {}", today());
+    println!(
+        "machine: nproc {}, {model}, Linux {}",
+        cores(),
+        kernel.trim()
+    );
+}
+
 /// Other processes share the cores with the server and the signing measurement: say so.
 pub(crate) fn warn_if_busy() -> Result<()> {
     let before = machine_cpu_ms()?;
