@@ -259,6 +259,10 @@ pub trait Store: Send + Sync {
         reason: &str,
     ) -> Result<bool, StoreError>;
 
+    /// Whether the database answers at all (`SELECT 1`): readiness, which must stay cheap however
+    /// many rows there are.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Sessions neither revoked nor past their absolute end.
     async fn count_active_sessions(&self, now: UnixMillis) -> Result<u64, StoreError>;
 

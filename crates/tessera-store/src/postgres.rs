@@ -603,6 +603,14 @@ impl Store for PostgresStore {
             .map_err(query("revoke_session"))
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(query("ping"))
+    }
+
     async fn count_active_sessions(&self, now: UnixMillis) -> Result<u64, StoreError> {
         sqlx::query("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND absolute_end > $1")
             .bind(now.0)

@@ -423,6 +423,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read("ping", |c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(query("ping"))
+        })
+        .await
+    }
+
     async fn count_active_sessions(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.read("count_active_sessions", move |c| {
             c.query_row(

@@ -61,6 +61,7 @@ macro_rules! conformance_suite {
                     revoking_a_session_answers_true_only_the_first_time,
                     find_returns_what_was_stored,
                     count_active_sessions_skips_revoked_and_ended_ones,
+                    a_store_that_answers_answers_ping,
                     sweep_deletes_what_can_never_be_used_again,
                     an_empty_store_exports_an_empty_snapshot,
                     an_import_that_fails_half_way_writes_nothing,
@@ -682,6 +683,12 @@ async fn find_returns_what_was_stored(store: &dyn Store) {
         store.find_refresh_token(secret(2).hash()).await.unwrap(),
         None
     );
+}
+
+async fn a_store_that_answers_answers_ping(store: &dyn Store) {
+    store.ping().await.unwrap();
+    start(store, session("live", T0), &secret(1)).await;
+    store.ping().await.unwrap();
 }
 
 async fn count_active_sessions_skips_revoked_and_ended_ones(store: &dyn Store) {

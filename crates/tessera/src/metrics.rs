@@ -1,5 +1,9 @@
 //! Prometheus metrics: requests by endpoint and status, latency histograms, refresh outcomes and
-//! active sessions (counted from the store at scrape time, so every replica reports the truth).
+//! active sessions (counted from the store at most every [`ACTIVE_SESSIONS_MAX_AGE`], so every
+//! replica reports the truth without scanning the sessions table on every scrape).
+
+use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -7,6 +11,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tessera_core::clock::UnixMillis;
+
+/// How long a count of active sessions is shown before the store is asked again: scrapes (every
+/// 15–60 s, from several Prometheus servers) and anyone polling `/metrics` cost one count per
+/// interval, not one table scan each.
+pub const ACTIVE_SESSIONS_MAX_AGE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -44,6 +54,8 @@ pub struct Metrics {
     latency: Family<EndpointLabel, Histogram, fn() -> Histogram>,
     refreshes: Family<OutcomeLabel, Counter>,
     active_sessions: Gauge,
+    /// When `active_sessions` was last counted.
+    counted_at: Mutex<Option<UnixMillis>>,
 }
 
 impl Default for Metrics {
@@ -90,7 +102,27 @@ impl Metrics {
             latency,
             refreshes,
             active_sessions,
+            counted_at: Mutex::new(None),
         }
+    }
+
+    /// Whether the count of active sessions is older than [`ACTIVE_SESSIONS_MAX_AGE`] at `now`.
+    pub fn active_sessions_stale(&self, now: UnixMillis) -> bool {
+        let counted_at = *self
+            .counted_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counted_at.is_none_or(|at| now >= at.plus(ACTIVE_SESSIONS_MAX_AGE) || now < at)
+    }
+
+    /// Records a fresh count of active sessions, made at `now`.
+    pub fn set_active_sessions(&self, active_sessions: u64, now: UnixMillis) {
+        self.active_sessions
+            .set(i64::try_from(active_sessions).unwrap_or(i64::MAX));
+        *self
+            .counted_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(now);
     }
 
     /// Counts one HTTP request.
@@ -119,13 +151,32 @@ impl Metrics {
             .inc();
     }
 
-    /// Renders the Prometheus text format with the current count of active sessions.
-    pub fn render(&self, active_sessions: u64) -> String {
-        self.active_sessions
-            .set(i64::try_from(active_sessions).unwrap_or(i64::MAX));
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_is_reused_until_it_is_older_than_the_max_age() {
+        let metrics = Metrics::new();
+        let t = UnixMillis(1_000_000);
+        assert!(metrics.active_sessions_stale(t), "never counted");
+        metrics.set_active_sessions(3, t);
+        assert!(!metrics.active_sessions_stale(t));
+        assert!(!metrics.active_sessions_stale(t.plus(Duration::from_secs(9))));
+        assert!(metrics.active_sessions_stale(t.plus(ACTIVE_SESSIONS_MAX_AGE)));
+        assert!(
+            metrics.active_sessions_stale(UnixMillis(t.0 - 1)),
+            "a clock set back counts again"
+        );
+        assert!(metrics.render().contains("tessera_active_sessions 3"));
     }
 }

@@ -153,13 +153,18 @@ impl App {
 
     /// Whether the store answers.
     pub async fn ready(&self) -> bool {
-        self.store.count_active_sessions(self.now()).await.is_ok()
+        self.store.ping().await.is_ok()
     }
 
-    /// The Prometheus text of the metrics.
+    /// The Prometheus text of the metrics, with active sessions counted at most every
+    /// [`crate::metrics::ACTIVE_SESSIONS_MAX_AGE`].
     pub async fn render_metrics(&self) -> Result<String, AppError> {
-        let active = self.store.count_active_sessions(self.now()).await?;
-        Ok(self.metrics.render(active))
+        let now = self.now();
+        if self.metrics.active_sessions_stale(now) {
+            let active = self.store.count_active_sessions(now).await?;
+            self.metrics.set_active_sessions(active, now);
+        }
+        Ok(self.metrics.render())
     }
 
     /// Deletes rows that can never be used again.

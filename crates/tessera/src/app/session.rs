@@ -152,6 +152,12 @@ impl App {
         })
     }
 
+    /// Whether the session an `id_token_hint` names was started from SSO session `sso`.
+    pub async fn hint_names_sso(&self, hint: &LogoutHint, sso: &SsoId) -> Result<bool, AppError> {
+        let session = self.store.find_session(hint.session_id.clone()).await?;
+        Ok(session.is_some_and(|s| s.sso_id.as_ref() == Some(sso)))
+    }
+
     /// Whether `uri` is a registered post-logout redirect of `client_id`.
     pub fn post_logout_redirect_allowed(&self, client_id: &str, uri: &str) -> bool {
         self.client(client_id)

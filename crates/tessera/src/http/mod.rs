@@ -65,7 +65,24 @@ pub fn router(app: Arc<App>) -> Router {
     routes
         .layer(DefaultBodyLimit::max(form::MAX_BODY))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
+        .layer(middleware::from_fn(harden))
         .with_state(app)
+}
+
+/// One year: browsers that saw the issuer over HTTPS never try it over plain HTTP again.
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+/// Adds the headers every answer of an HTTPS-only provider carries: HSTS, and `nosniff` so that
+/// no browser renders a JSON or text answer as a page.
+async fn harden(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::STRICT_TRANSPORT_SECURITY, HSTS);
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// The path part of the issuer (`""` for a bare origin).

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use tessera_core::id::SessionId;
 
@@ -29,7 +29,12 @@ pub(super) async fn userinfo(
         })
         .ok_or(AppError::InvalidToken)?;
     let claims = app.userinfo(token.trim()).await?;
-    Ok(Json(claims).into_response())
+    // The claims are personal data: no cache along the way may keep them.
+    let mut response = Json(claims).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 pub(super) async fn logout_get(
@@ -58,9 +63,9 @@ pub(super) async fn logout_post(
     logout(&app, &headers, &ctx, &params, confirmed).await
 }
 
-/// Signs out without asking when the RP proves itself (a valid `id_token_hint` and a registered
-/// `post_logout_redirect_uri`); otherwise asks the user to confirm, so a cross-site link cannot
-/// sign anyone out.
+/// Signs out without asking when the RP proves itself (a valid `id_token_hint` of a session
+/// started from this browser's SSO session, and a registered `post_logout_redirect_uri`);
+/// otherwise asks the user to confirm, so a cross-site link cannot sign anyone out.
 async fn logout(
     app: &App,
     headers: &HeaderMap,
@@ -84,9 +89,6 @@ async fn logout(
             "The post_logout_redirect_uri is not registered for this client.",
         );
     }
-    if !(confirmed || (hint.is_some() && redirect_ok)) {
-        return confirmation(app, headers, params);
-    }
     let sso = match app
         .sso_session(cookie(headers, SSO_COOKIE).as_deref())
         .await
@@ -94,6 +96,18 @@ async fn logout(
         Ok(sso) => sso.map(|s| s.id),
         Err(e) => return OAuthError::from(e).into_response(),
     };
+    // Without asking only for the RP of this browser's own sign-in: anyone can hold some
+    // id_token, and a link carrying it must not end the SSO session of whoever follows it.
+    let silent = match (&hint, &sso) {
+        (Some(hint), Some(sso)) if redirect_ok => match app.hint_names_sso(hint, sso).await {
+            Ok(same) => same,
+            Err(e) => return OAuthError::from(e).into_response(),
+        },
+        _ => false,
+    };
+    if !(confirmed || silent) {
+        return confirmation(app, headers, params);
+    }
     let hinted: Option<SessionId> = hint.map(|h| h.session_id);
     if let Err(e) = app.logout(sso, hinted, ctx).await {
         return OAuthError::from(e).into_response();

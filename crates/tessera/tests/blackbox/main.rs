@@ -17,6 +17,7 @@ mod keys;
 mod kube_api;
 mod kubectl;
 mod oidc_library;
+mod provider_hardening;
 mod proxy;
 mod proxy_chromium;
 mod proxy_external;
