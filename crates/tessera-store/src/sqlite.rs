@@ -10,6 +10,7 @@
 //! Durability: WAL with `synchronous=NORMAL` keeps every committed transaction across a crash
 //! of the process (SIGKILL); `FULL` also across power loss.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -95,12 +96,17 @@ impl Drop for Writer {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and runs its migrations.
+    /// Opens (creating if needed, readable by its owner only) the database at `path` and runs
+    /// its migrations.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
         let open_error = |source: rusqlite::Error| StoreError::Open {
             location: path.display().to_string(),
             source: Box::new(source),
         };
+        create_private(path).map_err(|e| StoreError::Open {
+            location: path.display().to_string(),
+            source: Box::new(e),
+        })?;
         let mut writer = connect(path, synchronous).map_err(open_error)?;
         migrate(&mut writer, path)?;
         let writer = Writer::start(writer).map_err(|e| StoreError::Open {
@@ -1093,6 +1099,22 @@ fn code_from_row(hash: TokenHash, r: &Row<'_>) -> rusqlite::Result<AuthCode> {
         auth_time: UnixMillis(r.get(8)?),
         expires_at: UnixMillis(r.get(9)?),
     })
+}
+
+/// Creates an empty database file with mode 0600 unless one exists. SQLite would create it
+/// with 0644 under the usual umask, and it gives the `-wal` and `-shm` files it makes later the
+/// main file's mode, so creating the main file first keeps all three private. (An empty file is
+/// an empty database to SQLite.)
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn connect(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {

@@ -1957,9 +1957,26 @@ fn large_snapshot(sessions: u32) -> Snapshot {
     snapshot
 }
 
-/// What only SQLite has: its schema version lives in `PRAGMA user_version`.
+/// What only SQLite has: its schema version lives in `PRAGMA user_version`, and its files.
 mod sqlite_only {
     use super::*;
+
+    /// The database holds the signing, rotation and cookie keys (issue 11).
+    #[tokio::test]
+    async fn the_database_and_its_wal_and_shm_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let backend = Sqlite::fresh();
+        let store = backend.open().await;
+        store
+            .secret_or_insert("rotation", vec![1; 32])
+            .await
+            .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", backend.path().display());
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
+    }
 
     #[tokio::test]
     async fn a_database_newer_than_this_binary_is_refused() {

@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::mpsc;
 
@@ -23,10 +24,17 @@ enum Message {
 }
 
 impl Audit {
-    /// Starts the writer for `file` (appending), or for standard output when `None`.
+    /// Starts the writer for `file` (appending; created readable by its owner only: it names
+    /// users, addresses and sessions), or for standard output when `None`.
     pub fn start(file: Option<&Path>) -> std::io::Result<Audit> {
         let out: Box<dyn Write + Send> = match file {
-            Some(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+            Some(path) => Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(path)?,
+            ),
             None => Box::new(std::io::stdout()),
         };
         let (sender, receiver) = mpsc::channel::<Message>();

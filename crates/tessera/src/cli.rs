@@ -13,7 +13,7 @@ use crate::client::credential::{self, CredentialArgs, LogoutArgs};
 use crate::client::login::{self, LoginArgs};
 use crate::config::{Config, Storage};
 use crate::serve::{self, ServeOptions};
-use tessera_store::{PostgresOptions, SqliteStore, StorageUrl};
+use tessera_store::{PostgresOptions, StorageUrl};
 
 #[derive(Parser)]
 #[command(
@@ -192,7 +192,7 @@ async fn migrate(arg: &ConfigArg) -> Result<()> {
     match &config.storage {
         Storage::Sqlite { path, synchronous } => {
             // Opening an SQLite database migrates it, under its own write lock.
-            SqliteStore::open(path, *synchronous)?;
+            crate::storage::open_sqlite(path, *synchronous)?;
             println!("{} is at the current schema version", path.display());
         }
         Storage::Postgres(options) => {

@@ -35,6 +35,9 @@ pub enum ConfigError {
         /// What is wrong, with the key's path and line.
         message: String,
     },
+    /// Other users may read or write the file.
+    #[error(transparent)]
+    Exposed(#[from] crate::file_mode::Exposed),
     /// A value is out of range or malformed.
     #[error("{path}: `{key}`: {message}")]
     Value {
@@ -381,12 +384,15 @@ pub struct KubeCluster {
 }
 
 impl Config {
-    /// Loads `path`, applies `TESSERA_*` overrides from `env`, and validates.
+    /// Loads `path`, applies `TESSERA_*` overrides from `env`, and validates. A file that other
+    /// users may read or write is refused: it may hold client secrets, their hashes and the
+    /// proxy's cookie secret.
     pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
             reason,
         })?;
+        crate::file_mode::require_private(&[path])?;
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),
             message,
@@ -660,6 +666,8 @@ fn storage(
                 (Some(p), _) => Some(p),
                 (None, Some(file)) => {
                     let file = base.join(file);
+                    crate::file_mode::require_private(&[&file])
+                        .map_err(|e| ("storage.password_file", e.to_string()))?;
                     let text = std::fs::read_to_string(&file).map_err(|e| {
                         (
                             "storage.password_file",
@@ -783,13 +791,62 @@ mod tests {
 
     fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tessera.yaml");
-        std::fs::write(&path, yaml).unwrap();
+        load_in(dir.path(), yaml, env)
+    }
+
+    /// Writes `tessera.yaml` (mode 0600) into `dir` and loads it.
+    fn load_in(dir: &Path, yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let path = dir.join("tessera.yaml");
+        write_with_mode(&path, yaml, 0o600);
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load(&path, &env)
+    }
+
+    fn write_with_mode(path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_config_file_others_can_read_is_refused_with_the_chmod() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.yaml");
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            write_with_mode(&path, "", mode);
+            let err = Config::load(&path, &[]).unwrap_err();
+            assert!(matches!(err, ConfigError::Exposed(_)), "{err}");
+            let said = err.to_string();
+            assert!(said.contains(&format!("(mode {mode:04o})")), "{said}");
+            assert!(
+                said.contains(&format!("chmod 600 {}", path.display())),
+                "{said}"
+            );
+        }
+        write_with_mode(&path, "", 0o400);
+        assert!(Config::load(&path, &[]).is_ok(), "read-only for the owner");
+    }
+
+    #[test]
+    fn a_postgres_password_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        write_with_mode(&password, "s3cret\n", 0o644);
+        let yaml = "storage:\n  url: postgres://tessera@db/tessera\n  password_file: password\n";
+        let said = load_in(dir.path(), yaml, &[]).unwrap_err().to_string();
+        assert!(said.contains("storage.password_file"), "{said}");
+        assert!(
+            said.contains(&format!("chmod 600 {}", password.display())),
+            "{said}"
+        );
+        write_with_mode(&password, "s3cret\n", 0o600);
+        let Storage::Postgres(options) = load_in(dir.path(), yaml, &[]).unwrap().storage else {
+            panic!("a postgres:// URL selects PostgreSQL");
+        };
+        assert_eq!(options.password.as_deref(), Some("s3cret"));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! created only when missing, so a second start reuses all of it.
 //!
 //! Layout: `tessera.yaml`, `ca.pem` (the CA to trust) and its key, `server.pem` and its key
-//! (127.0.0.1, localhost, ::1), `users.yaml` (user `dev`), `demo-client-secret` (0600),
-//! `tessera.db`, `audit.log`.
+//! (127.0.0.1, localhost, ::1), `users.yaml` (user `dev`), `demo-client-secret`, `tessera.db`,
+//! `audit.log`. The directory is 0700 and every file in it 0600 but the two certificates, which
+//! are public; `serve` refuses a configuration, users file or database others can read.
 
 use std::fs;
 use std::io::Write;

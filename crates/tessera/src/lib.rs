@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod file_mode;
 pub mod http;
 pub mod keys;
 pub mod metrics;

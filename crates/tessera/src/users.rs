@@ -41,10 +41,11 @@ pub(crate) struct UsersFile {
 pub struct Users(HashMap<String, User>);
 
 impl Users {
-    /// Reads a users file.
+    /// Reads a users file; one that other users may read or write is refused.
     pub fn load(path: &Path) -> Result<Users, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read users file {}: {e}", path.display()))?;
+        crate::file_mode::require_private(&[path]).map_err(|e| e.to_string())?;
         let de = yaml_serde::Deserializer::from_str(&text);
         let file: UsersFile = serde_path_to_error::deserialize(de)
             .map_err(|e| format!("{}: `{}`: {}", path.display(), e.path(), e.inner()))?;
@@ -70,5 +71,32 @@ impl Users {
     /// Finds a user by name.
     pub fn find(&self, username: &str) -> Option<&User> {
         self.0.get(username)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test reports failure
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_users_file_others_can_read_is_refused_with_the_chmod() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.yaml");
+        std::fs::write(&path, "users: []\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let said = Users::load(&path).unwrap_err();
+        assert!(
+            said.contains("readable by other users (mode 0644)"),
+            "{said}"
+        );
+        assert!(
+            said.contains(&format!("chmod 600 {}", path.display())),
+            "{said}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Users::load(&path).is_ok());
     }
 }

@@ -3,7 +3,9 @@
 
 use reqwest::StatusCode;
 
-use crate::support::{Answer, AuthParams, Server, location, query_param, tessera_cli};
+use crate::support::{
+    Answer, AuthParams, Server, location, query_param, tessera_cli, write_private,
+};
 
 /// Asserts an OAuth error answer: status, `error`, JSON, `no-store`.
 #[track_caller]
@@ -480,11 +482,10 @@ async fn no_malformed_request_is_ever_a_500() {
 fn an_unknown_config_key_stops_serve_with_one_line_naming_its_path_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tessera.yaml");
-    std::fs::write(
+    write_private(
         &file,
         "tls:\n  cert_file: server.pem\n  key_file: server-key.pem\nrefresh_token:\n  ttl: 15m\n  grace_period: 5000\n",
-    )
-    .unwrap();
+    );
     let output = tessera_cli(&["serve".into(), "--config".into(), file.clone().into()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();

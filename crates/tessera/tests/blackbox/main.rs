@@ -12,6 +12,7 @@ mod upstream;
 
 mod bad_input;
 mod endpoints;
+mod file_modes;
 mod flow;
 mod keys;
 mod kube_api;

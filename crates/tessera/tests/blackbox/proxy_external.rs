@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::proxy::ProxyBrowser;
-use crate::support::{PASSWORD, Server};
+use crate::support::{PASSWORD, Server, write_private};
 use crate::upstream::Upstream;
 
 /// A running `tessera proxy --config FILE`, killed by PID when dropped.
@@ -33,7 +33,7 @@ impl StandaloneProxy {
     fn start(yaml: &str) -> StandaloneProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tessera.yaml");
-        std::fs::write(&config, yaml).unwrap();
+        write_private(&config, yaml);
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["proxy", "--config"])
             .arg(&config)
@@ -73,7 +73,7 @@ async fn provider_with_client(groups: usize, callback: &str, secret: &str) -> Se
         "email": "dev@example.com",
         "groups": groups,
     }]});
-    std::fs::write(&users, yaml.to_string()).unwrap();
+    write_private(&users, yaml.to_string());
     // A first start writes the dev configuration; the client `rp` is added to it for the second.
     let dir = Server::start().await.stop();
     let config = dir.path().join("tessera.yaml");
@@ -85,7 +85,7 @@ async fn provider_with_client(groups: usize, callback: &str, secret: &str) -> Se
     ))
     .unwrap();
     yaml["clients"].as_sequence_mut().unwrap().push(rp);
-    std::fs::write(&config, yaml_serde::to_string(&yaml).unwrap()).unwrap();
+    write_private(&config, yaml_serde::to_string(&yaml).unwrap());
     let server = Server::start_in(dir, &[("TESSERA_USERS__FILE", users.to_str().unwrap())]).await;
     // The users file must outlive the start only; the server has read it.
     drop(users_dir);

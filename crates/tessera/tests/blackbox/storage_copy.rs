@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 
 use crate::cluster::Database;
-use crate::support::{Server, tessera_cli};
+use crate::support::{Server, tessera_cli, write_private};
 
 #[tokio::test]
 async fn storage_copy_moves_an_embedded_installation_to_postgres_without_losing_a_session() {
@@ -60,11 +60,10 @@ async fn storage_copy_moves_an_embedded_installation_to_postgres_without_losing_
 async fn migrate_applies_the_schema_once_then_has_nothing_to_do() {
     let db = Database::create();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tessera.yaml"),
+    write_private(
+        &dir.path().join("tessera.yaml"),
         format!("storage:\n  url: {}\n", db.url(5432)),
-    )
-    .unwrap();
+    );
     let config = dir.path().join("tessera.yaml");
     let migrate = || tessera_cli(&["migrate".into(), "--config".into(), config.clone().into()]);
     let first = migrate();

@@ -1,8 +1,9 @@
 //! The harness: start `tessera serve --dev` on `127.0.0.1:0`, read the stable start-up lines,
 //! poll `/healthz`, and kill the child by PID when dropped.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -605,6 +606,21 @@ pub fn verify_jwt(jwks: &Value, jwt: &str, issuer: &str, audience: &str) -> Resu
 pub fn jwt_header(jwt: &str) -> Value {
     let header = jwt.split('.').next().expect("a JWT has three parts");
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
+}
+
+/// Writes `contents` to `path` readable by its owner only, as tessera requires of its
+/// configuration and users files (`std::fs::write` creates 0644 under the usual umask).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    file.write_all(contents.as_ref()).unwrap();
 }
 
 /// Runs the `tessera` binary with `args` (no stdin) and waits for it.
