@@ -2,10 +2,15 @@
 //! (issuer, client, user) in the user's cache directory, mode 0600, replaced atomically
 //! (temporary file + rename) so a reader never sees half a file, and guarded by an exclusive
 //! lock on a separate `.lock` file that is held across read-refresh-write.
+//!
+//! The directory is the user's own and closed to everyone else (0700): whoever can write in it
+//! could plant tokens of their own identity, whoever can read it could take the user's. The
+//! lock is an `flock`, which dies with its holder, so a lock file is never deleted by hand (a
+//! refresh cut short that way would later be replayed); it names its holder's process instead.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -13,6 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tessera_core::clock::UnixMillis;
+
+use crate::file_mode::shell_word;
 
 /// Format version of cache files; a file of another version is treated as absent.
 pub const CACHE_VERSION: u32 = 1;
@@ -94,7 +101,7 @@ pub enum CacheError {
     },
     /// Another process held the lock too long.
     #[error(
-        "gave up after {}s waiting for the lock {} held by another tessera process; if none is running, delete that file",
+        "gave up after {}s waiting for the token cache lock {}, {holder}; wait for it or end it",
         waited.as_secs(), path.display()
     )]
     LockTimeout {
@@ -102,7 +109,61 @@ pub enum CacheError {
         path: PathBuf,
         /// How long we waited.
         waited: Duration,
+        /// Who holds it, as the lock file says.
+        holder: Holder,
     },
+    /// Other users may open the cache directory.
+    #[error(
+        "the token cache directory {} is open to other users (mode {mode:04o}); run `chmod 700 {}`",
+        dir.display(), shell_word(dir)
+    )]
+    DirectoryExposed {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The cache directory belongs to another user, who could read or replace its files.
+    #[error(
+        "the token cache directory {} belongs to user id {owner}, not to you ({me}); set TESSERA_CACHE_DIR to a directory of your own",
+        dir.display()
+    )]
+    DirectoryNotOwned {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
+        /// This process's effective user id.
+        me: u32,
+    },
+}
+
+/// The process holding a cache lock, read from the lock file it wrote its id into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A process id, and the program's name where the system tells it.
+    Process {
+        /// Its id.
+        pid: u32,
+        /// Its program name, e.g. `tessera`.
+        name: Option<String>,
+    },
+    /// The lock file names no living process: its holder is a tessera from before lock files
+    /// named their holder, has not written its id yet, or died without clearing it.
+    Unknown,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Process {
+                pid,
+                name: Some(name),
+            } => write!(f, "held by process {pid} ({name})"),
+            Holder::Process { pid, name: None } => write!(f, "held by process {pid}"),
+            Holder::Unknown => write!(f, "held by another process"),
+        }
+    }
 }
 
 /// The cache file of one key.
@@ -126,24 +187,68 @@ pub fn default_dir() -> Option<PathBuf> {
     var("HOME").map(|home| PathBuf::from(home).join(".cache").join("tessera"))
 }
 
+/// Creates the cache directory `dir` (0700) when missing, and refuses one that other users may
+/// open or that belongs to another user. A symlink is judged by the directory it points at.
+pub fn require_private_dir(dir: &Path) -> Result<(), CacheError> {
+    let io = |action, reason| CacheError::Io {
+        action,
+        path: dir.to_owned(),
+        reason,
+    };
+    create_private_dir(dir).map_err(|e| io("create the directory", e))?;
+    let metadata = std::fs::metadata(dir).map_err(|e| io("examine the directory", e))?;
+    check_dir(
+        dir,
+        metadata.permissions().mode(),
+        metadata.uid(),
+        rustix::process::geteuid().as_raw(),
+    )
+}
+
+/// The rule of [`require_private_dir`], given the directory's mode and owner and our user id.
+fn check_dir(dir: &Path, mode: u32, owner: u32, me: u32) -> Result<(), CacheError> {
+    if owner != me {
+        return Err(CacheError::DirectoryNotOwned {
+            dir: dir.to_owned(),
+            owner,
+            me,
+        });
+    }
+    if mode & 0o077 != 0 {
+        return Err(CacheError::DirectoryExposed {
+            dir: dir.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
+}
+
 /// An exclusive hold on a cache file; dropping it (or exiting) releases the lock.
 #[derive(Debug)]
 pub struct CacheLock {
-    _file: File,
+    file: File,
+}
+
+impl Drop for CacheLock {
+    fn drop(&mut self) {
+        // Still held here: the id goes before the lock does, so no waiter reads it afterwards.
+        let _ = self.file.set_len(0);
+    }
 }
 
 impl TokenCache {
-    /// The cache file of `key` in `dir`. The name is a hash of the key, so two issuers or
-    /// clients never share a file and the name leaks nothing.
-    pub fn new(dir: &Path, key: CacheKey) -> TokenCache {
+    /// The cache file of `key` in `dir`, once `dir` passes [`require_private_dir`]. The name is a
+    /// hash of the key, so two issuers or clients never share a file and the name leaks nothing.
+    pub fn open(dir: &Path, key: CacheKey) -> Result<TokenCache, CacheError> {
+        require_private_dir(dir)?;
         let digest =
             Sha256::digest(format!("{}\n{}\n{}", key.issuer, key.client_id, key.user).as_bytes());
         let name = hex::encode(&digest[..16]);
-        TokenCache {
+        Ok(TokenCache {
             path: dir.join(format!("{name}.json")),
             lock_path: dir.join(format!("{name}.lock")),
             key,
-        }
+        })
     }
 
     /// The cache file.
@@ -203,7 +308,6 @@ impl TokenCache {
             reason,
         };
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        create_private_dir(dir).map_err(|e| io("create the directory of", e))?;
         let json = serde_json::to_vec_pretty(entry).map_err(|e| io("encode", e.into()))?;
         let mut temp = tempfile::Builder::new()
             .prefix(".tessera-")
@@ -229,16 +333,15 @@ impl TokenCache {
         }
     }
 
-    /// Takes the exclusive lock, waiting at most `timeout`. The wait is a blocking `flock` on a
-    /// helper thread, so the lock passes to the next process the moment it is released.
+    /// Takes the exclusive lock, waiting at most `timeout`, and writes this process's id into
+    /// the lock file for whoever waits next. The wait is a blocking `flock` on a helper thread,
+    /// so the lock passes to the next process the moment it is released.
     pub fn lock(&self, timeout: Duration) -> Result<CacheLock, CacheError> {
         let io = |reason| CacheError::Io {
             action: "lock",
             path: self.lock_path.clone(),
             reason,
         };
-        let dir = self.lock_path.parent().unwrap_or(Path::new("."));
-        create_private_dir(dir).map_err(io)?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -247,7 +350,7 @@ impl TokenCache {
             .open(&self.lock_path)
             .map_err(io)?;
         match file.try_lock() {
-            Ok(()) => return Ok(CacheLock { _file: file }),
+            Ok(()) => return Ok(held(file)),
             Err(std::fs::TryLockError::WouldBlock) => {}
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
@@ -258,15 +361,46 @@ impl TokenCache {
             let _ = done.send(waiter.lock());
         });
         match wait.recv_timeout(timeout) {
-            Ok(Ok(())) => Ok(CacheLock { _file: file }),
+            Ok(Ok(())) => Ok(held(file)),
             Ok(Err(e)) => Err(io(e)),
             // The thread may still get the lock later; the caller gives up and exits.
             Err(_) => Err(CacheError::LockTimeout {
                 path: self.lock_path.clone(),
                 waited: timeout,
+                holder: holder(&self.lock_path),
             }),
         }
     }
+}
+
+/// The lock taken on `file`, with this process's id written into it.
+fn held(file: File) -> CacheLock {
+    // The id only makes a waiter's message more helpful: failing to write it changes nothing.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0));
+    CacheLock { file }
+}
+
+/// Who the lock file at `path` says holds it, with the program's name where `/proc` has it. An
+/// id left by a holder that died (it had no time to clear it) names no one: where `/proc`
+/// exists, a process missing from it is gone.
+fn holder(path: &Path) -> Holder {
+    let pid = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    let Some(pid) = pid else {
+        return Holder::Unknown;
+    };
+    let proc = Path::new("/proc");
+    if proc.join("self").exists() && !proc.join(pid.to_string()).exists() {
+        return Holder::Unknown;
+    }
+    let name = std::fs::read_to_string(proc.join(pid.to_string()).join("comm"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty());
+    Holder::Process { pid, name }
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -318,7 +452,7 @@ mod tests {
     #[test]
     fn written_entries_read_back_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = TokenCache::new(&dir.path().join("sub"), key("https://a"));
+        let cache = TokenCache::open(&dir.path().join("sub"), key("https://a")).unwrap();
         assert!(cache.read().unwrap().is_none());
         let e = entry(cache.key(), 1, 61);
         cache.write(&e).unwrap();
@@ -336,8 +470,8 @@ mod tests {
     #[test]
     fn a_file_of_another_issuer_or_garbage_is_unusable() {
         let dir = tempfile::tempdir().unwrap();
-        let ours = TokenCache::new(dir.path(), key("https://a"));
-        let theirs = TokenCache::new(dir.path(), key("https://b"));
+        let ours = TokenCache::open(&dir.path().join("cache"), key("https://a")).unwrap();
+        let theirs = TokenCache::open(&dir.path().join("cache"), key("https://b")).unwrap();
         theirs.write(&entry(theirs.key(), 1, 61)).unwrap();
         std::fs::copy(theirs.path(), ours.path()).unwrap();
         assert!(matches!(ours.read(), Err(CacheError::Unusable { .. })));
@@ -347,13 +481,76 @@ mod tests {
     }
 
     #[test]
-    fn a_held_lock_times_out_with_the_lock_file_named() {
+    fn a_held_lock_times_out_naming_its_holder_and_never_advising_deletion() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = TokenCache::new(dir.path(), key("https://a"));
+        let cache = TokenCache::open(&dir.path().join("cache"), key("https://a")).unwrap();
         let held = cache.lock(Duration::from_secs(1)).unwrap();
         let err = cache.lock(Duration::from_millis(50)).unwrap_err();
-        assert!(err.to_string().contains(".lock"), "{err}");
+        let said = err.to_string();
+        assert!(said.contains(".lock"), "{said}");
+        let pid = std::process::id();
+        assert!(said.contains(&format!("held by process {pid}")), "{said}");
+        assert!(said.ends_with("; wait for it or end it"), "{said}");
+        assert!(
+            !said.contains("delete") && !said.contains("remove"),
+            "{said}"
+        );
         drop(held);
+        let lock_file = cache.path().with_extension("lock");
+        assert_eq!(
+            std::fs::read_to_string(&lock_file).unwrap(),
+            "",
+            "cleared on release"
+        );
         cache.lock(Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn a_lock_file_naming_no_process_still_gets_a_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(holder(&path), Holder::Unknown);
+        std::fs::write(&path, "not a pid\n").unwrap();
+        assert_eq!(holder(&path).to_string(), "held by another process");
+        // No process has this id (Linux caps them far lower): it names no one.
+        std::fs::write(&path, "4294967295\n").unwrap();
+        assert_eq!(holder(&path).to_string(), "held by another process");
+    }
+
+    #[test]
+    fn a_cache_directory_is_created_owner_only_and_refused_when_open_or_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("new").join("tessera");
+        require_private_dir(&cache_dir).unwrap();
+        let mode = std::fs::metadata(&cache_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        for open in [0o755, 0o750, 0o701, 0o720] {
+            std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(open)).unwrap();
+            let said = require_private_dir(&cache_dir).unwrap_err().to_string();
+            assert!(said.contains(&format!("(mode {open:04o})")), "{said}");
+            assert!(
+                said.contains(&format!("run `chmod 700 {}`", cache_dir.display())),
+                "{said}"
+            );
+            assert!(TokenCache::open(&cache_dir, key("https://a")).is_err());
+        }
+        std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        require_private_dir(&cache_dir).unwrap();
+
+        let foreign = check_dir(&cache_dir, 0o700, 1001, 1000).unwrap_err();
+        assert!(matches!(
+            foreign,
+            CacheError::DirectoryNotOwned {
+                owner: 1001,
+                me: 1000,
+                ..
+            }
+        ));
+        assert!(
+            foreign.to_string().contains("TESSERA_CACHE_DIR"),
+            "{foreign}"
+        );
     }
 }

@@ -47,14 +47,14 @@ impl CredentialArgs {
     fn cache(&self) -> Result<TokenCache> {
         let dir = cache::default_dir()
             .context("no cache directory: set HOME, XDG_CACHE_HOME or TESSERA_CACHE_DIR")?;
-        Ok(TokenCache::new(
+        Ok(TokenCache::open(
             &dir,
             CacheKey {
                 issuer: self.issuer().to_owned(),
                 client_id: self.client_id.clone(),
                 user: self.user.clone(),
             },
-        ))
+        )?)
     }
 
     /// The command that starts a new session, for error messages.

@@ -256,9 +256,17 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
         ),
         None => None,
     };
-    // Fail on a broken kubeconfig before the user goes through a login.
+    // Fail on a broken kubeconfig or cache directory before the user goes through a login.
     let kubeconfig_path = kubeconfig::resolve_path(args.kubeconfig.as_deref())?;
     let mut kubeconfig = Kubeconfig::load(&kubeconfig_path)?;
+    let cache_dir = if args.legacy_auth_provider {
+        None
+    } else {
+        let dir = cache::default_dir()
+            .context("no cache directory: set HOME, XDG_CACHE_HOME or TESSERA_CACHE_DIR")?;
+        cache::require_private_dir(&dir)?;
+        Some(dir)
+    };
     let http = oidc::http_client(ca_file.as_deref())?;
     let provider = oidc::discover(&http, &issuer).await?;
     let cluster = oidc::cluster(&http, &issuer).await?;
@@ -268,17 +276,13 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
 
     let user_entry = format!("{username}@{}", cluster.cluster_name);
     let context = args.context.clone().unwrap_or(cluster.cluster_name.clone());
-    let user = if args.legacy_auth_provider {
-        legacy_user(&issuer, &cluster.client_id, ca_file.as_deref(), &logged_in)?
-    } else {
+    let user = if let Some(dir) = cache_dir {
         let key = CacheKey {
             issuer: issuer.clone(),
             client_id: cluster.client_id.clone(),
             user: username.clone(),
         };
-        let dir = cache::default_dir()
-            .context("no cache directory: set HOME, XDG_CACHE_HOME or TESSERA_CACHE_DIR")?;
-        let token_cache = TokenCache::new(&dir, key);
+        let token_cache = TokenCache::open(&dir, key)?;
         let _lock = token_cache.lock(super::credential::DEFAULT_LOCK_TIMEOUT)?;
         token_cache.write(&super::credential::entry_from(
             token_cache.key(),
@@ -287,6 +291,8 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
             &logged_in.claims,
         ))?;
         exec_user(&issuer, &cluster.client_id, &username, ca_file.as_deref())?
+    } else {
+        legacy_user(&issuer, &cluster.client_id, ca_file.as_deref(), &logged_in)?
     };
     kubeconfig.set_cluster(
         &cluster.cluster_name,

@@ -185,6 +185,16 @@ struct Finished {
 
 /// `tessera login --no-browser …`, signing in through the login form like a browser.
 async fn login(server: &Server, home: &Home, extra: &[&str]) -> Finished {
+    login_while(server, home, extra, || {}).await
+}
+
+/// [`login`], running `in_browser` while the login waits for the browser.
+async fn login_while(
+    server: &Server,
+    home: &Home,
+    extra: &[&str],
+    in_browser: impl FnOnce(),
+) -> Finished {
     let mut command = home.tessera(&["login", "--issuer", &server.issuer, "--no-browser"]);
     command
         .arg("--certificate-authority")
@@ -210,6 +220,7 @@ async fn login(server: &Server, home: &Home, extra: &[&str]) -> Finished {
         }
     }
     if let Some(url) = url {
+        in_browser();
         sign_in(server, &url).await;
     }
     let status = child.wait(Duration::from_secs(60)).await;
@@ -1221,4 +1232,61 @@ async fn credential_with_a_terminal_signs_in_again_when_the_session_has_ended() 
     assert_ne!(token, entry["id_token"].as_str().unwrap());
     server.verify(token, "kubernetes").await.unwrap();
     assert_eq!(home.cache_entry()["id_token"].as_str().unwrap(), token);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11: the kubeconfig is edited under client-go's lock; the token cache directory is private
+
+/// kubectl run by the test itself, as a user would in another terminal.
+fn kubectl_now(home: &Home, args: &[&str]) {
+    let out = home.kubectl(KUBECTL, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_cache_directory_others_can_open_is_refused_with_the_chmod() {
+    let server = Server::start().await;
+    let home = Home::new();
+    logged_in(&server, &home, &[]).await;
+    let dir = home.cache_dir();
+    assert_eq!(mode(&dir), 0o700, "created for its owner only");
+
+    for open in [0o755, 0o750, 0o707] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(open)).unwrap();
+        let out = output(home.credential(&server)).await;
+        let chmod = format!("run `chmod 700 {}`", dir.display());
+        let said = assert_one_clear_error(&out, &[&chmod]);
+        assert!(said.contains(&format!("(mode {open:04o})")), "{said}");
+        // `tessera login` refuses it before anyone goes through the browser.
+        let finished = login(&server, &home, &[]).await;
+        assert!(!finished.success, "{}", finished.stderr);
+        assert!(finished.stderr.contains(&chmod), "{}", finished.stderr);
+        assert!(
+            !finished.stderr.contains("/authorize?"),
+            "{}",
+            finished.stderr
+        );
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(output(home.credential(&server)).await.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_cache_directory_of_another_user_is_refused() {
+    let server = Server::start().await;
+    let home = Home::new();
+    logged_in(&server, &home, &[]).await;
+    let dir = home.cache_dir();
+    // Only root can give a directory away; as anyone else this test has nothing to show.
+    if std::os::unix::fs::chown(&dir, Some(65534), None).is_err() {
+        eprintln!("skipped: cannot chown without root");
+        return;
+    }
+    let out = output(home.credential(&server)).await;
+    let said = assert_one_clear_error(&out, &["TESSERA_CACHE_DIR"]);
+    assert!(said.contains("65534"), "{said}");
 }
