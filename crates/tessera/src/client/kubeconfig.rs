@@ -1,13 +1,28 @@
 //! Editing a kubeconfig the way `kubectl config set-*` does: named entries are added or
 //! replaced, everything else in the file (other clusters, users, contexts, unknown fields)
-//! survives, and the file is replaced atomically with mode 0600.
+//! survives, and the file is replaced atomically, readable by its owner only.
+//!
+//! An edit is one short read-modify-write under client-go's lock ([`Kubeconfig::edit`]), so it
+//! never writes back a file read minutes earlier: what kubectl, the user or client-go (rotating
+//! a legacy `auth-provider` refresh token) wrote meanwhile survives, and a spent refresh token
+//! is never put back (the server would take its next use for a replay).
 
+use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use yaml_serde::{Mapping, Value};
+
+/// How long an edit waits for another program's lock: client-go holds it for one
+/// read-modify-write, a few milliseconds.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a held lock is tried again: client-go's lock is a file's existence, which cannot
+/// be waited on.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// The kubeconfig to edit: `--kubeconfig`, else the first file of `KUBECONFIG`, else
 /// `~/.kube/config` (kubectl's order for writes).
@@ -34,6 +49,19 @@ pub struct Kubeconfig {
 }
 
 impl Kubeconfig {
+    /// Loads `path`, applies `change` and saves it, all under client-go's lock on `path`
+    /// (waiting at most `wait` for it).
+    pub async fn edit(
+        path: &Path,
+        wait: Duration,
+        change: impl FnOnce(&mut Kubeconfig),
+    ) -> Result<()> {
+        let _lock = ClientGoLock::acquire(path, wait).await?;
+        let mut config = Kubeconfig::load(path)?;
+        change(&mut config);
+        config.save()
+    }
+
     /// Loads `path`; a missing or empty file is an empty kubeconfig. A file that is not a YAML
     /// mapping is an error naming the file: it is never overwritten.
     pub fn load(path: &Path) -> Result<Kubeconfig> {
@@ -71,11 +99,6 @@ impl Kubeconfig {
             }
         }
         Ok(config)
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Sets cluster `name`'s server and CA, keeping its other fields.
@@ -170,9 +193,11 @@ impl Kubeconfig {
         mapping_of(entry.entry(field.into()).or_insert(Value::Null))
     }
 
-    /// Writes the file: a temporary file with mode 0600 beside it, renamed over it (through a
-    /// symlink to the file it points at).
-    pub fn save(&self) -> Result<()> {
+    /// Writes the file: a temporary file beside it, renamed over it (through a symlink to the
+    /// file it points at). It keeps the owner's permission bits of the file it replaces (0600
+    /// for a new one) and drops everyone else's: a kubeconfig holds credentials. Call it under
+    /// the lock, as [`Kubeconfig::edit`] does.
+    fn save(&self) -> Result<()> {
         let target = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
         let dir = target.parent().unwrap_or(Path::new("."));
         let fail = |e: &dyn std::fmt::Display| {
@@ -180,15 +205,70 @@ impl Kubeconfig {
         };
         std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         let text = yaml_serde::to_string(&self.doc).map_err(|e| fail(&e))?;
+        let mode = std::fs::metadata(&target).map_or(0o600, |m| m.permissions().mode() & 0o700);
         let mut temp = tempfile::Builder::new()
             .prefix(".kubeconfig-")
-            .permissions(std::fs::Permissions::from_mode(0o600))
+            .permissions(std::fs::Permissions::from_mode(mode))
             .tempfile_in(dir)
             .map_err(|e| fail(&e))?;
         temp.write_all(text.as_bytes()).map_err(|e| fail(&e))?;
         temp.as_file().sync_all().map_err(|e| fail(&e))?;
         temp.persist(&target).map_err(|e| fail(&e.error))?;
         Ok(())
+    }
+}
+
+/// client-go's lock on a kubeconfig (`clientcmd`'s `lockFile`): the file `<kubeconfig>.lock`,
+/// created with `O_CREAT|O_EXCL`, held by whoever created it until it removes it. kubectl does
+/// not wait for it (it fails with "file exists"); tessera retries for a while.
+struct ClientGoLock {
+    path: PathBuf,
+}
+
+impl ClientGoLock {
+    async fn acquire(kubeconfig: &Path, wait: Duration) -> Result<ClientGoLock> {
+        let mut name = kubeconfig.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+        }
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+        };
+        let take = async {
+            loop {
+                match create() {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        tokio::time::sleep(LOCK_RETRY).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(wait, take).await {
+            Ok(Ok(())) => Ok(ClientGoLock { path }),
+            Ok(Err(e)) => bail!("cannot create the kubeconfig lock {}: {e}", path.display()),
+            Err(_) => bail!(
+                "gave up after {wait:?} waiting for {}, the lock kubectl and client-go hold while they write {}; \
+                 if none of them is running, a crash left it behind: remove it and run the command again",
+                path.display(),
+                kubeconfig.display()
+            ),
+        }
+    }
+}
+
+impl Drop for ClientGoLock {
+    fn drop(&mut self) {
+        // Nothing to do about a failure: kubectl will say the lock exists, naming the file.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -289,6 +369,74 @@ x-unknown-extension: keep me
             let err = Kubeconfig::load(&path).unwrap_err().to_string();
             assert!(err.contains(&path.display().to_string()), "{err}");
             assert_eq!(std::fs::read_to_string(&path).unwrap(), bad);
+        }
+    }
+
+    fn lock_of(path: &Path) -> PathBuf {
+        PathBuf::from(format!("{}.lock", path.display()))
+    }
+
+    #[tokio::test]
+    async fn an_edit_rereads_the_file_under_client_gos_lock_and_removes_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, EXISTING).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let lock = lock_of(&path);
+        std::fs::write(&lock, "").unwrap();
+        let edit = tokio::spawn({
+            let path = path.clone();
+            async move {
+                Kubeconfig::edit(&path, Duration::from_secs(30), |c| c.use_context("dev")).await
+            }
+        });
+        // The holder writes, then lets go: the edit starts from what it wrote.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rotated = EXISTING.replace("token: abc", "token: rotated");
+        std::fs::write(&path, &rotated).unwrap();
+        std::fs::remove_file(&lock).unwrap();
+        edit.await.unwrap().unwrap();
+
+        let doc: Value = yaml_serde::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["current-context"], "dev");
+        assert_eq!(doc["users"][0]["user"]["token"], "rotated");
+        assert!(!lock.exists(), "the lock is removed after the edit");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn an_edit_gives_up_on_a_lock_that_stays_and_leaves_both_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, EXISTING).unwrap();
+        let lock = lock_of(&path);
+        std::fs::write(&lock, "").unwrap();
+        let err = Kubeconfig::edit(&path, Duration::from_millis(100), |c| c.use_context("dev"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&lock.display().to_string()), "{err}");
+        assert!(err.contains("kubectl"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), EXISTING);
+        assert!(lock.exists(), "another program's lock is never removed");
+    }
+
+    #[test]
+    fn saving_keeps_the_owners_bits_and_drops_everyone_elses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        for (before, after) in [
+            (0o600, 0o600),
+            (0o400, 0o400),
+            (0o640, 0o600),
+            (0o755, 0o700),
+        ] {
+            std::fs::write(&path, EXISTING).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(before)).unwrap();
+            Kubeconfig::load(&path).unwrap().save().unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, after, "{before:o}");
         }
     }
 

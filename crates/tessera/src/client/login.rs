@@ -256,9 +256,10 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
         ),
         None => None,
     };
-    // Fail on a broken kubeconfig or cache directory before the user goes through a login.
+    // Fail on a broken kubeconfig or cache directory before the user goes through a login. The
+    // kubeconfig is read again to be written, under its lock, once the login is done.
     let kubeconfig_path = kubeconfig::resolve_path(args.kubeconfig.as_deref())?;
-    let mut kubeconfig = Kubeconfig::load(&kubeconfig_path)?;
+    Kubeconfig::load(&kubeconfig_path)?;
     let cache_dir = if args.legacy_auth_provider {
         None
     } else {
@@ -294,17 +295,19 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
     } else {
         legacy_user(&issuer, &cluster.client_id, ca_file.as_deref(), &logged_in)?
     };
-    kubeconfig.set_cluster(
-        &cluster.cluster_name,
-        &cluster.server,
-        cluster.certificate_authority_data.as_deref(),
-    );
-    kubeconfig.set_user(&user_entry, user);
-    kubeconfig.set_context(&context, &cluster.cluster_name, &user_entry);
-    if !args.no_set_context {
-        kubeconfig.use_context(&context);
-    }
-    kubeconfig.save()?;
+    Kubeconfig::edit(&kubeconfig_path, kubeconfig::LOCK_TIMEOUT, |kubeconfig| {
+        kubeconfig.set_cluster(
+            &cluster.cluster_name,
+            &cluster.server,
+            cluster.certificate_authority_data.as_deref(),
+        );
+        kubeconfig.set_user(&user_entry, user);
+        kubeconfig.set_context(&context, &cluster.cluster_name, &user_entry);
+        if !args.no_set_context {
+            kubeconfig.use_context(&context);
+        }
+    })
+    .await?;
     let current = if args.no_set_context {
         ""
     } else {
@@ -312,7 +315,7 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
     };
     eprintln!(
         "Logged in to {issuer} as {username}. Wrote context `{context}` to {}{current}.",
-        kubeconfig.path().display()
+        kubeconfig_path.display()
     );
     Ok(())
 }

@@ -22,7 +22,9 @@ use tessera_core::clock::{Clock, SystemClock, monotonic_now};
 use tokio::sync::mpsc;
 
 use crate::kube_api::KubeApi;
-use crate::support::{PASSWORD, Server, claims, hidden_fields, location, verify_jwt};
+use crate::support::{
+    PASSWORD, Server, claims, hidden_fields, location, verify_jwt, write_private,
+};
 
 /// The gcloud dispatcher: it asks the API server for its version (with its own credential)
 /// and then serves the command.
@@ -1245,6 +1247,58 @@ fn kubectl_now(home: &Home, args: &[&str]) {
         "kubectl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_keeps_kubeconfig_edits_made_while_the_browser_was_open() {
+    let server = Server::start().await;
+    let home = Home::new();
+    write_private(&home.kubeconfig(), EXISTING);
+    let finished = login_while(&server, &home, &[], || {
+        kubectl_now(
+            &home,
+            &["config", "set-credentials", "side", "--token=side-token"],
+        );
+        kubectl_now(
+            &home,
+            &[
+                "config",
+                "set-context",
+                "side",
+                "--cluster=prod",
+                "--user=side",
+            ],
+        );
+    })
+    .await;
+    assert!(finished.success, "{}", finished.stderr);
+
+    let doc = read_yaml(&home.kubeconfig());
+    let users = names(&doc, "users");
+    let contexts = names(&doc, "contexts");
+    for (list, name) in [
+        (&users, "admin"),
+        (&users, "side"),
+        (&users, "dev@tessera-dev"),
+        (&contexts, "prod"),
+        (&contexts, "side"),
+        (&contexts, "tessera-dev"),
+    ] {
+        assert!(list.iter().any(|n| n == name), "{name} in {list:?}");
+    }
+    let side = doc["users"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "side")
+        .unwrap();
+    assert_eq!(side["user"]["token"], "side-token");
+    assert_eq!(doc["current-context"], "tessera-dev");
+    assert_eq!(mode(&home.kubeconfig()), 0o600);
+    let lock = PathBuf::from(format!("{}.lock", home.kubeconfig().display()));
+    assert!(!lock.exists(), "client-go's lock file is removed again");
+    // kubectl still edits it: no lock is left behind.
+    kubectl_now(&home, &["config", "use-context", "side"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
