@@ -1,6 +1,7 @@
 //! Who is asking and how they reached the proxy, for every handler: the client's address (for
-//! the provider's audit log), and the scheme, host and `X-Forwarded-For` chain to pass on.
-//! Forwarded headers are believed only from `http.trusted_proxies`.
+//! the provider's audit log and `X-Real-IP`), and the scheme, host and `X-Forwarded-For` chain
+//! to pass on. Forwarded headers are believed only from `http.trusted_proxies`, and then only
+//! the hop the trusted proxy added (the last value), not what its client sent before it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::{self, HeaderName};
 use axum::http::request::Parts;
 
-use super::Proxy;
 use super::forward::{Origin, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use super::{Proxy, redirect};
 use crate::app::RequestContext;
 
 /// The client end of a connection, its address written out once: every request on the
@@ -57,23 +58,26 @@ impl FromRequestParts<Arc<Proxy>> for Caller {
         let peer_text = peer.text.as_ref();
         let peer = peer.ip;
         let headers = &parts.headers;
-        let trusted = proxy.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let first = |name: &HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(',').next().unwrap_or_default().trim().to_owned())
-                .filter(|v| !v.is_empty())
+        let via_trusted_proxy = proxy.trusted_proxies.iter().any(|n| n.contains(&peer));
+        // A trusted proxy appends to what its client sent: the last value is the proxy's own.
+        let nearest = |name: &HeaderName| {
+            let last = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+            let hop = last.rsplit(',').next()?.trim();
+            (via_trusted_proxy && !hop.is_empty()).then_some(hop)
         };
-        let forwarded = |name: &HeaderName| if trusted { first(name) } else { None };
-        // HTTP/2 carries the host in the URI (`:authority`), HTTP/1.1 in `Host`.
-        let host = forwarded(&X_FORWARDED_HOST)
-            .or_else(|| first(&header::HOST))
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        // An absolute-form target's authority (or HTTP/2's `:authority`) outranks `Host`
+        // (RFC 9112 §3.2.2).
+        let host = nearest(&X_FORWARDED_HOST)
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .or_else(|| headers.get(header::HOST)?.to_str().ok())
+            .map(|host| normal_host(host.trim()))
             .unwrap_or_default();
-        let proto = forwarded(&X_FORWARDED_PROTO).unwrap_or_else(|| "http".to_owned());
+        let proto = match nearest(&X_FORWARDED_PROTO) {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            _ => "http",
+        };
         let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(chain) if trusted => format!("{chain}, {peer_text}"),
+            Some(chain) if via_trusted_proxy => format!("{chain}, {peer_text}"),
             _ => peer_text.to_owned(),
         };
         let ip = match crate::http::client_ip(peer, headers, &proxy.trusted_proxies) {
@@ -87,10 +91,40 @@ impl FromRequestParts<Arc<Proxy>> for Caller {
         Ok(Caller {
             origin: Origin {
                 forwarded_for,
-                proto,
+                real_ip: ip.clone(),
+                proto: proto.to_owned(),
                 host,
+                via_trusted_proxy,
             },
             ctx: RequestContext { ip, user_agent },
         })
+    }
+}
+
+/// `host` as routes match it: in lower case, without the trailing dot of an absolute domain
+/// name (`Admin.Example.:8080` is `admin.example:8080`).
+fn normal_host(host: &str) -> String {
+    let name = redirect::without_port(host);
+    let port = &host[name.len()..];
+    let mut normal = name.trim_end_matches('.').to_ascii_lowercase();
+    normal.push_str(port);
+    normal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_lower_case_without_a_trailing_dot() {
+        for (host, normal) in [
+            ("admin.example", "admin.example"),
+            ("ADMIN.Example.", "admin.example"),
+            ("Admin.Example.:8080", "admin.example:8080"),
+            ("127.0.0.1:4180", "127.0.0.1:4180"),
+            ("[::1]:4180", "[::1]:4180"),
+        ] {
+            assert_eq!(normal_host(host), normal, "{host}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use super::Proxy;
 use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
 use super::caller::Caller;
 use super::forward::{Origin, forward};
-use super::identity::{in_groups, strip_identity};
+use super::identity::{in_groups, strip_claims};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
 use crate::client::oidc;
@@ -238,7 +238,7 @@ pub(super) async fn proxied(
         return with_cookies(forbidden(), current.set_cookies);
     }
     let cookie = proxy.sessions.jar.strip_ours(request.headers());
-    strip_identity(request.headers_mut());
+    strip_claims(request.headers_mut(), origin.via_trusted_proxy);
     let extra = current.state.grant.headers.get(route.pass_access_token);
     let response = forward(route, request, origin, extra, cookie).await;
     with_cookies(response, current.set_cookies)

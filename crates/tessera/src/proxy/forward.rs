@@ -1,5 +1,6 @@
 //! Forwarding a request to its upstream and the answer back: hop-by-hop headers dropped (RFC
-//! 9110 §7.6.1), `X-Forwarded-For/-Proto/-Host` set, the proxy's own cookies removed, bodies
+//! 9110 §7.6.1), `Host` set to the host the route was chosen by, `X-Forwarded-For/-Proto/-Host`
+//! and `X-Real-IP` set, the proxy's own cookies removed, bodies
 //! streamed both ways, and protocol upgrades (websockets) joined into one tunnel. Upstreams
 //! speak HTTP/1.1, or HTTP/2 without TLS when their route says so.
 
@@ -13,10 +14,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::config::Route;
 
-/// Whether `name` describes one connection and is never forwarded (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Whether header `name` (in lower case) describes one connection and is never forwarded (RFC
+/// 9110 §7.6.1).
+pub(super) fn is_hop_by_hop(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "connection"
             | "keep-alive"
             | "proxy-connection"
@@ -32,16 +34,24 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(super) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Where the request came from, as the upstream should be told.
 #[derive(Clone, Debug)]
 pub(crate) struct Origin {
     /// `X-Forwarded-For` to send: the trusted chain so far plus the client.
     pub(crate) forwarded_for: String,
+    /// `X-Real-IP` to send: the nearest address that no trusted proxy claims, as nginx's
+    /// `real_ip` module determines it.
+    pub(crate) real_ip: String,
     /// The scheme the client used.
     pub(crate) proto: String,
-    /// The host the client asked for.
+    /// The host the client asked for, in normal form: routes are matched on it and the
+    /// upstream receives it as `Host`.
     pub(crate) host: String,
+    /// Whether the peer is in `http.trusted_proxies`: only then do its other forwarding
+    /// headers (`Forwarded`, `X-Forwarded-Port`, …) reach the upstream.
+    pub(crate) via_trusted_proxy: bool,
 }
 
 thread_local! {
@@ -79,13 +89,6 @@ pub(crate) async fn forward(
         headers.insert(header::COOKIE, cookie);
     }
     set_forwarded(headers, origin);
-    // The upstream sees the host the client asked for (oauth2-proxy's pass_host_header);
-    // an HTTP/2 client sent it as `:authority`, not as `Host`.
-    if !headers.contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(&origin.host)
-    {
-        headers.insert(header::HOST, host);
-    }
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
@@ -191,7 +194,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name) || named.contains(name))
+        .filter(|name| is_hop_by_hop(name.as_str()) || named.contains(name))
         .cloned()
         .collect();
     for name in doomed {
@@ -199,18 +202,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Sets what the proxy determined about the request, replacing whatever the client sent (an
+/// empty value is left out). `Host` is the host the route was chosen by (oauth2-proxy's
+/// `pass_host_header`), once: a second `Host`, or an absolute target's authority, could name
+/// another.
 fn set_forwarded(headers: &mut HeaderMap, origin: &Origin) {
     let pairs = [
+        (header::HOST, origin.host.as_str()),
         (X_FORWARDED_FOR, origin.forwarded_for.as_str()),
+        (X_REAL_IP, origin.real_ip.as_str()),
         (X_FORWARDED_PROTO, origin.proto.as_str()),
         (X_FORWARDED_HOST, origin.host.as_str()),
     ];
     for (name, value) in pairs {
         match HeaderValue::from_str(value) {
-            Ok(v) => {
+            Ok(v) if !value.is_empty() => {
                 headers.insert(name, v);
             }
-            Err(_) => {
+            _ => {
                 headers.remove(name);
             }
         }
