@@ -47,7 +47,8 @@ struct RawRoute {
     /// Host the route answers for (exact, any port); unset: every host.
     #[serde(default)]
     host: Option<String>,
-    /// Path prefix the route answers for (default `/`); the longest match wins.
+    /// Path prefix the route answers for (default `/`; whole segments, in normal form, a
+    /// trailing `/` ignored); the longest match wins.
     #[serde(default)]
     path_prefix: Option<String>,
     /// `http://HOST:PORT` (the request's path and query are appended unchanged).
@@ -189,8 +190,11 @@ impl std::fmt::Debug for CookieKeys {
 pub struct Route {
     /// Host to match (lower case, no port), or every host.
     pub host: Option<String>,
-    /// Path prefix to match.
+    /// Path prefix to match, in normal form (see `proxy::path`), without a trailing `/`
+    /// (but `/` itself).
     pub path_prefix: String,
+    /// The prefix as a lenient upstream reads it (see `proxy::path::lenient`).
+    pub lenient_prefix: String,
     /// `scheme://authority` of the upstream.
     pub upstream: url::Url,
     /// The upstream's `host:port`, ready for each forwarded request's URI.
@@ -328,18 +332,38 @@ fn route(raw: RawRoute) -> Result<Route, String> {
         .parse()
         .map_err(|e| format!("`upstream` `{}`: {e}", raw.upstream))?;
     let path_prefix = raw.path_prefix.unwrap_or_else(|| "/".into());
-    if !path_prefix.starts_with('/') {
-        return Err(format!("`path_prefix` `{path_prefix}` must start with /"));
-    }
+    let (path_prefix, lenient_prefix) = prefix_forms(&path_prefix)?;
     Ok(Route {
-        host: raw.host.map(|h| h.to_ascii_lowercase()),
+        host: raw
+            .host
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase()),
         path_prefix,
+        lenient_prefix,
         upstream,
         upstream_authority,
         allowed_groups: raw.allowed_groups,
         pass_access_token: raw.pass_access_token,
         upstream_http2: raw.upstream_http2,
     })
+}
+
+/// A route's prefix as requests are matched against it, and as a lenient upstream reads it;
+/// a prefix that is not in normal form is refused, naming the form to write.
+fn prefix_forms(prefix: &str) -> Result<(String, String), String> {
+    let normal = super::path::normalize(prefix)
+        .map_err(|why| format!("`path_prefix` `{prefix}`: {}", why.describe()))?;
+    if normal != prefix && normal.trim_end_matches('/') != prefix.trim_end_matches('/') {
+        return Err(format!(
+            "`path_prefix` `{prefix}` is not in normal form; write `{normal}`"
+        ));
+    }
+    let lenient = super::path::lenient(&normal)
+        .map_err(|why| format!("`path_prefix` `{prefix}`: {}", why.describe()))?;
+    let without_slash = |p: &str| match p.trim_end_matches('/') {
+        "" => "/".to_owned(),
+        p => p.to_owned(),
+    };
+    Ok((without_slash(&normal), without_slash(&lenient)))
 }
 
 fn http_url(text: &str) -> Result<url::Url, String> {
@@ -460,6 +484,20 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.cookie_keys.unwrap().current, [7u8; 32]);
+    }
+
+    #[test]
+    fn prefixes_are_kept_in_normal_form_without_a_trailing_slash() {
+        let forms = |p: &str| prefix_forms(p);
+        assert_eq!(forms("/"), Ok(("/".into(), "/".into())));
+        assert_eq!(forms("/admin/"), Ok(("/admin".into(), "/admin".into())));
+        assert_eq!(forms("/Admin"), Ok(("/Admin".into(), "/admin".into())));
+        assert_eq!(forms("/~a"), Ok(("/~a".into(), "/~a".into())));
+        assert!(forms("admin").unwrap_err().contains("start with /"));
+        assert!(forms("/a/../admin").unwrap_err().contains("write `/admin`"));
+        assert!(forms("/%61dmin").unwrap_err().contains("write `/admin`"));
+        assert!(forms("//admin").unwrap_err().contains("write `/admin`"));
+        assert!(forms("/admin%2f").unwrap_err().contains("encoded slash"));
     }
 
     #[test]

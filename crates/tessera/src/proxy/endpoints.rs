@@ -2,11 +2,13 @@
 //! `/oauth2/auth`, `/oauth2/sign_out`, `/oauth2/userinfo`, and forwarding of everything else.
 //! Each parses, asks [`Sessions`](super::session::Sessions) and the provider, and renders.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{Query, Request, State};
 use axum::http::header;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -16,8 +18,10 @@ use tessera_core::token::constant_time_eq;
 use super::Proxy;
 use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
 use super::caller::Caller;
+use super::config::Route;
 use super::forward::{Origin, forward};
 use super::identity::{in_groups, strip_claims};
+use super::path::{self, UnsafePath};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
 use crate::client::oidc;
@@ -217,18 +221,16 @@ pub(super) async fn userinfo(
 }
 
 /// Everything else: a route's request, forwarded with the user's identity when signed in.
+/// Routes are chosen by the path's normal form, which is also what the upstream receives.
 pub(super) async fn proxied(
     State(proxy): State<Arc<Proxy>>,
     caller: Caller,
     mut request: Request,
 ) -> Response {
     let origin = &caller.origin;
-    let Some(route) = proxy.route(&origin.host, request.uri().path()) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no route for this host and path",
-        );
+    let route = match proxy.route_request(origin, &mut request) {
+        Ok(route) => route,
+        Err(unroutable) => return unroutable.answer(),
     };
     let current = match proxy.session(&caller.ctx, request.headers()).await {
         Ok(current) => current,
@@ -242,6 +244,56 @@ pub(super) async fn proxied(
     let extra = current.state.grant.headers.get(route.pass_access_token);
     let response = forward(route, request, origin, extra, cookie).await;
     with_cookies(response, current.set_cookies)
+}
+
+/// Why a request cannot be given a route.
+enum Unroutable {
+    /// RFC 9112 §3.2: each `Host` could name another route.
+    TwoHosts,
+    /// The target has no safe reading.
+    Unsafe(UnsafePath),
+    /// No route serves the host and path.
+    NoRoute,
+}
+
+impl Unroutable {
+    /// 400, or 404 without a route.
+    fn answer(self) -> Response {
+        match self {
+            Unroutable::TwoHosts => error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "more than one Host header",
+            ),
+            Unroutable::Unsafe(why) => {
+                error(StatusCode::BAD_REQUEST, "invalid_request", why.describe())
+            }
+            Unroutable::NoRoute => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no route for this host and path",
+            ),
+        }
+    }
+}
+
+/// The request's target with its path in normal form and its query as sent (`None`: it is
+/// already normal), or why the path has none.
+fn normal_target(uri: &Uri) -> Result<Option<Uri>, UnsafePath> {
+    let Cow::Owned(path) = path::normalize(uri.path())? else {
+        return Ok(None);
+    };
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    // A normal form has only characters the original had, and `%` escapes.
+    let target = PathAndQuery::try_from(target).map_err(|_| UnsafePath::BrokenEscape)?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target);
+    Uri::from_parts(parts)
+        .map(Some)
+        .map_err(|_| UnsafePath::BrokenEscape)
 }
 
 /// Why a request has no usable session, and the cookies to set when answering it.
@@ -280,6 +332,19 @@ impl NoSession {
 }
 
 impl Proxy {
+    /// The route for `request`, whose target becomes its normal form; or why it has none.
+    fn route_request(&self, origin: &Origin, request: &mut Request) -> Result<&Route, Unroutable> {
+        if request.headers().get_all(header::HOST).iter().count() > 1 {
+            return Err(Unroutable::TwoHosts);
+        }
+        if let Some(normal) = normal_target(request.uri()).map_err(Unroutable::Unsafe)? {
+            *request.uri_mut() = normal;
+        }
+        self.route(&origin.host, request.uri().path())
+            .map_err(Unroutable::Unsafe)?
+            .ok_or(Unroutable::NoRoute)
+    }
+
     /// The request's live, fresh session, or why there is none.
     async fn session(
         self: &Arc<Self>,

@@ -10,6 +10,7 @@ mod endpoints;
 mod forward;
 mod identity;
 mod listen;
+mod path;
 pub mod provider;
 mod redirect;
 mod session;
@@ -30,6 +31,7 @@ use tessera_store::Store;
 
 use self::config::{ProxyConfig, Route, SessionStore};
 use self::cookie::CookieJar;
+use self::path::UnsafePath;
 use self::provider::Provider;
 use self::redirect::RedirectPolicy;
 use self::session::{Sessions, SessionsParts};
@@ -115,15 +117,9 @@ impl Proxy {
         })
     }
 
-    /// The route for a request to `host` (with or without port) and `path`.
-    fn route(&self, host: &str, path: &str) -> Option<&Route> {
-        let host = redirect::without_port(host);
-        self.config.routes.iter().find(|r| {
-            r.host
-                .as_deref()
-                .is_none_or(|h| h.eq_ignore_ascii_case(host))
-                && path_matches(path, &r.path_prefix)
-        })
+    /// The route for a request to `host` and `path` (see [`choose_route`]).
+    fn route(&self, host: &str, path: &str) -> Result<Option<&Route>, UnsafePath> {
+        choose_route(&self.config.routes, host, path)
     }
 }
 
@@ -228,6 +224,32 @@ fn redirect_hosts(config: &ProxyConfig) -> Vec<String> {
     hosts
 }
 
+/// The route for a request to `host` (normal, with or without port) and `path` (normal),
+/// among `routes` ordered best first. Refuses a path that a lenient upstream (see
+/// [`path::lenient`]) would read as another route's: with `/admin` for `ops` and `/` for all,
+/// `/ADMIN` or `/admin;x` would otherwise reach the admin pages of a case-insensitive server
+/// or of Tomcat with the groups of `/`.
+fn choose_route<'r>(
+    routes: &'r [Route],
+    host: &str,
+    path: &str,
+) -> Result<Option<&'r Route>, UnsafePath> {
+    let host = redirect::without_port(host);
+    let first = |matches: &dyn Fn(&Route) -> bool| {
+        routes
+            .iter()
+            .find(|r| r.host.as_deref().is_none_or(|h| h == host) && matches(r))
+    };
+    let strict = first(&|r| path_matches(path, &r.path_prefix));
+    let lenient = path::lenient(path)?;
+    let lenient = first(&|r| path_matches(&lenient, &r.lenient_prefix));
+    match (strict, lenient) {
+        (Some(a), Some(b)) if std::ptr::eq(a, b) => Ok(strict),
+        (None, None) => Ok(None),
+        _ => Err(UnsafePath::Ambiguous),
+    }
+}
+
 /// Whether `path` is under `prefix` (`/api` matches `/api` and `/api/x`, not `/apix`).
 fn path_matches(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
@@ -235,8 +257,47 @@ fn path_matches(path: &str, prefix: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 mod tests {
     use super::*;
+
+    fn routes(yaml: &str) -> Vec<Route> {
+        let raw: config::RawProxy = yaml_serde::from_str(yaml).unwrap();
+        config::validate(raw, Path::new(".")).unwrap().routes
+    }
+
+    #[test]
+    fn a_path_that_reads_as_another_route_leniently_is_refused() {
+        let routes = routes(
+            "routes:\n  - {path_prefix: /admin/, upstream: 'http://127.0.0.1:1', allowed_groups: [ops]}\n  - {path_prefix: /Docs, upstream: 'http://127.0.0.1:2'}\n  - {host: Admin.Example., upstream: 'http://127.0.0.1:3'}\n  - {upstream: 'http://127.0.0.1:4'}\n",
+        );
+        let port = |host: &str, path: &str| {
+            choose_route(&routes, host, path).map(|r| r.and_then(|r| r.upstream.port()))
+        };
+        let ambiguous = Err(UnsafePath::Ambiguous);
+        assert_eq!(port("h", "/admin"), Ok(Some(1)), "a prefix's / is optional");
+        assert_eq!(port("h", "/admin/x"), Ok(Some(1)));
+        assert_eq!(port("h", "/administrator"), Ok(Some(4)));
+        assert_eq!(port("h", "/api/Pods;v=1"), Ok(Some(4)));
+        assert_eq!(port("h", "/Docs/a"), Ok(Some(2)));
+        assert_eq!(port("admin.example:443", "/x"), Ok(Some(3)));
+        for path in [
+            "/ADMIN",
+            "/Admin/x",
+            "/admin;x",
+            "/admin.",
+            "/admin%20/x",
+            "/admin%3B",
+        ] {
+            assert_eq!(port("h", path), ambiguous, "{path}");
+        }
+        assert_eq!(
+            port("h", "/docs"),
+            ambiguous,
+            "the prefix is the one in capitals"
+        );
+        assert_eq!(port("h", "/..;/admin"), Err(UnsafePath::AboveRoot));
+    }
 
     #[test]
     fn prefixes_match_whole_segments() {
