@@ -22,6 +22,7 @@ mod provider_hardening;
 mod proxy;
 mod proxy_chromium;
 mod proxy_external;
+mod proxy_hostile;
 mod replicas;
 mod rotation;
 mod storage_copy;
