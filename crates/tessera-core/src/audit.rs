@@ -27,8 +27,22 @@ pub enum Event {
     LoginSucceeded,
     /// A login attempt failed.
     LoginFailed {
-        /// Why: `bad_credentials`, `rate_limited`, `unknown_user`.
+        /// Why: `bad_credentials`, or `rate_limited` (the first refusal of a limited window;
+        /// the others are counted in [`Event::RateLimitEnded`]).
         reason: String,
+    },
+    /// A client presented a wrong secret at the token, revocation or introspection endpoint.
+    ClientAuthenticationFailed {
+        /// Why: `bad_secret`, or `rate_limited` (the first refusal of a limited window).
+        reason: String,
+    },
+    /// A limited window of a user, a client or an address is over: one line with the number of
+    /// requests it refused, instead of one line each.
+    RateLimitEnded {
+        /// Which limit: `login` or `client_authentication`.
+        limiter: String,
+        /// How many requests the window refused.
+        refused: u32,
     },
     /// Tokens were issued for an authorization code.
     TokenIssued {
@@ -74,7 +88,10 @@ impl Event {
     pub fn severity(&self) -> Severity {
         match self {
             Event::RefreshTokenReplayDetected { .. } => Severity::Alert,
-            Event::ExpiredRefreshTokenUsed { .. } | Event::LoginFailed { .. } => Severity::Warning,
+            Event::ExpiredRefreshTokenUsed { .. }
+            | Event::LoginFailed { .. }
+            | Event::ClientAuthenticationFailed { .. }
+            | Event::RateLimitEnded { .. } => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -149,5 +166,24 @@ mod tests {
         assert_eq!(v["uid"], "dev");
         assert_eq!(v["session_id"], serde_json::Value::Null);
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn a_rate_limit_summary_names_its_limiter_and_count_as_a_warning() {
+        let event = Event::RateLimitEnded {
+            limiter: "login".into(),
+            refused: 399,
+        };
+        let subjects = Subjects {
+            source_ip: Some("2001:db8:1:2::/64".into()),
+            ..Subjects::default()
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&render(UnixMillis(0), &event, &subjects)).unwrap();
+        assert_eq!(v["event"], "RateLimitEnded");
+        assert_eq!(v["severity"], "warning");
+        assert_eq!(v["limiter"], "login");
+        assert_eq!(v["refused"], 399);
+        assert_eq!(v["source_ip"], "2001:db8:1:2::/64");
     }
 }

@@ -176,6 +176,19 @@ fn spawn_maintenance(app: Arc<App>) {
             }
         }
     });
+    // Rate-limit summaries follow the end of their window within one tick.
+    let limits_app = Arc::clone(&app);
+    let limits_every = app
+        .config
+        .login_failure_window
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(limits_every);
+        loop {
+            tick.tick().await;
+            limits_app.close_rate_limit_windows();
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {

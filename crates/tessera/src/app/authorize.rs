@@ -10,12 +10,17 @@ use tessera_core::token::{MAX_TOKEN_LEN, Secret};
 use tessera_store::{AuthCode, SsoSession};
 use url::Url;
 
-use super::{App, AppError, RequestContext, random_id, random_secret};
+use super::limiter::LimitKey;
+use super::{App, AppError, RequestContext, random_id, random_secret, slow_check};
 use crate::config::Client;
 
 /// Lifetime of an authorization code: RFC 6749 §4.1.2 recommends at most ten minutes; a code
 /// is exchanged within a second by every real client.
 const CODE_TTL: Duration = Duration::from_secs(60);
+
+/// Longest user name accepted at the login form, in bytes. Longer ones are refused before they
+/// are counted, hashed or logged.
+pub const MAX_USERNAME_LEN: usize = 256;
 
 /// Scopes tessera grants, in the order it reports them.
 const KNOWN_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offline_access"];
@@ -56,6 +61,8 @@ pub enum AuthorizeError {
 pub enum LoginFailure {
     /// Wrong user name or password.
     BadCredentials,
+    /// The user name is longer than [`MAX_USERNAME_LEN`] or has control characters.
+    InvalidUsername,
     /// Too many failures for this user or IP; retry after this many seconds.
     RateLimited(u64),
     /// The store failed.
@@ -224,34 +231,37 @@ impl App {
         Ok(sso.filter(|s| s.revoked_at.is_none() && now < s.expires_at))
     }
 
-    /// Checks a user's password, rate-limited per user and per IP (failures only).
+    /// Checks a user's password, rate-limited per user and per IP: the attempt takes a slot
+    /// before the hash (see `limiter`), so racing guesses cannot exceed the limit.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         ctx: &RequestContext,
     ) -> Result<LoginOutcome, LoginFailure> {
+        // Checked before anything is counted, hashed or logged: a name is never written whole
+        // unless it is short and printable.
+        if username.len() > MAX_USERNAME_LEN || username.chars().any(char::is_control) {
+            return Err(LoginFailure::InvalidUsername);
+        }
         let now = self.now();
-        let (user_key, ip_key) = (format!("user:{username}"), format!("ip:{}", ctx.ip));
         let who = Subjects {
             uid: Some(username.to_owned()),
             source_ip: Some(ctx.ip.clone()),
             user_agent: ctx.user_agent.clone(),
             ..Subjects::default()
         };
-        let blocked = self
-            .limiter
-            .retry_after(&user_key, now)
-            .max(self.limiter.retry_after(&ip_key, now));
-        if let Some(seconds) = blocked {
-            self.record(
-                &Event::LoginFailed {
-                    reason: "rate_limited".into(),
-                },
-                &who,
-            );
-            return Err(LoginFailure::RateLimited(seconds));
-        }
+        let keys = vec![LimitKey::user(username), LimitKey::address(&ctx.ip)];
+        let attempt = match self.admit(&self.login_limiter, keys) {
+            Ok(attempt) => attempt,
+            Err(refusal) => {
+                if refusal.first {
+                    let reason = "rate_limited".into();
+                    self.record(&Event::LoginFailed { reason }, &who);
+                }
+                return Err(LoginFailure::RateLimited(refusal.retry_after));
+            }
+        };
         let user = self.users.find(username).cloned();
         let ok = match &user {
             Some(user) => self.password_matches(&user.password_hash, password).await,
@@ -263,16 +273,12 @@ impl App {
             }
         };
         let Some(user) = user.filter(|_| ok) else {
-            self.limiter.record_failure(&user_key, now);
-            self.limiter.record_failure(&ip_key, now);
-            self.record(
-                &Event::LoginFailed {
-                    reason: "bad_credentials".into(),
-                },
-                &who,
-            );
+            attempt.failed();
+            let reason = "bad_credentials".into();
+            self.record(&Event::LoginFailed { reason }, &who);
             return Err(LoginFailure::BadCredentials);
         };
+        attempt.succeeded();
         let handle = random_secret("tss1_");
         let sso = SsoSession {
             handle: handle.hash(),
@@ -291,13 +297,11 @@ impl App {
     }
 
     async fn password_matches(&self, hash: &str, password: &str) -> bool {
-        let Ok(_permit) = self.slow_hash_gate.acquire().await else {
-            return false;
-        };
         let (hash, password) = (hash.to_owned(), password.to_owned());
-        tokio::task::spawn_blocking(move || crate::secret::verify_password(&hash, &password))
-            .await
-            .unwrap_or(false)
+        slow_check(&self.password_gate, move || {
+            crate::secret::verify_password(&hash, &password)
+        })
+        .await
     }
 
     /// Issues a code for a validated request and an authenticated user; returns where to send

@@ -14,6 +14,13 @@ pub enum AppError {
     /// Client authentication failed (`invalid_client`, 401).
     #[error("client authentication failed")]
     InvalidClient,
+    /// Too many wrong secrets for this client or from this address: 429 `invalid_client` with
+    /// `Retry-After`.
+    #[error("too many failed client authentications; retry in {retry_after} seconds")]
+    ClientRateLimited {
+        /// Seconds until a retry may be admitted.
+        retry_after: u64,
+    },
     /// The code or refresh token is not (or no longer) good (`invalid_grant`). The reason goes to
     /// the log and the audit, never to the client.
     #[error("the grant is invalid or expired")]

@@ -17,7 +17,7 @@ use tessera_core::token::{RotationKey, TokenHash};
 use tessera_store::Store;
 use tokio::sync::Semaphore;
 
-pub use authorize::{AuthRequest, AuthorizeError, LoginFailure};
+pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, MAX_USERNAME_LEN};
 pub use error::AppError;
 pub use token::ClientCredentials;
 
@@ -26,7 +26,7 @@ use crate::config::{Client, Config};
 use crate::keys::{self, KeySet};
 use crate::metrics::Metrics;
 use crate::users::Users;
-use limiter::LoginLimiter;
+use limiter::{CAPACITY, ClosedWindow, LimitKey, Limiter};
 
 /// Where a request came from, for the audit log and the grace IP check.
 #[derive(Clone, Debug, Default)]
@@ -52,12 +52,20 @@ pub struct App {
     keys: RwLock<Arc<KeySet>>,
     rotation_key: RotationKey,
     users: Users,
-    limiter: LoginLimiter,
-    /// Bounds concurrent argon2 computations (16 ms of CPU each) so a login storm cannot starve
-    /// token requests.
-    slow_hash_gate: Semaphore,
-    /// SHA-256 of client secrets already verified against an argon2 hash, so a confidential
-    /// client pays the argon2 cost once per process, not once per refresh.
+    /// Failed logins per user name and per client address.
+    login_limiter: Limiter,
+    /// Wrong client secrets per client id and per client address.
+    client_limiter: Limiter,
+    /// Bounds concurrent argon2 password checks (16 ms of CPU each) so a login storm cannot
+    /// starve token requests.
+    password_gate: Arc<Semaphore>,
+    /// The same for argon2 client secrets, apart, so that a flood of wrong client secrets
+    /// cannot starve logins nor the other way round. One permit: a correct secret is checked
+    /// once per process (see `verified_secrets`), so only wrong ones queue here.
+    client_secret_gate: Arc<Semaphore>,
+    /// SHA-256 of client secrets already verified, so a confidential client pays the argon2
+    /// cost once per process, not once per refresh, and is not held up by the failure limit
+    /// that others' wrong secrets put on its client id.
     verified_secrets: Mutex<HashSet<TokenHash>>,
     /// An argon2id hash of a random password, checked for unknown users so that a login for a
     /// missing user costs what one for a real user does (no user enumeration by timing).
@@ -105,7 +113,16 @@ impl App {
         let dummy: [u8; 16] = rand::random();
         let dummy_password_hash = crate::secret::hash_password(&hex::encode(dummy))
             .map_err(|e| AppError::InvalidRequest(format!("cannot hash: {e}")))?;
-        let limiter = LoginLimiter::new(config.login_max_failures, config.login_failure_window);
+        // Client secrets share the login limits, with counters of their own.
+        let limiter = |name| {
+            Limiter::new(
+                name,
+                config.login_max_failures,
+                config.login_failure_window,
+                CAPACITY,
+            )
+        };
+        let (login_limiter, client_limiter) = (limiter("login"), limiter("client_authentication"));
         Ok(App {
             config,
             issuer,
@@ -116,8 +133,10 @@ impl App {
             keys: RwLock::new(Arc::new(key_set)),
             rotation_key,
             users,
-            limiter,
-            slow_hash_gate: Semaphore::new(2),
+            login_limiter,
+            client_limiter,
+            password_gate: Arc::new(Semaphore::new(2)),
+            client_secret_gate: Arc::new(Semaphore::new(1)),
             verified_secrets: Mutex::new(HashSet::new()),
             dummy_password_hash,
         })
@@ -177,9 +196,64 @@ impl App {
         self.config.clients.get(id)
     }
 
+    /// Writes one summary line for each rate-limited window that is over. Called periodically,
+    /// so a summary follows the end of its window within one period.
+    pub fn close_rate_limit_windows(&self) {
+        let now = self.now();
+        for limiter in [&self.login_limiter, &self.client_limiter] {
+            self.report_closed(limiter, limiter.close_windows(now));
+        }
+    }
+
+    /// Admits one attempt of `limiter` for `keys`, and writes the summaries of the windows it
+    /// closed on the way.
+    fn admit<'a>(
+        &self,
+        limiter: &'a Limiter,
+        keys: Vec<LimitKey>,
+    ) -> Result<limiter::Attempt<'a>, limiter::Refusal> {
+        let admission = limiter.begin(keys, self.now());
+        self.report_closed(limiter, limiter.take_closed());
+        admission
+    }
+
+    /// Writes one `RateLimitEnded` line per closed window of `limiter`.
+    fn report_closed(&self, limiter: &Limiter, closed: Vec<ClosedWindow>) {
+        for ClosedWindow { key, refused } in closed {
+            let mut subjects = Subjects::default();
+            match key {
+                LimitKey::User(name) => subjects.uid = Some(name.into()),
+                LimitKey::Client(id) => subjects.client_id = Some(id.into()),
+                LimitKey::Address(address) => subjects.source_ip = Some(address.into()),
+            }
+            let event = Event::RateLimitEnded {
+                limiter: limiter.name().to_owned(),
+                refused,
+            };
+            self.record(&event, &subjects);
+        }
+    }
+
     fn record(&self, event: &Event, subjects: &Subjects) {
         self.audit.record(self.now(), event, subjects);
     }
+}
+
+/// Runs a slow (argon2) check on the blocking pool while holding a permit of `gate`. The permit
+/// moves into the blocking task: a request dropped mid-hash (the client hung up) leaves its hash
+/// running and its permit held until the hash ends, so hanging up cannot pile up hashes beyond
+/// the gate.
+async fn slow_check(gate: &Arc<Semaphore>, check: impl FnOnce() -> bool + Send + 'static) -> bool {
+    let Ok(permit) = Arc::clone(gate).acquire_owned().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        let ok = check();
+        drop(permit);
+        ok
+    })
+    .await
+    .unwrap_or(false)
 }
 
 fn random_id() -> String {

@@ -10,7 +10,8 @@ use tessera_core::redeem::{Decision, RejectReason};
 use tessera_core::token::{MAX_TOKEN_LEN, REFRESH_TOKEN_PREFIX, Secret, TokenHash};
 use tessera_store::{CodeRedemption, NewRefreshToken, RedeemRequest, Session, SessionStart};
 
-use super::{App, AppError, RequestContext, random_secret};
+use super::limiter::LimitKey;
+use super::{App, AppError, RequestContext, random_secret, slow_check};
 use crate::config::Client;
 use crate::metrics::RefreshOutcome;
 use crate::secret;
@@ -48,47 +49,89 @@ impl App {
     pub async fn authenticate_client(
         &self,
         credentials: &ClientCredentials,
+        ctx: &RequestContext,
     ) -> Result<&Client, AppError> {
         let client = self
             .client(&credentials.id)
             .ok_or(AppError::InvalidClient)?;
         match (&client.secret_hash, credentials.secret.as_deref()) {
             (None, None) => Ok(client),
-            (Some(hash), Some(presented)) if self.secret_matches(hash, presented).await => {
+            (Some(hash), Some(presented)) => {
+                self.check_client_secret(client, hash, presented, ctx)
+                    .await?;
                 Ok(client)
             }
             _ => Err(AppError::InvalidClient),
         }
     }
 
+    /// Checks a presented secret. A secret verified before is accepted at once, even while the
+    /// client is rate-limited, so an attacker sending wrong secrets cannot lock out the client
+    /// itself once it has authenticated; anything else takes a slot of the limiter per client
+    /// and per address before it is hashed.
+    async fn check_client_secret(
+        &self,
+        client: &Client,
+        hash: &str,
+        presented: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AppError> {
+        let verified = Secret::from_presented(format!("{hash}\n{presented}")).hash();
+        if self.secret_was_verified(&verified) {
+            return Ok(());
+        }
+        let who = Subjects {
+            client_id: Some(client.id.to_string()),
+            source_ip: Some(ctx.ip.clone()),
+            user_agent: ctx.user_agent.clone(),
+            ..Subjects::default()
+        };
+        let keys = vec![
+            LimitKey::client(client.id.as_str()),
+            LimitKey::address(&ctx.ip),
+        ];
+        let attempt = match self.admit(&self.client_limiter, keys) {
+            Ok(attempt) => attempt,
+            Err(refusal) => {
+                if refusal.first {
+                    let reason = "rate_limited".into();
+                    self.record(&Event::ClientAuthenticationFailed { reason }, &who);
+                }
+                return Err(AppError::ClientRateLimited {
+                    retry_after: refusal.retry_after,
+                });
+            }
+        };
+        if !self.secret_matches(hash, presented).await {
+            attempt.failed();
+            let reason = "bad_secret".into();
+            self.record(&Event::ClientAuthenticationFailed { reason }, &who);
+            return Err(AppError::InvalidClient);
+        }
+        attempt.succeeded();
+        self.verified_secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(verified);
+        Ok(())
+    }
+
+    fn secret_was_verified(&self, verified: &TokenHash) -> bool {
+        self.verified_secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(verified)
+    }
+
     async fn secret_matches(&self, hash: &str, presented: &str) -> bool {
         if !secret::is_slow_hash(hash) {
             return secret::verify_client_secret(hash, presented);
         }
-        let key = Secret::from_presented(format!("{hash}\n{presented}")).hash();
-        if self
-            .verified_secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&key)
-        {
-            return true;
-        }
-        let Ok(_permit) = self.slow_hash_gate.acquire().await else {
-            return false;
-        };
         let (hash, presented) = (hash.to_owned(), presented.to_owned());
-        let ok =
-            tokio::task::spawn_blocking(move || secret::verify_client_secret(&hash, &presented))
-                .await
-                .unwrap_or(false);
-        if ok {
-            self.verified_secrets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key);
-        }
-        ok
+        slow_check(&self.client_secret_gate, move || {
+            secret::verify_client_secret(&hash, &presented)
+        })
+        .await
     }
 
     /// The `authorization_code` grant (RFC 6749 §4.1.3), with PKCE (RFC 7636 §4.6). A second use

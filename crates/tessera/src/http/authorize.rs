@@ -13,7 +13,7 @@ use super::{
     CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, cookie, csrf_matches, csrf_token, issuer_path,
     set_cookie,
 };
-use crate::app::{App, AuthRequest, AuthorizeError, LoginFailure};
+use crate::app::{App, AuthRequest, AuthorizeError, LoginFailure, MAX_USERNAME_LEN};
 
 /// The authorization request parameters the login form carries through.
 const CARRIED: [&str; 8] = [
@@ -122,6 +122,17 @@ pub(super) async fn login(
                 &headers,
                 StatusCode::UNAUTHORIZED,
                 Some("Wrong user name or password."),
+            );
+        }
+        Err(LoginFailure::InvalidUsername) => {
+            let message =
+                format!("User names are at most {MAX_USERNAME_LEN} bytes of printable text.");
+            return login_form(
+                &app,
+                &request,
+                &headers,
+                StatusCode::BAD_REQUEST,
+                Some(&message),
             );
         }
         Err(LoginFailure::RateLimited(seconds)) => {

@@ -14,6 +14,8 @@ pub struct OAuthError {
     error: &'static str,
     description: String,
     www_authenticate: Option<&'static str>,
+    /// Seconds for `Retry-After` (RFC 9110 §10.2.3), on a 429.
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -38,6 +40,7 @@ impl OAuthError {
             error,
             description: description.into(),
             www_authenticate: None,
+            retry_after: None,
         }
     }
 }
@@ -51,6 +54,15 @@ impl From<AppError> for OAuthError {
                 return OAuthError {
                     www_authenticate: Some(r#"Basic realm="tessera""#),
                     ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+                };
+            }
+            // RFC 6749 §5.2 has no code for "too many attempts"; `invalid_client` is the one
+            // that says what was refused (the client authentication), 429 and `Retry-After`
+            // say why and until when. No challenge: nothing was checked.
+            AppError::ClientRateLimited { retry_after } => {
+                return OAuthError {
+                    retry_after: Some(*retry_after),
+                    ..OAuthError::new(StatusCode::TOO_MANY_REQUESTS, "invalid_client", description)
                 };
             }
             AppError::InvalidGrant { reason } => {
@@ -99,6 +111,11 @@ impl IntoResponse for OAuthError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

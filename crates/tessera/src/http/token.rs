@@ -35,7 +35,7 @@ pub(super) async fn token(
     let grant: GrantType = serde_json::from_value(serde_json::Value::String(grant_name.to_owned()))
         .map_err(|_| AppError::UnsupportedGrantType(grant_name.chars().take(64).collect()))?;
     let credentials = credentials(&headers, &params)?;
-    let client = app.authenticate_client(&credentials).await?;
+    let client = app.authenticate_client(&credentials, &ctx).await?;
     let response = match grant {
         GrantType::AuthorizationCode => {
             let code = params.require("code")?;
@@ -65,7 +65,7 @@ pub(super) async fn revoke(
 ) -> Result<Response, OAuthError> {
     let Form(params) = form?;
     let credentials = credentials(&headers, &params)?;
-    let client = app.authenticate_client(&credentials).await?;
+    let client = app.authenticate_client(&credentials, &ctx).await?;
     let token = params.require("token")?;
     app.revoke(client, token, &ctx).await?;
     Ok(no_store(().into_response()))
@@ -74,11 +74,12 @@ pub(super) async fn revoke(
 pub(super) async fn introspect(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    Ctx(ctx): Ctx,
     form: Result<Form, OAuthError>,
 ) -> Result<Response, OAuthError> {
     let Form(params) = form?;
     let credentials = credentials(&headers, &params)?;
-    let client = app.authenticate_client(&credentials).await?;
+    let client = app.authenticate_client(&credentials, &ctx).await?;
     let token = params.require("token")?;
     let answer = app.introspect(client, token).await?;
     Ok(no_store(Json(answer).into_response()))

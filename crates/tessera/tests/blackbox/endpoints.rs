@@ -818,7 +818,7 @@ async fn six_wrong_passwords_are_answered_429_with_retry_after() {
     // Blocked means blocked, even with the right password.
     let response = server.submit_login(&server.browser, &auth, PASSWORD).await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let limited = server.audit_events("LoginFailed", 7).await;
+    let limited = server.audit_events("LoginFailed", 6).await;
     assert!(
         limited.iter().any(|e| e["reason"] == "rate_limited"),
         "{limited:?}"
