@@ -74,11 +74,41 @@ struct RawConfig {
     proxy: Option<crate::proxy::config::RawProxy>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Both listeners: the provider's (HTTPS) and the proxy's (HTTP).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawHttp {
     /// Load balancers and proxies (addresses or CIDRs) whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<String>,
+    /// Time a client has to send a request's headers, from the connection's start (after TLS)
+    /// or the end of the previous answer; an idle HTTP/1.1 keep-alive ends then too.
+    header_read_timeout: String,
+    /// A connection without a request in flight for this long is closed.
+    idle_timeout: String,
+    /// Time a client has to complete the TLS handshake.
+    tls_handshake_timeout: String,
+    /// Time a client has to send a request's whole body, from the first wait for it.
+    body_timeout: String,
+    /// Most connections open at once, both listeners together; lowered to fit the open-files
+    /// limit.
+    max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: one /64);
+    /// `trusted_proxies` are exempt.
+    max_connections_per_ip: usize,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            trusted_proxies: Vec::new(),
+            header_read_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
+            tls_handshake_timeout: "10s".into(),
+            body_timeout: "30s".into(),
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+        }
+    }
 }
 
 /// The cluster `tessera login` writes into kubeconfigs, published at `/kube/cluster`.
@@ -352,6 +382,8 @@ pub struct Config {
     pub kubernetes: Option<KubeCluster>,
     /// Peers whose `X-Forwarded-For` names the client (load balancers in front of replicas).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Timeouts and connection caps of both listeners.
+    pub limits: crate::listener::Limits,
     /// The authenticating reverse proxy, if configured.
     pub proxy: Option<crate::proxy::config::ProxyConfig>,
 }
@@ -591,6 +623,7 @@ fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Con
             })?;
         trusted_proxies.push(net);
     }
+    let limits = limits(&raw.http).map_err(|(key, m)| bad(&key, m))?;
     let proxy = raw
         .proxy
         .map(|p| crate::proxy::config::validate(p, base))
@@ -630,7 +663,34 @@ fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Con
         key_reload_interval: duration("keys.reload_interval", &raw.keys.reload_interval)?,
         kubernetes,
         trusted_proxies,
+        limits,
         proxy,
+    })
+}
+
+fn limits(raw: &RawHttp) -> Result<crate::listener::Limits, (String, String)> {
+    let timeout = |key: &str, text: &str| {
+        let key = format!("http.{key}");
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => Err((key, "must be longer than 0ms".to_owned())),
+            Ok(d) => Ok(d),
+            Err(m) => Err((key, m)),
+        }
+    };
+    let count = |key: &str, n: usize| {
+        if n == 0 {
+            Err((format!("http.{key}"), "must be at least 1".to_owned()))
+        } else {
+            Ok(n)
+        }
+    };
+    Ok(crate::listener::Limits {
+        header_read_timeout: timeout("header_read_timeout", &raw.header_read_timeout)?,
+        idle_timeout: timeout("idle_timeout", &raw.idle_timeout)?,
+        tls_handshake_timeout: timeout("tls_handshake_timeout", &raw.tls_handshake_timeout)?,
+        body_timeout: timeout("body_timeout", &raw.body_timeout)?,
+        max_connections: count("max_connections", raw.max_connections)?,
+        max_connections_per_ip: count("max_connections_per_ip", raw.max_connections_per_ip)?,
     })
 }
 
@@ -937,6 +997,40 @@ mod tests {
         assert!(err.contains("refresh_token.on_replay"), "{err}");
         let err = load("clients:\n  - id: x\n", &[]).unwrap_err().to_string();
         assert!(err.contains("secret_hash"), "{err}");
+    }
+
+    #[test]
+    fn listener_limits_have_defaults_and_environment_overrides() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_connections_per_ip, 256);
+        let c = load(
+            "http:\n  idle_timeout: 5m\n",
+            &[
+                ("TESSERA_HTTP__HEADER_READ_TIMEOUT", "500ms"),
+                ("TESSERA_HTTP__MAX_CONNECTIONS_PER_IP", "8"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(c.limits.max_connections_per_ip, 8);
+    }
+
+    #[test]
+    fn a_zero_listener_limit_names_its_key() {
+        let err = load("http:\n  body_timeout: 0s\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.body_timeout"), "{err}");
+        let err = load("", &[("TESSERA_HTTP__MAX_CONNECTIONS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.max_connections"), "{err}");
     }
 
     #[test]

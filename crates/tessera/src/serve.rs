@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tessera_core::clock::{Clock, SystemClock};
+use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, AppParts};
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::listener::{self, Connections};
 use crate::proxy::provider::Provider;
 use crate::proxy::{self, Proxy, ProxyParts};
 use crate::users::Users;
@@ -66,6 +68,11 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
+    let connections = Connections::new(
+        config.limits,
+        &config.trusted_proxies,
+        listener::raise_open_files_limit(),
+    );
     // The proxy's address is known before the provider starts, so that the provider can
     // register the proxy's callback on it.
     let proxy_listener = match &config.proxy {
@@ -116,28 +123,28 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         })
         .await?;
         println!("proxy listening on http://{}", listener.local_addr());
+        let connections = connections.clone();
         tokio::spawn(async move {
-            if let Err(e) = listener.serve(Arc::new(proxy)).await {
+            if let Err(e) = listener.serve(Arc::new(proxy), connections).await {
                 tracing::error!(error = %e, "the proxy stopped");
             }
         });
     }
     spawn_maintenance(Arc::clone(&app));
     announce(address, &issuer, setup.as_ref());
-    let handle = axum_server::Handle::new();
-    tokio::spawn(shutdown_on_signal(handle.clone()));
-    axum_server::from_tcp_rustls(
-        listener,
-        axum_server::tls_rustls::RustlsConfig::from_config(tls),
-    )
-    // TCP_NODELAY: otherwise the answer on a new connection waits behind the TLS 1.3 session
-    // tickets until the client's delayed ACK, 40 ms later (seen on every `tessera credential`
-    // refresh, which opens a fresh connection).
-    .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
-    .handle(handle)
-    .serve(http::router(app).into_make_service_with_connect_info::<SocketAddr>())
-    .await
-    .context("the server stopped")
+    // TCP_NODELAY (set on every connection): otherwise the answer on a new connection waits
+    // behind the TLS 1.3 session tickets until the client's delayed ACK, 40 ms later (seen on
+    // every `tessera credential` refresh, which opens a fresh connection).
+    connections
+        .serve(
+            tokio::net::TcpListener::from_std(listener)?,
+            Some(TlsAcceptor::from(tls)),
+            http::router(app),
+            |peer: SocketAddr| peer,
+            shutdown_signal(),
+        )
+        .await;
+    Ok(())
 }
 
 /// The stable start-up lines scripts rely on, then the dev hints.
@@ -201,7 +208,8 @@ fn spawn_maintenance(app: Arc<App>) {
     });
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle) {
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -214,5 +222,4 @@ async fn shutdown_on_signal(handle: axum_server::Handle) {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
-    handle.graceful_shutdown(Some(Duration::from_secs(10)));
 }

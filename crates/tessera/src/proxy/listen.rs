@@ -11,12 +11,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use socket2::{Domain, Socket, Type};
 
 use super::caller::Peer;
 use super::{Proxy, router};
+use crate::listener::Connections;
 
 /// Connections the kernel queues for a socket before the proxy accepts them.
 const BACKLOG: i32 = 1024;
@@ -58,11 +57,12 @@ impl Listeners {
     }
 
     /// Serves `proxy` on every socket (HTTP/1.1 and HTTP/2 cleartext), each on its own thread,
-    /// until one of them fails.
-    pub async fn serve(self, proxy: Arc<Proxy>) -> Result<()> {
+    /// under the timeouts and caps of `connections`, until one of them fails.
+    pub async fn serve(self, proxy: Arc<Proxy>, connections: Connections) -> Result<()> {
         let (failed, mut failures) = tokio::sync::mpsc::channel(self.sockets.len());
         for (i, socket) in self.sockets.into_iter().enumerate() {
             let proxy = Arc::clone(&proxy);
+            let connections = connections.clone();
             let failed = failed.clone();
             std::thread::Builder::new()
                 .name(format!("tessera-proxy-{i}"))
@@ -71,7 +71,9 @@ impl Listeners {
                         .enable_all()
                         .build()
                         .context("cannot start the proxy's runtime")
-                        .and_then(|runtime| runtime.block_on(serve_socket(socket, proxy)));
+                        .and_then(|runtime| {
+                            runtime.block_on(serve_socket(socket, proxy, connections))
+                        });
                     let error = outcome.err().unwrap_or_else(|| anyhow::anyhow!("it ended"));
                     // Nobody listens any more only when the process is ending.
                     let _ = failed.blocking_send(error);
@@ -86,42 +88,23 @@ impl Listeners {
     }
 }
 
-/// One socket's connections, on the current thread's runtime.
-async fn serve_socket(socket: TcpListener, proxy: Arc<Proxy>) -> Result<()> {
-    let listener = NoDelayListener(tokio::net::TcpListener::from_std(socket)?);
-    axum::serve(
-        listener,
-        router(proxy).into_make_service_with_connect_info::<Peer>(),
-    )
-    .await
-    .context("the proxy stopped accepting connections")
-}
-
-/// Tokio's listener as axum serves it, with `TCP_NODELAY` on every connection: small answers
-/// (a 202 for nginx) are not held back for a delayed ACK.
-struct NoDelayListener(tokio::net::TcpListener);
-
-impl Listener for NoDelayListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, address) = Listener::accept(&mut self.0).await;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        (stream, address)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, NoDelayListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, NoDelayListener>) -> Peer {
-        Peer::new(stream.remote_addr().ip())
-    }
+/// One socket's connections, on the current thread's runtime; accepting never stops.
+async fn serve_socket(
+    socket: TcpListener,
+    proxy: Arc<Proxy>,
+    connections: Connections,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(socket)?;
+    connections
+        .serve(
+            listener,
+            None,
+            router(proxy),
+            |peer: SocketAddr| Peer::new(peer.ip()),
+            std::future::pending(),
+        )
+        .await;
+    Ok(())
 }
 
 /// A non-blocking listening socket that later sockets of this user may share the port with

@@ -36,6 +36,7 @@ use self::provider::Provider;
 use self::redirect::RedirectPolicy;
 use self::session::{Sessions, SessionsParts};
 use crate::config::Client;
+use crate::listener::Connections;
 
 /// Name of the stored secret that seals proxy sessions when no `proxy.cookie.secret` is set.
 const COOKIE_KEY_SECRET: &str = "proxy_cookie_key";
@@ -183,6 +184,11 @@ pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<
         SessionStore::Cookie => None,
     };
     let listeners = Listeners::bind(proxy_config.listen)?;
+    let connections = Connections::new(
+        config.limits,
+        &config.trusted_proxies,
+        crate::listener::raise_open_files_limit(),
+    );
     let proxy = Proxy::new(ProxyParts {
         config: proxy_config,
         provider: Provider::remote(external)?,
@@ -192,7 +198,7 @@ pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<
     })
     .await?;
     println!("proxy listening on http://{}", listeners.local_addr());
-    listeners.serve(Arc::new(proxy)).await
+    listeners.serve(Arc::new(proxy), connections).await
 }
 
 /// The callback URLs `tessera serve` registers for its own proxy: the configured
