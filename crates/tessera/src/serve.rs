@@ -132,9 +132,6 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     }
     spawn_maintenance(Arc::clone(&app));
     announce(address, &issuer, setup.as_ref());
-    // TCP_NODELAY (set on every connection): otherwise the answer on a new connection waits
-    // behind the TLS 1.3 session tickets until the client's delayed ACK, 40 ms later (seen on
-    // every `tessera credential` refresh, which opens a fresh connection).
     connections
         .serve(
             tokio::net::TcpListener::from_std(listener)?,
