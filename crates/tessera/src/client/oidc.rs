@@ -1,6 +1,6 @@
-//! The relying-party side of OpenID Connect that the kubectl plugin needs: discovery, the code
-//! exchange, refresh, revocation and id_token verification, over rustls with either a given CA
-//! bundle or the system's roots.
+//! The relying-party side of OpenID Connect that the kubectl plugin and the proxy need:
+//! discovery, the code exchange, refresh, revocation and id_token verification (after a login
+//! and after a refresh), over rustls with either a given CA bundle or the system's roots.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
+use jsonwebtoken::jwk::JwkSet;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -257,6 +258,42 @@ pub fn read_claims<T: serde::de::DeserializeOwned>(id_token: &str) -> Result<T> 
     serde_json::from_slice(&bytes).context("the id_token's payload lacks a claim it needs")
 }
 
+/// What an id_token must carry besides the issuer's signature, issuer, audience and expiry.
+#[derive(Clone, Copy, Debug)]
+pub enum Expected<'a> {
+    /// After a login: the nonce of its authorization request (OpenID Connect Core §3.1.3.7).
+    Nonce(&'a str),
+    /// After a refresh: the subject of the session it renews (OpenID Connect Core §12.2).
+    Subject(&'a str),
+}
+
+/// Why an id_token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IdTokenError {
+    /// The issuer's keys could not be fetched: nothing is known about the token yet.
+    #[error(transparent)]
+    Keys(anyhow::Error),
+    /// The token names a key the issuer's key set does not hold (fetch it again: the issuer
+    /// may have rotated).
+    #[error("the issuer's JWKS has no key {kid}")]
+    UnknownKey {
+        /// The `kid` the token names.
+        kid: String,
+    },
+    /// Not a token the issuer signed for this client and this login or session.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Signature algorithms an id_token may use (RFC 7518 §3.1): public-key ones only, never
+/// `none` nor an HMAC, whose key would be the client secret.
+const SIGNATURE_ALGORITHMS: [jsonwebtoken::Algorithm; 9] = {
+    use jsonwebtoken::Algorithm::{ES256, ES384, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512};
+    [
+        RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+    ]
+};
+
 /// Verifies an id_token after a login: signature against the issuer's JWKS with the key's own
 /// algorithm, issuer, audience, expiry and the nonce we sent.
 pub async fn verify_id_token(
@@ -266,39 +303,78 @@ pub async fn verify_id_token(
     id_token: &str,
     nonce: &str,
 ) -> Result<IdClaims> {
-    use jsonwebtoken::jwk::JwkSet;
-    let header = jsonwebtoken::decode_header(id_token).context("the id_token is not a JWT")?;
-    let kid = header.kid.context("the id_token names no key (kid)")?;
-    let jwks: JwkSet = get_json(http, &provider.jwks_uri).await?;
-    let jwk = jwks
+    let keys = jwks(http, provider).await?;
+    Ok(verify_with(
+        &keys,
+        provider,
+        client_id,
+        id_token,
+        Expected::Nonce(nonce),
+    )?)
+}
+
+/// The issuer's signing keys (its JWKS).
+pub async fn jwks(http: &reqwest::Client, provider: &Provider) -> Result<JwkSet> {
+    get_json(http, &provider.jwks_uri).await
+}
+
+/// Verifies an id_token against keys already fetched: its signature with the key its `kid`
+/// names, under that key's own algorithm (a public-key one), its issuer, audience (our
+/// client id), expiry, and what `expected` asks.
+pub fn verify_with(
+    keys: &JwkSet,
+    provider: &Provider,
+    client_id: &str,
+    id_token: &str,
+    expected: Expected<'_>,
+) -> Result<IdClaims, IdTokenError> {
+    let invalid = |why: String| IdTokenError::Invalid(why);
+    let header = jsonwebtoken::decode_header(id_token)
+        .map_err(|e| invalid(format!("the id_token is not a JWT: {e}")))?;
+    let kid = header
+        .kid
+        .ok_or_else(|| invalid("the id_token names no key (kid)".into()))?;
+    let jwk = keys
         .find(&kid)
-        .with_context(|| format!("the issuer's JWKS has no key {kid}"))?;
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).context("the issuer's key is unusable")?;
+        .ok_or_else(|| IdTokenError::UnknownKey { kid: kid.clone() })?;
     let alg = jwk
         .common
         .key_algorithm
         .and_then(|a| a.to_string().parse().ok())
-        .context("the issuer's key names no algorithm")?;
+        .filter(|alg| SIGNATURE_ALGORITHMS.contains(alg))
+        .ok_or_else(|| {
+            invalid(format!(
+                "the issuer's key {kid} names no public-key algorithm"
+            ))
+        })?;
     if header.alg != alg {
-        bail!(
+        return Err(invalid(format!(
             "the id_token is signed with {:?}, but its key is for {alg:?}",
             header.alg
-        );
+        )));
     }
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
+        .map_err(|e| invalid(format!("the issuer's key {kid} is unusable: {e}")))?;
     let mut validation = jsonwebtoken::Validation::new(alg);
     validation.set_issuer(&[&provider.issuer]);
     validation.set_audience(&[client_id]);
     let claims = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation)
-        .context("the id_token does not verify")?
+        .map_err(|e| invalid(format!("the id_token does not verify: {e}")))?
         .claims;
-    let nonce_matches = claims
-        .nonce
-        .as_deref()
-        .is_some_and(|n| tessera_core::token::constant_time_eq(n.as_bytes(), nonce.as_bytes()));
-    if !nonce_matches {
-        bail!("the id_token's nonce does not match this login; try again");
+    let matches = |found: Option<&str>, wanted: &str| {
+        found
+            .is_some_and(|f| tessera_core::token::constant_time_eq(f.as_bytes(), wanted.as_bytes()))
+    };
+    match expected {
+        Expected::Nonce(nonce) if !matches(claims.nonce.as_deref(), nonce) => Err(invalid(
+            "the id_token's nonce does not match this login; try again".into(),
+        )),
+        Expected::Subject(sub) if !matches(Some(&claims.sub), sub) => Err(invalid(format!(
+            "the refreshed id_token is for subject {:?}, not the session's",
+            claims.sub
+        ))),
+        _ => Ok(claims),
     }
-    Ok(claims)
 }
 
 /// `error_description` (or `error`) of an OAuth error body, or the body's start.

@@ -117,7 +117,8 @@ impl Default for RawCookie {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    /// The provider's issuer URL (its discovery document is read from it).
+    /// The provider's issuer URL (its discovery document is read from it): `https://`, or
+    /// `http://` on a loopback address only (127.0.0.0/8, ::1, localhost).
     issuer: String,
     /// The client id registered for the proxy.
     client_id: String,
@@ -416,6 +417,15 @@ fn is_cookie_name(name: &str) -> bool {
 
 fn provider(raw: RawProvider, base: &Path) -> Result<ExternalProvider, Invalid> {
     let issuer = http_url(&raw.issuer).map_err(|m| invalid("provider.issuer", m))?;
+    if issuer.scheme() != "https" && !is_loopback(&issuer) {
+        return Err(invalid(
+            "provider.issuer",
+            format!(
+                "`{}` must be https:// (http:// is allowed only on loopback: 127.0.0.0/8, ::1, localhost)",
+                raw.issuer
+            ),
+        ));
+    }
     if raw.client_id.is_empty() {
         return Err(invalid("provider.client_id", "must not be empty"));
     }
@@ -445,6 +455,16 @@ fn provider(raw: RawProvider, base: &Path) -> Result<ExternalProvider, Invalid> 
         client_secret,
         certificate_authority: raw.certificate_authority.map(|f| base.join(f)),
     })
+}
+
+/// Whether `url` names this machine: plain HTTP to it never crosses a network.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -498,6 +518,36 @@ mod tests {
         assert!(forms("/%61dmin").unwrap_err().contains("write `/admin`"));
         assert!(forms("//admin").unwrap_err().contains("write `/admin`"));
         assert!(forms("/admin%2f").unwrap_err().contains("encoded slash"));
+    }
+
+    #[test]
+    fn an_external_issuer_needs_https_outside_loopback() {
+        let with = |issuer: &str| {
+            parse(&format!(
+                "routes: [{{upstream: 'http://127.0.0.1:1'}}]\nprovider: {{issuer: '{issuer}', client_id: rp}}\n"
+            ))
+        };
+        for plain in [
+            "http://idp.example.com",
+            "http://10.0.0.1:8080",
+            "http://[fe80::1]",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.nip.io",
+        ] {
+            let err = with(plain).unwrap_err();
+            assert_eq!(err.0, "proxy.provider.issuer", "{plain}");
+            assert!(err.1.contains("https://"), "{err:?}");
+        }
+        for ok in [
+            "https://idp.example.com",
+            "http://127.0.0.1:5556/dex",
+            "http://127.8.9.10",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+            "http://LOCALHOST",
+        ] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -2,9 +2,15 @@
 //! provider, called in-process (`tessera serve` with a `proxy:` section), or any OpenID Connect
 //! provider over HTTPS (`proxy.provider`). Both answer the same [`Grant`], so the rest of the
 //! proxy does not know which one it talks to.
+//!
+//! Every id_token an external provider sends is verified before it is used: after a login and
+//! after each refresh (signature against the provider's JWKS, issuer, audience, expiry, and the
+//! nonce or the session's subject). A refresh that brings an id_token that does not verify ends
+//! the session.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -37,6 +43,9 @@ pub struct Remote {
     config: ExternalProvider,
     http: reqwest::Client,
     endpoints: OnceCell<oidc::Provider>,
+    /// The provider's signing keys, fetched on first use and again when a token names a key
+    /// not among them (a rotation).
+    keys: Mutex<Option<Arc<JwkSet>>>,
 }
 
 /// Tokens from a login or a refresh, and who they are for. Only the tokens are serialized (the
@@ -117,6 +126,7 @@ impl Provider {
             config,
             http,
             endpoints: OnceCell::new(),
+            keys: Mutex::new(None),
         })))
     }
 
@@ -171,31 +181,33 @@ impl Provider {
         }
     }
 
-    /// Redeems a refresh token for new tokens.
+    /// Redeems a refresh token of `subject`'s session for new tokens. New tokens for anyone
+    /// else, or an id_token that does not verify, end the session ([`ProviderError::Refused`]).
     pub async fn refresh(
         &self,
         refresh_token: &str,
+        subject: &str,
         ctx: &RequestContext,
     ) -> Result<Grant, ProviderError> {
-        match self {
+        let grant = match self {
             Provider::Local { app } => {
                 let client = local_client(app)?;
                 let response = app
                     .refresh(client, refresh_token, None, ctx)
                     .await
                     .map_err(app_error)?;
-                grant(response.id_token, Some(response.refresh_token))
+                grant(response.id_token, Some(response.refresh_token))?
             }
-            Provider::Remote(r) => {
-                let mut form = vec![
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", refresh_token),
-                ];
-                r.client_auth(&mut form);
-                let tokens = r.token_request(&form).await?;
-                grant(tokens.id_token, tokens.refresh_token)
-            }
+            Provider::Remote(r) => r.refresh(refresh_token, subject).await?,
+        };
+        if grant.identity.sub != subject {
+            tracing::warn!(
+                found = %grant.identity.sub,
+                "a refresh brought tokens of another subject; the session ends"
+            );
+            return Err(ProviderError::Refused);
         }
+        Ok(grant)
     }
 
     /// Revokes a refresh token, which ends its session at the provider (RFC 7009).
@@ -257,20 +269,69 @@ impl Remote {
         ];
         self.client_auth(&mut form);
         let tokens = self.token_request(&form).await?;
-        // At login the id_token is verified in full (signature, issuer, audience, expiry,
-        // nonce); refreshed ones come straight from the token endpoint over TLS (OpenID Connect
-        // Core §3.1.3.7).
-        let endpoints = self.endpoints().await?;
-        oidc::verify_id_token(
-            &self.http,
-            endpoints,
-            &self.config.client_id,
-            &tokens.id_token,
-            nonce,
-        )
-        .await
-        .map_err(|e| ProviderError::Unavailable(format!("{e:#}")))?;
+        self.verify(&tokens.id_token, oidc::Expected::Nonce(nonce))
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("{e:#}")))?;
         grant(tokens.id_token, tokens.refresh_token)
+    }
+
+    async fn refresh(&self, refresh_token: &str, subject: &str) -> Result<Grant, ProviderError> {
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        self.client_auth(&mut form);
+        let tokens = self.token_request(&form).await?;
+        match self
+            .verify(&tokens.id_token, oidc::Expected::Subject(subject))
+            .await
+        {
+            Ok(_) => grant(tokens.id_token, tokens.refresh_token),
+            Err(oidc::IdTokenError::Keys(e)) => Err(ProviderError::Unavailable(format!("{e:#}"))),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    issuer = %self.config.issuer,
+                    "the provider's refreshed id_token does not verify; the session ends"
+                );
+                Err(ProviderError::Refused)
+            }
+        }
+    }
+
+    /// Verifies an id_token with the provider's keys, fetching them again once when the token
+    /// names a key the cached set lacks.
+    async fn verify(
+        &self,
+        id_token: &str,
+        expected: oidc::Expected<'_>,
+    ) -> Result<oidc::IdClaims, oidc::IdTokenError> {
+        let endpoints = self
+            .endpoints()
+            .await
+            .map_err(|e| oidc::IdTokenError::Keys(anyhow::anyhow!("{e}")))?;
+        let client_id = &self.config.client_id;
+        let cached = self.cached_keys();
+        if let Some(keys) = cached {
+            match oidc::verify_with(&keys, endpoints, client_id, id_token, expected) {
+                Err(oidc::IdTokenError::UnknownKey { .. }) => {}
+                verified => return verified,
+            }
+        }
+        let keys = Arc::new(
+            oidc::jwks(&self.http, endpoints)
+                .await
+                .map_err(oidc::IdTokenError::Keys)?,
+        );
+        *self.keys.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&keys));
+        oidc::verify_with(&keys, endpoints, client_id, id_token, expected)
+    }
+
+    fn cached_keys(&self) -> Option<Arc<JwkSet>> {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     async fn revoke(&self, refresh_token: &str) -> Result<(), ProviderError> {
@@ -306,7 +367,8 @@ fn app_error(e: AppError) -> ProviderError {
 }
 
 fn grant(id_token: String, refresh_token: Option<String>) -> Result<Grant, ProviderError> {
-    // The id_token came straight from the provider (OpenID Connect Core §3.1.3.7).
+    // An external provider's id_token has been verified (`Remote::verify`); the local
+    // provider's comes from this process; a stored one was sealed by this proxy.
     let identity: Identity =
         oidc::read_claims(&id_token).map_err(|e| ProviderError::Unavailable(format!("{e:#}")))?;
     Ok(Grant {

@@ -335,7 +335,9 @@ impl Sessions {
                 ProviderError::Refused
             });
         };
-        let mut grant = provider.refresh(refresh_token, ctx).await?;
+        let mut grant = provider
+            .refresh(refresh_token, &state.grant.identity.sub, ctx)
+            .await?;
         // A provider may keep the refresh token unchanged and send none (RFC 6749 §6).
         if grant.refresh_token.is_none() {
             grant.refresh_token = Some(refresh_token.clone());
