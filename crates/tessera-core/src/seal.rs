@@ -14,6 +14,7 @@
 //! Sealed format, base64url without padding (RFC 4648 §5):
 //! `version (1) || key id (4) || nonce (12) || ciphertext || tag (16)`.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
@@ -162,42 +163,55 @@ pub fn split(name: &str, value: &str, max_pair_len: usize) -> Vec<(String, Strin
     chunks
 }
 
+/// Most chunks a session cookie is read from by default. A sealed session of a user in a few
+/// hundred groups takes three chunks, and servers refuse far smaller `Cookie` headers than
+/// 32 × 3840 bytes (nginx and Apache: 8 kB a header line by default), so no real session comes
+/// near it; a request carrying more is not one the proxy wrote.
+pub const MAX_CHUNKS: usize = 32;
+
 /// The value written by [`split`], read back from the request's cookies: `name` itself, or
-/// `name_0`, `name_1`, … joined up to the first missing index.
+/// `name_0`, `name_1`, … joined up to the first missing index. One pass over the cookies.
 ///
-/// `None` when neither form is present, or when a chunk beyond a gap exists: a missing middle
-/// chunk means the value is incomplete, not shorter. When a name repeats, the first wins. When
-/// both forms are present (a clearing that did not happen) the single cookie wins.
-pub fn join(name: &str, cookies: &[(&str, &str)]) -> Option<String> {
-    let find = |wanted: &str| cookies.iter().find(|(n, _)| *n == wanted).map(|(_, v)| *v);
-    if let Some(value) = find(name) {
+/// `None` when neither form is present, when a chunk beyond a gap exists (a missing middle
+/// chunk means the value is incomplete, not shorter), or when a chunk at index `max_chunks` or
+/// beyond exists: more chunks than a session can have. When a name repeats, the first wins.
+/// When both forms are present (a clearing that did not happen) the single cookie wins.
+pub fn join(name: &str, cookies: &[(&str, &str)], max_chunks: usize) -> Option<String> {
+    let mut single = None;
+    let mut chunks: Vec<Option<&str>> = vec![None; max_chunks];
+    let mut over_cap = false;
+    for &(cookie, value) in cookies {
+        if cookie == name {
+            single = single.or(Some(value));
+        } else if let Some(i) = chunk_index(name, cookie) {
+            match chunks.get_mut(i) {
+                Some(slot) => *slot = slot.or(Some(value)),
+                None => over_cap = true,
+            }
+        }
+    }
+    if let Some(value) = single {
         return Some(value.to_owned());
     }
-    let mut joined = String::new();
-    let mut count = 0;
-    while let Some(chunk) = find(&chunk_name(name, count)) {
-        joined.push_str(chunk);
-        count += 1;
+    let count = chunks.iter().take_while(|c| c.is_some()).count();
+    let beyond_gap = chunks[count..].iter().any(Option::is_some);
+    if count == 0 || beyond_gap || over_cap {
+        return None;
     }
-    let beyond_gap = cookies
-        .iter()
-        .any(|(n, _)| chunk_index(name, n).is_some_and(|i| i > count));
-    (count > 0 && !beyond_gap).then_some(joined)
+    Some(chunks.iter().flatten().copied().collect())
 }
 
 /// The cookies present in the request under `name` (the single one or any chunk) that the
 /// freshly `written` cookies do not overwrite, and so must be cleared: otherwise a later
-/// [`join`] would read stale chunks.
+/// [`join`] would read stale chunks. Each named once, in the request's order.
 pub fn stale(name: &str, written: &[(String, String)], present: &[&str]) -> Vec<String> {
-    let mut stale: Vec<String> = Vec::new();
-    for &cookie in present {
-        let ours = cookie == name || chunk_index(name, cookie).is_some();
-        let overwritten = written.iter().any(|(n, _)| n == cookie);
-        if ours && !overwritten && !stale.iter().any(|s| s == cookie) {
-            stale.push(cookie.to_owned());
-        }
-    }
-    stale
+    let mut seen: HashSet<&str> = written.iter().map(|(n, _)| n.as_str()).collect();
+    present
+        .iter()
+        .filter(|&&cookie| cookie == name || chunk_index(name, cookie).is_some())
+        .filter(|&&cookie| seen.insert(cookie))
+        .map(|&cookie| cookie.to_owned())
+        .collect()
 }
 
 impl SealKey {
@@ -405,7 +419,7 @@ mod tests {
         let cookies = split("_tessera", "abc", MAX_PAIR_LEN);
         assert_eq!(cookies, vec![("_tessera".to_owned(), "abc".to_owned())]);
         assert_eq!(
-            join("_tessera", &borrowed(&cookies)).as_deref(),
+            join("_tessera", &borrowed(&cookies), MAX_CHUNKS).as_deref(),
             Some("abc")
         );
     }
@@ -422,7 +436,7 @@ mod tests {
             assert_eq!(name, &format!("_tessera_{i}"));
             assert!(name.len() + 1 + chunk.len() <= MAX_PAIR_LEN);
         }
-        let joined = join("_tessera", &borrowed(&cookies)).unwrap();
+        let joined = join("_tessera", &borrowed(&cookies), MAX_CHUNKS).unwrap();
         assert_eq!(joined, sealed);
         let opened = sealer().open(&joined, b"_tessera").unwrap();
         assert_eq!(opened, groups.join(",").as_bytes());
@@ -433,13 +447,39 @@ mod tests {
         let cookies = split("s", &"x".repeat(100), 20);
         let mut present = borrowed(&cookies);
         present.remove(1);
-        assert_eq!(join("s", &present), None);
+        assert_eq!(join("s", &present, MAX_CHUNKS), None);
     }
 
     #[test]
     fn unrelated_cookies_do_not_join() {
         let present = [("s_id", "1"), ("s_01", "2"), ("other", "3")];
-        assert_eq!(join("s", &present), None);
+        assert_eq!(join("s", &present, MAX_CHUNKS), None);
+    }
+
+    #[test]
+    fn more_chunks_than_the_cap_do_not_join() {
+        let value = "x".repeat(4 * MAX_CHUNKS);
+        let cookies = split("s", &value, 8);
+        assert!(cookies.len() > MAX_CHUNKS);
+        assert_eq!(join("s", &borrowed(&cookies), MAX_CHUNKS), None);
+        let within: Vec<(&str, &str)> = borrowed(&cookies[..MAX_CHUNKS]);
+        assert!(join("s", &within, MAX_CHUNKS).is_some());
+        let mut far = within.clone();
+        far.push(("s_100000", "x"));
+        assert_eq!(
+            join("s", &far, MAX_CHUNKS),
+            None,
+            "a chunk far beyond the cap"
+        );
+    }
+
+    #[test]
+    fn sixteen_thousand_chunks_are_refused_in_one_pass() {
+        let names: Vec<String> = (0..16_000).map(|i| format!("s_{i}")).collect();
+        let present: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "x")).collect();
+        assert_eq!(join("s", &present, MAX_CHUNKS), None);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(stale("s", &[], &names).len(), 16_000);
     }
 
     #[test]
@@ -467,7 +507,7 @@ mod tests {
         let value = "é".repeat(50);
         let cookies = split("s", &value, 10);
         assert!(cookies.iter().all(|(n, c)| n.len() + 1 + c.len() <= 10));
-        assert_eq!(join("s", &borrowed(&cookies)).unwrap(), value);
+        assert_eq!(join("s", &borrowed(&cookies), MAX_CHUNKS).unwrap(), value);
     }
 
     proptest! {
@@ -483,7 +523,10 @@ mod tests {
             for (name, chunk) in &cookies {
                 prop_assert!(name.len() + 1 + chunk.len() <= max);
             }
-            prop_assert_eq!(join("s", &borrowed(&cookies)), Some(value));
+            prop_assert_eq!(join("s", &borrowed(&cookies), cookies.len()), Some(value));
+            if cookies.len() > 1 {
+                prop_assert_eq!(join("s", &borrowed(&cookies), cookies.len() - 1), None);
+            }
         }
     }
 }

@@ -1,11 +1,12 @@
-//! The few pages tessera shows a person: the login form, logout confirmation, and errors.
+//! The few pages tessera shows a person: the login form, logout confirmation (the provider's
+//! and the proxy's), and errors.
 //! Server-rendered, no JavaScript; every interpolated value is HTML-escaped.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
 /// Renders a page with headers that keep it out of frames and caches.
-pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -37,7 +38,7 @@ pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
 }
 
 /// A hidden form field.
-pub(super) fn hidden(name: &str, value: &str) -> String {
+pub(crate) fn hidden(name: &str, value: &str) -> String {
     format!(
         "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
         escape(name),
@@ -46,7 +47,7 @@ pub(super) fn hidden(name: &str, value: &str) -> String {
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub(super) fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

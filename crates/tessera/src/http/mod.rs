@@ -4,7 +4,7 @@ mod authorize;
 mod discovery;
 mod error;
 mod form;
-mod html;
+pub(crate) mod html;
 mod ops;
 mod session;
 mod token;

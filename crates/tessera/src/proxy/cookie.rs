@@ -9,6 +9,12 @@ use axum::http::{HeaderMap, HeaderValue};
 /// browser never share one (96 random bits), short enough to keep the name small.
 const CSRF_NAME_STATE_CHARS: usize = 16;
 
+/// Most logins one browser may have under way at once, each with its own state cookie (tabs
+/// sent to log in together, see [`CookieJar::csrf_name`]). Without a bound, every
+/// `/oauth2/start` would add a cookie for ten minutes until the browser's `Cookie` header grew
+/// past what servers accept.
+pub(crate) const MAX_LOGIN_STATES: usize = 8;
+
 /// Whether `name` is a login-state cookie of the jar named `jar_name`.
 pub(crate) fn is_csrf(jar_name: &str, name: &str) -> bool {
     name.strip_prefix(jar_name)

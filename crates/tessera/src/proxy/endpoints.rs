@@ -1,10 +1,13 @@
 //! The proxy's HTTP handlers: oauth2-proxy's `/oauth2/start`, `/oauth2/callback`,
-//! `/oauth2/auth`, `/oauth2/sign_out`, `/oauth2/userinfo`, and forwarding of everything else.
+//! `/oauth2/auth`, `/oauth2/sign_out` (confirmed by a same-site post), `/oauth2/userinfo`, and
+//! forwarding of everything else.
 //! Each parses, asks [`Sessions`](super::session::Sessions) and the provider, and renders.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::header;
 use axum::http::uri::PathAndQuery;
@@ -13,23 +16,28 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tessera_core::clock::UnixMillis;
+use tessera_core::seal;
 use tessera_core::token::constant_time_eq;
 
 use super::Proxy;
 use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
 use super::caller::Caller;
 use super::config::Route;
+use super::cookie::{self, MAX_LOGIN_STATES};
 use super::forward::{Origin, forward};
 use super::identity::{in_groups, strip_claims};
 use super::path::{self, UnsafePath};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
 use crate::client::oidc;
+use crate::http::html;
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";
 /// How long a login may take between `/oauth2/start` and the callback.
 const LOGIN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+/// Most login-state cookies of one request a new login looks at (and may clear).
+const MAX_LOGINS_READ: usize = 4 * MAX_LOGIN_STATES;
 
 /// What the login-state cookie carries from `/oauth2/start` to the callback.
 #[derive(Serialize, Deserialize)]
@@ -64,7 +72,7 @@ pub(super) async fn start(
             .and_then(|v| v.to_str().ok())
     });
     let rd = proxy.redirects.target(asked, &origin.host);
-    begin_login(&proxy, origin, rd).await
+    begin_login(&proxy, origin, rd, &headers).await
 }
 
 /// `GET /oauth2/callback?code=…&state=…`: finishes a login and starts the session.
@@ -175,29 +183,73 @@ pub(super) async fn auth(
     with_cookies(response, current.set_cookies)
 }
 
-/// `GET|POST /oauth2/sign_out?rd=URL`: ends the session here and at the provider.
-pub(super) async fn sign_out(
+/// `GET /oauth2/sign_out?rd=URL`: with a session, a page whose button posts the sign-out, so
+/// that another site cannot sign the user out with an image or a link; without one there is
+/// nothing to end, and the browser goes on to `rd` at once.
+pub(super) async fn sign_out_page(
     State(proxy): State<Arc<Proxy>>,
     caller: Caller,
     Query(query): Query<RdQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let origin = &caller.origin;
-    let target = proxy.redirects.target(query.rd.as_deref(), &origin.host);
-    let ctx = caller.ctx;
-    let cookies = match proxy.sessions.lookup(&headers).await {
-        Ok(Lookup::Live(current)) => match proxy.end(&current.state, &headers, &ctx).await {
-            Ok(cookies) => cookies,
-            Err(e) => return session_error(e),
-        },
-        Ok(Lookup::TimedOut { state, set_cookies }) => {
-            proxy.revoke_later(&state, ctx);
-            set_cookies
+    let target = proxy
+        .redirects
+        .target(query.rd.as_deref(), &caller.origin.host);
+    match proxy.sessions.lookup(&headers).await {
+        Ok(Lookup::Live(current)) => {
+            with_cookies(sign_out_confirmation(&target), current.set_cookies)
         }
-        Ok(Lookup::Missing) => proxy.sessions.clear_all(&headers),
-        Err(e) => return session_error(e),
-    };
-    with_cookies(redirect(&target), cookies)
+        lookup => proxy.sign_out(lookup, &headers, caller.ctx, &target).await,
+    }
+}
+
+/// `POST /oauth2/sign_out` (`rd` in the query or the form): ends the session here and at the
+/// provider. A browser's post from another site is refused: its `Origin` (or, without one,
+/// `Sec-Fetch-Site`) says where it came from. Scripts that send neither are served.
+pub(super) async fn sign_out(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    Query(query): Query<RdQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let origin = &caller.origin;
+    if posted_from_another_site(&proxy, &headers, &origin.host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a sign-out must be posted from this site's own pages",
+        );
+    }
+    let rd = query
+        .rd
+        .or_else(|| serde_urlencoded::from_bytes::<RdQuery>(&body).ok()?.rd);
+    let target = proxy.redirects.target(rd.as_deref(), &origin.host);
+    let lookup = proxy.sessions.lookup(&headers).await;
+    proxy.sign_out(lookup, &headers, caller.ctx, &target).await
+}
+
+/// Whether a browser sent this request from a page of another site: an `Origin` (RFC 6454)
+/// that is neither this host nor one `rd` may name, or else `Sec-Fetch-Site: cross-site`.
+fn posted_from_another_site(proxy: &Proxy, headers: &HeaderMap, host: &str) -> bool {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        return !origin
+            .to_str()
+            .is_ok_and(|origin| proxy.redirects.allows_origin(origin, host));
+    }
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+}
+
+/// The page that asks before signing out; its form carries `rd` to the post.
+fn sign_out_confirmation(target: &str) -> Response {
+    let body = format!(
+        "<p>Sign out of this site?</p><form method=\"post\" action=\"/oauth2/sign_out\">{}\
+         <button type=\"submit\">Sign out</button></form>",
+        html::hidden("rd", target)
+    );
+    html::page(StatusCode::OK, "Sign out", &body)
 }
 
 /// `GET /oauth2/userinfo`: the user as JSON, as oauth2-proxy answers it.
@@ -353,9 +405,9 @@ impl Proxy {
     ) -> Result<Current, NoSession> {
         let current = match self.sessions.lookup(headers).await {
             Ok(Lookup::Live(current)) => current,
-            Ok(Lookup::Missing) => {
+            Ok(Lookup::Missing { set_cookies }) => {
                 return Err(NoSession {
-                    set_cookies: Vec::new(),
+                    set_cookies,
                     failure: None,
                 });
             }
@@ -388,6 +440,29 @@ impl Proxy {
                 failure: Some(session_error(e)),
             }),
         }
+    }
+
+    /// Ends whatever session the lookup found and sends the browser to `target`.
+    async fn sign_out(
+        self: &Arc<Self>,
+        lookup: Result<Lookup, SessionError>,
+        headers: &HeaderMap,
+        ctx: RequestContext,
+        target: &str,
+    ) -> Response {
+        let cookies = match lookup {
+            Ok(Lookup::Live(current)) => match self.end(&current.state, headers, &ctx).await {
+                Ok(cookies) => cookies,
+                Err(e) => return session_error(e),
+            },
+            Ok(Lookup::TimedOut { state, set_cookies }) => {
+                self.revoke_later(&state, ctx);
+                set_cookies
+            }
+            Ok(Lookup::Missing { .. }) => self.sessions.clear_all(headers),
+            Err(e) => return session_error(e),
+        };
+        with_cookies(redirect(target), cookies)
     }
 
     /// Signs out: forgets the session and revokes its refresh token at the provider.
@@ -429,7 +504,7 @@ impl Proxy {
     }
 }
 
-async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String) -> Response {
+async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String, request: &HeaderMap) -> Response {
     let verifier = oidc::random_token();
     let challenge = tessera_core::pkce::s256_challenge(&verifier);
     let login = LoginState {
@@ -458,6 +533,48 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String) -> Response {
     else {
         return session_error(SessionError::Sealing);
     };
+    if csrf.len() + 1 + sealed.len() > seal::MAX_PAIR_LEN {
+        // A browser would drop the cookie and the login could never finish.
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the page address or host name is too long to log in from",
+        );
+    }
     let max_age = i64::try_from(LOGIN_TTL.as_secs()).unwrap_or(600);
-    with_cookies(redirect(&url), vec![jar.set(&csrf, &sealed, max_age)])
+    let mut cookies: Vec<HeaderValue> = older_logins(proxy, request)
+        .into_iter()
+        .map(|name| jar.clear(name))
+        .collect();
+    cookies.push(jar.set(&csrf, &sealed, max_age));
+    with_cookies(redirect(&url), cookies)
+}
+
+/// The login-state cookies to clear as a new login starts, so that with it at most
+/// [`MAX_LOGIN_STATES`] remain: those that do not open first, then the oldest. Only the first
+/// [`MAX_LOGINS_READ`] are looked at: a browser holds no more than the bound.
+fn older_logins<'h>(proxy: &Proxy, request: &'h HeaderMap) -> Vec<&'h str> {
+    let jar = &proxy.sessions.jar;
+    let mut seen = HashSet::new();
+    let mut logins: Vec<(Option<UnixMillis>, &str)> = crate::http::cookie_pairs(request)
+        .filter(|(name, _)| cookie::is_csrf(&jar.name, name) && seen.insert(*name))
+        .take(MAX_LOGINS_READ)
+        .map(|(name, sealed)| (login_expiry(proxy, name, sealed), name))
+        .collect();
+    // Stable: logins started within one millisecond keep the request's order, which browsers
+    // make oldest first (RFC 6265 §5.4, step 2).
+    logins.sort_by_key(|(expiry, _)| *expiry);
+    let excess = (logins.len() + 1).saturating_sub(MAX_LOGIN_STATES);
+    logins
+        .into_iter()
+        .take(excess)
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// When the login sealed in cookie `name` expires, if it opens.
+fn login_expiry(proxy: &Proxy, name: &str, sealed: &str) -> Option<UnixMillis> {
+    let plain = proxy.sessions.open_for(name, sealed)?;
+    let login: LoginState = serde_json::from_slice(&plain).ok()?;
+    Some(login.expires_at)
 }

@@ -133,7 +133,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/oauth2/auth", get(endpoints::auth))
         .route(
             "/oauth2/sign_out",
-            get(endpoints::sign_out).post(endpoints::sign_out),
+            get(endpoints::sign_out_page).post(endpoints::sign_out),
         )
         .route("/oauth2/userinfo", get(endpoints::userinfo))
         .fallback(endpoints::proxied)

@@ -1,5 +1,10 @@
 //! Where the proxy may send a browser after login or sign-out (`rd`): a path on the same host,
 //! or a URL on a configured host. Anything else is refused, so the proxy is no open redirect.
+//! The same hosts are the origins a sign-out may be posted from.
+
+/// Longest `rd` followed, in bytes. It travels in the login-state cookie, which must stay
+/// below browsers' 4 kB; real pages' URLs are far shorter. A longer one is replaced by `/`.
+pub(crate) const MAX_RD_LEN: usize = 2048;
 
 /// Hosts `rd` may name: the routes' hosts, the callback's host, `allowed_redirect_hosts` (a
 /// leading dot allows every subdomain) and the host the request came to.
@@ -22,10 +27,16 @@ impl RedirectPolicy {
             .to_owned()
     }
 
+    /// Whether a request's `Origin` (RFC 6454 §7: `scheme://host[:port]`) is the proxy's
+    /// own host or one `rd` may name; `null` and anything else are foreign.
+    pub(crate) fn allows_origin(&self, origin: &str, request_host: &str) -> bool {
+        !origin.starts_with('/') && self.check(origin, request_host).is_some()
+    }
+
     /// `rd` itself when it is safe to redirect to from a request to `request_host`, else
     /// `None`.
     fn check<'a>(&self, rd: &'a str, request_host: &str) -> Option<&'a str> {
-        if rd.chars().any(|c| c.is_control() || c == '\\') {
+        if rd.len() > MAX_RD_LEN || rd.chars().any(|c| c.is_control() || c == '\\') {
             return None;
         }
         if rd.starts_with('/') {
@@ -94,6 +105,37 @@ mod tests {
             "/a\nb",
         ] {
             assert_eq!(p.check(bad, "proxy.local"), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_rd_longer_than_the_cap_goes_home() {
+        let p = policy();
+        let long = format!("/{}", "a".repeat(MAX_RD_LEN));
+        assert_eq!(p.target(Some(&long), "proxy.local"), "/");
+        let fits = format!("/{}", "a".repeat(MAX_RD_LEN - 1));
+        assert_eq!(p.target(Some(&fits), "proxy.local"), fits);
+    }
+
+    #[test]
+    fn origins_are_the_proxys_host_or_an_allowed_one() {
+        let p = policy();
+        for ok in [
+            "https://proxy.local",
+            "http://proxy.local:4180",
+            "https://dashboard.example.com",
+            "https://grafana.apps.example.com",
+        ] {
+            assert!(p.allows_origin(ok, "proxy.local:4180"), "{ok}");
+        }
+        for bad in [
+            "null",
+            "https://evil.example",
+            "/",
+            "",
+            "https://proxy.local.evil.example",
+        ] {
+            assert!(!p.allows_origin(bad, "proxy.local:4180"), "{bad}");
         }
     }
 

@@ -11,7 +11,7 @@
 //!   4 kB). Concurrent requests of one process share one refresh, and requests that still carry
 //!   the previous cookie are answered from the newest state this process holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -49,6 +49,10 @@ const READ_CACHE_PRUNE_AT: usize = 10_000;
 /// How long a `cookie`-store process remembers a session's newest state for requests that
 /// still carry the cookie from before its refresh.
 const LATEST_KEPT: Duration = Duration::from_secs(600);
+/// Most session cookies one answer clears. A browser holds at most the chunks the proxy
+/// wrote (a few); a request carrying thousands is answered with this many clearings, not
+/// thousands, and a browser that somehow holds more loses this many per answer.
+const MAX_CLEARED: usize = seal::MAX_CHUNKS + 1;
 
 /// Where sessions live and how long.
 pub(crate) struct Sessions {
@@ -127,8 +131,12 @@ pub(crate) struct Current {
 pub(crate) enum Lookup {
     /// A live session.
     Live(Current),
-    /// No session cookie, or one that does not open or names no session.
-    Missing,
+    /// No session cookie, or one that does not open, names no session or has more chunks
+    /// than a session can have.
+    Missing {
+        /// Clearings of the unusable session cookies the request carried, if any.
+        set_cookies: Vec<HeaderValue>,
+    },
     /// A session past its idle or absolute timeout: it is gone now; its refresh token should
     /// be revoked at the provider, and the cookies cleared.
     TimedOut {
@@ -225,7 +233,14 @@ impl Sessions {
             None => self.find_cookie(request),
         };
         let Some(mut state) = found else {
-            return Ok(Lookup::Missing);
+            let carried = crate::http::cookie_pairs(request)
+                .any(|(name, _)| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name));
+            let set_cookies = if carried {
+                self.clear_all(request)
+            } else {
+                Vec::new()
+            };
+            return Ok(Lookup::Missing { set_cookies });
         };
         let idle_end = state.last_seen_at.plus(self.idle_timeout);
         if now >= state.absolute_end || now >= idle_end {
@@ -290,18 +305,19 @@ impl Sessions {
         Ok(self.clear_all(request))
     }
 
-    /// Clearings for every session cookie (single or chunk) the request carries, and the
-    /// single one in any case.
+    /// Clearings for the session cookies (single or chunk) the request carries, at most
+    /// [`MAX_CLEARED`], and the single one in any case.
     pub(crate) fn clear_all(&self, request: &HeaderMap) -> Vec<HeaderValue> {
-        let mut names: Vec<&str> = crate::http::cookie_pairs(request)
+        let mut seen = HashSet::from([self.jar.name.as_str()]);
+        let chunks = crate::http::cookie_pairs(request)
             .map(|(name, _)| name)
             .filter(|name| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name))
-            .collect();
-        if !names.contains(&self.jar.name.as_str()) {
-            names.push(&self.jar.name);
-        }
-        names.dedup();
-        names.iter().map(|n| self.jar.clear(n)).collect()
+            .filter(|name| seen.insert(name))
+            .take(MAX_CLEARED - 1);
+        std::iter::once(self.jar.name.as_str())
+            .chain(chunks)
+            .map(|n| self.jar.clear(n))
+            .collect()
     }
 
     /// Seals a short-lived value (the login state) for cookie `name`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, COOKIE, SET_COOKIE};
+use reqwest::header::{ACCEPT, COOKIE, ORIGIN, SET_COOKIE};
 use serde_json::Value;
 
 use crate::cluster::{Nginx, free_port};
@@ -103,6 +103,33 @@ impl<'a> ProxyBrowser<'a> {
         };
         self.send(self.http.get(url).header(ACCEPT, "text/html"))
             .await
+    }
+
+    /// A request to the proxy at `path`, to be finished and passed to [`ProxyBrowser::send`].
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Signs out as a person does: `path` (`/oauth2/sign_out?rd=…`) shows a confirmation page
+    /// whose form is posted from the proxy's own origin; answers the post's answer.
+    pub async fn sign_out(&self, path: &str) -> reqwest::Response {
+        let page = self.navigate(path).await;
+        assert_eq!(
+            page.status(),
+            StatusCode::OK,
+            "a signed-in sign-out asks first"
+        );
+        let html = page.text().await.unwrap();
+        assert!(
+            html.contains("<form method=\"post\" action=\"/oauth2/sign_out\">"),
+            "{html}"
+        );
+        let origin = url::Url::parse(&self.base).unwrap().origin();
+        let post = self
+            .request(reqwest::Method::POST, "/oauth2/sign_out")
+            .header(ORIGIN, origin.ascii_serialization())
+            .form(&support::hidden_fields(&html));
+        self.send(post).await
     }
 
     /// An API call (JSON) to the proxy.
@@ -433,7 +460,7 @@ async fn sign_out_revokes_the_session_at_the_provider_and_refuses_open_redirects
     browser.log_in("/").await;
     let handle = browser.cookies()["_tessera_proxy"].clone();
     let out = browser
-        .navigate("/oauth2/sign_out?rd=https://evil.example/")
+        .sign_out("/oauth2/sign_out?rd=https://evil.example/")
         .await;
     assert_eq!(out.status(), StatusCode::FOUND);
     assert_eq!(
@@ -610,7 +637,7 @@ async fn nginx_auth_request_admits_only_signed_in_users_and_never_spoofed_header
         assert_eq!(echo["headers"][name].as_array().unwrap().len(), 1, "{name}");
     }
 
-    let out = browser.navigate("/oauth2/sign_out").await;
+    let out = browser.sign_out("/oauth2/sign_out").await;
     assert_eq!(out.status(), StatusCode::FOUND);
     assert_eq!(
         browser.fetch("/app").await.status(),

@@ -16,9 +16,9 @@ use crate::support::{PASSWORD, Server, write_private};
 use crate::upstream::Upstream;
 
 /// A running `tessera proxy --config FILE`, killed by PID when dropped.
-struct StandaloneProxy {
+pub struct StandaloneProxy {
     child: Child,
-    url: String,
+    pub url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -30,7 +30,7 @@ impl Drop for StandaloneProxy {
 }
 
 impl StandaloneProxy {
-    fn start(yaml: &str) -> StandaloneProxy {
+    pub fn start(yaml: &str) -> StandaloneProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tessera.yaml");
         write_private(&config, yaml);
@@ -107,7 +107,8 @@ fn open_session(key: [u8; 32], browser: &ProxyBrowser<'_>) -> Value {
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    let sealed = tessera_core::seal::join("_tessera_proxy", &pairs).unwrap();
+    let sealed =
+        tessera_core::seal::join("_tessera_proxy", &pairs, tessera_core::seal::MAX_CHUNKS).unwrap();
     let sealer = tessera_core::seal::Sealer::new(key, Vec::new());
     serde_json::from_slice(&sealer.open(&sealed, b"_tessera_proxy").unwrap()).unwrap()
 }
@@ -217,7 +218,7 @@ async fn a_cookie_session_from_an_external_provider_is_chunked_refreshed_and_rev
         .as_str()
         .unwrap()
         .to_owned();
-    let out = browser.navigate("/oauth2/sign_out").await;
+    let out = browser.sign_out("/oauth2/sign_out").await;
     assert_eq!(out.status(), StatusCode::FOUND);
     assert!(chunks(&browser).is_empty(), "every chunk is cleared");
     let revoked = provider.audit_events("SessionRevoked", 1).await;
@@ -275,7 +276,7 @@ proxy:
         proxy._dir.path().join("proxy.db").exists(),
         "the session lives in the proxy's database"
     );
-    let out = browser.navigate("/oauth2/sign_out").await;
+    let out = browser.sign_out("/oauth2/sign_out").await;
     assert_eq!(out.status(), StatusCode::FOUND);
     let revoked = provider.audit_events("SessionRevoked", 1).await;
     assert_eq!(revoked[0]["client_id"], "rp");

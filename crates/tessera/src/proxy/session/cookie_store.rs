@@ -8,7 +8,7 @@ impl Sessions {
     /// The session sealed in the request's cookies, or the newer state this process holds.
     pub(super) fn find_cookie(&self, request: &HeaderMap) -> Option<SessionState> {
         let pairs: Vec<(&str, &str)> = crate::http::cookie_pairs(request).collect();
-        let sealed = seal::join(&self.jar.name, &pairs)?;
+        let sealed = seal::join(&self.jar.name, &pairs, seal::MAX_CHUNKS)?;
         let plain = self.sealer.open(&sealed, self.jar.name.as_bytes()).ok()?;
         let state: SessionState = serde_json::from_slice(&plain).ok()?;
         // A request sent before this process refreshed the session carries the older cookie.
@@ -27,6 +27,15 @@ impl Sessions {
         let plain = serde_json::to_vec(state).map_err(|_| SessionError::Sealing)?;
         let sealed = self.seal_for(&self.jar.name, &plain)?;
         let written = seal::split(&self.jar.name, &sealed, seal::MAX_PAIR_LEN);
+        if written.len() > seal::MAX_CHUNKS {
+            // It could be written but never read back: refuse it rather than loop through login.
+            tracing::error!(
+                bytes = sealed.len(),
+                "the session does not fit in {} cookies; use `proxy.session.store: server`",
+                seal::MAX_CHUNKS
+            );
+            return Err(SessionError::Sealing);
+        }
         let present: Vec<&str> = crate::http::cookie_pairs(request)
             .map(|(name, _)| name)
             .collect();
@@ -39,6 +48,7 @@ impl Sessions {
             seal::stale(&self.jar.name, &written, &present)
                 .iter()
                 .filter(|name| !cookie::is_csrf(&self.jar.name, name))
+                .take(MAX_CLEARED)
                 .map(|name| self.jar.clear(name)),
         );
         Ok(cookies)
