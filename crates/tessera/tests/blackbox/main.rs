@@ -25,6 +25,7 @@ mod proxy;
 mod proxy_chromium;
 mod proxy_external;
 mod proxy_hostile;
+mod proxy_limits;
 mod replicas;
 mod rotation;
 mod storage_copy;
