@@ -1,6 +1,7 @@
 //! Prometheus metrics: requests by endpoint and status, latency histograms, refresh outcomes and
-//! active sessions (counted from the store at most every [`ACTIVE_SESSIONS_MAX_AGE`], so every
-//! replica reports the truth without scanning the sessions table on every scrape).
+//! active sessions (counted from the store at most every [`ACTIVE_SESSIONS_MAX_AGE`], or at the
+//! next scrape after this process began or ended one, so every replica reports the truth without
+//! scanning the sessions table on every scrape).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -115,6 +116,14 @@ impl Metrics {
         counted_at.is_none_or(|at| now >= at.plus(ACTIVE_SESSIONS_MAX_AGE) || now < at)
     }
 
+    /// Marks the count of active sessions stale: this process began or ended a session.
+    pub fn sessions_changed(&self) {
+        *self
+            .counted_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     /// Records a fresh count of active sessions, made at `now`.
     pub fn set_active_sessions(&self, active_sessions: u64, now: UnixMillis) {
         self.active_sessions
@@ -173,6 +182,12 @@ mod tests {
         assert!(!metrics.active_sessions_stale(t));
         assert!(!metrics.active_sessions_stale(t.plus(Duration::from_secs(9))));
         assert!(metrics.active_sessions_stale(t.plus(ACTIVE_SESSIONS_MAX_AGE)));
+        metrics.sessions_changed();
+        assert!(
+            metrics.active_sessions_stale(t),
+            "a session began or ended here"
+        );
+        metrics.set_active_sessions(3, t);
         assert!(
             metrics.active_sessions_stale(UnixMillis(t.0 - 1)),
             "a clock set back counts again"

@@ -252,7 +252,7 @@ impl App {
             ..Subjects::default()
         };
         let keys = vec![LimitKey::user(username), LimitKey::address(&ctx.ip)];
-        let attempt = match self.admit(&self.login_limiter, keys) {
+        let attempt = match self.admit(&self.login_limiter, keys).await {
             Ok(attempt) => attempt,
             Err(refusal) => {
                 if refusal.first {

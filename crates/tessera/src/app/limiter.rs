@@ -17,6 +17,9 @@
 //!   an attacker has to out-fail it across a whole table, and each spraying address is limited
 //!   itself. A victim with a single failure may be evicted, which gives back one guess per
 //!   table-full of failures.
+//! - An attempt held back only by attempts in flight (their failures alone leave room) is
+//!   [`Refusal::busy`]: the caller may wait for [`Limiter::settled`] and try again, so that
+//!   honest logins racing from one address queue behind each other instead of being refused.
 //! - Refusals are counted per key: the first of a window is reported to the caller (one audit
 //!   line), the others only in a [`ClosedWindow`] when the window ends.
 
@@ -77,6 +80,8 @@ pub(crate) struct Refusal {
     /// Whether this is the first refusal of the window for one of the blocking keys: the one
     /// worth an audit line.
     pub(crate) first: bool,
+    /// Held back only by attempts in flight, not by failures: a slot frees when one settles.
+    pub(crate) busy: bool,
 }
 
 /// A window that refused requests and is over.
@@ -96,6 +101,8 @@ pub(crate) struct Limiter {
     window: Duration,
     capacity: usize,
     table: Mutex<Table>,
+    /// Woken whenever an attempt settles, for attempts waiting on a busy key.
+    settled: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -127,12 +134,19 @@ impl Limiter {
             window,
             capacity,
             table: Mutex::new(Table::default()),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
     /// Its name in audit events.
     pub(crate) fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Resolves at the next settling of an attempt; create it (and `enable` it) before
+    /// [`Limiter::begin`], so that a settling in between is not missed.
+    pub(crate) fn settled(&self) -> tokio::sync::futures::Notified<'_> {
+        self.settled.notified()
     }
 
     /// Admits one attempt for all of `keys`, or refuses it when any key has no slot left.
@@ -150,6 +164,19 @@ impl Limiter {
             .filter(|key| slots_used(table.entries.get(*key)) >= self.max_failures)
             .collect();
         if !blocking.is_empty() {
+            let busy = blocking.iter().all(|key| {
+                table
+                    .entries
+                    .get(*key)
+                    .is_some_and(|e| e.failures < self.max_failures)
+            });
+            if busy {
+                return Err(Refusal {
+                    retry_after: 1,
+                    first: false,
+                    busy: true,
+                });
+            }
             return Err(self.refuse(&mut table, &blocking, now));
         }
         let new_keys = keys
@@ -162,6 +189,7 @@ impl Limiter {
             return Err(Refusal {
                 retry_after: 1,
                 first: false,
+                busy: false,
             });
         }
         for key in &keys {
@@ -232,6 +260,7 @@ impl Limiter {
         let mut refusal = Refusal {
             retry_after: 1,
             first: false,
+            busy: false,
         };
         for key in blocking {
             let Some(entry) = table.entries.get_mut(*key) else {
@@ -314,6 +343,11 @@ impl Limiter {
     }
 
     fn settle(&self, keys: &[LimitKey], failed: bool) {
+        self.settle_counts(keys, failed);
+        self.settled.notify_waiters();
+    }
+
+    fn settle_counts(&self, keys: &[LimitKey], failed: bool) {
         let mut table = self.lock();
         for key in keys {
             let Some(entry) = table.entries.get_mut(key) else {
@@ -417,6 +451,8 @@ mod tests {
             .collect();
         let refused = limiter.begin(user("dev"), T).unwrap_err();
         assert_eq!(refused.retry_after, 1, "in-flight attempts end soon");
+        assert!(refused.busy, "held back by attempts in flight only");
+        assert!(!refused.first, "waiting is no refusal worth an audit line");
         let mut racing = racing.into_iter();
         racing.next().unwrap().succeeded();
         let fourth = limiter
@@ -424,7 +460,22 @@ mod tests {
             .expect("a success frees its slot");
         racing.for_each(Attempt::failed);
         fourth.failed();
-        assert_eq!(limiter.begin(user("dev"), T).unwrap_err().retry_after, 61);
+        let refused = limiter.begin(user("dev"), T).unwrap_err();
+        assert_eq!(refused.retry_after, 61);
+        assert!(!refused.busy, "held back by failures");
+    }
+
+    #[tokio::test]
+    async fn a_settling_attempt_wakes_those_waiting_on_its_keys() {
+        let limiter = Limiter::new("test", 1, MINUTE, CAPACITY);
+        let first = limiter.begin(user("dev"), T).unwrap();
+        let settled = limiter.settled();
+        let mut settled = std::pin::pin!(settled);
+        settled.as_mut().enable();
+        assert!(limiter.begin(user("dev"), T).unwrap_err().busy);
+        first.succeeded();
+        settled.await;
+        limiter.begin(user("dev"), T).unwrap().succeeded();
     }
 
     #[test]
@@ -501,7 +552,8 @@ mod tests {
             limiter.begin(vec![LimitKey::user("late")], T).unwrap_err(),
             Refusal {
                 retry_after: 1,
-                first: false
+                first: false,
+                busy: false,
             }
         );
         drop(held);

@@ -88,6 +88,9 @@ pub struct AppParts {
     pub users: Users,
 }
 
+/// How long an attempt waits for the attempts in flight on its keys before it is refused.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Name of the stored secret from which refresh-token successors are derived.
 const ROTATION_KEY_SECRET: &str = "refresh_token_rotation_key";
 
@@ -206,15 +209,34 @@ impl App {
     }
 
     /// Admits one attempt of `limiter` for `keys`, and writes the summaries of the windows it
-    /// closed on the way.
-    fn admit<'a>(
+    /// closed on the way. An attempt held back only by attempts in flight waits for them to
+    /// settle (at most [`BUSY_WAIT`]): they are usually honest logins racing from one address,
+    /// and the ones that fail fill the window, so the waiting ones are refused then.
+    async fn admit<'a>(
         &self,
         limiter: &'a Limiter,
         keys: Vec<LimitKey>,
     ) -> Result<limiter::Attempt<'a>, limiter::Refusal> {
-        let admission = limiter.begin(keys, self.now());
-        self.report_closed(limiter, limiter.take_closed());
-        admission
+        let attempt = async {
+            loop {
+                let settled = limiter.settled();
+                let mut settled = std::pin::pin!(settled);
+                settled.as_mut().enable();
+                let admission = limiter.begin(keys.clone(), self.now());
+                self.report_closed(limiter, limiter.take_closed());
+                match admission {
+                    Err(refusal) if refusal.busy => settled.await,
+                    admission => return admission,
+                }
+            }
+        };
+        tokio::time::timeout(BUSY_WAIT, attempt)
+            .await
+            .unwrap_or(Err(limiter::Refusal {
+                retry_after: 1,
+                first: false,
+                busy: true,
+            }))
     }
 
     /// Writes one `RateLimitEnded` line per closed window of `limiter`.
@@ -235,6 +257,16 @@ impl App {
     }
 
     fn record(&self, event: &Event, subjects: &Subjects) {
+        // A session begun or ended here shows in the next scrape; other replicas' changes
+        // within `ACTIVE_SESSIONS_MAX_AGE`.
+        if matches!(
+            event,
+            Event::TokenIssued { .. }
+                | Event::SessionRevoked { .. }
+                | Event::RefreshTokenReplayDetected { .. }
+        ) {
+            self.metrics.sessions_changed();
+        }
         self.audit.record(self.now(), event, subjects);
     }
 }

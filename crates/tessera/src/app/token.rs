@@ -90,7 +90,7 @@ impl App {
             LimitKey::client(client.id.as_str()),
             LimitKey::address(&ctx.ip),
         ];
-        let attempt = match self.admit(&self.client_limiter, keys) {
+        let attempt = match self.admit(&self.client_limiter, keys).await {
             Ok(attempt) => attempt,
             Err(refusal) => {
                 if refusal.first {

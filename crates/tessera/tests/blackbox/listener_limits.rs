@@ -292,7 +292,7 @@ impl LowLimitProxy {
   cookie: {secret: 'KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio='}
   provider: {issuer: 'https://127.0.0.1:9', client_id: rp, client_secret: s}
 ";
-        std::fs::write(&config, yaml).unwrap();
+        crate::support::write_private(&config, yaml);
         let mut child = Command::new("prlimit")
             .arg("--nofile=256:4096")
             .arg(env!("CARGO_BIN_EXE_tessera"))

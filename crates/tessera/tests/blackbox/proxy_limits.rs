@@ -277,7 +277,7 @@ async fn sign_out_is_confirmed_and_a_post_from_another_site_is_refused() {
 fn a_plain_http_issuer_off_loopback_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tessera.yaml");
-    std::fs::write(
+    crate::support::write_private(
         &config,
         "proxy:
   routes: [{upstream: 'http://127.0.0.1:1'}]
@@ -285,8 +285,7 @@ fn a_plain_http_issuer_off_loopback_is_a_configuration_error() {
   cookie: {secret: 'BQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQU='}
   provider: {issuer: 'http://idp.example.com', client_id: rp, client_secret: s}
 ",
-    )
-    .unwrap();
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["proxy", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
