@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use tessera_core::id::SessionId;
 
+use super::error::no_store;
 use super::form::{Form, Params};
 use super::html::{error_page, escape, hidden, page};
 use super::{
@@ -30,11 +31,7 @@ pub(super) async fn userinfo(
         .ok_or(AppError::InvalidToken)?;
     let claims = app.userinfo(token.trim()).await?;
     // The claims are personal data: no cache along the way may keep them.
-    let mut response = Json(claims).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(no_store(Json(claims).into_response()))
 }
 
 pub(super) async fn logout_get(
