@@ -7,15 +7,8 @@ use serde_json::Value;
 
 use crate::support::{
     Answer, AuthParams, DEMO_POST_LOGOUT, PASSWORD, Server, basic, claims, code_from,
-    hidden_fields, location, query_param, sample, verify_jwt,
+    hidden_fields, location, query_param, sample, text, verify_jwt,
 };
-
-fn text(tokens: &Value, field: &str) -> String {
-    tokens[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {field} in {tokens}"))
-        .to_owned()
-}
 
 /// Refreshes as `demo` with its secret in the body (`client_secret_post`).
 async fn demo_refresh_post(server: &Server, token: &str, secret: &str) -> Answer {
@@ -78,20 +71,6 @@ async fn introspect(server: &Server, token: &str) -> Value {
 
 /// Whether /authorize in `browser` goes straight back with a code (a live SSO session) rather
 /// than showing the login form.
-async fn signed_in(server: &Server, browser: &reqwest::Client) -> bool {
-    let response = server
-        .authorize_raw(browser, &AuthParams::kubernetes().pairs())
-        .await;
-    match response.status() {
-        StatusCode::OK => false,
-        status if status.is_redirection() => {
-            code_from(&location(&response));
-            true
-        }
-        status => panic!("/authorize answered {status}"),
-    }
-}
-
 #[tokio::test]
 async fn discovery_lists_every_field_an_rp_library_needs() {
     let server = Server::start().await;
@@ -574,7 +553,7 @@ async fn logout_with_a_valid_hint_and_registered_redirect_signs_out_without_aski
     );
     assert_eq!(refreshed.error(), "invalid_grant");
     assert!(
-        !signed_in(&server, &server.browser).await,
+        !server.signed_in(&server.browser).await,
         "the SSO session ended"
     );
 
@@ -591,10 +570,7 @@ async fn logout_with_a_valid_hint_and_registered_redirect_signs_out_without_aski
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(
-        signed_in(&server, &server.browser).await,
-        "nothing was ended"
-    );
+    assert!(server.signed_in(&server.browser).await, "nothing was ended");
 }
 
 #[tokio::test]
@@ -614,7 +590,7 @@ async fn logout_without_a_hint_asks_first_and_only_the_confirmed_post_signs_out(
     let form = hidden_fields(&response.text().await.unwrap());
     assert!(form.iter().any(|(name, _)| name == "csrf"), "{form:?}");
     assert!(
-        signed_in(&server, browser).await,
+        server.signed_in(browser).await,
         "showing the page signs no one out"
     );
 
@@ -627,7 +603,7 @@ async fn logout_without_a_hint_asks_first_and_only_the_confirmed_post_signs_out(
         .unwrap();
     assert_eq!(forged.status(), StatusCode::OK);
     assert!(
-        signed_in(&server, browser).await,
+        server.signed_in(browser).await,
         "a forged POST signs no one out"
     );
 
@@ -638,7 +614,7 @@ async fn logout_without_a_hint_asks_first_and_only_the_confirmed_post_signs_out(
         .await
         .unwrap();
     assert_eq!(confirmed.status(), StatusCode::OK);
-    assert!(!signed_in(&server, browser).await, "the login form is back");
+    assert!(!server.signed_in(browser).await, "the login form is back");
     let (status, body) = server.refresh(&text(&tokens, "refresh_token")).await;
     assert_eq!(
         status,
@@ -670,7 +646,7 @@ async fn a_second_authorization_in_the_same_browser_needs_no_password() {
     assert_eq!(a["auth_time"], b["auth_time"], "one sign-in");
 
     // A browser without the cookie sees the form, and prompt=login asks again in any browser.
-    assert!(!signed_in(&server, &server.new_browser()).await);
+    assert!(!server.signed_in(&server.new_browser()).await);
     let mut query = auth.pairs();
     query.push(("prompt", "login".into()));
     let response = server.authorize_raw(&server.browser, &query).await;

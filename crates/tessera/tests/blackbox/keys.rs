@@ -8,14 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{Server, jwt_header, verify_jwt};
-
-fn text(tokens: &Value, field: &str) -> String {
-    tokens[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {field} in {tokens}"))
-        .to_owned()
-}
+use crate::support::{Server, jwt_header, text, verify_jwt};
 
 fn kids(jwks: &Value) -> BTreeSet<String> {
     jwks["keys"]

@@ -10,15 +10,8 @@ use tessera_core::clock::{Clock, SystemClock};
 
 use crate::cluster::{Cluster, PG_PORT};
 use crate::support::{
-    AuthParams, DEMO_POST_LOGOUT, PASSWORD, Server, code_from, hidden_fields, location,
+    AuthParams, DEMO_POST_LOGOUT, PASSWORD, Server, code_from, hidden_fields, location, text,
 };
-
-fn text(tokens: &Value, field: &str) -> String {
-    tokens[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {field} in {tokens}"))
-        .to_owned()
-}
 
 /// Logs in as `dev` with client `kubernetes` in `browser` and exchanges the code.
 async fn kubernetes_tokens_in(server: &Server, browser: &reqwest::Client) -> Value {
@@ -32,18 +25,6 @@ async fn kubernetes_tokens_in(server: &Server, browser: &reqwest::Client) -> Val
     server
         .exchange(&code_from(&location(&response)), &auth)
         .await
-}
-
-/// Whether `/authorize` in `browser` answers with a code at once (a live SSO session).
-async fn signed_in(server: &Server, browser: &reqwest::Client) -> bool {
-    let response = server
-        .authorize_raw(browser, &AuthParams::kubernetes().pairs())
-        .await;
-    match response.status() {
-        StatusCode::OK => false,
-        status if status.is_redirection() => true,
-        status => panic!("/authorize answered {status}"),
-    }
 }
 
 #[tokio::test]
@@ -78,7 +59,7 @@ async fn issue_11_logout_with_the_hint_of_another_sso_session_asks_before_ending
             "{page}"
         );
         assert!(
-            signed_in(&server, &victim).await,
+            server.signed_in(&victim).await,
             "the victim's SSO session is alive"
         );
     }
@@ -112,7 +93,7 @@ async fn issue_11_logout_with_the_hint_of_another_sso_session_asks_before_ending
         "{}",
         confirmed.status()
     );
-    assert!(!signed_in(&server, &victim).await, "confirmed: signed out");
+    assert!(!server.signed_in(&victim).await, "confirmed: signed out");
 }
 
 #[tokio::test]
@@ -137,7 +118,7 @@ async fn issue_11_logout_with_an_expired_foreign_hint_asks_too() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK, "asked, not redirected");
-    assert!(signed_in(&server, &victim).await);
+    assert!(server.signed_in(&victim).await);
 }
 
 /// Holds `ACCESS EXCLUSIVE` on the sessions table from its own psql, as a long migration or a

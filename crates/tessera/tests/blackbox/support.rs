@@ -527,6 +527,21 @@ impl Server {
         self.submit_login_as(browser, auth, "dev", password).await
     }
 
+    /// Whether `/authorize` in `browser` answers with a code at once: a live SSO session.
+    pub async fn signed_in(&self, browser: &reqwest::Client) -> bool {
+        let response = self
+            .authorize_raw(browser, &AuthParams::kubernetes().pairs())
+            .await;
+        match response.status() {
+            StatusCode::OK => false,
+            status if status.is_redirection() => {
+                code_from(&location(&response));
+                true
+            }
+            status => panic!("/authorize answered {status}"),
+        }
+    }
+
     /// Logs in with client `demo` and exchanges the code with `client_secret_basic`.
     pub async fn demo_tokens(&self) -> Value {
         let auth = AuthParams::demo();
@@ -572,6 +587,14 @@ impl Server {
         all.push(self.dir.path().into());
         tessera_cli(&all)
     }
+}
+
+/// A string field of a token answer.
+pub fn text(tokens: &Value, field: &str) -> String {
+    tokens[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {tokens}"))
+        .to_owned()
 }
 
 /// `Basic base64(id:secret)` (RFC 6749 §2.3.1; the ids and secrets used here need no
