@@ -1,7 +1,10 @@
 //! The redeem decision: what happens when a refresh token is presented (DESIGN.md, "Redeeming a
 //! refresh token"). The store performs the one conditional update that says whether this call
 //! claimed the token; [`decide`] turns that fact, the session and the policy into one
-//! [`Decision`]. It is pure, so every branch of the table is tested here with a fixed clock.
+//! [`Decision`], and [`effects`] computes what that decision writes and answers. Both are pure,
+//! so every branch of the table is tested here with a fixed clock, and the property test drives
+//! the same functions the backends run; a backend keeps only its dialect: the claim statement
+//! and the SQL that executes the [`Writes`].
 //!
 //! Invariants: at most one call ever sees [`Lookup::Claimed`] for a token (the store's job), so
 //! at most one [`Decision::Rotate`] exists per token; a [`Decision::Replay`] with
@@ -50,6 +53,35 @@ pub enum Lookup<'a> {
     Claimed(&'a TokenRecord, SessionBounds),
     /// The token had been used before this call.
     AlreadyUsed(&'a TokenRecord, SessionBounds, &'a FirstUse),
+}
+
+impl<'a> Lookup<'a> {
+    /// The lookup after the store's claim: `claimed` says whether this call's conditional update
+    /// took the token, `found` is the token, its session and its first use as read after it.
+    pub fn after_claim(
+        claimed: bool,
+        found: Option<(&'a TokenRecord, SessionBounds, Option<&'a FirstUse>)>,
+    ) -> Lookup<'a> {
+        match found {
+            None => Lookup::Unknown,
+            Some((record, session, _)) if claimed => Lookup::Claimed(record, session),
+            Some((record, session, Some(first))) => Lookup::AlreadyUsed(record, session, first),
+            // Unclaimed yet unused: the token did not exist when the claim ran (it has just been
+            // stored; under SQLite's single writer this cannot happen at all). Nobody can hold it
+            // yet, so it counts as unknown.
+            Some((_, _, None)) => Lookup::Unknown,
+        }
+    }
+
+    /// The token and its session, when there is one.
+    fn found(self) -> Option<(&'a TokenRecord, SessionBounds)> {
+        match self {
+            Lookup::Unknown => None,
+            Lookup::Claimed(record, session) | Lookup::AlreadyUsed(record, session, _) => {
+                Some((record, session))
+            }
+        }
+    }
 }
 
 /// The presenter of a token.
@@ -139,11 +171,8 @@ pub enum Decision {
 
 /// Decides a redemption; DESIGN.md's five steps, in order.
 pub fn decide(lookup: Lookup<'_>, presenter: Presenter<'_>, policy: &RedeemPolicy) -> Decision {
-    let (record, session) = match lookup {
-        Lookup::Unknown => return Decision::Reject(RejectReason::UnknownToken),
-        Lookup::Claimed(record, session) | Lookup::AlreadyUsed(record, session, _) => {
-            (record, session)
-        }
+    let Some((record, session)) = lookup.found() else {
+        return Decision::Reject(RejectReason::UnknownToken);
     };
     if &record.client_id != presenter.client_id {
         return Decision::Reject(RejectReason::OtherClient);
@@ -178,6 +207,142 @@ pub fn decide(lookup: Lookup<'_>, presenter: Presenter<'_>, policy: &RedeemPolic
 /// When a successor issued at `now` expires: a sliding `ttl`, never past the session's end.
 pub fn successor_expiry(now: UnixMillis, ttl: Duration, session: SessionBounds) -> UnixMillis {
     now.plus(ttl).min(session.absolute_end)
+}
+
+/// The reason recorded on a session that a replay revokes.
+pub const REPLAY_REVOCATION: &str = "replay";
+
+/// A successor to store: it joins its predecessor's session and client. Its hash is the store's
+/// to know (derived from the presented token, see DESIGN.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Successor {
+    /// The session (family) of the presented token.
+    pub session_id: SessionId,
+    /// The client of the presented token.
+    pub client_id: ClientId,
+    /// When it is issued.
+    pub issued_at: UnixMillis,
+    /// When it expires: [`successor_expiry`].
+    pub expires_at: UnixMillis,
+}
+
+/// What the store writes for a decision, in the transaction of its claim.
+///
+/// The claim (the backend's conditional update) has already marked the token used at the
+/// presenter's time and IP and named its successor, in one statement; only [`Writes::Rotate`]
+/// keeps that claim, every other outcome rolls it back and leaves the token as it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Writes {
+    /// Keep the claim and store the successor.
+    Rotate {
+        /// The first use the claim recorded on the presented token.
+        used: FirstUse,
+        /// The successor to insert.
+        successor: Successor,
+    },
+    /// Revoke the whole session (the token was used before: there is no claim to keep).
+    RevokeSession {
+        /// The session to revoke.
+        session_id: SessionId,
+        /// When.
+        at: UnixMillis,
+        /// Why: [`REPLAY_REVOCATION`].
+        reason: &'static str,
+    },
+    /// Write nothing: roll the claim back.
+    Nothing,
+}
+
+/// A decision with everything it implies: what the store writes and what it answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effects {
+    /// The decision, answered once the writes are done (see [`answer`]).
+    pub decision: Decision,
+    /// What the store writes.
+    pub writes: Writes,
+    /// When the successor answered expires: the new one's expiry on a rotation, the stored
+    /// one's in a grace (`now` if it is gone); `now` otherwise, where no successor is answered.
+    pub successor_expires_at: UnixMillis,
+}
+
+/// What the store found when it executed [`Writes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Every write took effect.
+    Done,
+    /// The revocation found the session already revoked: a concurrent replay revoked it after
+    /// this call read it live.
+    SessionAlreadyRevoked,
+}
+
+/// What `decision` writes and answers, for the token `lookup` found and the successor's stored
+/// expiry (`stored_successor`, read with the token; there is one only after a rotation).
+pub fn effects(
+    decision: Decision,
+    lookup: Lookup<'_>,
+    presenter: Presenter<'_>,
+    ttl: Duration,
+    stored_successor: Option<UnixMillis>,
+) -> Effects {
+    let now = presenter.now;
+    let (writes, successor_expires_at) = match (&decision, lookup.found()) {
+        (Decision::Rotate, Some((record, session))) => rotation(record, session, presenter, ttl),
+        (Decision::Grace { .. }, _) => (Writes::Nothing, stored_successor.unwrap_or(now)),
+        (
+            Decision::Replay {
+                revoke_session: true,
+                ..
+            },
+            Some((record, _)),
+        ) => {
+            let revoke = Writes::RevokeSession {
+                session_id: record.session_id.clone(),
+                at: now,
+                reason: REPLAY_REVOCATION,
+            };
+            (revoke, now)
+        }
+        // Rejections and a replay without revocation change nothing.
+        _ => (Writes::Nothing, now),
+    };
+    Effects {
+        decision,
+        writes,
+        successor_expires_at,
+    }
+}
+
+/// A rotation's writes, and when its successor expires.
+fn rotation(
+    record: &TokenRecord,
+    session: SessionBounds,
+    presenter: Presenter<'_>,
+    ttl: Duration,
+) -> (Writes, UnixMillis) {
+    let successor = Successor {
+        session_id: record.session_id.clone(),
+        client_id: record.client_id.clone(),
+        issued_at: presenter.now,
+        expires_at: successor_expiry(presenter.now, ttl, session),
+    };
+    let expires_at = successor.expires_at;
+    let used = FirstUse {
+        at: presenter.now,
+        ip: presenter.ip.to_owned(),
+    };
+    (Writes::Rotate { used, successor }, expires_at)
+}
+
+/// The decision to answer once the writes are done. A revoking replay whose revocation found
+/// the session already revoked answers what it would have in any serial order: the session was
+/// revoked (and the revocation is recorded once).
+pub fn answer(decision: Decision, written: Written) -> Decision {
+    match (decision, written) {
+        (Decision::Replay { .. }, Written::SessionAlreadyRevoked) => {
+            Decision::Reject(RejectReason::SessionRevoked)
+        }
+        (decision, _) => decision,
+    }
 }
 
 fn within_grace(ago_ms: i64, first: &FirstUse, ip: &str, policy: &RedeemPolicy) -> bool {
@@ -455,5 +620,112 @@ mod tests {
             successor_expiry(NOW, Duration::from_secs(7200), session),
             session.absolute_end
         );
+    }
+
+    #[test]
+    fn claimed_token_is_a_claim_and_an_unclaimed_unused_one_is_unknown() {
+        let (r, first) = (record(), used(10, "ip"));
+        assert_eq!(Lookup::after_claim(true, None), Lookup::Unknown);
+        assert_eq!(
+            Lookup::after_claim(true, Some((&r, live(), None))),
+            Lookup::Claimed(&r, live())
+        );
+        assert_eq!(
+            Lookup::after_claim(false, Some((&r, live(), Some(&first)))),
+            Lookup::AlreadyUsed(&r, live(), &first)
+        );
+        assert_eq!(
+            Lookup::after_claim(false, Some((&r, live(), None))),
+            Lookup::Unknown
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_the_claim_and_stores_a_successor_in_the_same_session() {
+        let client = ClientId::new("kubernetes");
+        let r = record();
+        let lookup = Lookup::Claimed(&r, live());
+        let ttl = Duration::from_secs(7200);
+        let e = effects(Decision::Rotate, lookup, by(&client, "10.0.0.1"), ttl, None);
+        let successor = Successor {
+            session_id: r.session_id.clone(),
+            client_id: client,
+            issued_at: NOW,
+            expires_at: live().absolute_end,
+        };
+        let used = FirstUse {
+            at: NOW,
+            ip: "10.0.0.1".into(),
+        };
+        assert_eq!(e.writes, Writes::Rotate { used, successor });
+        assert_eq!(e.successor_expires_at, live().absolute_end);
+        assert_eq!(e.decision, Decision::Rotate);
+    }
+
+    #[test]
+    fn grace_writes_nothing_and_answers_the_stored_successor() {
+        let client = ClientId::new("kubernetes");
+        let (r, first) = (record(), used(10, "ip"));
+        let lookup = Lookup::AlreadyUsed(&r, live(), &first);
+        let grace = Decision::Grace {
+            first_used_ip: "ip".into(),
+            first_used_ms_ago: 10,
+        };
+        let stored = UnixMillis(NOW.0 + 5);
+        let ttl = Duration::from_secs(900);
+        let e = effects(grace.clone(), lookup, by(&client, "ip"), ttl, Some(stored));
+        assert_eq!(
+            (e.writes, e.successor_expires_at),
+            (Writes::Nothing, stored)
+        );
+        let gone = effects(grace, lookup, by(&client, "ip"), ttl, None);
+        assert_eq!(gone.successor_expires_at, NOW);
+    }
+
+    #[test]
+    fn revoking_replay_revokes_the_tokens_session_and_nothing_else_writes() {
+        let client = ClientId::new("kubernetes");
+        let (r, first) = (record(), used(10, "ip"));
+        let lookup = Lookup::AlreadyUsed(&r, live(), &first);
+        let replay = |revoke_session| Decision::Replay {
+            revoke_session,
+            first_used_ip: "ip".into(),
+            first_used_ms_ago: 10,
+        };
+        let ttl = Duration::from_secs(900);
+        let revoking = effects(replay(true), lookup, by(&client, "ip"), ttl, None);
+        let revoke = Writes::RevokeSession {
+            session_id: r.session_id.clone(),
+            at: NOW,
+            reason: "replay",
+        };
+        assert_eq!(revoking.writes, revoke);
+        let quiet = [
+            replay(false),
+            Decision::Reject(RejectReason::TokenExpired),
+            Decision::Reject(RejectReason::OtherClient),
+        ];
+        for decision in quiet {
+            let e = effects(decision, lookup, by(&client, "ip"), ttl, None);
+            assert_eq!((e.writes, e.successor_expires_at), (Writes::Nothing, NOW));
+        }
+        let unknown = Decision::Reject(RejectReason::UnknownToken);
+        let e = effects(unknown, Lookup::Unknown, by(&client, "ip"), ttl, None);
+        assert_eq!(e.writes, Writes::Nothing);
+    }
+
+    #[test]
+    fn replay_whose_revocation_found_the_session_revoked_answers_session_revoked() {
+        let replay = Decision::Replay {
+            revoke_session: true,
+            first_used_ip: "ip".into(),
+            first_used_ms_ago: 10,
+        };
+        assert_eq!(answer(replay.clone(), Written::Done), replay);
+        assert_eq!(
+            answer(replay, Written::SessionAlreadyRevoked),
+            Decision::Reject(RejectReason::SessionRevoked)
+        );
+        assert_eq!(answer(Decision::Rotate, Written::Done), Decision::Rotate);
     }
 }
