@@ -6,6 +6,7 @@
 
 mod model;
 mod postgres;
+mod redeem;
 mod sqlite;
 
 use std::fmt;

@@ -37,12 +37,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Executor, Row};
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
-use tessera_core::redeem::{
-    self, Decision, FirstUse, Lookup, Presenter, RejectReason, TokenRecord,
-};
+use tessera_core::redeem::{FirstUse, TokenRecord, Writes, Written};
 use tessera_core::token::TokenHash;
 
 use crate::model::*;
+use crate::redeem::{self, Found};
 use crate::{Store, StoreError, TABLES, redact_url};
 
 const MIGRATIONS: &[&str] = &[
@@ -1225,19 +1224,30 @@ const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, 
 /// The columns [`proxy_session_from_row`] reads, in its order.
 const PROXY_SESSION_COLUMNS: &str = "handle_hash, created_at, last_seen_at, absolute_end, refreshed_at, refresh_lease_until, sealed";
 
-/// What the claim or, failing it, the read found: the token, its session, its first use, and
-/// the expiry of the presented successor if that is stored.
-type Found = (TokenRecord, Session, Option<FirstUse>, Option<i64>);
-
-/// The redeem transaction: claim, decide, apply, as in the SQLite backend. A rejected claim rolls
-/// back, so a refused token is left exactly as it was. The claim records the successor's hash at
-/// once: a claim ends in a rotation or in a rejection that rolls back, so it is right either way.
+/// The redeem transaction: claim, decide, apply (the skeleton is [`crate::redeem`]; this is only
+/// its PostgreSQL dialect). A rejected claim rolls back, so a refused token is left exactly as
+/// it was. The claim records the successor's hash at once: a claim ends in a rotation or in a
+/// rejection that rolls back, so it is right either way.
 async fn redeem_in_transaction(
     pool: &PgPool,
     request: &RedeemRequest,
 ) -> Result<Redemption, StoreError> {
     let op = "redeem_refresh_token";
     let mut tx = pool.begin().await.map_err(query(op))?;
+    let (claimed, found) = claim_or_find(&mut tx, request).await.map_err(query(op))?;
+    let effects = redeem::settle(request, claimed, found.as_ref());
+    let written = write_effects(tx, &effects.writes, request)
+        .await
+        .map_err(query(op))?;
+    Ok(redeem::answer(effects, written, found))
+}
+
+/// Claims the presented token (marks it used, naming its successor) if it is unused, or else
+/// reads it; whether this call claimed it, and what it found.
+async fn claim_or_find(
+    tx: &mut PgConnection,
+    request: &RedeemRequest,
+) -> Result<(bool, Option<Found>), sqlx::Error> {
     // The claim returns the session too, saving the rotation (the common case) a round trip.
     let claim = sqlx::query(&format!(
         "UPDATE refresh_tokens t SET used_at = $2, used_ip = $3, successor_hash = $4
@@ -1250,103 +1260,24 @@ async fn redeem_in_transaction(
     .bind(&request.ip)
     .bind(&request.successor.0[..])
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(query(op))?;
-    let claimed = claim.is_some();
-    let row = match claim {
-        Some(row) => Some(row),
-        // Not claimed: unknown, or used by a transaction that has committed (had it rolled back,
-        // the claim above would have waited for it and then succeeded). This statement's
-        // snapshot is newer than that commit, so it sees the first use and the successor.
-        None => sqlx::query(&format!(
-            "SELECT t.client_id, t.expires_at, t.used_at, t.used_ip, n.expires_at, {SESSION_COLUMNS}
-             FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
-             LEFT JOIN refresh_tokens n ON n.hash = $2
-             WHERE t.hash = $1"
-        ))
-        .bind(&request.hash.0[..])
-        .bind(&request.successor.0[..])
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query(op))?,
-    };
-    let found = row
-        .as_ref()
-        .map(found_from_row)
-        .transpose()
-        .map_err(query(op))?;
-    let presenter = Presenter {
-        client_id: &request.client_id,
-        ip: &request.ip,
-        now: request.now,
-    };
-    let lookup = match &found {
-        None => Lookup::Unknown,
-        Some((record, session, _, _)) if claimed => Lookup::Claimed(record, session.bounds()),
-        Some((record, session, Some(first), _)) => {
-            Lookup::AlreadyUsed(record, session.bounds(), first)
-        }
-        // Unclaimed yet unused: the token did not exist when the claim ran (it has just been
-        // stored). Nobody can hold it yet, so it counts as unknown.
-        Some((_, _, None, _)) => Lookup::Unknown,
-    };
-    let mut decision = redeem::decide(lookup, presenter, &request.policy);
-    let (session, successor_expiry) = match found {
-        Some((_, session, _, successor)) => (Some(session), successor),
-        None => (None, None),
-    };
-    let mut successor_expires_at = request.now;
-    match (&decision, &session) {
-        (Decision::Rotate, Some(session)) => {
-            successor_expires_at =
-                redeem::successor_expiry(request.now, request.ttl, session.bounds());
-            sqlx::query(
-                "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&request.successor.0[..])
-            .bind(session.id.as_str())
-            .bind(session.client_id.as_str())
-            .bind(request.now.0)
-            .bind(successor_expires_at.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(query(op))?;
-            tx.commit().await.map_err(query(op))?;
-        }
-        (
-            Decision::Replay {
-                revoke_session: true,
-                ..
-            },
-            Some(session),
-        ) => {
-            let revoked_now = revoke_session_row(&mut *tx, &session.id, request.now, "replay")
-                .await
-                .map_err(query(op))?;
-            tx.commit().await.map_err(query(op))?;
-            if !revoked_now {
-                // A concurrent replay revoked the session after this one read it live: in any
-                // serial order this one would have found the session revoked, so it says so,
-                // and the revocation is recorded once.
-                decision = Decision::Reject(RejectReason::SessionRevoked);
-            }
-        }
-        (decision, _) => {
-            if let Decision::Grace { .. } = decision {
-                successor_expires_at = successor_expiry.map_or(request.now, UnixMillis);
-            }
-            // Grace, rejections and a replay without revocation change nothing: roll the claim
-            // back. A failed rollback changes nothing either (the server aborts the transaction
-            // of a broken connection), so it does not turn the decision into an error.
-            let _ = tx.rollback().await;
-        }
+    .await?;
+    if let Some(row) = claim {
+        return Ok((true, Some(found_from_row(&row)?)));
     }
-    Ok(Redemption {
-        decision,
-        session,
-        successor_expires_at,
-    })
+    // Not claimed: unknown, or used by a transaction that has committed (had it rolled back, the
+    // claim above would have waited for it and then succeeded). This statement's snapshot is
+    // newer than that commit, so it sees the first use and the successor.
+    let row = sqlx::query(&format!(
+        "SELECT t.client_id, t.expires_at, t.used_at, t.used_ip, n.expires_at, {SESSION_COLUMNS}
+         FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+         LEFT JOIN refresh_tokens n ON n.hash = $2
+         WHERE t.hash = $1"
+    ))
+    .bind(&request.hash.0[..])
+    .bind(&request.successor.0[..])
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok((false, row.as_ref().map(found_from_row).transpose()?))
 }
 
 fn found_from_row(r: &PgRow) -> Result<Found, sqlx::Error> {
@@ -1356,7 +1287,7 @@ fn found_from_row(r: &PgRow) -> Result<Found, sqlx::Error> {
         session_id: session.id.clone(),
         expires_at: UnixMillis(r.try_get(1)?),
     };
-    let first = r
+    let first_use = r
         .try_get::<Option<i64>, _>(2)?
         .map(|at| -> Result<FirstUse, sqlx::Error> {
             Ok(FirstUse {
@@ -1365,8 +1296,58 @@ fn found_from_row(r: &PgRow) -> Result<Found, sqlx::Error> {
             })
         })
         .transpose()?;
-    let successor_expiry = r.try_get::<Option<i64>, _>(4)?;
-    Ok((record, session, first, successor_expiry))
+    Ok(Found {
+        record,
+        session,
+        first_use,
+        successor_expires_at: r.try_get::<Option<i64>, _>(4)?.map(UnixMillis),
+    })
+}
+
+/// Executes the writes core computed and commits them; [`Writes::Nothing`] rolls the claim back.
+async fn write_effects(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    writes: &Writes,
+    request: &RedeemRequest,
+) -> Result<Written, sqlx::Error> {
+    let written = match writes {
+        // The claim has already marked the token used; committing keeps it.
+        Writes::Rotate { successor, .. } => {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&request.successor.0[..])
+            .bind(successor.session_id.as_str())
+            .bind(successor.client_id.as_str())
+            .bind(successor.issued_at.0)
+            .bind(successor.expires_at.0)
+            .execute(&mut *tx)
+            .await?;
+            Written::Done
+        }
+        // A revocation that finds the session already revoked lost to a concurrent replay
+        // that revoked it after this one read it live: core answers accordingly.
+        Writes::RevokeSession {
+            session_id,
+            at,
+            reason,
+        } => {
+            if revoke_session_row(&mut *tx, session_id, *at, reason).await? {
+                Written::Done
+            } else {
+                Written::SessionAlreadyRevoked
+            }
+        }
+        Writes::Nothing => {
+            // A failed rollback changes nothing either (the server aborts the transaction of a
+            // broken connection), so it does not turn the decision into an error.
+            let _ = tx.rollback().await;
+            return Ok(Written::Done);
+        }
+    };
+    tx.commit().await?;
+    Ok(written)
 }
 
 async fn revoke_session_row<'e, E>(
