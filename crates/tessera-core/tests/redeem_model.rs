@@ -1,11 +1,14 @@
-//! Property test of [`decide`] against a tiny reference model of one session's token chain.
+//! Property test of [`decide`] and [`effects`] against a tiny reference model of one session's
+//! token chain.
 //!
-//! The model plays the store: a redemption claims its token when the token is unused, keeps the
-//! claim only when the decision is `Rotate` (then it records the first use and adds the
-//! successor), and revokes the session on a revoking `Replay`. Random sequences of redemptions
-//! (of the current token, of an old one, two at one instant, by another client), clock advances
-//! and revocations run through it while the invariants of DESIGN.md "Redeeming a refresh token"
-//! are checked against the model's own record of what happened.
+//! The model plays the store and runs the code the backends run: a redemption claims its token
+//! when the token is unused ([`Lookup::after_claim`]), core decides and computes the writes
+//! ([`decide`], [`effects`]), the model executes those writes on its chain (keep the claim and
+//! add the successor, revoke the session, or nothing) and answers with [`answer`]. Random
+//! sequences of redemptions (of the current token, of an old one, two at one instant, by another
+//! client), clock advances and revocations run through it while the invariants of DESIGN.md
+//! "Redeeming a refresh token" are checked, decisions and writes alike, against the model's own
+//! record of what happened.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 use std::time::Duration;
@@ -15,8 +18,8 @@ use proptest::sample::Index;
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId};
 use tessera_core::redeem::{
-    Decision, FirstUse, Lookup, OnReplay, Presenter, RedeemPolicy, RejectReason, SessionBounds,
-    TokenRecord, decide, successor_expiry,
+    Decision, Effects, FirstUse, Lookup, OnReplay, Presenter, RedeemPolicy, RejectReason,
+    SessionBounds, TokenRecord, Writes, Written, answer, decide, effects, successor_expiry,
 };
 
 const T0: UnixMillis = UnixMillis(1_700_000_000_000);
@@ -173,22 +176,24 @@ impl Chain {
     /// The rightful client redeems token `index`; checks every invariant on the way.
     fn redeem(&mut self, index: usize, ip: &str) -> Decision {
         let revoked_before = self.session.revoked_at.is_some();
-        let decision = self.decide(index, ip, &self.client);
+        let effects = self.settle(index, ip, &self.client);
         if revoked_before {
             assert_eq!(
-                decision,
+                effects.decision,
                 Decision::Reject(RejectReason::SessionRevoked),
                 "a revoked session answers nothing else"
             );
         } else if self.now >= self.session.absolute_end {
             assert_eq!(
-                decision,
+                effects.decision,
                 Decision::Reject(RejectReason::SessionEnded),
                 "an ended session answers nothing else"
             );
         }
-        self.check(index, ip, &decision);
-        self.commit(index, ip, &decision);
+        self.check(index, ip, &effects.decision);
+        self.check_effects(index, ip, &effects);
+        let written = self.commit(index, &effects.writes);
+        let decision = answer(effects.decision, written);
         if let Decision::Replay { revoke_session, .. } = decision {
             assert_eq!(
                 revoke_session,
@@ -202,23 +207,39 @@ impl Chain {
     /// Another client presents token `index`: refused as such, and the chain is untouched.
     fn redeem_as_other_client(&mut self, index: usize) {
         let other = self.other_client.clone();
-        let decision = self.decide(index, IPS[0], &other);
-        assert_eq!(decision, Decision::Reject(RejectReason::OtherClient));
+        let effects = self.settle(index, IPS[0], &other);
+        assert_eq!(
+            effects.decision,
+            Decision::Reject(RejectReason::OtherClient)
+        );
+        assert_eq!(effects.writes, Writes::Nothing, "another client wrote");
     }
 
-    /// What `decide` says, given the lookup the store's claim would produce.
-    fn decide(&self, index: usize, ip: &str, client: &ClientId) -> Decision {
+    /// What `decide` and `effects` say, given the lookup the store's claim would produce.
+    fn settle(&self, index: usize, ip: &str, client: &ClientId) -> Effects {
         let token = &self.tokens[index];
-        let lookup = match &token.first_use {
-            None => Lookup::Claimed(&token.record, self.session),
-            Some(first) => Lookup::AlreadyUsed(&token.record, self.session, first),
-        };
+        let claimed = token.first_use.is_none();
+        let found = (&token.record, self.session, token.first_use.as_ref());
+        let lookup = Lookup::after_claim(claimed, Some(found));
         let presenter = Presenter {
             client_id: client,
             ip,
             now: self.now,
         };
-        decide(lookup, presenter, &self.policy)
+        let decision = decide(lookup, presenter, &self.policy);
+        effects(
+            decision,
+            lookup,
+            presenter,
+            self.ttl,
+            self.stored_successor(index),
+        )
+    }
+
+    /// The expiry of token `index`'s successor, as the store reads it with the token: there is
+    /// one once the token has rotated.
+    fn stored_successor(&self, index: usize) -> Option<UnixMillis> {
+        self.tokens.get(index + 1).map(|t| t.record.expires_at)
     }
 
     /// The invariants, judged from the model's state before the decision is applied.
@@ -264,36 +285,80 @@ impl Chain {
         }
     }
 
-    /// Applies `decision` as the store does: only a `Rotate` keeps the claim.
-    fn commit(&mut self, index: usize, ip: &str, decision: &Decision) {
-        match decision {
-            Decision::Rotate => {
-                let now = self.now;
+    /// The writes and the answered expiry, judged against the model's own reading of DESIGN.md:
+    /// only a rotation keeps the claim and adds a successor, only a revoking replay revokes.
+    fn check_effects(&self, index: usize, ip: &str, effects: &Effects) {
+        let token = &self.tokens[index];
+        match (&effects.decision, &effects.writes) {
+            (Decision::Rotate, Writes::Rotate { used, successor }) => {
+                let sliding = self.now.plus(self.ttl);
+                let expires_at = sliding.min(self.session.absolute_end);
+                assert_eq!(used.at, self.now, "first use recorded at another time");
+                assert_eq!(used.ip, ip, "first use recorded from another IP");
+                assert_eq!(successor.session_id, token.record.session_id);
+                assert_eq!(successor.client_id, token.record.client_id);
+                assert_eq!(successor.issued_at, self.now);
+                assert_eq!(successor.expires_at, expires_at);
+                assert_eq!(effects.successor_expires_at, expires_at);
+            }
+            (Decision::Grace { .. }, Writes::Nothing) => {
+                let successor = self.tokens.get(index + 1).expect("grace without successor");
+                assert_eq!(effects.successor_expires_at, successor.record.expires_at);
+            }
+            (
+                Decision::Replay {
+                    revoke_session: true,
+                    ..
+                },
+                Writes::RevokeSession {
+                    session_id,
+                    at,
+                    reason,
+                },
+            ) => {
+                assert_eq!(session_id, &token.record.session_id);
+                assert_eq!((*at, *reason), (self.now, "replay"));
+            }
+            (
+                Decision::Replay {
+                    revoke_session: false,
+                    ..
+                }
+                | Decision::Reject(_),
+                Writes::Nothing,
+            ) => assert_eq!(effects.successor_expires_at, self.now),
+            (decision, writes) => panic!("{decision:?} wrote {writes:?}"),
+        }
+    }
+
+    /// Executes `writes` as the store does: only a rotation keeps the claim.
+    fn commit(&mut self, index: usize, writes: &Writes) -> Written {
+        match writes {
+            Writes::Rotate { used, successor } => {
                 let token = &mut self.tokens[index];
-                token.first_use = Some(FirstUse {
-                    at: now,
-                    ip: ip.to_owned(),
-                });
+                token.first_use = Some(used.clone());
                 token.rotations += 1;
-                let expires_at = successor_expiry(now, self.ttl, self.session);
-                assert!(expires_at <= self.session.absolute_end);
+                assert!(successor.expires_at <= self.session.absolute_end);
                 let successor = TokenRecord {
-                    expires_at,
-                    ..token.record.clone()
+                    client_id: successor.client_id.clone(),
+                    session_id: successor.session_id.clone(),
+                    expires_at: successor.expires_at,
                 };
                 self.tokens.push(Token {
                     record: successor,
                     first_use: None,
                     rotations: 0,
                 });
+                Written::Done
             }
-            Decision::Replay {
-                revoke_session: true,
-                ..
-            } => {
-                self.session.revoked_at.get_or_insert(self.now);
-            }
-            Decision::Grace { .. } | Decision::Replay { .. } | Decision::Reject(_) => {}
+            Writes::RevokeSession { at, .. } => match self.session.revoked_at {
+                Some(_) => Written::SessionAlreadyRevoked,
+                None => {
+                    self.session.revoked_at = Some(*at);
+                    Written::Done
+                }
+            },
+            Writes::Nothing => Written::Done,
         }
     }
 }
