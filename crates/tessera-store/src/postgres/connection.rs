@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// Key of the advisory lock held while migrating: "tessera" in ASCII, then 1.
 const MIGRATION_LOCK: i64 = 0x7465_7373_6572_6101;
+
 /// How to reach the PostgreSQL database.
 #[derive(Clone)]
 pub struct PostgresOptions {
