@@ -12,6 +12,7 @@ pub mod http;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+mod path;
 pub mod proxy;
 pub mod secret;
 pub mod serve;

@@ -22,15 +22,15 @@ use tessera_core::token::constant_time_eq;
 use super::Proxy;
 use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
 use super::caller::Caller;
-use super::config::Route;
 use super::cookie::{self, MAX_LOGIN_STATES};
 use super::forward::{Origin, forward};
 use super::identity::{in_groups, strip_claims};
-use super::path::{self, UnsafePath};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
 use crate::client::oidc;
+use crate::config::proxy::Route;
 use crate::http::html;
+use crate::path::{self, UnsafePath};
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";

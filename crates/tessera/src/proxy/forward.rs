@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::config::Route;
+use crate::config::proxy::Route;
 
 /// Whether header `name` (in lower case) describes one connection and is never forwarded (RFC
 /// 9110 §7.6.1).

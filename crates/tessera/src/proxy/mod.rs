@@ -4,13 +4,11 @@
 
 mod answer;
 mod caller;
-pub mod config;
 mod cookie;
 mod endpoints;
 mod forward;
 mod identity;
 mod listen;
-mod path;
 pub mod provider;
 mod redirect;
 mod session;
@@ -29,14 +27,14 @@ use tessera_core::clock::Clock;
 use tessera_core::seal::Sealer;
 use tessera_store::Store;
 
-use self::config::{ProxyConfig, Route, SessionStore};
 use self::cookie::CookieJar;
-use self::path::UnsafePath;
 use self::provider::Provider;
 use self::redirect::RedirectPolicy;
 use self::session::{Sessions, SessionsParts};
 use crate::config::Client;
+use crate::config::proxy::{ProxyConfig, Route, SessionStore};
 use crate::listener::Connections;
+use crate::path::{self, UnsafePath};
 
 /// Name of the stored secret that seals proxy sessions when no `proxy.cookie.secret` is set.
 const COOKIE_KEY_SECRET: &str = "proxy_cookie_key";
@@ -268,8 +266,10 @@ mod tests {
     use super::*;
 
     fn routes(yaml: &str) -> Vec<Route> {
-        let raw: config::RawProxy = yaml_serde::from_str(yaml).unwrap();
-        config::validate(raw, Path::new(".")).unwrap().routes
+        let raw: crate::config::proxy::RawProxy = yaml_serde::from_str(yaml).unwrap();
+        crate::config::proxy::validate(raw, Path::new("."))
+            .unwrap()
+            .routes
     }
 
     #[test]

@@ -14,11 +14,11 @@ use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
-use super::config::ExternalProvider;
 use super::identity::UserHeaders;
 use crate::app::{App, AppError, RequestContext};
 use crate::client::oidc;
 use crate::config::Client;
+use crate::config::proxy::ExternalProvider;
 
 /// Id of the client `tessera serve` registers for its own proxy. It has a random secret nobody
 /// knows, so only the proxy, in-process, can use it.

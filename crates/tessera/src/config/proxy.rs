@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::config::parse_duration;
+use super::{Invalid, parse_duration};
 
 /// Raw `proxy:` section.
 #[derive(Debug, Deserialize)]
@@ -191,10 +191,10 @@ impl std::fmt::Debug for CookieKeys {
 pub struct Route {
     /// Host to match (lower case, no port), or every host.
     pub host: Option<String>,
-    /// Path prefix to match, in normal form (see `proxy::path`), without a trailing `/`
+    /// Path prefix to match, in normal form (see `crate::path`), without a trailing `/`
     /// (but `/` itself).
     pub path_prefix: String,
-    /// The prefix as a lenient upstream reads it (see `proxy::path::lenient`).
+    /// The prefix as a lenient upstream reads it (see `crate::path::lenient`).
     pub lenient_prefix: String,
     /// `scheme://authority` of the upstream.
     pub upstream: url::Url,
@@ -230,8 +230,6 @@ impl std::fmt::Debug for ExternalProvider {
     }
 }
 
-type Invalid = (String, String);
-
 fn invalid(key: &str, message: impl Into<String>) -> Invalid {
     (format!("proxy.{key}"), message.into())
 }
@@ -259,38 +257,8 @@ pub(crate) fn validate(raw: RawProxy, base: &Path) -> Result<ProxyConfig, Invali
         .collect::<Result<Vec<_>, _>>()?;
     // Longest prefix first, host-specific before catch-all: the first match is the best one.
     routes.sort_by_key(|r| (std::cmp::Reverse(r.path_prefix.len()), r.host.is_none()));
-    let store = match raw.session.store.as_str() {
-        "server" => SessionStore::Server,
-        "cookie" => SessionStore::Cookie,
-        other => {
-            return Err(invalid(
-                "session.store",
-                format!("`{other}` is not one of server, cookie"),
-            ));
-        }
-    };
-    let duration = |key: &str, text: &str| {
-        parse_duration(text).map_err(|m| invalid(&format!("session.{key}"), m))
-    };
-    let refresh_after = duration("refresh_after", &raw.session.refresh_after)?;
-    let idle_timeout = duration("idle_timeout", &raw.session.idle_timeout)?;
-    let absolute_timeout = duration("absolute_timeout", &raw.session.absolute_timeout)?;
-    if idle_timeout.is_zero() || absolute_timeout.is_zero() {
-        return Err(invalid("session", "timeouts must be longer than 0s"));
-    }
-    let cookie_keys = cookie_keys(&raw.cookie)?;
-    if store == SessionStore::Cookie && cookie_keys.is_none() {
-        return Err(invalid(
-            "cookie.secret",
-            "`session.store: cookie` needs a secret: set it to the output of `openssl rand -base64 32`",
-        ));
-    }
-    if !is_cookie_name(&raw.cookie.name) {
-        return Err(invalid(
-            "cookie.name",
-            format!("`{}` is not a valid cookie name", raw.cookie.name),
-        ));
-    }
+    let session = session(&raw.session)?;
+    let cookie_keys = cookie(&raw.cookie, session.store)?;
     let provider = match raw.provider {
         None => None,
         Some(p) => Some(provider(p, base)?),
@@ -304,15 +272,69 @@ pub(crate) fn validate(raw: RawProxy, base: &Path) -> Result<ProxyConfig, Invali
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         routes,
-        store,
-        refresh_after,
-        idle_timeout,
-        absolute_timeout,
+        store: session.store,
+        refresh_after: session.refresh_after,
+        idle_timeout: session.idle_timeout,
+        absolute_timeout: session.absolute_timeout,
         cookie_name: raw.cookie.name,
         cookie_domain: raw.cookie.domain,
         cookie_keys,
         provider,
     })
+}
+
+/// The validated `proxy.session` section.
+struct Session {
+    store: SessionStore,
+    refresh_after: Duration,
+    idle_timeout: Duration,
+    absolute_timeout: Duration,
+}
+
+fn session(raw: &RawProxySession) -> Result<Session, Invalid> {
+    let store = match raw.store.as_str() {
+        "server" => SessionStore::Server,
+        "cookie" => SessionStore::Cookie,
+        other => {
+            return Err(invalid(
+                "session.store",
+                format!("`{other}` is not one of server, cookie"),
+            ));
+        }
+    };
+    let duration = |key: &str, text: &str| {
+        parse_duration(text).map_err(|m| invalid(&format!("session.{key}"), m))
+    };
+    let refresh_after = duration("refresh_after", &raw.refresh_after)?;
+    let idle_timeout = duration("idle_timeout", &raw.idle_timeout)?;
+    let absolute_timeout = duration("absolute_timeout", &raw.absolute_timeout)?;
+    if idle_timeout.is_zero() || absolute_timeout.is_zero() {
+        return Err(invalid("session", "timeouts must be longer than 0s"));
+    }
+    Ok(Session {
+        store,
+        refresh_after,
+        idle_timeout,
+        absolute_timeout,
+    })
+}
+
+/// The `proxy.cookie` section's keys; a cookie store needs one, and the name must be a token.
+fn cookie(raw: &RawCookie, store: SessionStore) -> Result<Option<CookieKeys>, Invalid> {
+    let cookie_keys = cookie_keys(raw)?;
+    if store == SessionStore::Cookie && cookie_keys.is_none() {
+        return Err(invalid(
+            "cookie.secret",
+            "`session.store: cookie` needs a secret: set it to the output of `openssl rand -base64 32`",
+        ));
+    }
+    if !is_cookie_name(&raw.name) {
+        return Err(invalid(
+            "cookie.name",
+            format!("`{}` is not a valid cookie name", raw.name),
+        ));
+    }
+    Ok(cookie_keys)
 }
 
 fn route(raw: RawRoute) -> Result<Route, String> {
@@ -351,14 +373,14 @@ fn route(raw: RawRoute) -> Result<Route, String> {
 /// A route's prefix as requests are matched against it, and as a lenient upstream reads it;
 /// a prefix that is not in normal form is refused, naming the form to write.
 fn prefix_forms(prefix: &str) -> Result<(String, String), String> {
-    let normal = super::path::normalize(prefix)
+    let normal = crate::path::normalize(prefix)
         .map_err(|why| format!("`path_prefix` `{prefix}`: {}", why.describe()))?;
     if normal != prefix && normal.trim_end_matches('/') != prefix.trim_end_matches('/') {
         return Err(format!(
             "`path_prefix` `{prefix}` is not in normal form; write `{normal}`"
         ));
     }
-    let lenient = super::path::lenient(&normal)
+    let lenient = crate::path::lenient(&normal)
         .map_err(|why| format!("`path_prefix` `{prefix}`: {}", why.describe()))?;
     let without_slash = |p: &str| match p.trim_end_matches('/') {
         "" => "/".to_owned(),

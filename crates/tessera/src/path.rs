@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 /// Why a path is refused (400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum UnsafePath {
+pub(crate) enum UnsafePath {
     /// Not `/`-rooted (`*`, or an authority alone).
     NotRooted,
     /// `%2F`: one segment to some upstreams, two to others.
@@ -37,7 +37,7 @@ pub(super) enum UnsafePath {
 
 impl UnsafePath {
     /// One sentence for the client.
-    pub(super) fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             UnsafePath::NotRooted => "the request path must start with /",
             UnsafePath::EncodedSlash => "the request path contains an encoded slash (%2F)",
@@ -54,7 +54,7 @@ impl UnsafePath {
 }
 
 /// The normal form of `raw` (a path without its query), or why it has none.
-pub(super) fn normalize(raw: &str) -> Result<Cow<'_, str>, UnsafePath> {
+pub(crate) fn normalize(raw: &str) -> Result<Cow<'_, str>, UnsafePath> {
     let Some(rest) = raw.strip_prefix('/') else {
         return Err(UnsafePath::NotRooted);
     };
@@ -73,7 +73,7 @@ pub(super) fn normalize(raw: &str) -> Result<Cow<'_, str>, UnsafePath> {
 /// A normal path as the most lenient upstream reads it: each segment fully decoded, cut at
 /// its first `;` (Tomcat's path parameters), in lower case, without trailing dots and spaces
 /// (Windows), and dot segments resolved again (Tomcat reads `..;` as `..`).
-pub(super) fn lenient(normal: &str) -> Result<Cow<'_, str>, UnsafePath> {
+pub(crate) fn lenient(normal: &str) -> Result<Cow<'_, str>, UnsafePath> {
     let rest = normal.strip_prefix('/').ok_or(UnsafePath::NotRooted)?;
     let unchanged = !rest
         .bytes()
