@@ -8,9 +8,27 @@
 
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
 
 use super::forward::is_hop_by_hop;
-use super::provider::Identity;
+
+/// The claims of an id_token the proxy passes on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// Subject.
+    pub sub: String,
+    /// Login name.
+    #[serde(default)]
+    pub preferred_username: Option<String>,
+    /// E-mail.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Expiry of the id_token, seconds since the epoch.
+    pub exp: i64,
+}
 
 /// What a client's header would tell the upstream, when it is something only the proxy may
 /// say.

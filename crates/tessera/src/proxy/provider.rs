@@ -14,6 +14,7 @@ use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+pub use super::identity::Identity;
 use super::identity::UserHeaders;
 use crate::app::{App, AppError, RequestContext};
 use crate::client::oidc;
@@ -86,24 +87,6 @@ impl From<Grant> for GrantTokens {
             refresh_token: grant.refresh_token,
         }
     }
-}
-
-/// The claims of an id_token the proxy passes on.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Identity {
-    /// Subject.
-    pub sub: String,
-    /// Login name.
-    #[serde(default)]
-    pub preferred_username: Option<String>,
-    /// E-mail.
-    #[serde(default)]
-    pub email: Option<String>,
-    /// Groups.
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// Expiry of the id_token, seconds since the epoch.
-    pub exp: i64,
 }
 
 /// A failure of the provider.
