@@ -19,10 +19,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tessera_core::clock::UnixMillis;
 
+use super::oidc::{IdClaims, Provider, Tokens};
 use crate::file_mode::shell_word;
 
 /// Format version of cache files; a file of another version is treated as absent.
 pub const CACHE_VERSION: u32 = 1;
+
+/// How long a process waits for another one's refresh before giving up.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whose tokens a cache file holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +79,22 @@ impl Entry {
     /// Whether the cached id_token can be answered as is at `now`.
     pub fn is_fresh(&self, now: UnixMillis) -> bool {
         now < self.usable_until()
+    }
+}
+
+/// A cache entry for a fresh login.
+pub fn entry_from(key: &CacheKey, provider: &Provider, tokens: Tokens, claims: &IdClaims) -> Entry {
+    Entry {
+        version: CACHE_VERSION,
+        issuer: key.issuer.clone(),
+        client_id: key.client_id.clone(),
+        user: key.user.clone(),
+        token_endpoint: provider.token_endpoint.clone(),
+        revocation_endpoint: provider.revocation_endpoint.clone(),
+        id_token: tokens.id_token,
+        issued_at: claims.iat,
+        expires_at: claims.exp,
+        refresh_token: tokens.refresh_token,
     }
 }
 

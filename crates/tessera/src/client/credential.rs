@@ -11,13 +11,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tessera_core::clock::{Clock, SystemClock, UnixMillis};
 
-use super::cache::{self, CACHE_VERSION, CacheError, CacheKey, Entry, TokenCache};
+use super::cache::{
+    self, CacheError, CacheKey, DEFAULT_LOCK_TIMEOUT, Entry, TokenCache, entry_from,
+};
 use super::kubeconfig::{self, Kubeconfig};
 use super::login;
-use super::oidc::{self, IdClaims, Provider, TokenError, Tokens};
-
-/// How long a process waits for another one's refresh before giving up.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+use super::oidc::{self, IdClaims, TokenError, Tokens};
 
 /// Which cached login: the arguments `tessera login` writes into the kubeconfig.
 #[derive(Clone, Debug, clap::Args)]
@@ -207,22 +206,6 @@ async fn renew(
     let entry = entry_from(cache.key(), &provider, logged_in.tokens, &logged_in.claims);
     cache.write(&entry)?;
     Ok(entry)
-}
-
-/// A cache entry for a fresh login.
-pub fn entry_from(key: &CacheKey, provider: &Provider, tokens: Tokens, claims: &IdClaims) -> Entry {
-    Entry {
-        version: CACHE_VERSION,
-        issuer: key.issuer.clone(),
-        client_id: key.client_id.clone(),
-        user: key.user.clone(),
-        token_endpoint: provider.token_endpoint.clone(),
-        revocation_endpoint: provider.revocation_endpoint.clone(),
-        id_token: tokens.id_token,
-        issued_at: claims.iat,
-        expires_at: claims.exp,
-        refresh_token: tokens.refresh_token,
-    }
 }
 
 /// The entry after a refresh; a provider that does not rotate keeps the old refresh token.

@@ -284,8 +284,8 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
             user: username.clone(),
         };
         let token_cache = TokenCache::open(&dir, key)?;
-        let _lock = token_cache.lock(super::credential::DEFAULT_LOCK_TIMEOUT)?;
-        token_cache.write(&super::credential::entry_from(
+        let _lock = token_cache.lock(cache::DEFAULT_LOCK_TIMEOUT)?;
+        token_cache.write(&cache::entry_from(
             token_cache.key(),
             &provider,
             logged_in.tokens,
