@@ -266,6 +266,7 @@ fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Con
         .map(|p| proxy::validate(p, base))
         .transpose()
         .map_err(bad)?;
+    let session_max_lifetime = session::validate(&raw.session).map_err(bad)?;
     let login = login::validate(&raw.login).map_err(bad)?;
     let keys = keys::validate(&raw.keys).map_err(bad)?;
     Ok(Config {
@@ -279,7 +280,7 @@ fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Con
         access_token_alg: tokens.access_token_alg,
         refresh_ttl: refresh_token.ttl,
         policy: refresh_token.policy,
-        session_max_lifetime: session::validate(&raw.session).map_err(bad)?,
+        session_max_lifetime,
         audit_file: audit::validate(&raw.audit, base),
         clients,
         users_file: users::validate(raw.users, base),
