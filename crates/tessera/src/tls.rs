@@ -17,6 +17,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     let certs = rustls_pemfile::certs(&mut certs_file)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+    // The key is the server's identity: refuse one other users can read, as the database.
+    crate::file_mode::require_private(&[key])?;
     let mut key_file = BufReader::new(
         File::open(key).with_context(|| format!("cannot open the TLS key {}", key.display()))?,
     );

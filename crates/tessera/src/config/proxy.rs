@@ -461,6 +461,8 @@ fn provider(raw: RawProvider, base: &Path) -> Result<ExternalProvider, Invalid> 
         (Some(secret), None) => Some(secret),
         (None, Some(file)) => {
             let file = base.join(file);
+            crate::file_mode::require_private(&[&file])
+                .map_err(|e| invalid("provider.client_secret_file", e.to_string()))?;
             let text = std::fs::read_to_string(&file).map_err(|e| {
                 invalid(
                     "provider.client_secret_file",

@@ -1,6 +1,6 @@
 //! Secrets at rest (issue 11, item 7): what tessera writes is readable by its owner only, and a
-//! configuration, users file or database that other users can read stops every command that
-//! would use it, with one sentence naming the `chmod` that fixes it.
+//! configuration, users file, database, TLS key or client secret file that other users can read
+//! stops every command that would use it, with one sentence naming the `chmod` that fixes it.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
@@ -176,6 +176,36 @@ async fn a_users_file_others_can_read_stops_serve() {
     assert_names_the_chmod(&said, &users, 0o644, &[&users]);
     chmod(&users, 0o600);
     Server::start_in(dir, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_key_others_can_read_stops_serve() {
+    let dir = Server::start().await.stop();
+    let key = dir.path().join("server-key.pem");
+    chmod(&key, 0o644);
+    let said = refused(&args(SERVE, dir.path()));
+    assert_names_the_chmod(&said, &key, 0o644, &[&key]);
+    chmod(&key, 0o600);
+    Server::start_in(dir, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_secret_file_others_can_read_stops_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    chmod(&secret, 0o644);
+    crate::support::write_private(
+        &dir.path().join("tessera.yaml"),
+        "proxy:
+  routes: [{upstream: 'http://127.0.0.1:9'}]
+  session: {store: cookie}
+  cookie: {secret: 'KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio='}
+  provider: {issuer: 'https://127.0.0.1:9', client_id: rp, client_secret_file: client-secret}
+",
+    );
+    let said = refused(&args(PROXY, dir.path()));
+    assert_names_the_chmod(&said, &secret, 0o644, &[&secret]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
