@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
+use serde::de::value::StrDeserializer;
 
 use super::error::no_store;
 use super::form::{Form, Params};
@@ -32,7 +33,7 @@ pub(super) async fn token(
 ) -> Result<Response, OAuthError> {
     let Form(params) = form?;
     let grant_name = params.require("grant_type")?;
-    let grant: GrantType = serde_json::from_value(serde_json::Value::String(grant_name.to_owned()))
+    let grant = GrantType::deserialize(StrDeserializer::<serde::de::value::Error>::new(grant_name))
         .map_err(|_| AppError::UnsupportedGrantType(grant_name.chars().take(64).collect()))?;
     let credentials = credentials(&headers, &params)?;
     let client = app.authenticate_client(&credentials, &ctx).await?;
