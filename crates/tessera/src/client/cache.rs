@@ -40,7 +40,7 @@ pub struct CacheKey {
 }
 
 /// One cached login.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Entry {
     /// [`CACHE_VERSION`].
     pub version: u32,
@@ -62,6 +62,27 @@ pub struct Entry {
     pub expires_at: i64,
     /// The current refresh token, if the provider issued one.
     pub refresh_token: Option<String>,
+}
+
+/// The tokens are left out: a `{:?}` in a log or an error must not hand out a session.
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("version", &self.version)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("user", &self.user)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("revocation_endpoint", &self.revocation_endpoint)
+            .field("id_token", &"<redacted>")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl Entry {
@@ -456,6 +477,16 @@ mod tests {
             expires_at,
             refresh_token: Some("tsr1_x".into()),
         }
+    }
+
+    #[test]
+    fn debug_shows_no_token() {
+        let shown = format!("{:?}", entry(&key("https://a"), 1000, 4600));
+        assert!(
+            !shown.contains("header.payload") && !shown.contains("tsr1_x"),
+            "{shown}"
+        );
+        assert!(shown.contains("alice"), "{shown}");
     }
 
     #[test]

@@ -133,13 +133,26 @@ async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &
 }
 
 /// What a token request answered.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct Tokens {
     /// The id_token (OpenID Connect Core §3.1.3.3).
     pub id_token: String,
     /// The next refresh token.
     #[serde(default)]
     pub refresh_token: Option<String>,
+}
+
+/// The tokens are left out: a `{:?}` in a log or an error must not hand out a session.
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("id_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// A failed token request.

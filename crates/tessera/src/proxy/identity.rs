@@ -127,7 +127,13 @@ impl UserHeaders {
                 entries.push((name, value));
             }
         }
-        let bearer = HeaderValue::from_str(&format!("Bearer {id_token}")).ok();
+        // Sensitive: its Debug shows no token, and HTTP/2 never indexes it (RFC 7541 §7.1.3).
+        let bearer = HeaderValue::from_str(&format!("Bearer {id_token}"))
+            .ok()
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
         let has_bearer = bearer.is_some();
         entries.extend(bearer.map(|value| (header::AUTHORIZATION, value)));
         UserHeaders {

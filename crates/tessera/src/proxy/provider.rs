@@ -51,7 +51,7 @@ pub struct Remote {
 
 /// Tokens from a login or a refresh, and who they are for. Only the tokens are serialized (the
 /// identity is read back from the id_token), so a session cookie carries the groups once.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "GrantTokens", into = "GrantTokens")]
 pub struct Grant {
     /// The id_token (sent upstream as the bearer token).
@@ -62,6 +62,21 @@ pub struct Grant {
     pub identity: Identity,
     /// The user as headers for the upstream.
     pub(crate) headers: UserHeaders,
+}
+
+/// The tokens (and the headers carrying the id_token) are left out: a `{:?}` in a log or an
+/// error must not hand out a session.
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("id_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The serialized form of a [`Grant`].
