@@ -6,7 +6,7 @@
 //! is closed after `idle_timeout` without a request in flight. The open-files limit is raised
 //! at start, and the global cap kept below it, so that the caps, not `EMFILE`, decide who waits.
 //!
-//! The cost on the hot path: per connection, one lock of the [`Gate`] at accept and at close and
+//! The cost on the hot path: per connection, one lock of the `Gate` at accept and at close and
 //! one timer; per request, two relaxed atomic additions and a reference count. A request body
 //! arms its deadline only once it has to wait for bytes, and the timer lives inline in the body
 //! that axum boxes anyway.
@@ -83,7 +83,7 @@ pub fn raise_open_files_limit() -> Option<u64> {
     limit.current
 }
 
-/// Serves connections for every listener of the process, all counted by one [`Gate`].
+/// Serves connections for every listener of the process, all counted by one `Gate`.
 #[derive(Clone)]
 pub struct Connections {
     limits: Limits,
@@ -129,7 +129,7 @@ impl Connections {
 
     /// Accepts connections on `listener` (through TLS when `tls` is set) and serves `router`
     /// on them, each request carrying `ConnectInfo(info(peer))`, until `shutdown` resolves;
-    /// then lets the open connections finish for at most [`GRACE`].
+    /// then lets the open connections finish for at most `GRACE` (10 s).
     pub async fn serve<C>(
         &self,
         listener: TcpListener,
