@@ -5,7 +5,6 @@
 //! bound: a connection still open after it is the failure, so no test asserts a time.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::proxy_external::StandaloneProxy;
 use crate::support::Server;
 use crate::upstream::Upstream;
 
@@ -157,17 +157,18 @@ async fn one_address_over_its_connection_cap_is_closed_while_another_is_served()
 
 #[tokio::test]
 async fn a_proxy_started_with_a_low_open_files_limit_answers_beside_300_idle_sockets() {
-    let proxy = LowLimitProxy::start();
+    let proxy = low_limit_proxy();
+    let address = address_of(&proxy.url);
     let mut held = Vec::new();
     // 100 from each of three addresses: under the per-address cap, over the 256 files the
     // proxy was started with.
     for last in [1, 3, 4] {
         let local = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
         for _ in 0..100 {
-            held.push(connect_from(local, proxy.address).await);
+            held.push(connect_from(local, address).await);
         }
     }
-    let mut other = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), proxy.address).await;
+    let mut other = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), address).await;
     other
         .write_all(b"GET /oauth2/auth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
@@ -301,58 +302,16 @@ async fn connect_from(local: IpAddr, target: SocketAddr) -> TcpStream {
 }
 
 /// `tessera proxy` run by `prlimit --nofile=256:4096`, in front of a provider it never needs
-/// to reach (`/oauth2/auth` without a cookie answers 401 by itself); killed by PID on drop.
-struct LowLimitProxy {
-    child: Child,
-    address: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl LowLimitProxy {
-    fn start() -> LowLimitProxy {
-        use std::io::BufRead as _;
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tessera.yaml");
-        let yaml = "proxy:
+/// to reach (`/oauth2/auth` without a cookie answers 401 by itself).
+fn low_limit_proxy() -> StandaloneProxy {
+    StandaloneProxy::start_under(
+        &["prlimit", "--nofile=256:4096"],
+        "proxy:
   listen: 127.0.0.1:0
   routes: [{upstream: 'http://127.0.0.1:9'}]
   session: {store: cookie}
   cookie: {secret: 'KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio='}
   provider: {issuer: 'https://127.0.0.1:9', client_id: rp, client_secret: s}
-";
-        crate::support::write_private(&config, yaml);
-        let mut child = Command::new("prlimit")
-            .arg("--nofile=256:4096")
-            .arg(env!("CARGO_BIN_EXE_tessera"))
-            .args(["proxy", "--config"])
-            .arg(&config)
-            .env("TESSERA_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("prlimit (util-linux) runs tessera");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        let address = line
-            .trim()
-            .strip_prefix("proxy listening on http://")
-            .unwrap_or_else(|| panic!("tessera proxy announces its address, not {line:?}"))
-            .parse()
-            .unwrap();
-        LowLimitProxy {
-            child,
-            address,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for LowLimitProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+",
+    )
 }

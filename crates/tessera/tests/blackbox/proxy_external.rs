@@ -31,17 +31,31 @@ impl Drop for StandaloneProxy {
 
 impl StandaloneProxy {
     pub fn start(yaml: &str) -> StandaloneProxy {
+        StandaloneProxy::start_under(&[], yaml)
+    }
+
+    /// Runs it as the last arguments of `wrapper` (e.g. `prlimit --nofile=…`), if any.
+    pub fn start_under(wrapper: &[&str], yaml: &str) -> StandaloneProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tessera.yaml");
         write_private(&config, yaml);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        let tessera = env!("CARGO_BIN_EXE_tessera");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(tessera);
+                command
+            }
+            None => Command::new(tessera),
+        };
+        let mut child = command
             .args(["proxy", "--config"])
             .arg(&config)
             .env("TESSERA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("the tessera binary starts");
+            .unwrap_or_else(|e| panic!("{wrapper:?} tessera proxy does not start: {e}"));
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
