@@ -3,13 +3,21 @@
 //! while other users may read or write them, and names the `chmod` that fixes it. A symlink is
 //! judged by the file it points at: Kubernetes mounts ConfigMaps and Secrets as
 //! `tessera.yaml -> ..data/tessera.yaml`, and the links themselves are always 0777.
+//!
+//! One exception, the one PostgreSQL makes for its key files: a file owned by root may be
+//! readable by its group when tessera runs as another user. That is how the kubelet mounts
+//! Secrets and ConfigMaps for a pod with `fsGroup` (root:fsGroup, mode 0440): only root and the
+//! pod's own group can read them, and root can read everything anyway.
 
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Permission bits that let other users read or write a file; execute alone reveals nothing.
 const OPEN_TO_OTHERS: u32 = 0o066;
+
+/// The group's read bit, allowed on a root-owned file when tessera itself is not root.
+const GROUP_READ: u32 = 0o040;
 
 /// Files other users may read or write, each with its mode.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,13 +56,26 @@ pub fn require_private(files: &[&Path]) -> Result<(), Exposed> {
             // `metadata` follows symlinks: the target is what is read.
             let metadata = std::fs::metadata(path).ok()?;
             let mode = metadata.permissions().mode() & 0o777;
-            (metadata.is_file() && mode & OPEN_TO_OTHERS != 0).then(|| (path.to_path_buf(), mode))
+            let tolerated = tolerated_bits(metadata.uid(), rustix::process::geteuid().as_raw());
+            (metadata.is_file() && mode & OPEN_TO_OTHERS & !tolerated != 0)
+                .then(|| (path.to_path_buf(), mode))
         })
         .collect();
     if exposed.is_empty() {
         Ok(())
     } else {
         Err(Exposed { files: exposed })
+    }
+}
+
+/// The bits of [`OPEN_TO_OTHERS`] a file owned by `owner` may have when tessera runs as `me`:
+/// group read on a root-owned file when tessera is not root (the kubelet's `fsGroup` mounts).
+fn tolerated_bits(owner: u32, me: u32) -> u32 {
+    const ROOT: u32 = 0;
+    if owner == ROOT && me != ROOT {
+        GROUP_READ
+    } else {
+        0
     }
 }
 
@@ -129,6 +150,23 @@ mod tests {
             said.contains(&format!("chmod 600 {}", link.display())),
             "{said}"
         );
+    }
+
+    #[test]
+    fn only_a_root_owned_file_read_by_a_non_root_tessera_may_be_group_readable() {
+        // (file owner, tessera's user) -> tolerated bits
+        assert_eq!(
+            tolerated_bits(0, 65532),
+            GROUP_READ,
+            "the kubelet's fsGroup mount"
+        );
+        assert_eq!(tolerated_bits(0, 0), 0, "tessera as root: its own file");
+        assert_eq!(tolerated_bits(1000, 1000), 0, "its own file");
+        assert_eq!(tolerated_bits(1000, 65532), 0, "another user's file");
+        // Group read is all it tolerates: 0440 passes, 0460 and 0444 do not.
+        assert_eq!(0o440 & OPEN_TO_OTHERS & !GROUP_READ, 0);
+        assert_ne!(0o460 & OPEN_TO_OTHERS & !GROUP_READ, 0);
+        assert_ne!(0o444 & OPEN_TO_OTHERS & !GROUP_READ, 0);
     }
 
     #[test]

@@ -7,10 +7,12 @@
 
 mod browser;
 mod cluster;
+mod python;
 mod support;
 mod upstream;
 
 mod bad_input;
+mod deploy;
 mod endpoints;
 mod file_modes;
 mod flow;
