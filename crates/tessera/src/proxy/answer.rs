@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::provider::ProviderError;
 use super::session::SessionError;
-use crate::http::OAuthError;
+use crate::web::OAuthError;
 
 /// 302 to `location` (already checked to be ours or allowed).
 pub(super) fn redirect(location: &str) -> Response {

@@ -80,7 +80,7 @@ impl FromRequestParts<Arc<Proxy>> for Caller {
             Some(chain) if via_trusted_proxy => format!("{chain}, {peer_text}"),
             _ => peer_text.to_owned(),
         };
-        let ip = match crate::http::client_ip(peer, headers, &proxy.trusted_proxies) {
+        let ip = match crate::web::requester::client_ip(peer, headers, &proxy.trusted_proxies) {
             ip if ip == peer => peer_text.to_owned(),
             ip => ip.to_string(),
         };

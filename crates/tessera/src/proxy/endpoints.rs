@@ -29,8 +29,8 @@ use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
 use crate::client::oidc;
 use crate::config::proxy::Route;
-use crate::http::html;
 use crate::path::{self, UnsafePath};
+use crate::web::html;
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";
@@ -91,7 +91,7 @@ pub(super) async fn callback(
             "the state is missing or malformed; open the page again",
         );
     };
-    let login = crate::http::cookie(&headers, &csrf)
+    let login = crate::web::cookie::cookie(&headers, &csrf)
         .and_then(|sealed| proxy.sessions.open_for(&csrf, &sealed))
         .and_then(|plain| serde_json::from_slice::<LoginState>(&plain).ok())
         .filter(|login| proxy.sessions.now() < login.expires_at);
@@ -556,7 +556,7 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String, request: &Heade
 fn older_logins<'h>(proxy: &Proxy, request: &'h HeaderMap) -> Vec<&'h str> {
     let jar = &proxy.sessions.jar;
     let mut seen = HashSet::new();
-    let mut logins: Vec<(Option<UnixMillis>, &str)> = crate::http::cookie_pairs(request)
+    let mut logins: Vec<(Option<UnixMillis>, &str)> = crate::web::cookie::cookie_pairs(request)
         .filter(|(name, _)| cookie::is_csrf(&jar.name, name) && seen.insert(*name))
         .take(MAX_LOGINS_READ)
         .map(|(name, sealed)| (login_expiry(proxy, name, sealed), name))
