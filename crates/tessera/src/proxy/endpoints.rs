@@ -20,7 +20,7 @@ use tessera_core::seal;
 use tessera_core::token::constant_time_eq;
 
 use super::Proxy;
-use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
+use super::answer::{forbidden, redirect, with_cookies};
 use super::caller::Caller;
 use super::cookie::{self, MAX_LOGIN_STATES};
 use super::forward::{Origin, forward};
@@ -30,7 +30,7 @@ use crate::app::RequestContext;
 use crate::client::oidc;
 use crate::config::proxy::Route;
 use crate::path::{self, UnsafePath};
-use crate::web::html;
+use crate::web::{OAuthError, html};
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";
@@ -85,36 +85,40 @@ pub(super) async fn callback(
     let jar = &proxy.sessions.jar;
     let sent_state = query.state.as_deref().unwrap_or_default();
     let Some(csrf) = jar.csrf_name(sent_state) else {
-        return error(
+        return OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the state is missing or malformed; open the page again",
-        );
+        )
+        .into_response();
     };
     let login = crate::web::cookie::cookie(&headers, &csrf)
         .and_then(|sealed| proxy.sessions.open_for(&csrf, &sealed))
         .and_then(|plain| serde_json::from_slice::<LoginState>(&plain).ok())
         .filter(|login| proxy.sessions.now() < login.expires_at);
     let Some(login) = login else {
-        return error(
+        return OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the login state is missing or expired (cookies off, or a login older than 10 minutes); open the page again",
-        );
+        ).into_response();
     };
     if !constant_time_eq(sent_state.as_bytes(), login.state.as_bytes()) {
-        return error(
+        return OAuthError::new(
             StatusCode::FORBIDDEN,
             "invalid_request",
             "the state does not match this browser's login; open the page again",
-        );
+        )
+        .into_response();
     }
     if let Some(e) = &query.error {
         let description = format!("the provider refused the login: {e}");
-        return error(StatusCode::FORBIDDEN, "access_denied", description);
+        return OAuthError::new(StatusCode::FORBIDDEN, "access_denied", description)
+            .into_response();
     }
     let Some(code) = query.code.as_deref() else {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "no code");
+        return OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", "no code")
+            .into_response();
     };
     let ctx = caller.ctx;
     let grant = match proxy
@@ -129,11 +133,11 @@ pub(super) async fn callback(
         .await
     {
         Ok(grant) => grant,
-        Err(e) => return provider_error(&e),
+        Err(e) => return OAuthError::from(e).into_response(),
     };
     let mut cookies = match proxy.sessions.create(grant, &headers).await {
         Ok(cookies) => cookies,
-        Err(e) => return session_error(e),
+        Err(e) => return e.into_response(),
     };
     cookies.push(jar.clear(&csrf));
     with_cookies(redirect(&login.rd), cookies)
@@ -215,11 +219,12 @@ pub(super) async fn sign_out(
 ) -> Response {
     let origin = &caller.origin;
     if posted_from_another_site(&proxy, &headers, &origin.host) {
-        return error(
+        return OAuthError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "a sign-out must be posted from this site's own pages",
-        );
+        )
+        .into_response();
     }
     let rd = query
         .rd
@@ -282,7 +287,7 @@ pub(super) async fn proxied(
     let origin = &caller.origin;
     let route = match proxy.route_request(origin, &mut request) {
         Ok(route) => route,
-        Err(unroutable) => return unroutable.answer(),
+        Err(unroutable) => return OAuthError::from(unroutable).into_response(),
     };
     let current = match proxy.session(&caller.ctx, request.headers()).await {
         Ok(current) => current,
@@ -308,19 +313,13 @@ enum Unroutable {
     NoRoute,
 }
 
-impl Unroutable {
-    /// 400, or 404 without a route.
-    fn answer(self) -> Response {
-        match self {
-            Unroutable::TwoHosts => error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "more than one Host header",
-            ),
-            Unroutable::Unsafe(why) => {
-                error(StatusCode::BAD_REQUEST, "invalid_request", why.describe())
-            }
-            Unroutable::NoRoute => error(
+/// 400, or 404 without a route.
+impl From<Unroutable> for OAuthError {
+    fn from(unroutable: Unroutable) -> OAuthError {
+        match unroutable {
+            Unroutable::TwoHosts => OAuthError::invalid_request("more than one Host header"),
+            Unroutable::Unsafe(why) => OAuthError::invalid_request(why.describe()),
+            Unroutable::NoRoute => OAuthError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no route for this host and path",
@@ -357,9 +356,10 @@ struct NoSession {
 impl NoSession {
     /// 401 (or the failure that is not the user's fault, such as a database outage).
     fn unauthenticated(self) -> Response {
-        let response = self
-            .failure
-            .unwrap_or_else(|| error(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first"));
+        let response = self.failure.unwrap_or_else(|| {
+            OAuthError::new(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first")
+                .into_response()
+        });
         with_cookies(response, self.set_cookies)
     }
 
@@ -421,7 +421,7 @@ impl Proxy {
             Err(e) => {
                 return Err(NoSession {
                     set_cookies: Vec::new(),
-                    failure: Some(session_error(e)),
+                    failure: Some(e.into_response()),
                 });
             }
         };
@@ -437,7 +437,7 @@ impl Proxy {
             }),
             Err(e) => Err(NoSession {
                 set_cookies: Vec::new(),
-                failure: Some(session_error(e)),
+                failure: Some(e.into_response()),
             }),
         }
     }
@@ -453,14 +453,14 @@ impl Proxy {
         let cookies = match lookup {
             Ok(Lookup::Live(current)) => match self.end(&current.state, headers, &ctx).await {
                 Ok(cookies) => cookies,
-                Err(e) => return session_error(e),
+                Err(e) => return e.into_response(),
             },
             Ok(Lookup::TimedOut { state, set_cookies }) => {
                 self.revoke_later(&state, ctx);
                 set_cookies
             }
             Ok(Lookup::Missing { .. }) => self.sessions.clear_all(headers),
-            Err(e) => return session_error(e),
+            Err(e) => return e.into_response(),
         };
         with_cookies(redirect(target), cookies)
     }
@@ -521,25 +521,26 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String, request: &Heade
         .await
     {
         Ok(url) => url,
-        Err(e) => return provider_error(&e),
+        Err(e) => return OAuthError::from(e).into_response(),
     };
     let jar = &proxy.sessions.jar;
     let Some(csrf) = jar.csrf_name(&login.state) else {
-        return session_error(SessionError::Sealing);
+        return SessionError::Sealing.into_response();
     };
     let Some(sealed) = serde_json::to_vec(&login)
         .ok()
         .and_then(|plain| proxy.sessions.seal_for(&csrf, &plain).ok())
     else {
-        return session_error(SessionError::Sealing);
+        return SessionError::Sealing.into_response();
     };
     if csrf.len() + 1 + sealed.len() > seal::MAX_PAIR_LEN {
         // A browser would drop the cookie and the login could never finish.
-        return error(
+        return OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the page address or host name is too long to log in from",
-        );
+        )
+        .into_response();
     }
     let max_age = i64::try_from(LOGIN_TTL.as_secs()).unwrap_or(600);
     let mut cookies: Vec<HeaderValue> = older_logins(proxy, request)
