@@ -5,6 +5,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::login::LoginError;
 use super::provider::ProviderError;
 use super::session::SessionError;
 use crate::web::{Fault, OAuthError};
@@ -69,6 +70,39 @@ impl From<ProviderError> for OAuthError {
                 "the provider refused the login; open the page again",
             ),
             ProviderError::Unavailable(why) => PROVIDER_UNREACHABLE.answer(&why),
+        }
+    }
+}
+
+/// A login that cannot start (the page's address is too long: 400; its state cannot be sealed:
+/// 500) or finish (the browser's login state is missing, expired or another: 400 or 403; the
+/// provider refused it: 403).
+impl From<LoginError> for OAuthError {
+    fn from(e: LoginError) -> OAuthError {
+        match e {
+            LoginError::MalformedState => OAuthError::invalid_request(
+                "the state is missing or malformed; open the page again",
+            ),
+            LoginError::NoLogin => OAuthError::invalid_request(
+                "the login state is missing or expired (cookies off, or a login older than 10 minutes); open the page again",
+            ),
+            LoginError::StateMismatch => OAuthError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request",
+                "the state does not match this browser's login; open the page again",
+            ),
+            LoginError::Refused(why) => OAuthError::new(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                format!("the provider refused the login: {why}"),
+            ),
+            LoginError::NoCode => OAuthError::invalid_request("no code"),
+            LoginError::TooLong => OAuthError::invalid_request(
+                "the page address or host name is too long to log in from",
+            ),
+            LoginError::Unsealable => {
+                UNREADABLE_SESSION.answer(&"a login state could not be sealed")
+            }
         }
     }
 }

@@ -4,7 +4,6 @@
 //! Each parses, asks [`Sessions`](super::session::Sessions) and the provider, and renders.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -13,18 +12,15 @@ use axum::http::header;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use tessera_core::clock::UnixMillis;
-use tessera_core::seal;
-use tessera_core::token::constant_time_eq;
 
 use super::Proxy;
 use super::answer::{forbidden, redirect, with_cookies};
 use super::caller::Caller;
-use super::cookie::{self, MAX_LOGIN_STATES};
 use super::forward::{Origin, forward};
 use super::identity::{in_groups, strip_claims};
+use super::login::{CallbackQuery, LOGIN_TTL, LoginCookies, LoginState, Returning};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
 use crate::client::oidc;
@@ -34,22 +30,6 @@ use crate::web::{OAuthError, html};
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";
-/// How long a login may take between `/oauth2/start` and the callback.
-const LOGIN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
-/// Most login-state cookies of one request a new login looks at (and may clear).
-const MAX_LOGINS_READ: usize = 4 * MAX_LOGIN_STATES;
-
-/// What the login-state cookie carries from `/oauth2/start` to the callback.
-#[derive(Serialize, Deserialize)]
-struct LoginState {
-    state: String,
-    nonce: String,
-    verifier: String,
-    redirect_uri: String,
-    rd: String,
-    expires_at: UnixMillis,
-}
-
 /// `?rd=`.
 #[derive(Deserialize)]
 pub(super) struct RdQuery {
@@ -82,73 +62,17 @@ pub(super) async fn callback(
     Query(query): Query<CallbackQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let jar = &proxy.sessions.jar;
-    let sent_state = query.state.as_deref().unwrap_or_default();
-    let Some(csrf) = jar.csrf_name(sent_state) else {
-        return OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the state is missing or malformed; open the page again",
-        )
-        .into_response();
-    };
-    let login = crate::web::cookie::cookie(&headers, &csrf)
-        .and_then(|sealed| proxy.sessions.open_for(&csrf, &sealed))
-        .and_then(|plain| serde_json::from_slice::<LoginState>(&plain).ok())
-        .filter(|login| proxy.sessions.now() < login.expires_at);
-    let Some(login) = login else {
-        return OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the login state is missing or expired (cookies off, or a login older than 10 minutes); open the page again",
-        ).into_response();
-    };
-    if !constant_time_eq(sent_state.as_bytes(), login.state.as_bytes()) {
-        return OAuthError::new(
-            StatusCode::FORBIDDEN,
-            "invalid_request",
-            "the state does not match this browser's login; open the page again",
-        )
-        .into_response();
-    }
-    if let Some(e) = &query.error {
-        let description = format!("the provider refused the login: {e}");
-        return OAuthError::new(StatusCode::FORBIDDEN, "access_denied", description)
-            .into_response();
-    }
-    let Some(code) = query.code.as_deref() else {
-        return OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", "no code")
-            .into_response();
-    };
-    let ctx = caller.ctx;
-    let grant = match proxy
-        .provider
-        .exchange(
-            code,
-            &login.redirect_uri,
-            &login.verifier,
-            &login.nonce,
-            &ctx,
-        )
-        .await
-    {
-        Ok(grant) => grant,
+    let returning = match LoginCookies::new(&proxy.sessions).returning(&query, &headers) {
+        Ok(returning) => returning,
         Err(e) => return OAuthError::from(e).into_response(),
     };
-    let mut cookies = match proxy.sessions.create(grant, &headers).await {
-        Ok(cookies) => cookies,
-        Err(e) => return e.into_response(),
-    };
-    cookies.push(jar.clear(&csrf));
-    with_cookies(redirect(&login.rd), cookies)
-}
-
-/// The callback's query.
-#[derive(Deserialize)]
-pub(super) struct CallbackQuery {
-    code: Option<String>,
-    state: Option<String>,
-    error: Option<String>,
+    match proxy.start_session(&returning, &headers, &caller.ctx).await {
+        Ok(mut cookies) => {
+            cookies.push(proxy.sessions.jar.clear(&returning.cookie));
+            with_cookies(redirect(&returning.login.rd), cookies)
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `?allowed_groups=a,b` of `/oauth2/auth`.
@@ -442,6 +366,29 @@ impl Proxy {
         }
     }
 
+    /// Exchanges the code of a returning login at the provider and starts its session;
+    /// answers the session's cookies.
+    async fn start_session(
+        &self,
+        returning: &Returning<'_>,
+        headers: &HeaderMap,
+        ctx: &RequestContext,
+    ) -> Result<Vec<HeaderValue>, SessionError> {
+        let login = &returning.login;
+        let grant = self
+            .provider
+            .exchange(
+                returning.code,
+                &login.redirect_uri,
+                &login.verifier,
+                &login.nonce,
+                ctx,
+            )
+            .await
+            .map_err(SessionError::Provider)?;
+        self.sessions.create(grant, headers).await
+    }
+
     /// Ends whatever session the lookup found and sends the browser to `target`.
     async fn sign_out(
         self: &Arc<Self>,
@@ -504,17 +451,10 @@ impl Proxy {
     }
 }
 
+/// Sends the browser to log in at the provider, with a new login's state in a cookie.
 async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String, request: &HeaderMap) -> Response {
-    let verifier = oidc::random_token();
-    let challenge = tessera_core::pkce::s256_challenge(&verifier);
-    let login = LoginState {
-        state: oidc::random_token(),
-        nonce: oidc::random_token(),
-        verifier,
-        redirect_uri: proxy.callback_url(origin),
-        rd,
-        expires_at: proxy.sessions.now().plus(LOGIN_TTL),
-    };
+    let login = new_login(proxy, origin, rd);
+    let challenge = tessera_core::pkce::s256_challenge(&login.verifier);
     let url = match proxy
         .provider
         .authorization_url(&login.redirect_uri, &login.state, &login.nonce, &challenge)
@@ -523,59 +463,20 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String, request: &Heade
         Ok(url) => url,
         Err(e) => return OAuthError::from(e).into_response(),
     };
-    let jar = &proxy.sessions.jar;
-    let Some(csrf) = jar.csrf_name(&login.state) else {
-        return SessionError::Sealing.into_response();
-    };
-    let Some(sealed) = serde_json::to_vec(&login)
-        .ok()
-        .and_then(|plain| proxy.sessions.seal_for(&csrf, &plain).ok())
-    else {
-        return SessionError::Sealing.into_response();
-    };
-    if csrf.len() + 1 + sealed.len() > seal::MAX_PAIR_LEN {
-        // A browser would drop the cookie and the login could never finish.
-        return OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the page address or host name is too long to log in from",
-        )
-        .into_response();
+    match LoginCookies::new(&proxy.sessions).start(&login, request) {
+        Ok(cookies) => with_cookies(redirect(&url), cookies),
+        Err(e) => OAuthError::from(e).into_response(),
     }
-    let max_age = i64::try_from(LOGIN_TTL.as_secs()).unwrap_or(600);
-    let mut cookies: Vec<HeaderValue> = older_logins(proxy, request)
-        .into_iter()
-        .map(|name| jar.clear(name))
-        .collect();
-    cookies.push(jar.set(&csrf, &sealed, max_age));
-    with_cookies(redirect(&url), cookies)
 }
 
-/// The login-state cookies to clear as a new login starts, so that with it at most
-/// [`MAX_LOGIN_STATES`] remain: those that do not open first, then the oldest. Only the first
-/// [`MAX_LOGINS_READ`] are looked at: a browser holds no more than the bound.
-fn older_logins<'h>(proxy: &Proxy, request: &'h HeaderMap) -> Vec<&'h str> {
-    let jar = &proxy.sessions.jar;
-    let mut seen = HashSet::new();
-    let mut logins: Vec<(Option<UnixMillis>, &str)> = crate::web::cookie::cookie_pairs(request)
-        .filter(|(name, _)| cookie::is_csrf(&jar.name, name) && seen.insert(*name))
-        .take(MAX_LOGINS_READ)
-        .map(|(name, sealed)| (login_expiry(proxy, name, sealed), name))
-        .collect();
-    // Stable: logins started within one millisecond keep the request's order, which browsers
-    // make oldest first (RFC 6265 §5.4, step 2).
-    logins.sort_by_key(|(expiry, _)| *expiry);
-    let excess = (logins.len() + 1).saturating_sub(MAX_LOGIN_STATES);
-    logins
-        .into_iter()
-        .take(excess)
-        .map(|(_, name)| name)
-        .collect()
-}
-
-/// When the login sealed in cookie `name` expires, if it opens.
-fn login_expiry(proxy: &Proxy, name: &str, sealed: &str) -> Option<UnixMillis> {
-    let plain = proxy.sessions.open_for(name, sealed)?;
-    let login: LoginState = serde_json::from_slice(&plain).ok()?;
-    Some(login.expires_at)
+/// A login starting now from `origin`, with fresh random `state`, `nonce` and PKCE verifier.
+fn new_login(proxy: &Proxy, origin: &Origin, rd: String) -> LoginState {
+    LoginState {
+        state: oidc::random_token(),
+        nonce: oidc::random_token(),
+        verifier: oidc::random_token(),
+        redirect_uri: proxy.callback_url(origin),
+        rd,
+        expires_at: proxy.sessions.now().plus(LOGIN_TTL),
+    }
 }
