@@ -271,40 +271,56 @@ fn normal_target(uri: &Uri) -> Result<Option<Uri>, UnsafePath> {
         .map_err(|_| UnsafePath::BrokenEscape)
 }
 
-/// Why a request has no usable session, and the cookies to set when answering it.
-struct NoSession {
-    set_cookies: Vec<HeaderValue>,
-    failure: Option<Response>,
+/// Why a request has no usable session.
+enum NoSession {
+    /// There is none, or it timed out or ended: the cookies clear what is left of it.
+    SignedOut(Vec<HeaderValue>),
+    /// A failure that is not the user's fault, such as a database outage.
+    Failed(SessionError),
 }
 
 impl NoSession {
-    /// 401 (or the failure that is not the user's fault, such as a database outage).
+    /// After a refresh: a session the provider ended is signed out; anything else failed.
+    fn after_refresh(e: SessionError) -> NoSession {
+        match e {
+            SessionError::Ended { set_cookies } => NoSession::SignedOut(set_cookies),
+            e => NoSession::Failed(e),
+        }
+    }
+
+    /// 401 (or the failure's own answer).
     fn unauthenticated(self) -> Response {
-        let response = self.failure.unwrap_or_else(|| {
-            OAuthError::new(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first")
-                .into_response()
-        });
-        with_cookies(response, self.set_cookies)
+        match self {
+            NoSession::SignedOut(set_cookies) => {
+                let sign_in =
+                    OAuthError::new(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first");
+                with_cookies(sign_in.into_response(), set_cookies)
+            }
+            NoSession::Failed(e) => e.into_response(),
+        }
     }
 
     /// For a page a browser navigates to: the login; for anything else: 401.
     fn login_or_unauthenticated(self, request: &Request) -> Response {
-        let navigates = matches!(*request.method(), Method::GET | Method::HEAD)
-            && request
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|accept| accept.contains("text/html"));
-        if !navigates || self.failure.is_some() {
-            return self.unauthenticated();
+        match self {
+            NoSession::SignedOut(set_cookies) if navigates(request) => {
+                let rd = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+                with_cookies(redirect(&format!("/oauth2/start?rd={rd}")), set_cookies)
+            }
+            no_session => no_session.unauthenticated(),
         }
-        let rd = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
-        with_cookies(
-            redirect(&format!("/oauth2/start?rd={rd}")),
-            self.set_cookies,
-        )
     }
+}
+
+/// Whether a browser navigates to a page with `request`: a `GET` or `HEAD` that accepts HTML.
+fn navigates(request: &Request) -> bool {
+    matches!(*request.method(), Method::GET | Method::HEAD)
+        && request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
 }
 
 impl Proxy {
@@ -327,43 +343,17 @@ impl Proxy {
         ctx: &RequestContext,
         headers: &HeaderMap,
     ) -> Result<Current, NoSession> {
-        let current = match self.sessions.lookup(headers).await {
-            Ok(Lookup::Live(current)) => current,
-            Ok(Lookup::Missing { set_cookies }) => {
-                return Err(NoSession {
-                    set_cookies,
-                    failure: None,
-                });
-            }
-            Ok(Lookup::TimedOut { state, set_cookies }) => {
+        let lookup = self.sessions.lookup(headers).await;
+        let current = match lookup.map_err(NoSession::Failed)? {
+            Lookup::Live(current) => current,
+            Lookup::Missing { set_cookies } => return Err(NoSession::SignedOut(set_cookies)),
+            Lookup::TimedOut { state, set_cookies } => {
                 self.revoke_later(&state, ctx.clone());
-                return Err(NoSession {
-                    set_cookies,
-                    failure: None,
-                });
-            }
-            Err(e) => {
-                return Err(NoSession {
-                    set_cookies: Vec::new(),
-                    failure: Some(e.into_response()),
-                });
+                return Err(NoSession::SignedOut(set_cookies));
             }
         };
-        match self
-            .sessions
-            .fresh(current, &self.provider, headers, ctx)
-            .await
-        {
-            Ok(current) => Ok(current),
-            Err(SessionError::Ended { set_cookies }) => Err(NoSession {
-                set_cookies,
-                failure: None,
-            }),
-            Err(e) => Err(NoSession {
-                set_cookies: Vec::new(),
-                failure: Some(e.into_response()),
-            }),
-        }
+        let fresh = self.sessions.fresh(current, &self.provider, headers, ctx);
+        fresh.await.map_err(NoSession::after_refresh)
     }
 
     /// Exchanges the code of a returning login at the provider and starts its session;
