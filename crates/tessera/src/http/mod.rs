@@ -1,4 +1,6 @@
 //! The HTTP surface of the provider. Handlers stay thin: parse, call one [`App`] method, render.
+//! Cookies, the client's address, pages and the rendering of errors are the shared floor,
+//! [`crate::web`]; the provider's own mapping of its failures is `error`.
 
 mod authorize;
 mod discovery;
