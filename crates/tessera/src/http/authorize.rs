@@ -8,12 +8,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::form::{Form, Params};
-use super::html::{error_page, escape, hidden, page};
-use super::{
-    CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, cookie, csrf_matches, csrf_token, issuer_path,
-    set_cookie,
-};
+use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path};
 use crate::app::{App, AuthRequest, AuthorizeError, LoginFailure, MAX_USERNAME_LEN};
+use crate::web::cookie::{cookie, set_cookie};
+use crate::web::html::{error_page, escape, hidden, page};
 
 /// The authorization request parameters the login form carries through.
 const CARRIED: [&str; 8] = [

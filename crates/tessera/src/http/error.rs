@@ -1,136 +1,206 @@
-//! The one place where failures become HTTP answers: OAuth 2.0 error JSON (RFC 6749 §5.2) with
-//! `Cache-Control: no-store`, `WWW-Authenticate` for client and bearer failures.
+//! The provider's failures as answers: each [`AppError`] maps here, in one table, to its status,
+//! RFC 6749 §5.2 code and challenge, or to an internal fault with a correlation id; the one
+//! rendering is [`OAuthError`]'s.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::http::StatusCode;
 
 use crate::app::AppError;
+use crate::web::{Fault, OAuthError};
 
-/// An OAuth error answer.
-#[derive(Debug)]
-pub struct OAuthError {
-    status: StatusCode,
-    error: &'static str,
-    description: String,
-    www_authenticate: Option<&'static str>,
-    /// Seconds for `Retry-After` (RFC 9110 §10.2.3), on a 429.
-    retry_after: Option<u64>,
-}
+/// The challenge of a failed client authentication (RFC 6749 §5.2, RFC 7617).
+const BASIC_CHALLENGE: &str = r#"Basic realm="tessera""#;
+/// The challenge of a refused bearer token (RFC 6750 §3.1).
+const BEARER_CHALLENGE: &str = r#"Bearer error="invalid_token""#;
 
-impl OAuthError {
-    /// A 400 `invalid_request` with a description.
-    pub fn invalid_request(description: impl Into<String>) -> OAuthError {
-        OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", description)
-    }
+/// The store failed: retryable.
+const STORAGE: Fault = Fault {
+    status: StatusCode::SERVICE_UNAVAILABLE,
+    error: "temporarily_unavailable",
+    description: "storage is unavailable; retry later",
+    log: "storage failed",
+};
 
-    /// The HTTP status it answers with (413 for an oversized body, 400 for a malformed one).
-    pub(super) fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// Any error code and status.
-    pub fn new(
-        status: StatusCode,
-        error: &'static str,
-        description: impl Into<String>,
-    ) -> OAuthError {
-        OAuthError {
-            status,
-            error,
-            description: description.into(),
-            www_authenticate: None,
-            retry_after: None,
-        }
-    }
-}
+/// Keys or signing failed.
+const INTERNAL: Fault = Fault {
+    status: StatusCode::INTERNAL_SERVER_ERROR,
+    error: "server_error",
+    description: "internal error",
+    log: "internal error",
+};
 
 impl From<AppError> for OAuthError {
     fn from(e: AppError) -> OAuthError {
-        let description = e.to_string();
-        let (status, error) = match &e {
-            AppError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            AppError::InvalidClient => {
-                return OAuthError {
-                    www_authenticate: Some(r#"Basic realm="tessera""#),
-                    ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
-                };
-            }
-            // RFC 6749 §5.2 has no code for "too many attempts"; `invalid_client` is the one
-            // that says what was refused (the client authentication), 429 and `Retry-After`
-            // say why and until when. No challenge: nothing was checked.
-            AppError::ClientRateLimited { retry_after } => {
-                return OAuthError {
-                    retry_after: Some(*retry_after),
-                    ..OAuthError::new(StatusCode::TOO_MANY_REQUESTS, "invalid_client", description)
-                };
-            }
-            AppError::InvalidGrant { reason } => {
-                tracing::info!(reason, "invalid_grant");
-                (StatusCode::BAD_REQUEST, "invalid_grant")
-            }
-            AppError::UnsupportedGrantType(_) => {
-                (StatusCode::BAD_REQUEST, "unsupported_grant_type")
-            }
-            AppError::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
-            AppError::InvalidToken => {
-                return OAuthError {
-                    www_authenticate: Some(r#"Bearer error="invalid_token""#),
-                    ..OAuthError::new(StatusCode::UNAUTHORIZED, "invalid_token", description)
-                };
-            }
-            AppError::Store(_) => {
-                let id = correlation_id();
-                tracing::error!(correlation_id = %id, error = %e, "storage failed");
-                return OAuthError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    format!("storage is unavailable; retry later (correlation id {id})"),
-                );
-            }
-            AppError::Keys(_) | AppError::Signing(_) => {
-                let id = correlation_id();
-                tracing::error!(correlation_id = %id, error = %e, "internal error");
-                return OAuthError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    format!("internal error (correlation id {id})"),
-                );
-            }
+        let (status, code, challenge) = match verdict(&e) {
+            Verdict::Refusal(status, code, challenge) => (status, code, challenge),
+            Verdict::Fault(fault) => return fault.answer(&e),
         };
-        OAuthError::new(status, error, description)
+        if let AppError::InvalidGrant { reason } = &e {
+            tracing::info!(reason, "invalid_grant");
+        }
+        let mut answer = OAuthError::new(status, code, e.to_string());
+        if let Some(challenge) = challenge {
+            answer = answer.with_challenge(challenge);
+        }
+        match e {
+            AppError::ClientRateLimited { retry_after } => answer.with_retry_after(retry_after),
+            _ => answer,
+        }
     }
 }
 
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": self.error, "error_description": self.description});
-        let mut response = no_store((self.status, axum::Json(body)).into_response());
-        if let Some(challenge) = self.www_authenticate {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
+/// How a failure answers.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// A refusal the client can act on: status, code, and the `WWW-Authenticate` challenge if
+    /// any; the description is the error's own text.
+    Refusal(StatusCode, &'static str, Option<&'static str>),
+    /// Not the client's doing.
+    Fault(&'static Fault),
+}
+
+/// The table: every provider failure's answer.
+fn verdict(e: &AppError) -> Verdict {
+    use Verdict::Refusal;
+    match e {
+        AppError::InvalidRequest(_) => Refusal(StatusCode::BAD_REQUEST, "invalid_request", None),
+        AppError::InvalidClient => Refusal(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            Some(BASIC_CHALLENGE),
+        ),
+        // RFC 6749 §5.2 has no code for "too many attempts"; `invalid_client` is the one that
+        // says what was refused (the client authentication), 429 and `Retry-After` say why and
+        // until when. No challenge: nothing was checked.
+        AppError::ClientRateLimited { .. } => {
+            Refusal(StatusCode::TOO_MANY_REQUESTS, "invalid_client", None)
         }
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        AppError::InvalidGrant { .. } => Refusal(StatusCode::BAD_REQUEST, "invalid_grant", None),
+        AppError::UnsupportedGrantType(_) => {
+            Refusal(StatusCode::BAD_REQUEST, "unsupported_grant_type", None)
         }
-        response
+        AppError::InvalidScope(_) => Refusal(StatusCode::BAD_REQUEST, "invalid_scope", None),
+        AppError::InvalidToken => Refusal(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            Some(BEARER_CHALLENGE),
+        ),
+        AppError::Store(_) => Verdict::Fault(&STORAGE),
+        AppError::Keys(_) | AppError::Signing(_) => Verdict::Fault(&INTERNAL),
     }
 }
 
-/// Marks an answer that carries tokens or token errors as uncacheable (RFC 6749 §5.1).
-pub(super) fn no_store(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    use tessera_store::StoreError;
 
-/// A short id that ties a 5xx answer to its log line.
-pub(super) fn correlation_id() -> String {
-    let bytes: [u8; 6] = rand::random();
-    hex::encode(bytes)
+    use super::*;
+    use crate::keys::KeyError;
+    use crate::web::log_capture::{correlation_id, logged};
+
+    #[test]
+    fn every_provider_failure_has_its_status_code_and_challenge() {
+        let refusal = |status, code, challenge| Verdict::Refusal(status, code, challenge);
+        let table = [
+            (
+                AppError::InvalidRequest("x".into()),
+                refusal(StatusCode::BAD_REQUEST, "invalid_request", None),
+            ),
+            (
+                AppError::InvalidClient,
+                refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    Some(r#"Basic realm="tessera""#),
+                ),
+            ),
+            (
+                AppError::ClientRateLimited { retry_after: 3 },
+                refusal(StatusCode::TOO_MANY_REQUESTS, "invalid_client", None),
+            ),
+            (
+                AppError::InvalidGrant { reason: "spent" },
+                refusal(StatusCode::BAD_REQUEST, "invalid_grant", None),
+            ),
+            (
+                AppError::UnsupportedGrantType("password".into()),
+                refusal(StatusCode::BAD_REQUEST, "unsupported_grant_type", None),
+            ),
+            (
+                AppError::InvalidScope("x".into()),
+                refusal(StatusCode::BAD_REQUEST, "invalid_scope", None),
+            ),
+            (
+                AppError::InvalidToken,
+                refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    Some(r#"Bearer error="invalid_token""#),
+                ),
+            ),
+            (store_down(), Verdict::Fault(&STORAGE)),
+            (
+                AppError::Keys(KeyError::Store(StoreError::Corrupt { what: "key" })),
+                Verdict::Fault(&INTERNAL),
+            ),
+        ];
+        for (error, verdict) in table {
+            assert_eq!(super::verdict(&error), verdict, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_the_errors_own_text_and_a_rate_limit_when_to_retry() {
+        let answer = OAuthError::from(AppError::ClientRateLimited { retry_after: 3 });
+        let response = answer.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert!(!response.headers().contains_key(header::WWW_AUTHENTICATE));
+        let (answer, log) = logged(|| OAuthError::from(AppError::InvalidGrant { reason: "spent" }));
+        let response = answer.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            log.contains("invalid_grant") && log.contains("reason=\"spent\""),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn internal_faults_answer_with_the_correlation_id_they_log() {
+        let signing = AppError::Signing(tessera_core::jwt::JwtError::Signing);
+        for (error, status, code, said, logged_as) in [
+            (
+                store_down(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "storage is unavailable; retry later",
+                "storage failed",
+            ),
+            (
+                signing,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error",
+                "internal error",
+            ),
+        ] {
+            let cause = error.to_string();
+            let (answer, log) = logged(|| OAuthError::from(error));
+            assert_eq!((answer.status(), answer.code()), (status, code));
+            let description = answer.description();
+            assert!(description.starts_with(said), "{description}");
+            let id = correlation_id(description).expect("an id ends the description");
+            let line = log.lines().find(|l| l.contains(id)).unwrap_or_default();
+            assert!(line.contains(logged_as), "{log}");
+            assert!(line.contains(&cause), "{log}");
+        }
+    }
+
+    fn store_down() -> AppError {
+        AppError::Store(StoreError::Unavailable {
+            source: "connection refused".into(),
+        })
+    }
 }

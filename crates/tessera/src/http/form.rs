@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 
-use super::error::OAuthError;
+use crate::web::OAuthError;
 
 /// Largest request body accepted.
 pub(super) const MAX_BODY: usize = 64 * 1024;

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::error::OAuthError;
 use crate::app::App;
+use crate::web::OAuthError;
 
 pub(super) async fn healthz() -> &'static str {
     "ok\n"

@@ -8,14 +8,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use tessera_core::id::SessionId;
 
-use super::error::no_store;
 use super::form::{Form, Params};
-use super::html::{error_page, escape, hidden, page};
-use super::{
-    CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, cookie, csrf_matches, csrf_token, issuer_path,
-    set_cookie,
-};
+use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path};
 use crate::app::{App, AppError, RequestContext};
+use crate::web::cookie::{cookie, set_cookie};
+use crate::web::html::{error_page, escape, hidden, page};
+use crate::web::no_store;
 
 pub(super) async fn userinfo(
     State(app): State<Arc<App>>,

@@ -12,10 +12,10 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde::de::value::StrDeserializer;
 
-use super::error::no_store;
 use super::form::{Form, Params};
 use super::{Ctx, OAuthError};
 use crate::app::{App, AppError, ClientCredentials};
+use crate::web::no_store;
 
 /// The grants tessera accepts (RFC 6749 §4.1.3 and §6).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

@@ -1,8 +1,7 @@
 //! The proxy's cookies: their names, writing them with tessera's strict attributes (`Secure;
 //! HttpOnly; SameSite=Lax`, `Path=/`, the configured `Domain`), and removing the proxy's own
-//! cookies from what the upstream sees. Reading them is `http::cookie_pairs`.
+//! cookies from what the upstream sees. Reading and writing cookies is `web::cookie`.
 
-use axum::http::header::COOKIE;
 use axum::http::{HeaderMap, HeaderValue};
 
 /// How many characters of a login's `state` name its cookie: enough that two logins in one
@@ -44,7 +43,7 @@ impl CookieJar {
 
     /// A `Set-Cookie` value for the whole site that lives `max_age_secs` (0 deletes it).
     pub(crate) fn set(&self, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
-        crate::http::set_cookie(
+        crate::web::cookie::set_cookie(
             name,
             value,
             "/",
@@ -72,34 +71,15 @@ impl CookieJar {
     /// The request's `Cookie` header without the proxy's own cookies, or `None` when nothing
     /// else is left: the upstream never sees the session. The other pairs pass on verbatim.
     pub(crate) fn strip_ours(&self, headers: &HeaderMap) -> Option<HeaderValue> {
-        let mut kept = String::new();
-        let pairs = headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .map(str::trim)
-            .filter(|pair| !pair.is_empty());
-        for pair in pairs {
-            let name = pair.split_once('=').map_or(pair, |(name, _)| name).trim();
-            if self.is_ours(name) {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.push_str("; ");
-            }
-            kept.push_str(pair);
-        }
-        if kept.is_empty() {
-            return None;
-        }
-        HeaderValue::from_str(&kept).ok()
+        crate::web::cookie::cookie_header_without(headers, |name| self.is_ours(name))
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 mod tests {
+    use axum::http::header::COOKIE;
+
     use super::*;
 
     #[test]

@@ -4,7 +4,6 @@
 //! Each parses, asks [`Sessions`](super::session::Sessions) and the provider, and renders.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -13,43 +12,24 @@ use axum::http::header;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use tessera_core::clock::UnixMillis;
-use tessera_core::seal;
-use tessera_core::token::constant_time_eq;
 
 use super::Proxy;
-use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
+use super::answer::{forbidden, redirect, with_cookies};
 use super::caller::Caller;
-use super::cookie::{self, MAX_LOGIN_STATES};
 use super::forward::{Origin, forward};
 use super::identity::{in_groups, strip_claims};
+use super::login::{CallbackQuery, LOGIN_TTL, LoginCookies, LoginState, Returning};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
 use crate::client::oidc;
 use crate::config::proxy::Route;
-use crate::http::html;
 use crate::path::{self, UnsafePath};
+use crate::web::{OAuthError, html};
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";
-/// How long a login may take between `/oauth2/start` and the callback.
-const LOGIN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
-/// Most login-state cookies of one request a new login looks at (and may clear).
-const MAX_LOGINS_READ: usize = 4 * MAX_LOGIN_STATES;
-
-/// What the login-state cookie carries from `/oauth2/start` to the callback.
-#[derive(Serialize, Deserialize)]
-struct LoginState {
-    state: String,
-    nonce: String,
-    verifier: String,
-    redirect_uri: String,
-    rd: String,
-    expires_at: UnixMillis,
-}
-
 /// `?rd=`.
 #[derive(Deserialize)]
 pub(super) struct RdQuery {
@@ -82,69 +62,17 @@ pub(super) async fn callback(
     Query(query): Query<CallbackQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let jar = &proxy.sessions.jar;
-    let sent_state = query.state.as_deref().unwrap_or_default();
-    let Some(csrf) = jar.csrf_name(sent_state) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the state is missing or malformed; open the page again",
-        );
+    let returning = match LoginCookies::new(&proxy.sessions).returning(&query, &headers) {
+        Ok(returning) => returning,
+        Err(e) => return OAuthError::from(e).into_response(),
     };
-    let login = crate::http::cookie(&headers, &csrf)
-        .and_then(|sealed| proxy.sessions.open_for(&csrf, &sealed))
-        .and_then(|plain| serde_json::from_slice::<LoginState>(&plain).ok())
-        .filter(|login| proxy.sessions.now() < login.expires_at);
-    let Some(login) = login else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the login state is missing or expired (cookies off, or a login older than 10 minutes); open the page again",
-        );
-    };
-    if !constant_time_eq(sent_state.as_bytes(), login.state.as_bytes()) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "invalid_request",
-            "the state does not match this browser's login; open the page again",
-        );
+    match proxy.start_session(&returning, &headers, &caller.ctx).await {
+        Ok(mut cookies) => {
+            cookies.push(proxy.sessions.jar.clear(&returning.cookie));
+            with_cookies(redirect(&returning.login.rd), cookies)
+        }
+        Err(e) => e.into_response(),
     }
-    if let Some(e) = &query.error {
-        let description = format!("the provider refused the login: {e}");
-        return error(StatusCode::FORBIDDEN, "access_denied", description);
-    }
-    let Some(code) = query.code.as_deref() else {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "no code");
-    };
-    let ctx = caller.ctx;
-    let grant = match proxy
-        .provider
-        .exchange(
-            code,
-            &login.redirect_uri,
-            &login.verifier,
-            &login.nonce,
-            &ctx,
-        )
-        .await
-    {
-        Ok(grant) => grant,
-        Err(e) => return provider_error(&e),
-    };
-    let mut cookies = match proxy.sessions.create(grant, &headers).await {
-        Ok(cookies) => cookies,
-        Err(e) => return session_error(e),
-    };
-    cookies.push(jar.clear(&csrf));
-    with_cookies(redirect(&login.rd), cookies)
-}
-
-/// The callback's query.
-#[derive(Deserialize)]
-pub(super) struct CallbackQuery {
-    code: Option<String>,
-    state: Option<String>,
-    error: Option<String>,
 }
 
 /// `?allowed_groups=a,b` of `/oauth2/auth`.
@@ -215,11 +143,12 @@ pub(super) async fn sign_out(
 ) -> Response {
     let origin = &caller.origin;
     if posted_from_another_site(&proxy, &headers, &origin.host) {
-        return error(
+        return OAuthError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "a sign-out must be posted from this site's own pages",
-        );
+        )
+        .into_response();
     }
     let rd = query
         .rd
@@ -282,7 +211,7 @@ pub(super) async fn proxied(
     let origin = &caller.origin;
     let route = match proxy.route_request(origin, &mut request) {
         Ok(route) => route,
-        Err(unroutable) => return unroutable.answer(),
+        Err(unroutable) => return OAuthError::from(unroutable).into_response(),
     };
     let current = match proxy.session(&caller.ctx, request.headers()).await {
         Ok(current) => current,
@@ -308,19 +237,13 @@ enum Unroutable {
     NoRoute,
 }
 
-impl Unroutable {
-    /// 400, or 404 without a route.
-    fn answer(self) -> Response {
-        match self {
-            Unroutable::TwoHosts => error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "more than one Host header",
-            ),
-            Unroutable::Unsafe(why) => {
-                error(StatusCode::BAD_REQUEST, "invalid_request", why.describe())
-            }
-            Unroutable::NoRoute => error(
+/// 400, or 404 without a route.
+impl From<Unroutable> for OAuthError {
+    fn from(unroutable: Unroutable) -> OAuthError {
+        match unroutable {
+            Unroutable::TwoHosts => OAuthError::invalid_request("more than one Host header"),
+            Unroutable::Unsafe(why) => OAuthError::invalid_request(why.describe()),
+            Unroutable::NoRoute => OAuthError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no route for this host and path",
@@ -348,39 +271,56 @@ fn normal_target(uri: &Uri) -> Result<Option<Uri>, UnsafePath> {
         .map_err(|_| UnsafePath::BrokenEscape)
 }
 
-/// Why a request has no usable session, and the cookies to set when answering it.
-struct NoSession {
-    set_cookies: Vec<HeaderValue>,
-    failure: Option<Response>,
+/// Why a request has no usable session.
+enum NoSession {
+    /// There is none, or it timed out or ended: the cookies clear what is left of it.
+    SignedOut(Vec<HeaderValue>),
+    /// A failure that is not the user's fault, such as a database outage.
+    Failed(SessionError),
 }
 
 impl NoSession {
-    /// 401 (or the failure that is not the user's fault, such as a database outage).
+    /// After a refresh: a session the provider ended is signed out; anything else failed.
+    fn after_refresh(e: SessionError) -> NoSession {
+        match e {
+            SessionError::Ended { set_cookies } => NoSession::SignedOut(set_cookies),
+            e => NoSession::Failed(e),
+        }
+    }
+
+    /// 401 (or the failure's own answer).
     fn unauthenticated(self) -> Response {
-        let response = self
-            .failure
-            .unwrap_or_else(|| error(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first"));
-        with_cookies(response, self.set_cookies)
+        match self {
+            NoSession::SignedOut(set_cookies) => {
+                let sign_in =
+                    OAuthError::new(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first");
+                with_cookies(sign_in.into_response(), set_cookies)
+            }
+            NoSession::Failed(e) => e.into_response(),
+        }
     }
 
     /// For a page a browser navigates to: the login; for anything else: 401.
     fn login_or_unauthenticated(self, request: &Request) -> Response {
-        let navigates = matches!(*request.method(), Method::GET | Method::HEAD)
-            && request
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|accept| accept.contains("text/html"));
-        if !navigates || self.failure.is_some() {
-            return self.unauthenticated();
+        match self {
+            NoSession::SignedOut(set_cookies) if navigates(request) => {
+                let rd = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+                with_cookies(redirect(&format!("/oauth2/start?rd={rd}")), set_cookies)
+            }
+            no_session => no_session.unauthenticated(),
         }
-        let rd = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
-        with_cookies(
-            redirect(&format!("/oauth2/start?rd={rd}")),
-            self.set_cookies,
-        )
     }
+}
+
+/// Whether a browser navigates to a page with `request`: a `GET` or `HEAD` that accepts HTML.
+fn navigates(request: &Request) -> bool {
+    matches!(*request.method(), Method::GET | Method::HEAD)
+        && request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
 }
 
 impl Proxy {
@@ -403,43 +343,40 @@ impl Proxy {
         ctx: &RequestContext,
         headers: &HeaderMap,
     ) -> Result<Current, NoSession> {
-        let current = match self.sessions.lookup(headers).await {
-            Ok(Lookup::Live(current)) => current,
-            Ok(Lookup::Missing { set_cookies }) => {
-                return Err(NoSession {
-                    set_cookies,
-                    failure: None,
-                });
-            }
-            Ok(Lookup::TimedOut { state, set_cookies }) => {
+        let lookup = self.sessions.lookup(headers).await;
+        let current = match lookup.map_err(NoSession::Failed)? {
+            Lookup::Live(current) => current,
+            Lookup::Missing { set_cookies } => return Err(NoSession::SignedOut(set_cookies)),
+            Lookup::TimedOut { state, set_cookies } => {
                 self.revoke_later(&state, ctx.clone());
-                return Err(NoSession {
-                    set_cookies,
-                    failure: None,
-                });
-            }
-            Err(e) => {
-                return Err(NoSession {
-                    set_cookies: Vec::new(),
-                    failure: Some(session_error(e)),
-                });
+                return Err(NoSession::SignedOut(set_cookies));
             }
         };
-        match self
-            .sessions
-            .fresh(current, &self.provider, headers, ctx)
+        let fresh = self.sessions.fresh(current, &self.provider, headers, ctx);
+        fresh.await.map_err(NoSession::after_refresh)
+    }
+
+    /// Exchanges the code of a returning login at the provider and starts its session;
+    /// answers the session's cookies.
+    async fn start_session(
+        &self,
+        returning: &Returning<'_>,
+        headers: &HeaderMap,
+        ctx: &RequestContext,
+    ) -> Result<Vec<HeaderValue>, SessionError> {
+        let login = &returning.login;
+        let grant = self
+            .provider
+            .exchange(
+                returning.code,
+                &login.redirect_uri,
+                &login.verifier,
+                &login.nonce,
+                ctx,
+            )
             .await
-        {
-            Ok(current) => Ok(current),
-            Err(SessionError::Ended { set_cookies }) => Err(NoSession {
-                set_cookies,
-                failure: None,
-            }),
-            Err(e) => Err(NoSession {
-                set_cookies: Vec::new(),
-                failure: Some(session_error(e)),
-            }),
-        }
+            .map_err(SessionError::Provider)?;
+        self.sessions.create(grant, headers).await
     }
 
     /// Ends whatever session the lookup found and sends the browser to `target`.
@@ -453,14 +390,14 @@ impl Proxy {
         let cookies = match lookup {
             Ok(Lookup::Live(current)) => match self.end(&current.state, headers, &ctx).await {
                 Ok(cookies) => cookies,
-                Err(e) => return session_error(e),
+                Err(e) => return e.into_response(),
             },
             Ok(Lookup::TimedOut { state, set_cookies }) => {
                 self.revoke_later(&state, ctx);
                 set_cookies
             }
             Ok(Lookup::Missing { .. }) => self.sessions.clear_all(headers),
-            Err(e) => return session_error(e),
+            Err(e) => return e.into_response(),
         };
         with_cookies(redirect(target), cookies)
     }
@@ -504,77 +441,32 @@ impl Proxy {
     }
 }
 
+/// Sends the browser to log in at the provider, with a new login's state in a cookie.
 async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String, request: &HeaderMap) -> Response {
-    let verifier = oidc::random_token();
-    let challenge = tessera_core::pkce::s256_challenge(&verifier);
-    let login = LoginState {
-        state: oidc::random_token(),
-        nonce: oidc::random_token(),
-        verifier,
-        redirect_uri: proxy.callback_url(origin),
-        rd,
-        expires_at: proxy.sessions.now().plus(LOGIN_TTL),
-    };
+    let login = new_login(proxy, origin, rd);
+    let challenge = tessera_core::pkce::s256_challenge(&login.verifier);
     let url = match proxy
         .provider
         .authorization_url(&login.redirect_uri, &login.state, &login.nonce, &challenge)
         .await
     {
         Ok(url) => url,
-        Err(e) => return provider_error(&e),
+        Err(e) => return OAuthError::from(e).into_response(),
     };
-    let jar = &proxy.sessions.jar;
-    let Some(csrf) = jar.csrf_name(&login.state) else {
-        return session_error(SessionError::Sealing);
-    };
-    let Some(sealed) = serde_json::to_vec(&login)
-        .ok()
-        .and_then(|plain| proxy.sessions.seal_for(&csrf, &plain).ok())
-    else {
-        return session_error(SessionError::Sealing);
-    };
-    if csrf.len() + 1 + sealed.len() > seal::MAX_PAIR_LEN {
-        // A browser would drop the cookie and the login could never finish.
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the page address or host name is too long to log in from",
-        );
+    match LoginCookies::new(&proxy.sessions).start(&login, request) {
+        Ok(cookies) => with_cookies(redirect(&url), cookies),
+        Err(e) => OAuthError::from(e).into_response(),
     }
-    let max_age = i64::try_from(LOGIN_TTL.as_secs()).unwrap_or(600);
-    let mut cookies: Vec<HeaderValue> = older_logins(proxy, request)
-        .into_iter()
-        .map(|name| jar.clear(name))
-        .collect();
-    cookies.push(jar.set(&csrf, &sealed, max_age));
-    with_cookies(redirect(&url), cookies)
 }
 
-/// The login-state cookies to clear as a new login starts, so that with it at most
-/// [`MAX_LOGIN_STATES`] remain: those that do not open first, then the oldest. Only the first
-/// [`MAX_LOGINS_READ`] are looked at: a browser holds no more than the bound.
-fn older_logins<'h>(proxy: &Proxy, request: &'h HeaderMap) -> Vec<&'h str> {
-    let jar = &proxy.sessions.jar;
-    let mut seen = HashSet::new();
-    let mut logins: Vec<(Option<UnixMillis>, &str)> = crate::http::cookie_pairs(request)
-        .filter(|(name, _)| cookie::is_csrf(&jar.name, name) && seen.insert(*name))
-        .take(MAX_LOGINS_READ)
-        .map(|(name, sealed)| (login_expiry(proxy, name, sealed), name))
-        .collect();
-    // Stable: logins started within one millisecond keep the request's order, which browsers
-    // make oldest first (RFC 6265 §5.4, step 2).
-    logins.sort_by_key(|(expiry, _)| *expiry);
-    let excess = (logins.len() + 1).saturating_sub(MAX_LOGIN_STATES);
-    logins
-        .into_iter()
-        .take(excess)
-        .map(|(_, name)| name)
-        .collect()
-}
-
-/// When the login sealed in cookie `name` expires, if it opens.
-fn login_expiry(proxy: &Proxy, name: &str, sealed: &str) -> Option<UnixMillis> {
-    let plain = proxy.sessions.open_for(name, sealed)?;
-    let login: LoginState = serde_json::from_slice(&plain).ok()?;
-    Some(login.expires_at)
+/// A login starting now from `origin`, with fresh random `state`, `nonce` and PKCE verifier.
+fn new_login(proxy: &Proxy, origin: &Origin, rd: String) -> LoginState {
+    LoginState {
+        state: oidc::random_token(),
+        nonce: oidc::random_token(),
+        verifier: oidc::random_token(),
+        redirect_uri: proxy.callback_url(origin),
+        rd,
+        expires_at: proxy.sessions.now().plus(LOGIN_TTL),
+    }
 }

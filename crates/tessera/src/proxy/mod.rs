@@ -9,6 +9,7 @@ mod endpoints;
 mod forward;
 mod identity;
 mod listen;
+mod login;
 pub mod provider;
 mod redirect;
 mod session;

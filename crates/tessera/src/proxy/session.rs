@@ -233,7 +233,7 @@ impl Sessions {
             None => self.find_cookie(request),
         };
         let Some(mut state) = found else {
-            let carried = crate::http::cookie_pairs(request)
+            let carried = crate::web::cookie::cookie_pairs(request)
                 .any(|(name, _)| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name));
             let set_cookies = if carried {
                 self.clear_all(request)
@@ -309,7 +309,7 @@ impl Sessions {
     /// [`MAX_CLEARED`], and the single one in any case.
     pub(crate) fn clear_all(&self, request: &HeaderMap) -> Vec<HeaderValue> {
         let mut seen = HashSet::from([self.jar.name.as_str()]);
-        let chunks = crate::http::cookie_pairs(request)
+        let chunks = crate::web::cookie::cookie_pairs(request)
             .map(|(name, _)| name)
             .filter(|name| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name))
             .filter(|name| seen.insert(name))

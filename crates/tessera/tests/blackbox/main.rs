@@ -26,6 +26,7 @@ mod provider_hardening;
 mod proxy;
 mod proxy_chromium;
 mod proxy_external;
+mod proxy_faults;
 mod proxy_hostile;
 mod proxy_limits;
 mod replicas;

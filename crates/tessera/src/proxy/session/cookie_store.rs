@@ -7,7 +7,7 @@ use super::*;
 impl Sessions {
     /// The session sealed in the request's cookies, or the newer state this process holds.
     pub(super) fn find_cookie(&self, request: &HeaderMap) -> Option<SessionState> {
-        let pairs: Vec<(&str, &str)> = crate::http::cookie_pairs(request).collect();
+        let pairs: Vec<(&str, &str)> = crate::web::cookie::cookie_pairs(request).collect();
         let sealed = seal::join(&self.jar.name, &pairs, seal::MAX_CHUNKS)?;
         let plain = self.sealer.open(&sealed, self.jar.name.as_bytes()).ok()?;
         let state: SessionState = serde_json::from_slice(&plain).ok()?;
@@ -36,7 +36,7 @@ impl Sessions {
             );
             return Err(SessionError::Sealing);
         }
-        let present: Vec<&str> = crate::http::cookie_pairs(request)
+        let present: Vec<&str> = crate::web::cookie::cookie_pairs(request)
             .map(|(name, _)| name)
             .collect();
         let max_age = self.max_age(state);

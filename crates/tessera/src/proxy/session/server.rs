@@ -11,7 +11,7 @@ impl Sessions {
         store: &dyn Store,
         request: &HeaderMap,
     ) -> Result<Option<SessionState>, SessionError> {
-        let Some(handle) = crate::http::cookie(request, &self.jar.name) else {
+        let Some(handle) = crate::web::cookie::cookie(request, &self.jar.name) else {
             return Ok(None);
         };
         if !handle.starts_with(HANDLE_PREFIX) || handle.len() > 100 {

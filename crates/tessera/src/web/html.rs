@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
 /// Renders a page with headers that keep it out of frames and caches.
-pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -29,7 +29,7 @@ pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
 }
 
 /// An error page for requests that must not be redirected back to the client.
-pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
+pub fn error_page(status: StatusCode, message: &str) -> Response {
     page(
         status,
         "Sign-in error",
@@ -38,7 +38,7 @@ pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
 }
 
 /// A hidden form field.
-pub(crate) fn hidden(name: &str, value: &str) -> String {
+pub fn hidden(name: &str, value: &str) -> String {
     format!(
         "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
         escape(name),
@@ -47,7 +47,7 @@ pub(crate) fn hidden(name: &str, value: &str) -> String {
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub(crate) fn escape(text: &str) -> String {
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
