@@ -370,39 +370,5 @@ pub(crate) fn redirect_allowed(client: &Client, uri: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tessera_core::id::ClientId;
-
-    fn client(public: bool) -> Client {
-        Client {
-            id: ClientId::new("c"),
-            public,
-            secret_hash: None,
-            redirect_uris: vec![
-                "http://127.0.0.1/callback".into(),
-                "https://app.example/cb".into(),
-            ],
-            post_logout_redirect_uris: vec![],
-        }
-    }
-
-    #[test]
-    fn public_loopback_redirects_match_any_port_but_nothing_else() {
-        let c = client(true);
-        assert!(redirect_allowed(&c, "http://127.0.0.1:53123/callback"));
-        assert!(redirect_allowed(&c, "http://127.0.0.1/callback"));
-        assert!(!redirect_allowed(&c, "http://127.0.0.1:53123/other"));
-        assert!(!redirect_allowed(&c, "http://localhost:53123/callback"));
-        assert!(!redirect_allowed(&c, "http://127.0.0.1:5/callback?x=1"));
-        assert!(!redirect_allowed(&c, "https://app.example:444/cb"));
-        assert!(redirect_allowed(&c, "https://app.example/cb"));
-    }
-
-    #[test]
-    fn confidential_clients_need_the_exact_uri() {
-        let c = client(false);
-        assert!(!redirect_allowed(&c, "http://127.0.0.1:53123/callback"));
-        assert!(redirect_allowed(&c, "http://127.0.0.1/callback"));
-    }
-}
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

@@ -6,6 +6,9 @@ mod authorize;
 mod error;
 mod limiter;
 mod session;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+pub(crate) mod testing;
 mod token;
 
 use std::collections::HashSet;

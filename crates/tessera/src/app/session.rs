@@ -239,3 +239,7 @@ impl App {
 fn is_live(session: &Session, now: tessera_core::clock::UnixMillis) -> bool {
     session.revoked_at.is_none() && now < session.absolute_end
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

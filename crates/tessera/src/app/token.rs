@@ -482,3 +482,7 @@ pub(super) fn subjects(
         token_id: token.map(|t| t.token_id()),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

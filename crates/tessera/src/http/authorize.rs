@@ -222,3 +222,7 @@ fn login_form(
     );
     response
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

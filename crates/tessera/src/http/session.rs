@@ -159,3 +159,7 @@ fn confirmation(app: &App, headers: &HeaderMap, params: &Params) -> Response {
     );
     response
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

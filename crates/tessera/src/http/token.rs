@@ -135,3 +135,7 @@ fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
     };
     Some((unescape(id)?, unescape(secret)?))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;
