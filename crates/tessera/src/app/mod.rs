@@ -11,12 +11,11 @@ mod session;
 pub(crate) mod testing;
 mod token;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::{Clock, UnixMillis};
-use tessera_core::token::{RotationKey, TokenHash};
+use tessera_core::token::RotationKey;
 use tessera_store::Store;
 use tokio::sync::Semaphore;
 
@@ -30,6 +29,7 @@ use crate::keys::{self, KeySet};
 use crate::metrics::Metrics;
 use crate::users::Users;
 use limiter::{CAPACITY, ClosedWindow, LimitKey, Limiter};
+use token::VerifiedSecrets;
 
 /// Where a request came from, for the audit log and the grace IP check.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +38,17 @@ pub struct RequestContext {
     pub ip: String,
     /// `User-Agent` header.
     pub user_agent: Option<String>,
+}
+
+impl RequestContext {
+    /// The request's origin as audit subjects; the caller adds who and what it concerns.
+    pub fn subjects(&self) -> Subjects {
+        Subjects {
+            source_ip: Some(self.ip.clone()),
+            user_agent: self.user_agent.clone(),
+            ..Subjects::default()
+        }
+    }
 }
 
 /// The provider's state, shared by every request.
@@ -66,10 +77,8 @@ pub struct App {
     /// cannot starve logins nor the other way round. One permit: a correct secret is checked
     /// once per process (see `verified_secrets`), so only wrong ones queue here.
     client_secret_gate: Arc<Semaphore>,
-    /// SHA-256 of client secrets already verified, so a confidential client pays the argon2
-    /// cost once per process, not once per refresh, and is not held up by the failure limit
-    /// that others' wrong secrets put on its client id.
-    verified_secrets: Mutex<HashSet<TokenHash>>,
+    /// Client secrets already verified, each checked with argon2 once per process.
+    verified_secrets: VerifiedSecrets,
     /// An argon2id hash of a random password, checked for unknown users so that a login for a
     /// missing user costs what one for a real user does (no user enumeration by timing).
     dummy_password_hash: String,
@@ -143,7 +152,7 @@ impl App {
             client_limiter,
             password_gate: Arc::new(Semaphore::new(2)),
             client_secret_gate: Arc::new(Semaphore::new(1)),
-            verified_secrets: Mutex::new(HashSet::new()),
+            verified_secrets: VerifiedSecrets::default(),
             dummy_password_hash,
         })
     }
@@ -240,6 +249,24 @@ impl App {
                 first: false,
                 busy: true,
             }))
+    }
+
+    /// Admits one attempt like [`App::admit`]. A refusal writes `refused` to the audit log
+    /// for the first refusal of its window only (the others are summed up when the window
+    /// closes), and answers the seconds until a retry may be admitted.
+    async fn admit_audited<'a>(
+        &self,
+        limiter: &'a Limiter,
+        keys: Vec<LimitKey>,
+        refused: &Event,
+        who: &Subjects,
+    ) -> Result<limiter::Attempt<'a>, u64> {
+        self.admit(limiter, keys).await.map_err(|refusal| {
+            if refusal.first {
+                self.record(refused, who);
+            }
+            refusal.retry_after
+        })
     }
 
     /// Writes one `RateLimitEnded` line per closed window of `limiter`.
