@@ -117,17 +117,9 @@ impl App {
             audit,
             users,
         } = parts;
-        let now = clock.now();
-        let key_set = keys::rotate_and_load(store.as_ref(), &config, &audit, now).await?;
-        let candidate: [u8; 32] = rand::random();
-        let rotation_key = RotationKey::new(
-            store
-                .secret_or_insert(ROTATION_KEY_SECRET, candidate.to_vec())
-                .await?,
-        );
-        let dummy: [u8; 16] = rand::random();
-        let dummy_password_hash = crate::secret::hash_password(&hex::encode(dummy))
-            .map_err(|e| AppError::InvalidRequest(format!("cannot hash: {e}")))?;
+        let key_set = keys::rotate_and_load(store.as_ref(), &config, &audit, clock.now()).await?;
+        let rotation_key = rotation_key(store.as_ref()).await?;
+        let dummy_password_hash = dummy_password_hash()?;
         // Client secrets share the login limits, with counters of their own.
         let limiter = |name| {
             Limiter::new(
@@ -316,6 +308,23 @@ async fn slow_check(gate: &Arc<Semaphore>, check: impl FnOnce() -> bool + Send +
     })
     .await
     .unwrap_or(false)
+}
+
+/// The key refresh-token successors are derived from: stored once, the same on every replica
+/// (the first to start inserts it, the others read it).
+async fn rotation_key(store: &dyn Store) -> Result<RotationKey, AppError> {
+    let candidate: [u8; 32] = rand::random();
+    let stored = store
+        .secret_or_insert(ROTATION_KEY_SECRET, candidate.to_vec())
+        .await?;
+    Ok(RotationKey::new(stored))
+}
+
+/// An argon2id hash of a random password, for logins of unknown users to check against.
+fn dummy_password_hash() -> Result<String, AppError> {
+    let dummy: [u8; 16] = rand::random();
+    crate::secret::hash_password(&hex::encode(dummy))
+        .map_err(|e| AppError::InvalidRequest(format!("cannot hash: {e}")))
 }
 
 fn random_id() -> String {
