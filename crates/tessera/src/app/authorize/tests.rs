@@ -1,6 +1,6 @@
-//! The authorization endpoint's rules and use cases: redirect URIs, the login with its limits
-//! and the SSO session it starts, and the request's validation and codes as the provider runs
-//! them.
+//! The authorization endpoint's rules and use cases: redirect URIs, user names, the SSO session
+//! a login starts, the login with its limits, and the request's validation and codes as the
+//! provider runs them.
 
 use tessera_core::id::ClientId;
 
@@ -32,6 +32,49 @@ fn public_loopback_redirects_match_any_port_but_nothing_else() {
     assert!(!redirect_allowed(&c, "http://127.0.0.1:5/callback?x=1"));
     assert!(!redirect_allowed(&c, "https://app.example:444/cb"));
     assert!(redirect_allowed(&c, "https://app.example/cb"));
+}
+
+#[test]
+fn a_user_name_is_refused_when_too_long_or_not_printable() {
+    let longest = "u".repeat(MAX_USERNAME_LEN);
+    let too_long = "u".repeat(MAX_USERNAME_LEN + 1);
+    let table = [
+        ("dev", true),
+        ("", true),
+        ("名前", true),
+        (longest.as_str(), true),
+        (too_long.as_str(), false),
+        ("dev\n", false),
+        ("d\0ev", false),
+        ("\u{7f}", false),
+    ];
+    for (name, accepted) in table {
+        assert_eq!(check_username(name).is_ok(), accepted, "{name:?}");
+    }
+}
+
+#[test]
+fn an_sso_session_lasts_the_session_lifetime_from_the_sign_in() {
+    let handle = Secret::from_random("tss1_", [3; 32]);
+    let user = User {
+        username: "dev".into(),
+        password_hash: String::new(),
+        email: None,
+        groups: vec![],
+    };
+    let now = UnixMillis(5_000);
+    let sso = new_sso(
+        &handle,
+        SsoId::new("x"),
+        &user,
+        now,
+        Duration::from_secs(60),
+    );
+    assert_eq!(sso.handle, handle.hash());
+    assert_eq!(sso.id, SsoId::new("x"));
+    assert_eq!(sso.subject, Subject::new("dev"));
+    assert_eq!((sso.auth_time, sso.expires_at), (now, UnixMillis(65_000)));
+    assert_eq!(sso.revoked_at, None);
 }
 
 #[test]
