@@ -1,12 +1,124 @@
-//! Ending and inspecting sessions as the provider runs them: revocation, introspection,
-//! userinfo and logout.
+//! Ending and inspecting sessions: the introspection answers as pure functions of what the
+//! store found, then revocation, introspection, userinfo and logout as the provider runs them.
 
 use std::time::Duration;
+
+use tessera_core::id::{ClientId, Subject};
 
 use super::*;
 use crate::app::testing::{
     CONFIDENTIAL_CLIENT, PASSWORD, PUBLIC_CLIENT, TestApp, USER, grant_refusal, query_value,
 };
+
+const NOW: UnixMillis = UnixMillis(10_000_000);
+
+fn session(revoked_at: Option<UnixMillis>, absolute_end: UnixMillis) -> Session {
+    Session {
+        id: SessionId::new("s1"),
+        subject: Subject::new("dev"),
+        client_id: ClientId::new("demo"),
+        sso_id: None,
+        scope: "openid groups".into(),
+        auth_time: UnixMillis(1_000_000),
+        created_at: UnixMillis(1_000_000),
+        absolute_end,
+        revoked_at,
+    }
+}
+
+fn live() -> Session {
+    session(None, UnixMillis(20_000_000))
+}
+
+fn refresh_token(
+    used_at: Option<UnixMillis>,
+    expires_at: UnixMillis,
+    s: Session,
+) -> RefreshTokenInfo {
+    RefreshTokenInfo {
+        client_id: ClientId::new("demo"),
+        issued_at: UnixMillis(9_000_000),
+        expires_at,
+        used_at,
+        session: s,
+    }
+}
+
+#[test]
+fn a_refresh_token_is_active_while_unused_unexpired_and_its_session_live() {
+    let later = UnixMillis(10_000_001);
+    let table = [
+        (refresh_token(None, later, live()), true),
+        (
+            refresh_token(Some(UnixMillis(9_500_000)), later, live()),
+            false,
+        ),
+        (refresh_token(None, NOW, live()), false),
+        (
+            refresh_token(None, later, session(Some(UnixMillis(1)), later)),
+            false,
+        ),
+        (refresh_token(None, later, session(None, NOW)), false),
+    ];
+    for (i, (info, active)) in table.into_iter().enumerate() {
+        let answer = refresh_token_introspection(&info, "https://tessera.test", NOW);
+        assert_eq!(answer["active"], active, "row {i}");
+        if !active {
+            assert_eq!(
+                answer,
+                json!({"active": false}),
+                "row {i}: nothing else is told"
+            );
+        }
+    }
+    let info = refresh_token(None, UnixMillis(10_900_000), live());
+    assert_eq!(
+        refresh_token_introspection(&info, "https://tessera.test", NOW),
+        json!({
+            "active": true, "token_type": "refresh_token", "client_id": "demo",
+            "sub": "dev", "scope": "openid groups", "exp": 10_900, "iat": 9_000,
+            "iss": "https://tessera.test", "sid": "s1",
+        })
+    );
+}
+
+#[test]
+fn an_access_token_is_active_only_while_its_session_is_live() {
+    let claims = OwnClaims {
+        sub: "dev".into(),
+        sid: "s1".into(),
+        aud: "demo".into(),
+        exp: 10_060,
+        iat: 10_000,
+        scope: Some("openid".into()),
+    };
+    let revoked = session(Some(UnixMillis(9_999_999)), UnixMillis(20_000_000));
+    let ended = session(None, NOW);
+    let table = [
+        (Some(live()), true),
+        (Some(revoked), false),
+        (Some(ended), false),
+        (None, false),
+    ];
+    for (i, (session, active)) in table.into_iter().enumerate() {
+        let answer = access_token_introspection(&claims, session.as_ref(), "https://i", NOW);
+        assert_eq!(answer["active"], active, "row {i}");
+        if !active {
+            assert_eq!(
+                answer,
+                json!({"active": false}),
+                "row {i}: nothing else is told"
+            );
+        }
+    }
+    assert_eq!(
+        access_token_introspection(&claims, Some(&live()), "https://i", NOW),
+        json!({
+            "active": true, "token_type": "Bearer", "client_id": "demo", "sub": "dev",
+            "scope": "openid", "exp": 10_060, "iat": 10_000, "iss": "https://i", "sid": "s1",
+        })
+    );
+}
 
 #[tokio::test]
 async fn revoking_a_refresh_token_ends_its_whole_session_once() {
