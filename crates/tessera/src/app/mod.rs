@@ -19,7 +19,7 @@ use tessera_core::token::RotationKey;
 use tessera_store::Store;
 use tokio::sync::Semaphore;
 
-pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, MAX_USERNAME_LEN};
+pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN};
 pub use error::AppError;
 pub use token::ClientCredentials;
 

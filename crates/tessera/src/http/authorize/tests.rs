@@ -1,11 +1,14 @@
-//! `/authorize` and `/login` on the wire, in process through the router.
+//! `/authorize` and `/login` on the wire, in process through the router, and the login form's
+//! pure parts: what a failed sign-in tells the user, and the request the form carries.
 
 use axum::http::StatusCode;
 
+use super::{Retry, carried, form_body};
 use crate::app::testing::{
     Answer, ISSUER, PASSWORD, PUBLIC_CLIENT, PUBLIC_REDIRECT, TestApp, USER, VERIFIER, query_value,
     request,
 };
+use crate::app::{AppError, LoginFailure};
 
 fn set_cookies(answer: &Answer) -> Vec<&str> {
     answer
@@ -25,6 +28,72 @@ fn authorize_query(extra: &str) -> String {
         "client_id={PUBLIC_CLIENT}&redirect_uri={redirect}&response_type=code&scope=openid\
          &state=st&code_challenge={challenge}&code_challenge_method=S256{extra}"
     )
+}
+
+#[test]
+fn a_failed_sign_in_shows_the_form_again_with_a_status_and_sentence_of_its_own() {
+    let table = [
+        (
+            LoginFailure::BadCredentials,
+            StatusCode::UNAUTHORIZED,
+            "Wrong user name or password.",
+            None,
+        ),
+        (
+            LoginFailure::InvalidUsername,
+            StatusCode::BAD_REQUEST,
+            "User names are at most 256 bytes of printable text.",
+            None,
+        ),
+        (
+            LoginFailure::RateLimited(42),
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins. Try again in 42 seconds.",
+            Some(42),
+        ),
+    ];
+    for (failure, status, message, retry_after) in table {
+        let retry = Retry::after(failure).unwrap();
+        let expected = Retry {
+            status,
+            message: message.into(),
+            retry_after,
+        };
+        assert_eq!(retry, expected);
+    }
+    let unavailable = LoginFailure::Unavailable(AppError::InvalidToken);
+    assert!(
+        Retry::after(unavailable).is_err(),
+        "a store failure is a server error, not a form to retry"
+    );
+    let expired = Retry::expired_form();
+    assert_eq!(expired.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        expired.message,
+        "The form expired or was not sent from this browser; please sign in again."
+    );
+}
+
+#[tokio::test]
+async fn the_form_carries_a_request_that_validates_into_the_same_request() {
+    let t = TestApp::start().await;
+    let request = t.request(PUBLIC_CLIENT, "groups openid");
+    let fields: Vec<(&str, &str)> = carried(&request).collect();
+    let again = t
+        .app
+        .validate_authorization(|name| {
+            fields
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+    assert_eq!(format!("{again:?}"), format!("{request:?}"));
+    let body = form_body(&request, "/login", "c5rf", Some("<b>bad</b>"));
+    assert!(body.contains("<p class=\"error\" role=\"alert\">&lt;b&gt;bad&lt;/b&gt;</p>"));
+    assert!(body.contains("<input type=\"hidden\" name=\"csrf\" value=\"c5rf\">"));
+    assert!(body.contains("<input type=\"hidden\" name=\"state\" value=\"af0ifjsldkj\">"));
+    assert!(body.contains("action=\"/login\""));
 }
 
 #[tokio::test]
