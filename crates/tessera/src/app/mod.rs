@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN};
 pub use error::AppError;
+pub use session::LogoutHint;
 pub use token::ClientCredentials;
 
 use crate::audit::Audit;

@@ -1,8 +1,10 @@
-//! `/userinfo` and `/logout` on the wire, in process through the router.
+//! `/userinfo` and `/logout` on the wire, in process through the router, and the post-logout
+//! destination as a table.
 
 use axum::http::StatusCode;
 use serde_json::json;
 
+use super::PostLogout;
 use crate::app::testing::{
     Answer, CONFIDENTIAL_CLIENT, PASSWORD, POST_LOGOUT_REDIRECT, TestApp, USER, grant_refusal,
     query_value, request,
@@ -64,6 +66,47 @@ async fn userinfo_answers_json_that_no_cache_keeps_by_get_or_post() {
         assert_eq!(answer.status, StatusCode::OK, "{method}");
         assert_eq!(answer.header("cache-control"), Some("no-store"));
         assert_eq!(answer.json()["sub"], USER);
+    }
+}
+
+#[test]
+fn the_post_logout_destination_is_a_page_a_registered_redirect_or_refused() {
+    let registered = "https://app.example/signed-out";
+    let table = [
+        (None, false, None, PostLogout::Page),
+        (None, true, Some("s"), PostLogout::Page),
+        (Some(registered), false, None, PostLogout::Unregistered),
+        (
+            Some(registered),
+            true,
+            None,
+            PostLogout::Redirect(registered.into()),
+        ),
+        (
+            Some(registered),
+            true,
+            Some("a b"),
+            PostLogout::Redirect(format!("{registered}?state=a+b")),
+        ),
+        (
+            Some("https://app.example/out?lang=en"),
+            true,
+            Some("s"),
+            PostLogout::Redirect("https://app.example/out?lang=en&state=s".into()),
+        ),
+        (
+            Some("not a url"),
+            true,
+            Some("s"),
+            PostLogout::Redirect("not a url".into()),
+        ),
+    ];
+    for (uri, is_registered, state, expected) in table {
+        assert_eq!(
+            PostLogout::of(uri, is_registered, state),
+            expected,
+            "{uri:?} {state:?}"
+        );
     }
 }
 
