@@ -25,6 +25,16 @@ enum GrantType {
     RefreshToken,
 }
 
+impl GrantType {
+    /// The grant a `grant_type` value names; an unknown one is echoed back cut to 64
+    /// characters, so the error stays small whatever was sent.
+    fn parse(name: &str) -> Result<GrantType, AppError> {
+        let text = StrDeserializer::<serde::de::value::Error>::new(name);
+        GrantType::deserialize(text)
+            .map_err(|_| AppError::UnsupportedGrantType(name.chars().take(64).collect()))
+    }
+}
+
 pub(super) async fn token(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -32,9 +42,7 @@ pub(super) async fn token(
     form: Result<Form, OAuthError>,
 ) -> Result<Response, OAuthError> {
     let Form(params) = form?;
-    let grant_name = params.require("grant_type")?;
-    let grant = GrantType::deserialize(StrDeserializer::<serde::de::value::Error>::new(grant_name))
-        .map_err(|_| AppError::UnsupportedGrantType(grant_name.chars().take(64).collect()))?;
+    let grant = GrantType::parse(params.require("grant_type")?)?;
     let credentials = credentials(&headers, &params)?;
     let client = app.authenticate_client(&credentials, &ctx).await?;
     let response = match grant {
