@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::UnixMillis;
-use tessera_core::id::{SessionId, SsoId, Subject};
+use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::token::{MAX_TOKEN_LEN, Secret};
 use tessera_store::{AuthCode, SsoSession, StoreError};
 use url::Url;
@@ -30,7 +30,7 @@ pub const MAX_USERNAME_LEN: usize = 256;
 #[derive(Clone, Debug)]
 pub struct AuthRequest {
     /// The client.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// The redirect URI, exactly as sent.
     pub redirect_uri: String,
     /// The granted scope (known scopes only, space-separated).
@@ -223,7 +223,7 @@ impl App {
         self.store
             .insert_code(AuthCode {
                 hash: code.hash(),
-                client_id: tessera_core::id::ClientId::new(request.client_id.clone()),
+                client_id: request.client_id.clone(),
                 redirect_uri: request.redirect_uri.clone(),
                 code_challenge: request.code_challenge.clone(),
                 nonce: request.nonce.clone(),

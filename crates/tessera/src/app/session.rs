@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::UnixMillis;
-use tessera_core::id::{SessionId, SsoId};
+use tessera_core::id::{ClientId, SessionId, SsoId};
 use tessera_core::jwt::Expect;
 use tessera_core::token::{MAX_TOKEN_LEN, REFRESH_TOKEN_PREFIX, Secret};
 use tessera_store::{RefreshTokenInfo, Session};
@@ -18,7 +18,7 @@ use crate::config::Client;
 struct OwnClaims {
     sub: String,
     sid: String,
-    aud: String,
+    aud: ClientId,
     exp: i64,
     iat: i64,
     #[serde(default)]
@@ -29,7 +29,7 @@ struct OwnClaims {
 #[derive(Debug)]
 pub struct LogoutHint {
     /// The client the id_token was issued to.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// The session it belongs to.
     pub session_id: SessionId,
 }
@@ -54,7 +54,7 @@ impl App {
             info.filter(|i| i.client_id == client.id).map(|i| i.session)
         } else {
             match self.verify_own(token, "at+jwt", false) {
-                Some(claims) if claims.aud == client.id.as_str() => {
+                Some(claims) if claims.aud == client.id => {
                     self.store.find_session(SessionId::new(claims.sid)).await?
                 }
                 _ => None,
@@ -131,8 +131,8 @@ impl App {
     }
 
     /// Whether `uri` is a registered post-logout redirect of `client_id`.
-    pub fn post_logout_redirect_allowed(&self, client_id: &str, uri: &str) -> bool {
-        self.client(client_id)
+    pub fn post_logout_redirect_allowed(&self, client_id: &ClientId, uri: &str) -> bool {
+        self.client(client_id.as_str())
             .is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri))
     }
 

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
 use tessera_core::clock::{ManualClock, UnixMillis};
+use tessera_core::id::ClientId;
 use tessera_core::pkce;
 use tower::ServiceExt as _;
 
@@ -141,7 +142,7 @@ impl TestApp {
     /// The credentials of the confidential client, sent with its secret.
     pub(crate) fn confidential_credentials() -> ClientCredentials {
         ClientCredentials {
-            id: CONFIDENTIAL_CLIENT.into(),
+            id: ClientId::new(CONFIDENTIAL_CLIENT),
             secret: Some(CONFIDENTIAL_SECRET.into()),
         }
     }

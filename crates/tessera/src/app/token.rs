@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::UnixMillis;
-use tessera_core::id::SessionId;
+use tessera_core::id::{ClientId, SessionId};
 use tessera_core::token::{MAX_TOKEN_LEN, REFRESH_TOKEN_PREFIX, Secret, TokenHash};
 use tessera_store::{AuthCode, CodeRedemption, RedeemRequest, Session, SessionStart};
 
@@ -33,7 +33,7 @@ use redemption::Verdict;
 #[derive(Clone, Debug)]
 pub struct ClientCredentials {
     /// The client id.
-    pub id: String,
+    pub id: ClientId,
     /// The secret, if any was sent (an empty Basic password counts as none).
     pub secret: Option<String>,
 }
@@ -92,7 +92,7 @@ impl App {
         ctx: &RequestContext,
     ) -> Result<&Client, AppError> {
         let client = self
-            .client(&credentials.id)
+            .client(credentials.id.as_str())
             .ok_or(AppError::InvalidClient)?;
         match (&client.secret_hash, credentials.secret.as_deref()) {
             (None, None) => Ok(client),

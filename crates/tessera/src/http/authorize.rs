@@ -264,7 +264,7 @@ fn form_body(request: &AuthRequest, action: &str, csrf: &str, error: Option<&str
          <label for=\"username\">User name</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
          <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
          <button type=\"submit\">Sign in</button></form>",
-        client = escape(&request.client_id),
+        client = escape(request.client_id.as_str()),
         action = escape(action),
     )
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use tessera_core::id::{SessionId, SsoId};
+use tessera_core::id::{ClientId, SessionId, SsoId};
 
 use super::error::no_store;
 use super::form::{Form, Params};
@@ -138,10 +138,10 @@ impl PostLogout {
 fn post_logout(app: &App, hint: Option<&LogoutHint>, params: &Params) -> PostLogout {
     let uri = params.get("post_logout_redirect_uri");
     let client_id = hint
-        .map(|h| h.client_id.as_str())
-        .or_else(|| params.get("client_id"));
+        .map(|h| h.client_id.clone())
+        .or_else(|| params.get("client_id").map(ClientId::new));
     let registered = match (uri, client_id) {
-        (Some(uri), Some(client)) => app.post_logout_redirect_allowed(client, uri),
+        (Some(uri), Some(client)) => app.post_logout_redirect_allowed(&client, uri),
         _ => false,
     };
     PostLogout::of(uri, registered, params.get("state"))

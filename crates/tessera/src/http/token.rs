@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde::de::value::StrDeserializer;
+use tessera_core::id::ClientId;
 
 use super::error::no_store;
 use super::form::{Form, Params};
@@ -114,14 +115,14 @@ fn credentials(headers: &HeaderMap, params: &Params) -> Result<ClientCredentials
                 return Err(AppError::InvalidClient.into());
             }
             Ok(ClientCredentials {
-                id,
+                id: ClientId::new(id),
                 secret: Some(secret).filter(|s| !s.is_empty()),
             })
         }
         None => {
             let id = body_id.ok_or(AppError::InvalidClient)?;
             Ok(ClientCredentials {
-                id: id.to_owned(),
+                id: ClientId::new(id),
                 secret: body_secret.map(str::to_owned),
             })
         }

@@ -68,7 +68,7 @@ pub(super) fn check(
     let nonce = param("nonce");
     check_state_and_nonce(state, nonce.as_deref())?;
     Ok(AuthRequest {
-        client_id: client.id.as_str().to_owned(),
+        client_id: client.id.clone(),
         redirect_uri: redirect_uri.to_owned(),
         scope,
         state: state.map(str::to_owned),
@@ -330,7 +330,7 @@ mod tests {
             Some("xyz"),
         )
         .unwrap();
-        assert_eq!(request.client_id, "kubernetes");
+        assert_eq!(request.client_id, ClientId::new("kubernetes"));
         assert_eq!(request.redirect_uri, "http://127.0.0.1/callback");
         assert_eq!(request.scope, "openid email");
         assert_eq!(request.state.as_deref(), Some("xyz"));

@@ -87,7 +87,7 @@ fn an_access_token_is_active_only_while_its_session_is_live() {
     let claims = OwnClaims {
         sub: "dev".into(),
         sid: "s1".into(),
-        aud: "demo".into(),
+        aud: ClientId::new("demo"),
         exp: 10_060,
         iat: 10_000,
         scope: Some("openid".into()),
@@ -264,7 +264,7 @@ async fn logout_ends_the_sso_session_and_every_session_started_from_it() {
     }
     let (first, second) = (&issued[0], &issued[1]);
     let hint = t.app.logout_hint(&first.id_token).unwrap();
-    assert_eq!(hint.client_id, PUBLIC_CLIENT);
+    assert_eq!(hint.client_id, ClientId::new(PUBLIC_CLIENT));
     let session = t.app.store.find_session(hint.session_id.clone()).await;
     let sso = session.unwrap().unwrap().sso_id.unwrap();
     assert_eq!(sso, outcome.sso.id);

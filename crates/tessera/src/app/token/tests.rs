@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tessera_core::id::ClientId;
 
 use crate::app::AppError;
 use crate::app::testing::{
@@ -319,7 +320,7 @@ async fn a_refresh_token_of_another_client_is_refused_and_stays_good_for_its_own
 async fn clients_authenticate_with_their_secret_or_as_public_and_nothing_else() {
     let t = TestApp::start().await;
     let credentials = |id: &str, secret: Option<&str>| ClientCredentials {
-        id: id.into(),
+        id: ClientId::new(id),
         secret: secret.map(str::to_owned),
     };
     let table = [
@@ -336,7 +337,7 @@ async fn clients_authenticate_with_their_secret_or_as_public_and_nothing_else() 
     for (presented, accepted) in table {
         let answer = t.app.authenticate_client(&presented, &t.ctx).await;
         match answer {
-            Ok(client) if accepted => assert_eq!(client.id.as_str(), presented.id),
+            Ok(client) if accepted => assert_eq!(client.id, presented.id),
             Err(AppError::InvalidClient) if !accepted => {}
             other => panic!("{presented:?}: {other:?}"),
         }
