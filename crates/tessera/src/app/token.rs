@@ -273,7 +273,7 @@ impl App {
     }
 
     /// The `refresh_token` grant: one atomic redemption in the store, then the answer its
-    /// decision calls for ([`Verdict`]).
+    /// decision calls for (a `Verdict`, see `token::redemption`).
     pub async fn refresh(
         &self,
         client: &Client,
