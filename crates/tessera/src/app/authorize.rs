@@ -1,18 +1,22 @@
 //! The authorization endpoint's use cases: validating the request (RFC 6749 §4.1.1, OpenID
-//! Connect Core §3.1.2), the login with rate limiting, the SSO session, and issuing codes.
+//! Connect Core §3.1.2), the login with rate limiting, the SSO session, and issuing codes. The
+//! request's validation is pure and lives in [`request`].
+
+mod request;
 
 use std::time::Duration;
 
 use tessera_core::audit::{Event, Subjects};
-use tessera_core::id::{SessionId, SsoId, Subject};
-use tessera_core::pkce;
+use tessera_core::clock::UnixMillis;
+use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::token::{MAX_TOKEN_LEN, Secret};
-use tessera_store::{AuthCode, SsoSession};
+use tessera_store::{AuthCode, SsoSession, StoreError};
 use url::Url;
 
 use super::limiter::LimitKey;
 use super::{App, AppError, RequestContext, random_id, random_secret, slow_check};
 use crate::config::Client;
+use crate::users::User;
 
 /// Lifetime of an authorization code: RFC 6749 §4.1.2 recommends at most ten minutes; a code
 /// is exchanged within a second by every real client.
@@ -22,14 +26,11 @@ const CODE_TTL: Duration = Duration::from_secs(60);
 /// are counted, hashed or logged.
 pub const MAX_USERNAME_LEN: usize = 256;
 
-/// Scopes tessera grants, in the order it reports them.
-const KNOWN_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offline_access"];
-
 /// A validated authorization request.
 #[derive(Clone, Debug)]
 pub struct AuthRequest {
     /// The client.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// The redirect URI, exactly as sent.
     pub redirect_uri: String,
     /// The granted scope (known scopes only, space-separated).
@@ -83,101 +84,15 @@ impl App {
         &self,
         param: impl Fn(&str) -> Option<String>,
     ) -> Result<AuthRequest, AuthorizeError> {
-        let client_id = param("client_id")
-            .ok_or_else(|| AuthorizeError::Page("The request names no client_id.".into()))?;
-        let client = self
-            .client(&client_id)
-            .ok_or_else(|| AuthorizeError::Page(format!("Unknown client `{client_id}`.")))?;
-        let redirect_uri = param("redirect_uri")
-            .ok_or_else(|| AuthorizeError::Page("The request has no redirect_uri.".into()))?;
-        if !redirect_allowed(client, &redirect_uri) {
-            return Err(AuthorizeError::Page(format!(
-                "The redirect_uri `{redirect_uri}` is not registered for client `{client_id}`."
-            )));
-        }
+        let (client, redirect_uri) = request::trusted_redirect(&param, |id| self.client(id))?;
         let state = param("state");
-        let fail = |error: &str, description: &str| {
+        request::check(&param, client, &redirect_uri, state.as_deref()).map_err(|refusal| {
             AuthorizeError::Redirect(self.error_redirect(
                 &redirect_uri,
-                error,
-                description,
+                refusal.error,
+                refusal.description,
                 state.as_deref(),
             ))
-        };
-        match param("response_type").as_deref() {
-            Some("code") => {}
-            Some(_) => {
-                return Err(fail(
-                    "unsupported_response_type",
-                    "only response_type=code is supported",
-                ));
-            }
-            None => return Err(fail("invalid_request", "response_type is required")),
-        }
-        let requested = param("scope").unwrap_or_default();
-        let scope: Vec<&str> = KNOWN_SCOPES
-            .into_iter()
-            .filter(|known| requested.split(' ').any(|s| s == *known))
-            .collect();
-        if !scope.contains(&"openid") {
-            return Err(fail("invalid_scope", "the scope must include openid"));
-        }
-        let code_challenge = param("code_challenge");
-        match (param("code_challenge_method").as_deref(), &code_challenge) {
-            (_, None) if client.public => {
-                return Err(fail(
-                    "invalid_request",
-                    "public clients must use PKCE (code_challenge with S256)",
-                ));
-            }
-            (Some("S256"), Some(c)) if pkce::is_valid_s256_challenge(c) => {}
-            (Some("S256"), Some(_)) => {
-                return Err(fail(
-                    "invalid_request",
-                    "code_challenge is not a valid S256 challenge",
-                ));
-            }
-            (_, Some(_)) => {
-                return Err(fail(
-                    "invalid_request",
-                    "code_challenge_method must be S256",
-                ));
-            }
-            (Some(_), None) => {
-                return Err(fail(
-                    "invalid_request",
-                    "code_challenge_method without code_challenge",
-                ));
-            }
-            (None, None) => {}
-        }
-        let prompt = param("prompt").unwrap_or_default();
-        let nonce = param("nonce");
-        if nonce.as_ref().is_some_and(|n| n.len() > 512)
-            || state.as_ref().is_some_and(|s| s.len() > 2048)
-        {
-            return Err(fail("invalid_request", "state or nonce is too long"));
-        }
-        // The nonce is stored and signed into the id_token: control characters (NUL above all,
-        // which PostgreSQL refuses to store) have no business in it.
-        if nonce
-            .as_ref()
-            .is_some_and(|n| n.chars().any(char::is_control))
-        {
-            return Err(fail(
-                "invalid_request",
-                "the nonce contains control characters",
-            ));
-        }
-        Ok(AuthRequest {
-            client_id,
-            scope: scope.join(" "),
-            state: state.clone(),
-            nonce,
-            code_challenge,
-            force_login: prompt.split(' ').any(|p| p == "login"),
-            no_prompt: prompt.split(' ').any(|p| p == "none"),
-            redirect_uri,
         })
     }
 
@@ -239,61 +154,53 @@ impl App {
         password: &str,
         ctx: &RequestContext,
     ) -> Result<LoginOutcome, LoginFailure> {
-        // Checked before anything is counted, hashed or logged: a name is never written whole
-        // unless it is short and printable.
-        if username.len() > MAX_USERNAME_LEN || username.chars().any(char::is_control) {
-            return Err(LoginFailure::InvalidUsername);
-        }
+        check_username(username)?;
         let now = self.now();
         let who = Subjects {
             uid: Some(username.to_owned()),
-            source_ip: Some(ctx.ip.clone()),
-            user_agent: ctx.user_agent.clone(),
-            ..Subjects::default()
+            ..ctx.subjects()
         };
         let keys = vec![LimitKey::user(username), LimitKey::address(&ctx.ip)];
-        let attempt = match self.admit(&self.login_limiter, keys).await {
-            Ok(attempt) => attempt,
-            Err(refusal) => {
-                if refusal.first {
-                    let reason = "rate_limited".into();
-                    self.record(&Event::LoginFailed { reason }, &who);
-                }
-                return Err(LoginFailure::RateLimited(refusal.retry_after));
-            }
+        let failed = |reason: &str| Event::LoginFailed {
+            reason: reason.into(),
         };
-        let user = self.users.find(username).cloned();
-        let ok = match &user {
-            Some(user) => self.password_matches(&user.password_hash, password).await,
-            // Spend the same time for unknown users, so timing does not reveal which exist.
-            None => {
-                self.password_matches(&self.dummy_password_hash, password)
-                    .await;
-                false
-            }
-        };
-        let Some(user) = user.filter(|_| ok) else {
+        let attempt = self
+            .admit_audited(&self.login_limiter, keys, &failed("rate_limited"), &who)
+            .await
+            .map_err(LoginFailure::RateLimited)?;
+        let Some(user) = self.user_with_password(username, password).await else {
             attempt.failed();
-            let reason = "bad_credentials".into();
-            self.record(&Event::LoginFailed { reason }, &who);
+            self.record(&failed("bad_credentials"), &who);
             return Err(LoginFailure::BadCredentials);
         };
         attempt.succeeded();
-        let handle = random_secret("tss1_");
-        let sso = SsoSession {
-            handle: handle.hash(),
-            id: SsoId::new(random_id()),
-            subject: Subject::new(user.username.clone()),
-            auth_time: now,
-            expires_at: now.plus(self.config.session_max_lifetime),
-            revoked_at: None,
-        };
-        self.store
-            .create_sso(sso.clone())
+        let outcome = self
+            .start_sso(&user, now)
             .await
             .map_err(|e| LoginFailure::Unavailable(e.into()))?;
         self.record(&Event::LoginSucceeded, &who);
+        Ok(outcome)
+    }
+
+    /// Starts the SSO session of a login at `now`, and the handle its cookie carries.
+    async fn start_sso(&self, user: &User, now: UnixMillis) -> Result<LoginOutcome, StoreError> {
+        let handle = random_secret("tss1_");
+        let id = SsoId::new(random_id());
+        let sso = new_sso(&handle, id, user, now, self.config.session_max_lifetime);
+        self.store.create_sso(sso.clone()).await?;
         Ok(LoginOutcome { sso, handle })
+    }
+
+    /// The user `username` if `password` is theirs. An unknown user costs the same time as a
+    /// wrong password, so timing does not reveal which users exist.
+    async fn user_with_password(&self, username: &str, password: &str) -> Option<User> {
+        let Some(user) = self.users.find(username).cloned() else {
+            self.password_matches(&self.dummy_password_hash, password)
+                .await;
+            return None;
+        };
+        let ok = self.password_matches(&user.password_hash, password).await;
+        ok.then_some(user)
     }
 
     async fn password_matches(&self, hash: &str, password: &str) -> bool {
@@ -316,7 +223,7 @@ impl App {
         self.store
             .insert_code(AuthCode {
                 hash: code.hash(),
-                client_id: tessera_core::id::ClientId::new(request.client_id.clone()),
+                client_id: request.client_id.clone(),
                 redirect_uri: request.redirect_uri.clone(),
                 code_challenge: request.code_challenge.clone(),
                 nonce: request.nonce.clone(),
@@ -333,6 +240,33 @@ impl App {
             &[("code", code.expose())],
             request.state.as_deref(),
         ))
+    }
+}
+
+/// Checked before anything is counted, hashed or logged: a name is never written whole unless
+/// it is short and printable.
+fn check_username(username: &str) -> Result<(), LoginFailure> {
+    if username.len() > MAX_USERNAME_LEN || username.chars().any(char::is_control) {
+        return Err(LoginFailure::InvalidUsername);
+    }
+    Ok(())
+}
+
+/// A new SSO session `id` for `user`, who authenticated at `now`; its cookie carries `handle`.
+fn new_sso(
+    handle: &Secret,
+    id: SsoId,
+    user: &User,
+    now: UnixMillis,
+    lifetime: Duration,
+) -> SsoSession {
+    SsoSession {
+        handle: handle.hash(),
+        id,
+        subject: Subject::new(user.username.clone()),
+        auth_time: now,
+        expires_at: now.plus(lifetime),
+        revoked_at: None,
     }
 }
 
@@ -370,39 +304,5 @@ pub(crate) fn redirect_allowed(client: &Client, uri: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tessera_core::id::ClientId;
-
-    fn client(public: bool) -> Client {
-        Client {
-            id: ClientId::new("c"),
-            public,
-            secret_hash: None,
-            redirect_uris: vec![
-                "http://127.0.0.1/callback".into(),
-                "https://app.example/cb".into(),
-            ],
-            post_logout_redirect_uris: vec![],
-        }
-    }
-
-    #[test]
-    fn public_loopback_redirects_match_any_port_but_nothing_else() {
-        let c = client(true);
-        assert!(redirect_allowed(&c, "http://127.0.0.1:53123/callback"));
-        assert!(redirect_allowed(&c, "http://127.0.0.1/callback"));
-        assert!(!redirect_allowed(&c, "http://127.0.0.1:53123/other"));
-        assert!(!redirect_allowed(&c, "http://localhost:53123/callback"));
-        assert!(!redirect_allowed(&c, "http://127.0.0.1:5/callback?x=1"));
-        assert!(!redirect_allowed(&c, "https://app.example:444/cb"));
-        assert!(redirect_allowed(&c, "https://app.example/cb"));
-    }
-
-    #[test]
-    fn confidential_clients_need_the_exact_uri() {
-        let c = client(false);
-        assert!(!redirect_allowed(&c, "http://127.0.0.1:53123/callback"));
-        assert!(redirect_allowed(&c, "http://127.0.0.1/callback"));
-    }
-}
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

@@ -6,19 +6,22 @@ mod authorize;
 mod error;
 mod limiter;
 mod session;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+pub(crate) mod testing;
 mod token;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::{Clock, UnixMillis};
-use tessera_core::token::{RotationKey, TokenHash};
+use tessera_core::token::RotationKey;
 use tessera_store::Store;
 use tokio::sync::Semaphore;
 
-pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, MAX_USERNAME_LEN};
+pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN};
 pub use error::AppError;
+pub use session::LogoutHint;
 pub use token::ClientCredentials;
 
 use crate::audit::Audit;
@@ -27,6 +30,7 @@ use crate::keys::{self, KeySet};
 use crate::metrics::Metrics;
 use crate::users::Users;
 use limiter::{CAPACITY, ClosedWindow, LimitKey, Limiter};
+use token::VerifiedSecrets;
 
 /// Where a request came from, for the audit log and the grace IP check.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +39,17 @@ pub struct RequestContext {
     pub ip: String,
     /// `User-Agent` header.
     pub user_agent: Option<String>,
+}
+
+impl RequestContext {
+    /// The request's origin as audit subjects; the caller adds who and what it concerns.
+    pub fn subjects(&self) -> Subjects {
+        Subjects {
+            source_ip: Some(self.ip.clone()),
+            user_agent: self.user_agent.clone(),
+            ..Subjects::default()
+        }
+    }
 }
 
 /// The provider's state, shared by every request.
@@ -63,10 +78,8 @@ pub struct App {
     /// cannot starve logins nor the other way round. One permit: a correct secret is checked
     /// once per process (see `verified_secrets`), so only wrong ones queue here.
     client_secret_gate: Arc<Semaphore>,
-    /// SHA-256 of client secrets already verified, so a confidential client pays the argon2
-    /// cost once per process, not once per refresh, and is not held up by the failure limit
-    /// that others' wrong secrets put on its client id.
-    verified_secrets: Mutex<HashSet<TokenHash>>,
+    /// Client secrets already verified, each checked with argon2 once per process.
+    verified_secrets: VerifiedSecrets,
     /// An argon2id hash of a random password, checked for unknown users so that a login for a
     /// missing user costs what one for a real user does (no user enumeration by timing).
     dummy_password_hash: String,
@@ -105,17 +118,9 @@ impl App {
             audit,
             users,
         } = parts;
-        let now = clock.now();
-        let key_set = keys::rotate_and_load(store.as_ref(), &config, &audit, now).await?;
-        let candidate: [u8; 32] = rand::random();
-        let rotation_key = RotationKey::new(
-            store
-                .secret_or_insert(ROTATION_KEY_SECRET, candidate.to_vec())
-                .await?,
-        );
-        let dummy: [u8; 16] = rand::random();
-        let dummy_password_hash = crate::secret::hash_password(&hex::encode(dummy))
-            .map_err(|e| AppError::InvalidRequest(format!("cannot hash: {e}")))?;
+        let key_set = keys::rotate_and_load(store.as_ref(), &config, &audit, clock.now()).await?;
+        let rotation_key = rotation_key(store.as_ref()).await?;
+        let dummy_password_hash = dummy_password_hash()?;
         // Client secrets share the login limits, with counters of their own.
         let limiter = |name| {
             Limiter::new(
@@ -140,7 +145,7 @@ impl App {
             client_limiter,
             password_gate: Arc::new(Semaphore::new(2)),
             client_secret_gate: Arc::new(Semaphore::new(1)),
-            verified_secrets: Mutex::new(HashSet::new()),
+            verified_secrets: VerifiedSecrets::default(),
             dummy_password_hash,
         })
     }
@@ -239,6 +244,24 @@ impl App {
             }))
     }
 
+    /// Admits one attempt like [`App::admit`]. A refusal writes `refused` to the audit log
+    /// for the first refusal of its window only (the others are summed up when the window
+    /// closes), and answers the seconds until a retry may be admitted.
+    async fn admit_audited<'a>(
+        &self,
+        limiter: &'a Limiter,
+        keys: Vec<LimitKey>,
+        refused: &Event,
+        who: &Subjects,
+    ) -> Result<limiter::Attempt<'a>, u64> {
+        self.admit(limiter, keys).await.map_err(|refusal| {
+            if refusal.first {
+                self.record(refused, who);
+            }
+            refusal.retry_after
+        })
+    }
+
     /// Writes one `RateLimitEnded` line per closed window of `limiter`.
     fn report_closed(&self, limiter: &Limiter, closed: Vec<ClosedWindow>) {
         for ClosedWindow { key, refused } in closed {
@@ -286,6 +309,23 @@ async fn slow_check(gate: &Arc<Semaphore>, check: impl FnOnce() -> bool + Send +
     })
     .await
     .unwrap_or(false)
+}
+
+/// The key refresh-token successors are derived from: stored once, the same on every replica
+/// (the first to start inserts it, the others read it).
+async fn rotation_key(store: &dyn Store) -> Result<RotationKey, AppError> {
+    let candidate: [u8; 32] = rand::random();
+    let stored = store
+        .secret_or_insert(ROTATION_KEY_SECRET, candidate.to_vec())
+        .await?;
+    Ok(RotationKey::new(stored))
+}
+
+/// An argon2id hash of a random password, for logins of unknown users to check against.
+fn dummy_password_hash() -> Result<String, AppError> {
+    let dummy: [u8; 16] = rand::random();
+    crate::secret::hash_password(&hex::encode(dummy))
+        .map_err(|e| AppError::InvalidRequest(format!("cannot hash: {e}")))
 }
 
 fn random_id() -> String {

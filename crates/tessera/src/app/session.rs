@@ -3,10 +3,11 @@
 
 use serde_json::{Value, json};
 use tessera_core::audit::{Event, Subjects};
-use tessera_core::id::{SessionId, SsoId};
+use tessera_core::clock::UnixMillis;
+use tessera_core::id::{ClientId, SessionId, SsoId};
 use tessera_core::jwt::Expect;
 use tessera_core::token::{MAX_TOKEN_LEN, REFRESH_TOKEN_PREFIX, Secret};
-use tessera_store::Session;
+use tessera_store::{RefreshTokenInfo, Session};
 
 use super::token::{subjects, user_claims};
 use super::{App, AppError, RequestContext};
@@ -17,7 +18,7 @@ use crate::config::Client;
 struct OwnClaims {
     sub: String,
     sid: String,
-    aud: String,
+    aud: ClientId,
     exp: i64,
     iat: i64,
     #[serde(default)]
@@ -28,7 +29,7 @@ struct OwnClaims {
 #[derive(Debug)]
 pub struct LogoutHint {
     /// The client the id_token was issued to.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// The session it belongs to.
     pub session_id: SessionId,
 }
@@ -53,7 +54,7 @@ impl App {
             info.filter(|i| i.client_id == client.id).map(|i| i.session)
         } else {
             match self.verify_own(token, "at+jwt", false) {
-                Some(claims) if claims.aud == client.id.as_str() => {
+                Some(claims) if claims.aud == client.id => {
                     self.store.find_session(SessionId::new(claims.sid)).await?
                 }
                 _ => None,
@@ -68,60 +69,31 @@ impl App {
 
     /// RFC 7662 introspection for confidential clients.
     pub async fn introspect(&self, client: &Client, token: &str) -> Result<Value, AppError> {
-        let inactive = json!({"active": false});
         if client.public {
             return Err(AppError::InvalidClient);
         }
         if token.len() > MAX_TOKEN_LEN {
-            return Ok(inactive);
+            return Ok(inactive());
         }
         let now = self.now();
         if token.starts_with(REFRESH_TOKEN_PREFIX) {
-            let Some(info) = self
-                .store
-                .find_refresh_token(Secret::from_presented(token).hash())
-                .await?
-            else {
-                return Ok(inactive);
-            };
-            let live =
-                info.used_at.is_none() && now < info.expires_at && is_live(&info.session, now);
-            if !live {
-                return Ok(inactive);
-            }
-            return Ok(json!({
-                "active": true,
-                "token_type": "refresh_token",
-                "client_id": info.client_id,
-                "sub": info.session.subject,
-                "scope": info.session.scope,
-                "exp": info.expires_at.as_secs(),
-                "iat": info.issued_at.as_secs(),
-                "iss": self.issuer,
-                "sid": info.session.id,
+            let hash = Secret::from_presented(token).hash();
+            let info = self.store.find_refresh_token(hash).await?;
+            return Ok(info.map_or_else(inactive, |info| {
+                refresh_token_introspection(&info, &self.issuer, now)
             }));
         }
         let Some(claims) = self.verify_own(token, "at+jwt", false) else {
-            return Ok(inactive);
+            return Ok(inactive());
         };
-        match self
-            .store
-            .find_session(SessionId::new(claims.sid.clone()))
-            .await?
-        {
-            Some(session) if is_live(&session, now) => Ok(json!({
-                "active": true,
-                "token_type": "Bearer",
-                "client_id": claims.aud,
-                "sub": claims.sub,
-                "scope": claims.scope,
-                "exp": claims.exp,
-                "iat": claims.iat,
-                "iss": self.issuer,
-                "sid": claims.sid,
-            })),
-            _ => Ok(inactive),
-        }
+        let sid = SessionId::new(claims.sid.clone());
+        let session = self.store.find_session(sid).await?;
+        Ok(access_token_introspection(
+            &claims,
+            session.as_ref(),
+            &self.issuer,
+            now,
+        ))
     }
 
     /// The user's claims for a valid access token of a live session.
@@ -159,8 +131,8 @@ impl App {
     }
 
     /// Whether `uri` is a registered post-logout redirect of `client_id`.
-    pub fn post_logout_redirect_allowed(&self, client_id: &str, uri: &str) -> bool {
-        self.client(client_id)
+    pub fn post_logout_redirect_allowed(&self, client_id: &ClientId, uri: &str) -> bool {
+        self.client(client_id.as_str())
             .is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri))
     }
 
@@ -183,17 +155,12 @@ impl App {
         }
         for sso in sso_id.into_iter().chain(hinted_sso) {
             for id in self.store.revoke_sso(sso, now, "logout").await? {
-                self.record(
-                    &Event::SessionRevoked {
-                        reason: "logout".into(),
-                    },
-                    &Subjects {
-                        session_id: Some(id.to_string()),
-                        source_ip: Some(ctx.ip.clone()),
-                        user_agent: ctx.user_agent.clone(),
-                        ..Subjects::default()
-                    },
-                );
+                let who = Subjects {
+                    session_id: Some(id.to_string()),
+                    ..ctx.subjects()
+                };
+                let reason = "logout".into();
+                self.record(&Event::SessionRevoked { reason }, &who);
             }
         }
         Ok(())
@@ -236,6 +203,59 @@ impl App {
     }
 }
 
-fn is_live(session: &Session, now: tessera_core::clock::UnixMillis) -> bool {
+fn is_live(session: &Session, now: UnixMillis) -> bool {
     session.revoked_at.is_none() && now < session.absolute_end
 }
+
+/// RFC 7662 §2.2: all an inactive token is told.
+fn inactive() -> Value {
+    json!({"active": false})
+}
+
+/// The introspection of a refresh token found in the store: active while unused, unexpired
+/// and of a live session.
+fn refresh_token_introspection(info: &RefreshTokenInfo, issuer: &str, now: UnixMillis) -> Value {
+    let live = info.used_at.is_none() && now < info.expires_at && is_live(&info.session, now);
+    if !live {
+        return inactive();
+    }
+    json!({
+        "active": true,
+        "token_type": "refresh_token",
+        "client_id": info.client_id,
+        "sub": info.session.subject,
+        "scope": info.session.scope,
+        "exp": info.expires_at.as_secs(),
+        "iat": info.issued_at.as_secs(),
+        "iss": issuer,
+        "sid": info.session.id,
+    })
+}
+
+/// The introspection of an access token whose signature and expiry verified: active while the
+/// session it names is live (a revoked session ends its access tokens before they expire).
+fn access_token_introspection(
+    claims: &OwnClaims,
+    session: Option<&Session>,
+    issuer: &str,
+    now: UnixMillis,
+) -> Value {
+    if !session.is_some_and(|s| is_live(s, now)) {
+        return inactive();
+    }
+    json!({
+        "active": true,
+        "token_type": "Bearer",
+        "client_id": claims.aud,
+        "sub": claims.sub,
+        "scope": claims.scope,
+        "exp": claims.exp,
+        "iat": claims.iat,
+        "iss": issuer,
+        "sid": claims.sid,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

@@ -1,14 +1,23 @@
 //! The token endpoint's use cases: client authentication, the code exchange and the refresh
-//! (DESIGN.md "Redeeming a refresh token"), and minting of id_tokens and access tokens.
+//! (DESIGN.md "Redeeming a refresh token"), and minting of id_tokens and access tokens. The
+//! decisions are pure and live below: [`code`] checks a claimed code, [`redemption`] turns the
+//! store's decision into an answer, [`claim`] builds the claims that are signed.
+
+mod claim;
+mod code;
+mod redemption;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::UnixMillis;
-use tessera_core::pkce;
-use tessera_core::redeem::{Decision, RejectReason};
+use tessera_core::id::{ClientId, SessionId};
 use tessera_core::token::{MAX_TOKEN_LEN, REFRESH_TOKEN_PREFIX, Secret, TokenHash};
-use tessera_store::{CodeRedemption, NewRefreshToken, RedeemRequest, Session, SessionStart};
+use tessera_store::{AuthCode, CodeRedemption, RedeemRequest, Session, SessionStart};
+
+pub(crate) use claim::user_claims;
 
 use super::limiter::LimitKey;
 use super::{App, AppError, RequestContext, random_secret, slow_check};
@@ -16,12 +25,15 @@ use crate::config::Client;
 use crate::metrics::RefreshOutcome;
 use crate::secret;
 use crate::users::User;
+use claim::Issuance;
+use code::Presentation;
+use redemption::Verdict;
 
 /// How the client presented its credentials.
 #[derive(Clone, Debug)]
 pub struct ClientCredentials {
     /// The client id.
-    pub id: String,
+    pub id: ClientId,
     /// The secret, if any was sent (an empty Basic password counts as none).
     pub secret: Option<String>,
 }
@@ -43,6 +55,34 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
+/// Client secrets already verified in this process, so a confidential client pays the argon2
+/// cost once per process, not once per refresh, and is not held up by the failure limit that
+/// others' wrong secrets put on its client id. Kept as SHA-256 of the stored hash and the
+/// presented secret: a changed registration never matches an old entry.
+#[derive(Debug, Default)]
+pub(super) struct VerifiedSecrets(Mutex<HashSet<TokenHash>>);
+
+impl VerifiedSecrets {
+    /// The entry of `presented` checked against `hash`.
+    fn entry(hash: &str, presented: &str) -> TokenHash {
+        Secret::from_presented(format!("{hash}\n{presented}")).hash()
+    }
+
+    fn contains(&self, entry: &TokenHash) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(entry)
+    }
+
+    fn insert(&self, entry: TokenHash) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(entry);
+    }
+}
+
 impl App {
     /// Authenticates a client (RFC 6749 §2.3): `client_secret_basic`, `client_secret_post`,
     /// or `none` for public clients. Runs before anything is consumed.
@@ -52,7 +92,7 @@ impl App {
         ctx: &RequestContext,
     ) -> Result<&Client, AppError> {
         let client = self
-            .client(&credentials.id)
+            .client(credentials.id.as_str())
             .ok_or(AppError::InvalidClient)?;
         match (&client.secret_hash, credentials.secret.as_deref()) {
             (None, None) => Ok(client),
@@ -67,8 +107,7 @@ impl App {
 
     /// Checks a presented secret. A secret verified before is accepted at once, even while the
     /// client is rate-limited, so an attacker sending wrong secrets cannot lock out the client
-    /// itself once it has authenticated; anything else takes a slot of the limiter per client
-    /// and per address before it is hashed.
+    /// itself once it has authenticated.
     async fn check_client_secret(
         &self,
         client: &Client,
@@ -76,51 +115,47 @@ impl App {
         presented: &str,
         ctx: &RequestContext,
     ) -> Result<(), AppError> {
-        let verified = Secret::from_presented(format!("{hash}\n{presented}")).hash();
-        if self.secret_was_verified(&verified) {
+        let entry = VerifiedSecrets::entry(hash, presented);
+        if self.verified_secrets.contains(&entry) {
             return Ok(());
         }
+        self.verify_client_secret(client, hash, presented, ctx)
+            .await?;
+        self.verified_secrets.insert(entry);
+        Ok(())
+    }
+
+    /// Verifies a secret not verified before: the attempt takes a slot of the limiter per
+    /// client and per address before it is hashed, and a wrong one is audited.
+    async fn verify_client_secret(
+        &self,
+        client: &Client,
+        hash: &str,
+        presented: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AppError> {
         let who = Subjects {
             client_id: Some(client.id.to_string()),
-            source_ip: Some(ctx.ip.clone()),
-            user_agent: ctx.user_agent.clone(),
-            ..Subjects::default()
+            ..ctx.subjects()
         };
         let keys = vec![
             LimitKey::client(client.id.as_str()),
             LimitKey::address(&ctx.ip),
         ];
-        let attempt = match self.admit(&self.client_limiter, keys).await {
-            Ok(attempt) => attempt,
-            Err(refusal) => {
-                if refusal.first {
-                    let reason = "rate_limited".into();
-                    self.record(&Event::ClientAuthenticationFailed { reason }, &who);
-                }
-                return Err(AppError::ClientRateLimited {
-                    retry_after: refusal.retry_after,
-                });
-            }
+        let failed = |reason: &str| Event::ClientAuthenticationFailed {
+            reason: reason.into(),
         };
+        let attempt = self
+            .admit_audited(&self.client_limiter, keys, &failed("rate_limited"), &who)
+            .await
+            .map_err(|retry_after| AppError::ClientRateLimited { retry_after })?;
         if !self.secret_matches(hash, presented).await {
             attempt.failed();
-            let reason = "bad_secret".into();
-            self.record(&Event::ClientAuthenticationFailed { reason }, &who);
+            self.record(&failed("bad_secret"), &who);
             return Err(AppError::InvalidClient);
         }
         attempt.succeeded();
-        self.verified_secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(verified);
         Ok(())
-    }
-
-    fn secret_was_verified(&self, verified: &TokenHash) -> bool {
-        self.verified_secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(verified)
     }
 
     async fn secret_matches(&self, hash: &str, presented: &str) -> bool {
@@ -145,115 +180,100 @@ impl App {
         ctx: &RequestContext,
     ) -> Result<TokenResponse, AppError> {
         let now = self.now();
-        if code.len() > MAX_TOKEN_LEN {
-            return Err(AppError::InvalidGrant {
-                reason: "oversized code",
-            });
-        }
-        let code = match self
-            .store
-            .redeem_code(Secret::from_presented(code).hash(), now)
-            .await?
-        {
-            CodeRedemption::Unknown => {
-                return Err(AppError::InvalidGrant {
-                    reason: "unknown code",
-                });
-            }
-            CodeRedemption::AlreadyUsed { session_id } => {
-                // The session is revoked now, or was revoked in advance by the store when the
-                // first exchange had not started it yet: either way the reuse is audited.
-                self.store
-                    .revoke_session(session_id.clone(), now, "code_reuse")
-                    .await?;
-                self.record(
-                    &Event::SessionRevoked {
-                        reason: "code_reuse".into(),
-                    },
-                    &Subjects {
-                        session_id: Some(session_id.to_string()),
-                        client_id: Some(client.id.to_string()),
-                        source_ip: Some(ctx.ip.clone()),
-                        user_agent: ctx.user_agent.clone(),
-                        ..Subjects::default()
-                    },
-                );
-                return Err(AppError::InvalidGrant {
-                    reason: "code reused",
-                });
-            }
-            CodeRedemption::Claimed(code) => code,
+        let code = self.claim_code(client, code, ctx, now).await?;
+        let presented = Presentation {
+            client_id: &client.id,
+            redirect_uri,
+            code_verifier,
         };
-        if now >= code.expires_at {
-            return Err(AppError::InvalidGrant {
-                reason: "code expired",
-            });
-        }
-        if code.client_id != client.id {
-            return Err(AppError::InvalidGrant {
-                reason: "code of another client",
-            });
-        }
-        if redirect_uri != Some(code.redirect_uri.as_str()) {
-            return Err(AppError::InvalidGrant {
-                reason: "redirect_uri differs from the authorization request",
-            });
-        }
-        let pkce_ok = match (&code.code_challenge, code_verifier) {
-            (Some(challenge), Some(verifier)) => pkce::verify_s256(verifier, challenge),
-            (None, None) => true,
-            _ => false,
-        };
-        if !pkce_ok {
-            return Err(AppError::InvalidGrant {
-                reason: "PKCE verification failed",
-            });
-        }
+        code::check_redemption(&code, presented, now)?;
         let user = self.user(code.subject.as_str())?;
-        let session = Session {
-            id: code.session_id.clone(),
-            subject: code.subject.clone(),
-            client_id: client.id.clone(),
-            sso_id: code.sso_id.clone(),
-            scope: code.scope.clone(),
-            auth_time: code.auth_time,
-            created_at: now,
-            absolute_end: code.auth_time.plus(self.config.session_max_lifetime),
-            revoked_at: None,
+        let (session, refresh) = self.start_session(&code, now).await?;
+        let issuance = Issuance {
+            issuer: &self.issuer,
+            session: &session,
+            scope: &session.scope,
+            now,
         };
+        let response = self.mint(issuance, user, code.nonce.as_deref(), &refresh)?;
+        let grant_type = "authorization_code".into();
+        let who = subjects(&session, ctx, Some(code.hash));
+        self.record(&Event::TokenIssued { grant_type }, &who);
+        Ok(response)
+    }
+
+    /// Starts the session a checked code names, with its first refresh token. A reuse of the
+    /// code racing this exchange stops it (see [`SessionStart::CodeReused`]).
+    async fn start_session(
+        &self,
+        code: &AuthCode,
+        now: UnixMillis,
+    ) -> Result<(Session, Secret), AppError> {
+        let session = code::session_from(code, now, self.config.session_max_lifetime);
         let refresh = random_secret(REFRESH_TOKEN_PREFIX);
-        let first = NewRefreshToken {
-            hash: refresh.hash(),
-            issued_at: now,
-            expires_at: tessera_core::redeem::successor_expiry(
-                now,
-                self.config.refresh_ttl,
-                session.bounds(),
-            ),
-        };
+        let first = code::first_refresh_token(&refresh, &session, now, self.config.refresh_ttl);
         if self.store.start_session(session.clone(), first).await? == SessionStart::CodeReused {
             return Err(AppError::InvalidGrant {
                 reason: "code reused",
             });
         }
-        let response = self.mint(
-            &session,
-            &session.scope,
-            user,
-            code.nonce.as_deref(),
-            &refresh,
-            now,
-        )?;
-        self.record(
-            &Event::TokenIssued {
-                grant_type: "authorization_code".into(),
-            },
-            &subjects(&session, ctx, Some(code.hash)),
-        );
-        Ok(response)
+        Ok((session, refresh))
     }
 
-    /// The `refresh_token` grant: one atomic redemption in the store, then the answer.
+    /// Claims a presented code in the store, which makes it spent whatever follows. A code
+    /// claimed before is a reuse: the session its first use started is revoked.
+    async fn claim_code(
+        &self,
+        client: &Client,
+        code: &str,
+        ctx: &RequestContext,
+        now: UnixMillis,
+    ) -> Result<AuthCode, AppError> {
+        if code.len() > MAX_TOKEN_LEN {
+            return Err(AppError::InvalidGrant {
+                reason: "oversized code",
+            });
+        }
+        let hash = Secret::from_presented(code).hash();
+        match self.store.redeem_code(hash, now).await? {
+            CodeRedemption::Claimed(code) => Ok(*code),
+            CodeRedemption::Unknown => Err(AppError::InvalidGrant {
+                reason: "unknown code",
+            }),
+            CodeRedemption::AlreadyUsed { session_id } => {
+                self.revoke_for_code_reuse(session_id, client, ctx, now)
+                    .await?;
+                Err(AppError::InvalidGrant {
+                    reason: "code reused",
+                })
+            }
+        }
+    }
+
+    /// The session is revoked now, or was revoked in advance by the store when the first
+    /// exchange had not started it yet: either way the reuse is audited.
+    async fn revoke_for_code_reuse(
+        &self,
+        session_id: SessionId,
+        client: &Client,
+        ctx: &RequestContext,
+        now: UnixMillis,
+    ) -> Result<(), AppError> {
+        self.store
+            .revoke_session(session_id.clone(), now, "code_reuse")
+            .await?;
+        let who = Subjects {
+            session_id: Some(session_id.to_string()),
+            client_id: Some(client.id.to_string()),
+            ..ctx.subjects()
+        };
+        let reason = "code_reuse".into();
+        self.record(&Event::SessionRevoked { reason }, &who);
+        Ok(())
+    }
+
+    /// The `refresh_token` grant: one atomic redemption in the store, then the answer its
+    /// decision calls for (a `Verdict`, see `token::redemption`).
     pub async fn refresh(
         &self,
         client: &Client,
@@ -262,116 +282,89 @@ impl App {
         ctx: &RequestContext,
     ) -> Result<TokenResponse, AppError> {
         if token.len() > MAX_TOKEN_LEN {
-            self.metrics.observe_refresh(RefreshOutcome::Rejected);
-            return Err(AppError::InvalidGrant {
-                reason: "oversized refresh token",
-            });
+            return Err(self.refresh_rejected("oversized refresh token"));
         }
         let now = self.now();
         let presented = Secret::from_presented(token);
-        // RFC 6749 §6: the scope may be narrowed, never widened. Checked before the redemption,
-        // so a bad scope never consumes the token.
-        let granted = match scope {
-            Some(_) => self.store.find_refresh_token(presented.hash()).await?,
-            None => None,
-        };
-        let narrowed = match (scope, granted) {
-            (Some(scope), Some(info)) => Some(narrow_scope(scope, &info.session.scope)?),
-            _ => None,
-        };
+        let narrowed = self.narrowed_scope(scope, &presented).await?;
         let successor = presented.successor(&self.rotation_key);
-        let redemption = self
-            .store
-            .redeem_refresh_token(RedeemRequest {
-                hash: presented.hash(),
-                successor: successor.hash(),
-                client_id: client.id.clone(),
-                ip: ctx.ip.clone(),
-                now,
-                policy: self.config.policy,
-                ttl: self.config.refresh_ttl,
-            })
-            .await?;
-        let token_hash = Some(presented.hash());
+        let request = self.redeem_request(&presented, &successor, client, ctx, now);
+        let redemption = self.store.redeem_refresh_token(request).await?;
         let Some(session) = redemption.session else {
-            self.metrics.observe_refresh(RefreshOutcome::Rejected);
-            return Err(AppError::InvalidGrant {
-                reason: "unknown refresh token",
-            });
+            return Err(self.refresh_rejected("unknown refresh token"));
         };
-        let who = subjects(&session, ctx, token_hash);
-        match redemption.decision {
-            Decision::Rotate => {
-                self.metrics.observe_refresh(RefreshOutcome::Rotated);
-                let response =
-                    self.answer_refresh(&session, narrowed.as_deref(), &successor, now)?;
-                self.record(&Event::TokenRefreshed, &who);
-                Ok(response)
-            }
-            Decision::Grace {
-                first_used_ip,
-                first_used_ms_ago,
-            } => {
-                self.metrics.observe_refresh(RefreshOutcome::GraceReuse);
-                let response =
-                    self.answer_refresh(&session, narrowed.as_deref(), &successor, now)?;
-                self.record(
-                    &Event::ExpiredRefreshTokenUsed {
-                        first_used_ip,
-                        first_used_ms_ago,
-                    },
-                    &who,
-                );
-                Ok(response)
-            }
-            Decision::Replay {
-                revoke_session,
-                first_used_ip,
-                first_used_ms_ago,
-            } => {
-                self.metrics.observe_refresh(RefreshOutcome::Replay);
-                self.record(
-                    &Event::RefreshTokenReplayDetected {
-                        first_used_ip,
-                        first_used_ms_ago,
-                        session_revoked: revoke_session,
-                    },
-                    &who,
-                );
-                if revoke_session {
-                    self.record(
-                        &Event::SessionRevoked {
-                            reason: "replay".into(),
-                        },
-                        &who,
-                    );
-                }
-                Err(AppError::InvalidGrant {
-                    reason: "refresh token replayed",
-                })
-            }
-            Decision::Reject(reason) => {
-                self.metrics.observe_refresh(RefreshOutcome::Rejected);
-                if reason == RejectReason::SessionEnded {
-                    self.record(&Event::SessionExpired, &who);
-                }
-                Err(AppError::InvalidGrant {
-                    reason: reason.as_str(),
-                })
-            }
+        let who = subjects(&session, ctx, Some(presented.hash()));
+        let issuance = Issuance {
+            issuer: &self.issuer,
+            session: &session,
+            scope: narrowed.as_deref().unwrap_or(&session.scope),
+            now,
+        };
+        let verdict = Verdict::of(redemption.decision);
+        self.carry_out(&verdict, issuance, &successor, &who)
+    }
+
+    /// The redemption of `presented` asked of the store, under the server's policy.
+    fn redeem_request(
+        &self,
+        presented: &Secret,
+        successor: &Secret,
+        client: &Client,
+        ctx: &RequestContext,
+        now: UnixMillis,
+    ) -> RedeemRequest {
+        RedeemRequest {
+            hash: presented.hash(),
+            successor: successor.hash(),
+            client_id: client.id.clone(),
+            ip: ctx.ip.clone(),
+            now,
+            policy: self.config.policy,
+            ttl: self.config.refresh_ttl,
         }
     }
 
-    fn answer_refresh(
+    /// Counts a refresh refused before the store decided anything.
+    fn refresh_rejected(&self, reason: &'static str) -> AppError {
+        self.metrics.observe_refresh(RefreshOutcome::Rejected);
+        AppError::InvalidGrant { reason }
+    }
+
+    /// Answers what `verdict` calls for: its events and `invalid_grant`, or tokens with the
+    /// `successor` and then its events (none for an answer that could not be signed).
+    fn carry_out(
         &self,
-        session: &Session,
-        narrowed_scope: Option<&str>,
+        verdict: &Verdict,
+        issuance: Issuance<'_>,
         successor: &Secret,
-        now: UnixMillis,
+        who: &Subjects,
     ) -> Result<TokenResponse, AppError> {
-        let user = self.user(session.subject.as_str())?;
-        let scope = narrowed_scope.unwrap_or(&session.scope);
-        self.mint(session, scope, user, None, successor, now)
+        self.metrics.observe_refresh(verdict.outcome);
+        if let Some(reason) = verdict.refusal {
+            verdict.events.iter().for_each(|e| self.record(e, who));
+            return Err(AppError::InvalidGrant { reason });
+        }
+        let user = self.user(issuance.session.subject.as_str())?;
+        let response = self.mint(issuance, user, None, successor)?;
+        verdict.events.iter().for_each(|e| self.record(e, who));
+        Ok(response)
+    }
+
+    /// RFC 6749 §6: the scope may be narrowed, never widened. Checked before the redemption,
+    /// so a bad scope never consumes the token; an unknown token narrows nothing and is
+    /// refused by the redemption.
+    async fn narrowed_scope(
+        &self,
+        scope: Option<&str>,
+        presented: &Secret,
+    ) -> Result<Option<String>, AppError> {
+        let Some(scope) = scope else {
+            return Ok(None);
+        };
+        let granted = self.store.find_refresh_token(presented.hash()).await?;
+        granted
+            .map(|info| narrow_scope(scope, &info.session.scope))
+            .transpose()
     }
 
     fn user(&self, username: &str) -> Result<&User, AppError> {
@@ -380,46 +373,19 @@ impl App {
         })
     }
 
-    /// Signs an id_token and an access token for `session` with `scope` (the session's, or a
-    /// narrower one asked for at refresh) and wraps them with `refresh`.
+    /// Signs an id_token and an access token for `issuance` and wraps them with `refresh`.
     fn mint(
         &self,
-        session: &Session,
-        scope: &str,
+        issuance: Issuance<'_>,
         user: &User,
         nonce: Option<&str>,
         refresh: &Secret,
-        now: UnixMillis,
     ) -> Result<TokenResponse, AppError> {
         let keys = self.keys();
-        let iat = now.as_secs();
-        let id_exp = now.plus(self.config.id_token_ttl).as_secs();
-        let mut id = user_claims(user, scope);
-        id.insert("iss".into(), json!(self.issuer));
-        id.insert("sub".into(), json!(session.subject));
-        id.insert("aud".into(), json!(session.client_id));
-        id.insert("azp".into(), json!(session.client_id));
-        id.insert("exp".into(), json!(id_exp));
-        id.insert("iat".into(), json!(iat));
-        id.insert("auth_time".into(), json!(session.auth_time.as_secs()));
-        id.insert("sid".into(), json!(session.id));
-        if let Some(nonce) = nonce {
-            id.insert("nonce".into(), json!(nonce));
-        }
+        let id = issuance.id_token(user, nonce, self.config.id_token_ttl);
         let id_token = keys.id_signer.sign("JWT", &id)?;
         let jti: [u8; 16] = rand::random();
-        let access = json!({
-            "iss": self.issuer,
-            "sub": session.subject,
-            "aud": session.client_id,
-            "client_id": session.client_id,
-            "exp": now.plus(self.config.access_token_ttl).as_secs(),
-            "iat": iat,
-            "auth_time": session.auth_time.as_secs(),
-            "jti": hex::encode(jti),
-            "sid": session.id,
-            "scope": scope,
-        });
+        let access = issuance.access_token(self.config.access_token_ttl, &hex::encode(jti));
         // RFC 9068 §2.1: access tokens carry `typ: at+jwt` so an id_token is never taken for one.
         let access_token = keys.access_signer.sign("at+jwt", &access)?;
         Ok(TokenResponse {
@@ -428,28 +394,9 @@ impl App {
             expires_in: self.config.access_token_ttl.as_secs(),
             refresh_token: refresh.expose().to_owned(),
             id_token,
-            scope: scope.to_owned(),
+            scope: issuance.scope.to_owned(),
         })
     }
-}
-
-/// The user's claims that the granted scope releases (OpenID Connect Core §5.4).
-pub(crate) fn user_claims(user: &User, scope: &str) -> Map<String, Value> {
-    let mut claims = Map::new();
-    let has = |s: &str| scope.split(' ').any(|g| g == s);
-    if has("profile") {
-        claims.insert("preferred_username".into(), json!(user.username));
-        claims.insert("name".into(), json!(user.username));
-    }
-    if let Some(email) = user.email.as_ref().filter(|_| has("email")) {
-        claims.insert("email".into(), json!(email));
-        // Local users' addresses are set by the administrator.
-        claims.insert("email_verified".into(), json!(true));
-    }
-    if has("groups") {
-        claims.insert("groups".into(), json!(user.groups));
-    }
-    claims
 }
 
 /// RFC 6749 §6: a refresh may ask for the granted scope or less, never more. Returns the
@@ -477,8 +424,11 @@ pub(super) fn subjects(
         uid: Some(session.subject.to_string()),
         session_id: Some(session.id.to_string()),
         client_id: Some(session.client_id.to_string()),
-        source_ip: Some(ctx.ip.clone()),
-        user_agent: ctx.user_agent.clone(),
         token_id: token.map(|t| t.token_id()),
+        ..ctx.subjects()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::form::{Form, Params};
 use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path};
-use crate::app::{App, AuthRequest, AuthorizeError, LoginFailure, MAX_USERNAME_LEN};
+use crate::app::{
+    App, AppError, AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN,
+};
 use crate::web::cookie::{cookie, set_cookie};
 use crate::web::html::{error_page, escape, hidden, page};
 
@@ -31,7 +33,7 @@ pub(super) async fn authorize_get(
     RawQuery(query): RawQuery,
 ) -> Response {
     match Params::parse(query.unwrap_or_default().as_bytes()) {
-        Ok(params) => authorize(&app, &headers, &params).await,
+        Ok(params) => authorize(&app, &headers, &params).await.into_response(),
         Err(_) => error_page(
             StatusCode::BAD_REQUEST,
             "The authorization request is malformed or repeats a parameter.",
@@ -45,7 +47,7 @@ pub(super) async fn authorize_post(
     form: Result<Form, OAuthError>,
 ) -> Response {
     match form {
-        Ok(Form(params)) => authorize(&app, &headers, &params).await,
+        Ok(Form(params)) => authorize(&app, &headers, &params).await.into_response(),
         Err(e) => error_page(
             e.status(),
             "The authorization request is malformed or repeats a parameter.",
@@ -53,25 +55,27 @@ pub(super) async fn authorize_post(
     }
 }
 
-async fn authorize(app: &App, headers: &HeaderMap, params: &Params) -> Response {
+/// An SSO session answers at once with a code, unless `prompt=login` asks for the form;
+/// `prompt=none` without one goes back to the client with `login_required`.
+async fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Response, OAuthError> {
     let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
         Ok(request) => request,
-        Err(e) => return authorize_error(e),
+        Err(e) => return Ok(authorize_error(e)),
     };
-    if !request.force_login {
-        match app
-            .sso_session(cookie(headers, SSO_COOKIE).as_deref())
-            .await
-        {
-            Ok(Some(sso)) => {
-                return match app.issue_code(&request, &sso).await {
-                    Ok(location) => Redirect::to(&location).into_response(),
-                    Err(e) => OAuthError::from(e).into_response(),
-                };
-            }
-            Ok(None) => {}
-            Err(e) => return OAuthError::from(e).into_response(),
+    let sso = match request.force_login {
+        true => None,
+        false => {
+            app.sso_session(cookie(headers, SSO_COOKIE).as_deref())
+                .await?
         }
+    };
+    if let Some(sso) = sso {
+        let location = app.issue_code(&request, &sso).await?;
+        return Ok(Redirect::to(&location).into_response());
     }
     if request.no_prompt {
         let location = app.error_redirect(
@@ -80,9 +84,9 @@ async fn authorize(app: &App, headers: &HeaderMap, params: &Params) -> Response 
             "the user is not signed in",
             request.state.as_deref(),
         );
-        return Redirect::to(&location).into_response();
+        return Ok(Redirect::to(&location).into_response());
     }
-    login_form(app, &request, headers, StatusCode::OK, None)
+    Ok(login_form(app, &request, headers, StatusCode::OK, None))
 }
 
 pub(super) async fn login(
@@ -100,56 +104,23 @@ pub(super) async fn login(
         Err(e) => return authorize_error(e),
     };
     if !csrf_matches(&headers, params.get("csrf")) {
-        let message = "The form expired or was not sent from this browser; please sign in again.";
-        return login_form(
-            &app,
-            &request,
-            &headers,
-            StatusCode::FORBIDDEN,
-            Some(message),
-        );
+        return retry_form(&app, &request, &headers, &Retry::expired_form());
     }
     let username = params.get("username").unwrap_or_default();
     let password = params.get("password").unwrap_or_default();
-    let outcome = match app.login(username, password, &ctx).await {
-        Ok(outcome) => outcome,
-        Err(LoginFailure::BadCredentials) => {
-            return login_form(
-                &app,
-                &request,
-                &headers,
-                StatusCode::UNAUTHORIZED,
-                Some("Wrong user name or password."),
-            );
-        }
-        Err(LoginFailure::InvalidUsername) => {
-            let message =
-                format!("User names are at most {MAX_USERNAME_LEN} bytes of printable text.");
-            return login_form(
-                &app,
-                &request,
-                &headers,
-                StatusCode::BAD_REQUEST,
-                Some(&message),
-            );
-        }
-        Err(LoginFailure::RateLimited(seconds)) => {
-            let message = format!("Too many failed sign-ins. Try again in {seconds} seconds.");
-            let mut response = login_form(
-                &app,
-                &request,
-                &headers,
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(&message),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            return response;
-        }
-        Err(LoginFailure::Unavailable(e)) => return OAuthError::from(e).into_response(),
-    };
-    let location = match app.issue_code(&request, &outcome.sso).await {
+    match app.login(username, password, &ctx).await {
+        Ok(outcome) => signed_in(&app, &request, &outcome).await,
+        Err(failure) => match Retry::after(failure) {
+            Ok(retry) => retry_form(&app, &request, &headers, &retry),
+            Err(e) => OAuthError::from(e).into_response(),
+        },
+    }
+}
+
+/// Sends the browser back to the client with a code, and sets the SSO cookie so that the
+/// next authorization needs no password.
+async fn signed_in(app: &App, request: &AuthRequest, outcome: &LoginOutcome) -> Response {
+    let location = match app.issue_code(request, &outcome.sso).await {
         Ok(location) => location,
         Err(e) => return OAuthError::from(e).into_response(),
     };
@@ -175,6 +146,65 @@ fn authorize_error(e: AuthorizeError) -> Response {
     }
 }
 
+/// Why the login form is shown again: its status, the sentence the user reads, and for a rate
+/// limit the seconds until a retry (`Retry-After`, RFC 9110 §10.2.3).
+#[derive(Debug, PartialEq, Eq)]
+struct Retry {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl Retry {
+    /// The form's CSRF token does not match the browser's cookie.
+    fn expired_form() -> Retry {
+        Retry {
+            status: StatusCode::FORBIDDEN,
+            message: "The form expired or was not sent from this browser; please sign in again."
+                .into(),
+            retry_after: None,
+        }
+    }
+
+    /// A failed sign-in, or the store's failure, which is no reason to show the form again.
+    fn after(failure: LoginFailure) -> Result<Retry, AppError> {
+        let (status, message, retry_after) = match failure {
+            LoginFailure::Unavailable(e) => return Err(e),
+            LoginFailure::BadCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "Wrong user name or password.".to_owned(),
+                None,
+            ),
+            LoginFailure::InvalidUsername => (
+                StatusCode::BAD_REQUEST,
+                format!("User names are at most {MAX_USERNAME_LEN} bytes of printable text."),
+                None,
+            ),
+            LoginFailure::RateLimited(seconds) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many failed sign-ins. Try again in {seconds} seconds."),
+                Some(seconds),
+            ),
+        };
+        Ok(Retry {
+            status,
+            message,
+            retry_after,
+        })
+    }
+}
+
+/// The login form again, with what went wrong.
+fn retry_form(app: &App, request: &AuthRequest, headers: &HeaderMap, retry: &Retry) -> Response {
+    let mut response = login_form(app, request, headers, retry.status, Some(&retry.message));
+    if let Some(seconds) = retry.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
 /// The login form, carrying the authorization request in hidden fields and a CSRF token that
 /// must match the `tessera_csrf` cookie (double submit).
 fn login_form(
@@ -185,6 +215,22 @@ fn login_form(
     error: Option<&str>,
 ) -> Response {
     let csrf = csrf_token(headers);
+    let action = format!("{}/login", issuer_path(&app.issuer));
+    let mut response = page(
+        status,
+        "Sign in",
+        &form_body(request, &action, &csrf, error),
+    );
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(CSRF_COOKIE, &csrf, &issuer_path(&app.issuer), None, 3600),
+    );
+    response
+}
+
+/// The authorization request as the form carries it: the [`CARRIED`] parameters that have a
+/// value, so that the form's post validates into the same request.
+fn carried(request: &AuthRequest) -> impl Iterator<Item = (&'static str, &str)> {
     let values = [
         Some(request.client_id.as_str()),
         Some(request.redirect_uri.as_str()),
@@ -195,28 +241,32 @@ fn login_form(
         request.code_challenge.as_deref(),
         request.code_challenge.as_ref().map(|_| "S256"),
     ];
-    let mut fields: String = CARRIED
-        .iter()
+    CARRIED
+        .into_iter()
         .zip(values)
-        .filter_map(|(name, value)| value.map(|v| hidden(name, v)))
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+}
+
+/// The form's markup: the error (escaped), the carried request, the CSRF token, the fields.
+fn form_body(request: &AuthRequest, action: &str, csrf: &str, error: Option<&str>) -> String {
+    let mut fields: String = carried(request)
+        .map(|(name, value)| hidden(name, value))
         .collect();
-    fields.push_str(&hidden("csrf", &csrf));
+    fields.push_str(&hidden("csrf", csrf));
     let error = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
-    let body = format!(
+    format!(
         "{error}<p>to continue to <strong>{client}</strong></p>\
          <form method=\"post\" action=\"{action}\">{fields}\
          <label for=\"username\">User name</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
          <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
          <button type=\"submit\">Sign in</button></form>",
-        client = escape(&request.client_id),
-        action = escape(&format!("{}/login", issuer_path(&app.issuer))),
-    );
-    let mut response = page(status, "Sign in", &body);
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(CSRF_COOKIE, &csrf, &issuer_path(&app.issuer), None, 3600),
-    );
-    response
+        client = escape(request.client_id.as_str()),
+        action = escape(action),
+    )
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

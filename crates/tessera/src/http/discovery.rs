@@ -93,3 +93,72 @@ pub(super) async fn kube_cluster(State(app): State<Arc<App>>) -> Response {
     });
     cached_json(document.to_string(), "public, max-age=60")
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use axum::http::StatusCode;
+
+    use crate::app::testing::{ISSUER, TestApp, request};
+
+    #[tokio::test]
+    async fn discovery_names_every_endpoint_under_the_issuer_and_may_be_cached_a_minute() {
+        let t = TestApp::start().await;
+        let answer = t
+            .send(request(
+                "GET",
+                "/.well-known/openid-configuration",
+                &[],
+                None,
+            ))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert_eq!(answer.header("cache-control"), Some("public, max-age=60"));
+        let document = answer.json();
+        assert_eq!(document["issuer"], ISSUER);
+        for (key, path) in [
+            ("authorization_endpoint", "/authorize"),
+            ("token_endpoint", "/token"),
+            ("jwks_uri", "/jwks"),
+            ("userinfo_endpoint", "/userinfo"),
+            ("revocation_endpoint", "/revoke"),
+            ("introspection_endpoint", "/introspect"),
+            ("end_session_endpoint", "/logout"),
+        ] {
+            assert_eq!(document[key], format!("{ISSUER}{path}"), "{key}");
+        }
+        assert_eq!(
+            document["id_token_signing_alg_values_supported"],
+            serde_json::json!(["ES256"])
+        );
+        assert_eq!(
+            document["code_challenge_methods_supported"],
+            serde_json::json!(["S256"])
+        );
+    }
+
+    #[tokio::test]
+    async fn jwks_publishes_the_key_that_signs_the_tokens() {
+        let t = TestApp::start().await;
+        let tokens = t.tokens().await;
+        let answer = t.send(request("GET", "/jwks", &[], None)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("cache-control"), Some("public, max-age=60"));
+        let header = jsonwebtoken::decode_header(&tokens.id_token).unwrap();
+        let keys = answer.json()["keys"].as_array().unwrap().clone();
+        assert!(
+            keys.iter()
+                .any(|k| k["kid"] == header.kid.clone().unwrap().as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_kubernetes_section_the_cluster_document_is_a_404_error() {
+        let t = TestApp::start().await;
+        let answer = t.send(request("GET", "/kube/cluster", &[], None)).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert_eq!(answer.json()["error"], "invalid_request");
+        assert_eq!(answer.header("cache-control"), Some("no-store"));
+    }
+}

@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use tessera_core::id::SessionId;
+use tessera_core::id::{ClientId, SessionId, SsoId};
 
 use super::form::{Form, Params};
 use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path};
-use crate::app::{App, AppError, RequestContext};
+use crate::app::{App, AppError, LogoutHint, RequestContext};
 use crate::web::cookie::{cookie, set_cookie};
 use crate::web::html::{error_page, escape, hidden, page};
 use crate::web::no_store;
@@ -39,7 +39,9 @@ pub(super) async fn logout_get(
     RawQuery(query): RawQuery,
 ) -> Response {
     match Params::parse(query.unwrap_or_default().as_bytes()) {
-        Ok(params) => logout(&app, &headers, &ctx, &params, false).await,
+        Ok(params) => logout(&app, &headers, &ctx, &params, false)
+            .await
+            .into_response(),
         Err(_) => error_page(StatusCode::BAD_REQUEST, "The logout request is malformed."),
     }
 }
@@ -55,7 +57,9 @@ pub(super) async fn logout_post(
         Err(e) => return error_page(e.status(), "The logout request is malformed or too large."),
     };
     let confirmed = csrf_matches(&headers, params.get("csrf"));
-    logout(&app, &headers, &ctx, &params, confirmed).await
+    logout(&app, &headers, &ctx, &params, confirmed)
+        .await
+        .into_response()
 }
 
 /// Signs out without asking when the RP proves itself (a valid `id_token_hint` of a session
@@ -67,62 +71,98 @@ async fn logout(
     ctx: &RequestContext,
     params: &Params,
     confirmed: bool,
-) -> Response {
+) -> Result<Response, OAuthError> {
     let hint = params.get("id_token_hint").and_then(|t| app.logout_hint(t));
-    let redirect = params.get("post_logout_redirect_uri");
-    let client_id = hint
-        .as_ref()
-        .map(|h| h.client_id.clone())
-        .or_else(|| params.get("client_id").map(str::to_owned));
-    let redirect_ok = match (redirect, &client_id) {
-        (Some(uri), Some(client)) => app.post_logout_redirect_allowed(client, uri),
-        _ => false,
-    };
-    if redirect.is_some() && !redirect_ok {
-        return error_page(
+    let after = post_logout(app, hint.as_ref(), params);
+    if after == PostLogout::Unregistered {
+        return Ok(error_page(
             StatusCode::BAD_REQUEST,
             "The post_logout_redirect_uri is not registered for this client.",
-        );
+        ));
     }
-    let sso = match app
+    let sso = app
         .sso_session(cookie(headers, SSO_COOKIE).as_deref())
-        .await
-    {
-        Ok(sso) => sso.map(|s| s.id),
-        Err(e) => return OAuthError::from(e).into_response(),
-    };
-    // Without asking only for the RP of this browser's own sign-in: anyone can hold some
-    // id_token, and a link carrying it must not end the SSO session of whoever follows it.
-    let silent = match (&hint, &sso) {
-        (Some(hint), Some(sso)) if redirect_ok => match app.hint_names_sso(hint, sso).await {
-            Ok(same) => same,
-            Err(e) => return OAuthError::from(e).into_response(),
-        },
-        _ => false,
-    };
+        .await?
+        .map(|s| s.id);
+    let silent = proves_this_sign_in(app, hint.as_ref(), sso.as_ref(), &after).await?;
     if !(confirmed || silent) {
-        return confirmation(app, headers, params);
+        return Ok(confirmation(app, headers, params));
     }
     let hinted: Option<SessionId> = hint.map(|h| h.session_id);
-    if let Err(e) = app.logout(sso, hinted, ctx).await {
-        return OAuthError::from(e).into_response();
-    }
-    let mut response = match redirect {
-        Some(uri) if redirect_ok => {
-            let mut location = url::Url::parse(uri).map_or_else(
-                |_| uri.to_owned(),
-                |mut u| {
-                    if let Some(state) = params.get("state") {
-                        u.query_pairs_mut().append_pair("state", state);
-                    }
-                    u.to_string()
-                },
-            );
-            if location.is_empty() {
-                location = "/".into();
-            }
-            Redirect::to(&location).into_response()
+    app.logout(sso, hinted, ctx).await?;
+    Ok(signed_out(app, after))
+}
+
+/// Where the browser goes after signing out (RP-Initiated Logout 1.0 §3).
+#[derive(Debug, PartialEq, Eq)]
+enum PostLogout {
+    /// No `post_logout_redirect_uri`: a "signed out" page.
+    Page,
+    /// A registered one, as the location to send the browser to (with `state`).
+    Redirect(String),
+    /// One not registered for the client: refused before anything ends.
+    Unregistered,
+}
+
+impl PostLogout {
+    /// The destination for `uri`, which the client has `registered` or not; `state` goes back
+    /// to the client in the query.
+    fn of(uri: Option<&str>, registered: bool, state: Option<&str>) -> PostLogout {
+        let Some(uri) = uri else {
+            return PostLogout::Page;
+        };
+        if !registered {
+            return PostLogout::Unregistered;
         }
+        let location = url::Url::parse(uri).map_or_else(
+            |_| uri.to_owned(),
+            |mut u| {
+                if let Some(state) = state {
+                    u.query_pairs_mut().append_pair("state", state);
+                }
+                u.to_string()
+            },
+        );
+        PostLogout::Redirect(if location.is_empty() {
+            "/".into()
+        } else {
+            location
+        })
+    }
+}
+
+/// The request's destination. The client is the hint's audience when there is a valid hint,
+/// else the `client_id` parameter; without either no redirect is registered.
+fn post_logout(app: &App, hint: Option<&LogoutHint>, params: &Params) -> PostLogout {
+    let uri = params.get("post_logout_redirect_uri");
+    let client_id = hint
+        .map(|h| h.client_id.clone())
+        .or_else(|| params.get("client_id").map(ClientId::new));
+    let registered = match (uri, client_id) {
+        (Some(uri), Some(client)) => app.post_logout_redirect_allowed(&client, uri),
+        _ => false,
+    };
+    PostLogout::of(uri, registered, params.get("state"))
+}
+
+/// Without asking only for the RP of this browser's own sign-in: anyone can hold some
+/// id_token, and a link carrying it must not end the SSO session of whoever follows it.
+async fn proves_this_sign_in(
+    app: &App,
+    hint: Option<&LogoutHint>,
+    sso: Option<&SsoId>,
+    after: &PostLogout,
+) -> Result<bool, AppError> {
+    match (hint, sso, after) {
+        (Some(hint), Some(sso), PostLogout::Redirect(_)) => app.hint_names_sso(hint, sso).await,
+        _ => Ok(false),
+    }
+}
+
+/// The answer once signed out: the redirect or the page, and the SSO cookie cleared.
+fn signed_out(app: &App, after: PostLogout) -> Response {
+    let mut response = match after {
+        PostLogout::Redirect(location) => Redirect::to(&location).into_response(),
         _ => page(StatusCode::OK, "Signed out", "<p>You are signed out.</p>"),
     };
     response.headers_mut().append(
@@ -157,3 +197,7 @@ fn confirmation(app: &App, headers: &HeaderMap, params: &Params) -> Response {
     );
     response
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;

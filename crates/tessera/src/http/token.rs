@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde::de::value::StrDeserializer;
+use tessera_core::id::ClientId;
 
 use super::form::{Form, Params};
 use super::{Ctx, OAuthError};
@@ -25,6 +26,16 @@ enum GrantType {
     RefreshToken,
 }
 
+impl GrantType {
+    /// The grant a `grant_type` value names; an unknown one is echoed back cut to 64
+    /// characters, so the error stays small whatever was sent.
+    fn parse(name: &str) -> Result<GrantType, AppError> {
+        let text = StrDeserializer::<serde::de::value::Error>::new(name);
+        GrantType::deserialize(text)
+            .map_err(|_| AppError::UnsupportedGrantType(name.chars().take(64).collect()))
+    }
+}
+
 pub(super) async fn token(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -32,9 +43,7 @@ pub(super) async fn token(
     form: Result<Form, OAuthError>,
 ) -> Result<Response, OAuthError> {
     let Form(params) = form?;
-    let grant_name = params.require("grant_type")?;
-    let grant = GrantType::deserialize(StrDeserializer::<serde::de::value::Error>::new(grant_name))
-        .map_err(|_| AppError::UnsupportedGrantType(grant_name.chars().take(64).collect()))?;
+    let grant = GrantType::parse(params.require("grant_type")?)?;
     let credentials = credentials(&headers, &params)?;
     let client = app.authenticate_client(&credentials, &ctx).await?;
     let response = match grant {
@@ -106,14 +115,14 @@ fn credentials(headers: &HeaderMap, params: &Params) -> Result<ClientCredentials
                 return Err(AppError::InvalidClient.into());
             }
             Ok(ClientCredentials {
-                id,
+                id: ClientId::new(id),
                 secret: Some(secret).filter(|s| !s.is_empty()),
             })
         }
         None => {
             let id = body_id.ok_or(AppError::InvalidClient)?;
             Ok(ClientCredentials {
-                id: id.to_owned(),
+                id: ClientId::new(id),
                 secret: body_secret.map(str::to_owned),
             })
         }
@@ -135,3 +144,7 @@ fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
     };
     Some((unescape(id)?, unescape(secret)?))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests;
