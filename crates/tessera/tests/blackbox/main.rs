@@ -16,6 +16,7 @@ mod deploy;
 mod endpoints;
 mod file_modes;
 mod flow;
+mod image;
 mod keys;
 mod kube_api;
 mod kubectl;
