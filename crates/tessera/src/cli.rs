@@ -12,6 +12,7 @@ use crate::audit::Audit;
 use crate::client::credential::{self, CredentialArgs, LogoutArgs};
 use crate::client::login::{self, LoginArgs};
 use crate::config::{Config, Storage};
+use crate::kube::{ApiserverTrust, AuthenticationConfigVersion, SESSION_ID_EXTRA};
 use crate::serve::{self, ServeOptions};
 use tessera_store::{PostgresOptions, StorageUrl};
 
@@ -119,6 +120,10 @@ enum KubeCommand {
         /// The client id kubectl uses.
         #[arg(long, default_value = "kubernetes")]
         client_id: String,
+        /// The AuthenticationConfiguration's version: v1 (Kubernetes 1.34+) or v1beta1
+        /// (1.30 to 1.33).
+        #[arg(long, value_enum, default_value = "v1")]
+        api_version: AuthenticationConfigVersion,
     },
 }
 
@@ -175,8 +180,13 @@ pub fn run() -> Result<()> {
             command: UsersCommand::Hash,
         } => hash_password(),
         Command::Kube {
-            command: KubeCommand::ApiserverConfig { config, client_id },
-        } => apiserver_config(&config, &client_id),
+            command:
+                KubeCommand::ApiserverConfig {
+                    config,
+                    client_id,
+                    api_version,
+                },
+        } => apiserver_config(&config, &client_id, api_version),
     }
 }
 
@@ -281,52 +291,49 @@ fn hash_password() -> Result<()> {
     Ok(())
 }
 
-fn apiserver_config(arg: &ConfigArg, client_id: &str) -> Result<()> {
+fn apiserver_config(
+    arg: &ConfigArg,
+    client_id: &str,
+    api_version: AuthenticationConfigVersion,
+) -> Result<()> {
     let config = arg.load()?;
     let issuer = config
         .issuer
         .clone()
         .unwrap_or_else(|| format!("https://{}", config.listen));
-    let ca_path = config
+    let certificate_authority = match config
         .path
         .parent()
         .map(|d| d.join("ca.pem"))
-        .filter(|p| p.exists());
-    println!("# kube-apiserver flags (legacy form):");
-    println!("--oidc-issuer-url={issuer}");
-    println!("--oidc-client-id={client_id}");
-    println!("--oidc-username-claim=sub");
-    println!("--oidc-username-prefix=oidc:");
-    println!("--oidc-groups-claim=groups");
-    println!("--oidc-groups-prefix=oidc:");
-    if let Some(ca) = &ca_path {
-        println!(
-            "--oidc-ca-file={}",
-            std::fs::canonicalize(ca).unwrap_or(ca.clone()).display()
-        );
+        .filter(|p| p.exists())
+    {
+        Some(ca) => {
+            let pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("cannot read {}", ca.display()))?;
+            Some((std::fs::canonicalize(&ca).unwrap_or(ca), pem))
+        }
+        None => None,
+    };
+    let trust = ApiserverTrust {
+        issuer,
+        client_id: client_id.to_owned(),
+        certificate_authority,
+    };
+    println!("# kube-apiserver flags (legacy form; they cannot map the session id):");
+    for flag in trust.flags() {
+        println!("{flag}");
     }
     println!();
-    println!("# Or structured authentication (--authentication-config=FILE), Kubernetes 1.30+:");
-    println!("apiVersion: apiserver.config.k8s.io/v1beta1");
-    println!("kind: AuthenticationConfiguration");
-    println!("jwt:");
-    println!("  - issuer:");
-    println!("      url: {issuer}");
-    println!("      audiences: [{client_id}]");
-    if let Some(ca) = &ca_path {
-        let pem =
-            std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        println!("      certificateAuthority: |");
-        for line in pem.lines() {
-            println!("        {line}");
-        }
-    }
-    println!("    claimMappings:");
-    println!("      username:");
-    println!("        claim: sub");
-    println!("        prefix: \"oidc:\"");
-    println!("      groups:");
-    println!("        claim: groups");
-    println!("        prefix: \"oidc:\"");
+    println!(
+        "# Or structured authentication (--authentication-config=FILE; v1: Kubernetes 1.34+, \
+         --api-version v1beta1: 1.30+). `{SESSION_ID_EXTRA}` in the user's extra names the \
+         tessera session in the cluster's audit log."
+    );
+    print!(
+        "{}",
+        trust
+            .authentication_configuration(api_version)
+            .context("cannot render the AuthenticationConfiguration")?
+    );
     Ok(())
 }

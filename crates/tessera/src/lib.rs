@@ -10,6 +10,7 @@ pub mod dev;
 pub mod file_mode;
 pub mod http;
 pub mod keys;
+pub mod kube;
 pub mod listener;
 pub mod metrics;
 mod path;
