@@ -55,6 +55,11 @@ impl Setup {
     }
 }
 
+/// The cookie store's sealing key (`proxy.cookie.secret`).
+pub const COOKIE_KEY: [u8; 32] = [42; 32];
+/// The key it replaced (`previous_secrets`): cookies sealed under it still open.
+pub const PREVIOUS_COOKIE_KEY: [u8; 32] = [7; 32];
+
 /// The secret of client `rp`.
 pub const RP_SECRET: &str = "rp secret for the in-process test";
 
@@ -531,8 +536,12 @@ proxy:
     );
     if setup.session.contains("store: cookie") {
         // Required for the cookie store (`server` keeps its key in the database).
-        let secret = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [42; 32]);
-        yaml.push_str(&format!("  cookie: {{secret: '{secret}'}}\n"));
+        let b64 = |key| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+        yaml.push_str(&format!(
+            "  cookie: {{secret: '{}', previous_secrets: ['{}']}}\n",
+            b64(COOKIE_KEY),
+            b64(PREVIOUS_COOKIE_KEY)
+        ));
     }
     if setup.external {
         let hash = tessera::secret::sha256_secret_hash(RP_SECRET);
