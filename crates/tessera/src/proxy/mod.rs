@@ -31,8 +31,8 @@ use self::cookie::CookieJar;
 use self::provider::Provider;
 use self::redirect::RedirectPolicy;
 use self::session::{SessionHome, Sessions, SessionsParts, Timeouts};
-use crate::config::Client;
-use crate::config::proxy::{ProxyConfig, Route, SessionStore};
+use crate::config::proxy::{ExternalProvider, ProxyConfig, Route, SessionStore};
+use crate::config::{Client, Config};
 use crate::listener::Connections;
 use crate::path::{self, UnsafePath};
 
@@ -144,23 +144,8 @@ pub fn register_local_client(
 
 /// `tessera proxy --config FILE`: the proxy alone, in front of `proxy.provider`.
 pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<()> {
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    let config = crate::config::Config::load(config_path, &env)?;
-    let Some(mut proxy_config) = config.proxy else {
-        anyhow::bail!("{}: add a `proxy:` section", config_path.display());
-    };
-    let Some(external) = proxy_config.provider.clone() else {
-        anyhow::bail!(
-            "{}: `tessera proxy` needs `proxy.provider` (issuer, client_id, client_secret); \
-             to use this tessera's own provider, run `tessera serve` with the `proxy:` section",
-            config_path.display()
-        );
-    };
-    if let Some(listen) = listen {
-        proxy_config.listen = listen.parse().with_context(|| {
-            format!("--listen `{listen}` is not an address like 127.0.0.1:4180")
-        })?;
-    }
+    let (config, proxy_config, external) = standalone_config(config_path, listen)?;
+    // A database only where the sessions live in one: the cookie store needs none.
     let store = match proxy_config.store {
         SessionStore::Server => Some(crate::storage::open(&config.storage).await?),
         SessionStore::Cookie => None,
@@ -181,6 +166,32 @@ pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<
     .await?;
     println!("proxy listening on http://{}", listeners.local_addr());
     listeners.serve(Arc::new(proxy), connections).await
+}
+
+/// What `tessera proxy` runs on: the file (with `TESSERA_*` overrides), its `proxy:` section
+/// taken out with `--listen` applied, and the external provider that section must name.
+fn standalone_config(
+    config_path: &Path,
+    listen: Option<&str>,
+) -> Result<(Config, ProxyConfig, ExternalProvider)> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut config = Config::load(config_path, &env)?;
+    let Some(mut proxy_config) = config.proxy.take() else {
+        anyhow::bail!("{}: add a `proxy:` section", config_path.display());
+    };
+    let Some(external) = proxy_config.provider.clone() else {
+        anyhow::bail!(
+            "{}: `tessera proxy` needs `proxy.provider` (issuer, client_id, client_secret); \
+             to use this tessera's own provider, run `tessera serve` with the `proxy:` section",
+            config_path.display()
+        );
+    };
+    if let Some(listen) = listen {
+        proxy_config.listen = listen.parse().with_context(|| {
+            format!("--listen `{listen}` is not an address like 127.0.0.1:4180")
+        })?;
+    }
+    Ok((config, proxy_config, external))
 }
 
 /// The callback URLs `tessera serve` registers for its own proxy: the configured

@@ -93,6 +93,16 @@ impl SessionState {
         now.as_secs() < self.grant.identity.exp
     }
 
+    /// The session with the tokens of a refresh at `now` (which is also activity).
+    fn refreshed(self, grant: Grant, now: UnixMillis) -> SessionState {
+        SessionState {
+            grant: Arc::new(grant),
+            refreshed_at: now,
+            last_seen_at: now,
+            ..self
+        }
+    }
+
     /// The `Max-Age` of the cookies that carry it at `now`: until its absolute end.
     fn max_age_secs(&self, now: UnixMillis) -> i64 {
         self.absolute_end.millis_since(now) / 1000
@@ -278,38 +288,43 @@ impl Sessions {
         request: &HeaderMap,
         ctx: &RequestContext,
     ) -> Result<Current, SessionError> {
-        match self.refresh_grant(&current.state, provider, ctx).await {
-            Ok(grant) => {
-                let now = self.now();
-                let state = SessionState {
-                    grant: Arc::new(grant),
-                    refreshed_at: now,
-                    last_seen_at: now,
-                    ..current.state
-                };
-                self.storage
-                    .finish_refresh(&state, RefreshEnd::Refreshed)
-                    .await?;
-                let set_cookies = self.storage.carry(&state, request)?;
-                Ok(Current { state, set_cookies })
-            }
-            Err(ProviderError::Refused) => {
-                let state = &current.state;
-                self.storage
-                    .finish_refresh(state, RefreshEnd::Refused)
-                    .await?;
-                Err(SessionError::Ended {
-                    set_cookies: self.clear_all(request),
-                })
-            }
-            Err(e) => {
-                let state = &current.state;
-                self.storage
-                    .finish_refresh(state, RefreshEnd::Abandoned)
-                    .await?;
-                self.still_valid(current, e)
-            }
+        let grant = match self.refresh_grant(&current.state, provider, ctx).await {
+            Ok(grant) => grant,
+            Err(e) => return self.refresh_failed(current, e, request).await,
+        };
+        let state = current.state.refreshed(grant, self.now());
+        self.storage
+            .finish_refresh(&state, RefreshEnd::Refreshed)
+            .await?;
+        let set_cookies = self.storage.carry(&state, request)?;
+        Ok(Current { state, set_cookies })
+    }
+
+    /// After a failed refresh: a refused grant ends the session; with the provider out of
+    /// reach the session stays as it was, its id_token serving while it lasts.
+    async fn refresh_failed(
+        &self,
+        current: Current,
+        e: ProviderError,
+        request: &HeaderMap,
+    ) -> Result<Current, SessionError> {
+        if matches!(e, ProviderError::Refused) {
+            let state = &current.state;
+            self.storage
+                .finish_refresh(state, RefreshEnd::Refused)
+                .await?;
+            let set_cookies = self.clear_all(request);
+            return Err(SessionError::Ended { set_cookies });
         }
+        let state = &current.state;
+        self.storage
+            .finish_refresh(state, RefreshEnd::Abandoned)
+            .await?;
+        if !state.id_token_live(self.now()) {
+            return Err(SessionError::Provider(e));
+        }
+        tracing::warn!(error = %e, "refresh failed; the current id_token still serves");
+        Ok(current)
     }
 
     async fn refresh_grant(
@@ -334,16 +349,6 @@ impl Sessions {
             grant.refresh_token = Some(refresh_token.clone());
         }
         Ok(grant)
-    }
-
-    /// After a failed refresh: the old id_token while it lasts, else the failure.
-    fn still_valid(&self, current: Current, e: ProviderError) -> Result<Current, SessionError> {
-        if current.state.id_token_live(self.now()) {
-            tracing::warn!(error = %e, "refresh failed; the current id_token still serves");
-            Ok(current)
-        } else {
-            Err(SessionError::Provider(e))
-        }
     }
 
     fn gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -70,21 +70,27 @@ impl SessionCookie {
             );
             return Err(SessionError::Sealing);
         }
-        let present: Vec<&str> = crate::http::cookie_pairs(request)
-            .map(|(name, _)| name)
-            .collect();
         let mut cookies: Vec<HeaderValue> = written
             .iter()
             .map(|(name, value)| self.jar.set(name, value, max_age_secs))
             .collect();
-        cookies.extend(
-            seal::stale(name, &written, &present)
-                .iter()
-                .filter(|stale| !cookie::is_csrf(name, stale))
-                .take(MAX_CLEARED)
-                .map(|stale| self.jar.clear(stale)),
-        );
+        cookies.extend(self.clear_stale(&written, request));
         Ok(cookies)
+    }
+
+    /// Clearings of the chunks the request carries that `written` does not overwrite (a later
+    /// join would read them), at most [`MAX_CLEARED`].
+    fn clear_stale(&self, written: &[(String, String)], request: &HeaderMap) -> Vec<HeaderValue> {
+        let name = &self.jar.name;
+        let present: Vec<&str> = crate::http::cookie_pairs(request)
+            .map(|(name, _)| name)
+            .collect();
+        seal::stale(name, written, &present)
+            .iter()
+            .filter(|stale| !cookie::is_csrf(name, stale))
+            .take(MAX_CLEARED)
+            .map(|stale| self.jar.clear(stale))
+            .collect()
     }
 
     /// Clearings for the session cookies (single or chunk) the request carries, at most

@@ -133,26 +133,8 @@ impl ServerStore {
     ) -> Result<Claim, SessionError> {
         let handle = handle_of(current)?;
         for _ in 0..LEASE_POLLS {
-            let Some(row) = self.store.find_proxy_session(handle).await? else {
-                return Ok(Claim::Ended);
-            };
-            let latest = self.state_of_row(&row).ok_or(SessionError::Sealing)?;
-            let now = self.clock.now();
-            if latest.refreshed_at != current.refreshed_at || !timeouts.is_stale(&latest, now) {
-                // Refreshed meanwhile, by this process or another replica.
-                self.cache(handle, &latest);
-                return Ok(Claim::Refreshed(latest));
-            }
-            let lease_until = now.plus(REFRESH_LEASE);
-            if self
-                .store
-                .claim_proxy_refresh(handle, row.refreshed_at, now, lease_until)
-                .await?
-            {
-                return Ok(Claim::Ours);
-            }
-            if current.id_token_live(now) {
-                return Ok(Claim::Elsewhere);
+            if let Some(claim) = self.try_claim(handle, current, timeouts).await? {
+                return Ok(claim);
             }
             tokio::time::sleep(LEASE_POLL).await;
         }
@@ -192,6 +174,36 @@ impl ServerStore {
         self.uncache(handle);
         self.store.delete_proxy_session(handle).await?;
         Ok(())
+    }
+
+    /// One attempt at the claim, from the session's row as it is now; `None` while another
+    /// replica holds the claim and `current`'s id_token has expired: the request must wait.
+    async fn try_claim(
+        &self,
+        handle: TokenHash,
+        current: &SessionState,
+        timeouts: &Timeouts,
+    ) -> Result<Option<Claim>, SessionError> {
+        let Some(row) = self.store.find_proxy_session(handle).await? else {
+            return Ok(Some(Claim::Ended));
+        };
+        let latest = self.state_of_row(&row).ok_or(SessionError::Sealing)?;
+        let now = self.clock.now();
+        if latest.refreshed_at != current.refreshed_at || !timeouts.is_stale(&latest, now) {
+            // Refreshed meanwhile, by this process or another replica.
+            self.cache(handle, &latest);
+            return Ok(Some(Claim::Refreshed(latest)));
+        }
+        let lease_until = now.plus(REFRESH_LEASE);
+        let claimed = self
+            .store
+            .claim_proxy_refresh(handle, row.refreshed_at, now, lease_until)
+            .await?;
+        Ok(if claimed {
+            Some(Claim::Ours)
+        } else {
+            current.id_token_live(now).then_some(Claim::Elsewhere)
+        })
     }
 
     /// The session as read within the last [`READ_CACHE_TTL`], if it was.
