@@ -82,27 +82,61 @@ pub(crate) async fn forward(
     } else {
         axum::http::Version::HTTP_11
     };
-    let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
-    headers.remove(header::COOKIE);
-    if let Some(cookie) = cookie {
-        headers.insert(header::COOKIE, cookie);
-    }
-    set_forwarded(headers, origin);
-    if let Some(protocol) = &upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol.clone());
-    }
-    for (name, value) in extra {
-        headers.insert(name.clone(), value.clone());
-    }
-    let mut response = match client.request(request).await {
-        Ok(r) => r,
+    let forwarding = Forwarding {
+        origin,
+        upgrade: upgrade.as_ref(),
+        extra,
+        cookie,
+    };
+    forwarding.apply(request.headers_mut());
+    match client.request(request).await {
+        Ok(response) => answer(response, client_upgrade),
         Err(e) => {
             tracing::warn!(upstream = %route.upstream, error = %e, "upstream failed");
-            return bad_gateway("the upstream cannot be reached");
+            bad_gateway("the upstream cannot be reached")
         }
-    };
+    }
+}
+
+/// What the proxy adds to a request it forwards: how the client reached it, the upgrade asked
+/// for, who the user is, and the cookies the upstream may see.
+struct Forwarding<'a> {
+    /// Where the request came from.
+    origin: &'a Origin,
+    /// The protocol the client asks to upgrade to.
+    upgrade: Option<&'a HeaderValue>,
+    /// Who the user is (identity headers, authorization).
+    extra: &'a [(HeaderName, HeaderValue)],
+    /// The only `Cookie` header the upstream gets (the proxy's own removed).
+    cookie: Option<HeaderValue>,
+}
+
+impl Forwarding<'_> {
+    /// Turns the client's headers into the upstream's: what describes the client's connection
+    /// and its cookies go, then what the proxy says is set over whatever the client said.
+    fn apply(self, headers: &mut HeaderMap) {
+        strip_hop_by_hop(headers);
+        headers.remove(header::COOKIE);
+        if let Some(cookie) = self.cookie {
+            headers.insert(header::COOKIE, cookie);
+        }
+        set_forwarded(headers, self.origin);
+        if let Some(protocol) = self.upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        for (name, value) in self.extra {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The upstream's answer as the client gets it: a switched protocol joined into a tunnel
+/// between the two upgraded connections, anything else without its hop-by-hop headers.
+fn answer(
+    mut response: Response<hyper::body::Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
@@ -255,6 +289,52 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn the_upstream_is_told_the_proxys_cookie_forwarding_and_identity_over_the_clients() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("cookie", "_tp=session; theirs=1"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-auth-request-user", "admin"),
+            ("accept", "text/html"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let origin = Origin {
+            forwarded_for: "127.0.0.1".into(),
+            real_ip: "127.0.0.1".into(),
+            proto: "http".into(),
+            host: "app.example".into(),
+            via_trusted_proxy: false,
+        };
+        let user = HeaderName::from_static("x-auth-request-user");
+        let websocket = HeaderValue::from_static("websocket");
+        Forwarding {
+            origin: &origin,
+            upgrade: Some(&websocket),
+            extra: &[(user, HeaderValue::from_static("dev"))],
+            cookie: Some(HeaderValue::from_static("theirs=1")),
+        }
+        .apply(&mut headers);
+        let told = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(told("cookie"), ["theirs=1"]);
+        assert_eq!(told("x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(told("host"), ["app.example"]);
+        assert_eq!(told("x-auth-request-user"), ["dev"]);
+        assert_eq!(told("connection"), ["upgrade"]);
+        assert_eq!(told("upgrade"), ["websocket"]);
+        assert_eq!(told("keep-alive"), Vec::<&str>::new());
+        assert_eq!(told("accept"), ["text/html"]);
     }
 
     #[test]

@@ -31,9 +31,9 @@ use tessera_store::Store;
 use self::cookie::CookieJar;
 use self::provider::Provider;
 use self::redirect::RedirectPolicy;
-use self::session::{Sessions, SessionsParts};
-use crate::config::Client;
-use crate::config::proxy::{ProxyConfig, Route, SessionStore};
+use self::session::{SessionHome, Sessions, SessionsParts, Timeouts};
+use crate::config::proxy::{ExternalProvider, ProxyConfig, Route, SessionStore};
+use crate::config::{Client, Config};
 use crate::listener::Connections;
 use crate::path::{self, UnsafePath};
 
@@ -55,8 +55,9 @@ pub struct ProxyParts {
     pub config: ProxyConfig,
     /// Where users log in.
     pub provider: Provider,
-    /// The database (required for `session.store: server`; keeps the sealing key otherwise
-    /// unset).
+    /// The database, when the process has one (`tessera serve`'s own; `tessera proxy`'s for
+    /// `session.store: server`): it keeps the sessions of the `server` store, and the sealing
+    /// key when `proxy.cookie.secret` is unset.
     pub store: Option<Arc<dyn Store>>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
@@ -75,36 +76,19 @@ impl Proxy {
             clock,
             trusted_proxies,
         } = parts;
-        let sealer = match (&config.cookie_keys, &store) {
-            (Some(keys), _) => Sealer::new(keys.current, keys.previous.clone()),
-            (None, Some(store)) => {
-                let candidate: [u8; 32] = rand::random();
-                let stored = store
-                    .secret_or_insert(COOKIE_KEY_SECRET, candidate.to_vec())
-                    .await?;
-                let key = <[u8; 32]>::try_from(stored.as_slice())
-                    .ok()
-                    .context("the stored proxy cookie key is not 32 bytes")?;
-                Sealer::new(key, Vec::new())
-            }
-            (None, None) => anyhow::bail!("set proxy.cookie.secret (`openssl rand -base64 32`)"),
-        };
-        let session_store = match config.store {
-            SessionStore::Server => Some(
-                store.context("`proxy.session.store: server` needs the database (storage.url)")?,
-            ),
-            SessionStore::Cookie => None,
-        };
+        let sealer = cookie_sealer(&config, store.as_deref()).await?;
         let sessions = Sessions::new(SessionsParts {
-            store: session_store,
+            home: session_home(config.store, store)?,
             sealer,
             jar: CookieJar {
                 name: config.cookie_name.clone(),
                 domain: config.cookie_domain.clone(),
             },
-            refresh_after: config.refresh_after,
-            idle_timeout: config.idle_timeout,
-            absolute_timeout: config.absolute_timeout,
+            timeouts: Timeouts {
+                refresh_after: config.refresh_after,
+                idle: config.idle_timeout,
+                absolute: config.absolute_timeout,
+            },
             clock,
         });
         let redirects = RedirectPolicy::new(redirect_hosts(&config));
@@ -161,23 +145,8 @@ pub fn register_local_client(
 
 /// `tessera proxy --config FILE`: the proxy alone, in front of `proxy.provider`.
 pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<()> {
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    let config = crate::config::Config::load(config_path, &env)?;
-    let Some(mut proxy_config) = config.proxy else {
-        anyhow::bail!("{}: add a `proxy:` section", config_path.display());
-    };
-    let Some(external) = proxy_config.provider.clone() else {
-        anyhow::bail!(
-            "{}: `tessera proxy` needs `proxy.provider` (issuer, client_id, client_secret); \
-             to use this tessera's own provider, run `tessera serve` with the `proxy:` section",
-            config_path.display()
-        );
-    };
-    if let Some(listen) = listen {
-        proxy_config.listen = listen.parse().with_context(|| {
-            format!("--listen `{listen}` is not an address like 127.0.0.1:4180")
-        })?;
-    }
+    let (config, proxy_config, external) = standalone_config(config_path, listen)?;
+    // A database only where the sessions live in one: the cookie store needs none.
     let store = match proxy_config.store {
         SessionStore::Server => Some(crate::storage::open(&config.storage).await?),
         SessionStore::Cookie => None,
@@ -200,6 +169,32 @@ pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<
     listeners.serve(Arc::new(proxy), connections).await
 }
 
+/// What `tessera proxy` runs on: the file (with `TESSERA_*` overrides), its `proxy:` section
+/// taken out with `--listen` applied, and the external provider that section must name.
+fn standalone_config(
+    config_path: &Path,
+    listen: Option<&str>,
+) -> Result<(Config, ProxyConfig, ExternalProvider)> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut config = Config::load(config_path, &env)?;
+    let Some(mut proxy_config) = config.proxy.take() else {
+        anyhow::bail!("{}: add a `proxy:` section", config_path.display());
+    };
+    let Some(external) = proxy_config.provider.clone() else {
+        anyhow::bail!(
+            "{}: `tessera proxy` needs `proxy.provider` (issuer, client_id, client_secret); \
+             to use this tessera's own provider, run `tessera serve` with the `proxy:` section",
+            config_path.display()
+        );
+    };
+    if let Some(listen) = listen {
+        proxy_config.listen = listen.parse().with_context(|| {
+            format!("--listen `{listen}` is not an address like 127.0.0.1:4180")
+        })?;
+    }
+    Ok((config, proxy_config, external))
+}
+
 /// The callback URLs `tessera serve` registers for its own proxy: the configured
 /// `redirect_url`, `https://HOST/oauth2/callback` for each route's host, and the proxy's own
 /// listening address over plain HTTP.
@@ -211,6 +206,36 @@ fn local_redirect_uris(config: &ProxyConfig, bound: SocketAddr) -> Vec<String> {
     uris.push(format!("http://{bound}{}", endpoints::CALLBACK_PATH));
     uris.dedup();
     uris
+}
+
+/// The key that seals cookies and session rows: `proxy.cookie.secret` (with the previous
+/// secrets, so that cookies sealed before a rotation still open), or else a key made once in
+/// the database, which every replica then shares.
+async fn cookie_sealer(config: &ProxyConfig, store: Option<&dyn Store>) -> Result<Sealer> {
+    if let Some(keys) = &config.cookie_keys {
+        return Ok(Sealer::new(keys.current, keys.previous.clone()));
+    }
+    let Some(store) = store else {
+        anyhow::bail!("set proxy.cookie.secret (`openssl rand -base64 32`)");
+    };
+    let candidate: [u8; 32] = rand::random();
+    let stored = store
+        .secret_or_insert(COOKIE_KEY_SECRET, candidate.to_vec())
+        .await?;
+    let key = <[u8; 32]>::try_from(stored.as_slice())
+        .ok()
+        .context("the stored proxy cookie key is not 32 bytes")?;
+    Ok(Sealer::new(key, Vec::new()))
+}
+
+/// Where `proxy.session.store` keeps sessions, with the database the `server` store needs.
+fn session_home(mode: SessionStore, store: Option<Arc<dyn Store>>) -> Result<SessionHome> {
+    Ok(match mode {
+        SessionStore::Server => SessionHome::Database(
+            store.context("`proxy.session.store: server` needs the database (storage.url)")?,
+        ),
+        SessionStore::Cookie => SessionHome::Cookie,
+    })
 }
 
 fn redirect_hosts(config: &ProxyConfig) -> Vec<String> {

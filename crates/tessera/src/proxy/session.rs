@@ -10,85 +10,62 @@
 //! - `cookie`: the whole session is sealed into the cookie (split into `NAME_i` chunks below
 //!   4 kB). Concurrent requests of one process share one refresh, and requests that still carry
 //!   the previous cookie are answered from the newest state this process holds.
+//!
+//! The store is chosen once, when the proxy starts (`storage`, the one place the two part
+//! ways); each keeps its own code (`server`, `cookie_store`); the session cookie's names,
+//! chunks and clearings are `cookie`'s, and when a session is refreshed, touched or ended is
+//! decided purely by `timeout`. What both stores share stays here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tessera_core::clock::{Clock, UnixMillis};
-use tessera_core::seal::{self, Sealer};
-use tessera_core::token::{Secret, TokenHash};
-use tessera_store::{ProxyRefreshOutcome, ProxySession, Store, StoreError};
+use tessera_core::seal::Sealer;
+use tessera_store::StoreError;
 
-use super::cookie::{self, CookieJar};
+use self::cookie::SessionCookie;
+pub(crate) use self::storage::SessionHome;
+use self::storage::{Claim, RefreshEnd, Storage};
+use self::timeout::Standing;
+pub(crate) use self::timeout::Timeouts;
+use super::cookie::CookieJar;
 use super::provider::{Grant, Provider, ProviderError};
 use crate::app::RequestContext;
 
+mod cookie;
 mod cookie_store;
 mod server;
-
-/// Prefix of the opaque handle in the `server` store's cookie.
-const HANDLE_PREFIX: &str = "tsp1_";
-/// How long a refresh claim holds the session against other replicas: twice the provider's
-/// request timeout, so a claim never lapses while its refresh is still under way (a lapsed
-/// claim would let a second replica present the same one-time refresh token).
-const REFRESH_LEASE: Duration = Duration::from_secs(60);
-/// How often a request whose id_token has expired looks whether another replica has finished
-/// the refresh it is waiting for, and how many times.
-const LEASE_POLL: Duration = Duration::from_millis(100);
-const LEASE_POLLS: u32 = 100;
-/// How long a `server`-store process answers a session from memory before reading its row
-/// again. Within one process a change (refresh, sign-out, timeout) is seen at once; a sign-out
-/// on another replica is seen here within this time, far within the life of the id_token the
-/// upstream already holds. Without it every request would read the database.
-const READ_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Past this many remembered sessions, expired ones are dropped on the next insert.
-const READ_CACHE_PRUNE_AT: usize = 10_000;
-/// How long a `cookie`-store process remembers a session's newest state for requests that
-/// still carry the cookie from before its refresh.
-const LATEST_KEPT: Duration = Duration::from_secs(600);
-/// Most session cookies one answer clears. A browser holds at most the chunks the proxy
-/// wrote (a few); a request carrying thousands is answered with this many clearings, not
-/// thousands, and a browser that somehow holds more loses this many per answer.
-const MAX_CLEARED: usize = seal::MAX_CHUNKS + 1;
+mod storage;
+mod timeout;
 
 /// Where sessions live and how long.
 pub(crate) struct Sessions {
-    /// The database, for the `server` store; `None` for the `cookie` store.
-    store: Option<Arc<dyn Store>>,
-    sealer: Sealer,
-    /// Cookie names and attributes.
+    /// The store `proxy.session.store` chose.
+    storage: Storage,
+    /// Seals the login states (and, inside the stores, the sessions).
+    sealer: Arc<Sealer>,
+    /// Cookie names and attributes, for the login-state cookies.
     pub(crate) jar: CookieJar,
-    /// Refresh the id_token when it is older than this.
-    pub(crate) refresh_after: Duration,
-    idle_timeout: Duration,
-    absolute_timeout: Duration,
+    /// The session cookie.
+    cookie: SessionCookie,
+    timeouts: Timeouts,
     clock: Arc<dyn Clock>,
     /// One refresh at a time per session in this process.
     gates: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-    /// `cookie` store: the newest state of each recently refreshed session.
-    latest: Mutex<HashMap<String, SessionState>>,
-    /// `server` store: sessions read in the last [`READ_CACHE_TTL`], by handle hash, with when
-    /// they were read.
-    read_cache: Mutex<HashMap<TokenHash, (UnixMillis, SessionState)>>,
 }
 
 /// What [`Sessions`] is built from.
 pub(crate) struct SessionsParts {
-    /// The database for the `server` store, `None` for the `cookie` store.
-    pub(crate) store: Option<Arc<dyn Store>>,
+    /// Where sessions live.
+    pub(crate) home: SessionHome,
     /// Seals tokens (and whole sessions in the `cookie` store).
     pub(crate) sealer: Sealer,
     /// Cookie names and attributes.
     pub(crate) jar: CookieJar,
-    /// Refresh age.
-    pub(crate) refresh_after: Duration,
-    /// Idle timeout.
-    pub(crate) idle_timeout: Duration,
-    /// Absolute timeout.
-    pub(crate) absolute_timeout: Duration,
+    /// Refresh age, idle and absolute timeouts.
+    pub(crate) timeouts: Timeouts,
     /// The clock.
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -114,6 +91,21 @@ impl SessionState {
     /// Whether its id_token is still accepted at `now` (JWT `exp` is in whole seconds).
     pub(crate) fn id_token_live(&self, now: UnixMillis) -> bool {
         now.as_secs() < self.grant.identity.exp
+    }
+
+    /// The session with the tokens of a refresh at `now` (which is also activity).
+    fn refreshed(self, grant: Grant, now: UnixMillis) -> SessionState {
+        SessionState {
+            grant: Arc::new(grant),
+            refreshed_at: now,
+            last_seen_at: now,
+            ..self
+        }
+    }
+
+    /// The `Max-Age` of the cookies that carry it at `now`: until its absolute end.
+    fn max_age_secs(&self, now: UnixMillis) -> i64 {
+        self.absolute_end.millis_since(now) / 1000
     }
 }
 
@@ -170,17 +162,17 @@ pub(crate) enum SessionError {
 impl Sessions {
     /// Sessions over `parts`.
     pub(crate) fn new(parts: SessionsParts) -> Sessions {
+        let sealer = Arc::new(parts.sealer);
+        let cookie = SessionCookie::new(parts.jar.clone());
+        let storage = Storage::new(parts.home, &sealer, &cookie, &parts.clock);
         Sessions {
-            store: parts.store,
-            sealer: parts.sealer,
+            storage,
+            sealer,
             jar: parts.jar,
-            refresh_after: parts.refresh_after,
-            idle_timeout: parts.idle_timeout,
-            absolute_timeout: parts.absolute_timeout,
+            cookie,
+            timeouts: parts.timeouts,
             clock: parts.clock,
             gates: Mutex::new(HashMap::new()),
-            latest: Mutex::new(HashMap::new()),
-            read_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -196,73 +188,36 @@ impl Sessions {
         request: &HeaderMap,
     ) -> Result<Vec<HeaderValue>, SessionError> {
         let now = self.now();
-        let mut state = SessionState {
+        let state = SessionState {
             id: String::new(),
             grant: Arc::new(grant),
             created_at: now,
             last_seen_at: now,
-            absolute_end: now.plus(self.absolute_timeout),
+            absolute_end: self.timeouts.absolute_end(now),
             refreshed_at: now,
         };
-        let Some(store) = &self.store else {
-            state.id = hex::encode(rand::random::<[u8; 16]>());
-            return self.cookie_state(&state, request);
-        };
-        let handle = Secret::from_random(HANDLE_PREFIX, rand::random());
-        let hash = handle.hash();
-        store
-            .create_proxy_session(ProxySession {
-                handle: hash,
-                created_at: now,
-                last_seen_at: now,
-                absolute_end: state.absolute_end,
-                refreshed_at: now,
-                refresh_lease_until: None,
-                sealed: self.seal_grant(hash, &state.grant)?,
-            })
-            .await?;
-        let max_age = self.max_age(&state);
-        Ok(vec![self.jar.set(&self.jar.name, handle.expose(), max_age)])
+        self.storage.create(state, request).await
     }
 
     /// Finds the request's session, checks its timeouts and records the activity.
     pub(crate) async fn lookup(&self, request: &HeaderMap) -> Result<Lookup, SessionError> {
         let now = self.now();
-        let found = match &self.store {
-            Some(store) => self.find_server(store.as_ref(), request).await?,
-            None => self.find_cookie(request),
-        };
-        let Some(mut state) = found else {
-            let carried = crate::web::cookie::cookie_pairs(request)
-                .any(|(name, _)| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name));
-            let set_cookies = if carried {
-                self.clear_all(request)
-            } else {
-                Vec::new()
-            };
+        let Some(mut state) = self.storage.find(request).await? else {
+            let set_cookies = self.cookie.clear_carried(request);
             return Ok(Lookup::Missing { set_cookies });
         };
-        let idle_end = state.last_seen_at.plus(self.idle_timeout);
-        if now >= state.absolute_end || now >= idle_end {
-            let set_cookies = self.forget(&state, request).await?;
-            return Ok(Lookup::TimedOut { state, set_cookies });
-        }
-        let mut set_cookies = Vec::new();
-        if now
-            >= state
-                .last_seen_at
-                .plus(touch_granularity(self.idle_timeout))
-        {
-            state.last_seen_at = now;
-            match &self.store {
-                Some(store) => {
-                    let handle = handle_of(&state)?;
-                    store.touch_proxy_session(handle, now).await?;
-                    self.cache(handle, &state);
-                }
-                None => set_cookies = self.cookie_state(&state, request)?,
+        let set_cookies = match self.timeouts.standing(&state, now) {
+            Standing::TimedOut => {
+                let set_cookies = self.forget(&state, request).await?;
+                return Ok(Lookup::TimedOut { state, set_cookies });
             }
-        }
+            Standing::DueForTouch => {
+                state.last_seen_at = now;
+                self.storage.touch(&state).await?;
+                self.storage.carry(&state, request)?
+            }
+            Standing::Live => Vec::new(),
+        };
         Ok(Lookup::Live(Current { state, set_cookies }))
     }
 
@@ -275,17 +230,25 @@ impl Sessions {
         request: &HeaderMap,
         ctx: &RequestContext,
     ) -> Result<Current, SessionError> {
-        if !self.is_stale(&current.state) {
+        if !self.timeouts.is_stale(&current.state, self.now()) {
             return Ok(current);
         }
         let gate = self.gate(&current.state.id);
         let _one_at_a_time = gate.lock().await;
-        match &self.store {
-            Some(store) => {
-                self.refresh_server(store.as_ref(), current, provider, request, ctx)
-                    .await
+        match self
+            .storage
+            .claim_refresh(&current.state, &self.timeouts)
+            .await?
+        {
+            Claim::Ours => self.refresh(current, provider, request, ctx).await,
+            Claim::Refreshed(state) => {
+                let set_cookies = self.storage.carry(&state, request)?;
+                Ok(Current { state, set_cookies })
             }
-            None => self.refresh_cookie(current, provider, request, ctx).await,
+            Claim::Elsewhere => Ok(current),
+            Claim::Ended => Err(SessionError::Ended {
+                set_cookies: self.clear_all(request),
+            }),
         }
     }
 
@@ -295,29 +258,14 @@ impl Sessions {
         state: &SessionState,
         request: &HeaderMap,
     ) -> Result<Vec<HeaderValue>, SessionError> {
-        if let Some(store) = &self.store {
-            let handle = handle_of(state)?;
-            self.uncache(handle);
-            store.delete_proxy_session(handle).await?;
-        } else {
-            self.latest_map().remove(&state.id);
-        }
+        self.storage.forget(state).await?;
         Ok(self.clear_all(request))
     }
 
-    /// Clearings for the session cookies (single or chunk) the request carries, at most
-    /// [`MAX_CLEARED`], and the single one in any case.
+    /// Clearings for the session cookies (single or chunk) the request carries, and the
+    /// single one in any case.
     pub(crate) fn clear_all(&self, request: &HeaderMap) -> Vec<HeaderValue> {
-        let mut seen = HashSet::from([self.jar.name.as_str()]);
-        let chunks = crate::web::cookie::cookie_pairs(request)
-            .map(|(name, _)| name)
-            .filter(|name| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name))
-            .filter(|name| seen.insert(name))
-            .take(MAX_CLEARED - 1);
-        std::iter::once(self.jar.name.as_str())
-            .chain(chunks)
-            .map(|n| self.jar.clear(n))
-            .collect()
+        self.cookie.clear_all(request)
     }
 
     /// Seals a short-lived value (the login state) for cookie `name`.
@@ -332,9 +280,51 @@ impl Sessions {
         self.sealer.open(sealed, name.as_bytes()).ok()
     }
 
-    fn is_stale(&self, state: &SessionState) -> bool {
-        let now = self.now();
-        now >= state.refreshed_at.plus(self.refresh_after) || !state.id_token_live(now)
+    /// Presents the refresh token (the claim is this request's) and records the outcome.
+    async fn refresh(
+        &self,
+        current: Current,
+        provider: &Provider,
+        request: &HeaderMap,
+        ctx: &RequestContext,
+    ) -> Result<Current, SessionError> {
+        let grant = match self.refresh_grant(&current.state, provider, ctx).await {
+            Ok(grant) => grant,
+            Err(e) => return self.refresh_failed(current, e, request).await,
+        };
+        let state = current.state.refreshed(grant, self.now());
+        self.storage
+            .finish_refresh(&state, RefreshEnd::Refreshed)
+            .await?;
+        let set_cookies = self.storage.carry(&state, request)?;
+        Ok(Current { state, set_cookies })
+    }
+
+    /// After a failed refresh: a refused grant ends the session; with the provider out of
+    /// reach the session stays as it was, its id_token serving while it lasts.
+    async fn refresh_failed(
+        &self,
+        current: Current,
+        e: ProviderError,
+        request: &HeaderMap,
+    ) -> Result<Current, SessionError> {
+        if matches!(e, ProviderError::Refused) {
+            let state = &current.state;
+            self.storage
+                .finish_refresh(state, RefreshEnd::Refused)
+                .await?;
+            let set_cookies = self.clear_all(request);
+            return Err(SessionError::Ended { set_cookies });
+        }
+        let state = &current.state;
+        self.storage
+            .finish_refresh(state, RefreshEnd::Abandoned)
+            .await?;
+        if !state.id_token_live(self.now()) {
+            return Err(SessionError::Provider(e));
+        }
+        tracing::warn!(error = %e, "refresh failed; the current id_token still serves");
+        Ok(current)
     }
 
     async fn refresh_grant(
@@ -361,16 +351,6 @@ impl Sessions {
         Ok(grant)
     }
 
-    /// After a failed refresh: the old id_token while it lasts, else the failure.
-    fn still_valid(&self, current: Current, e: ProviderError) -> Result<Current, SessionError> {
-        if current.state.id_token_live(self.now()) {
-            tracing::warn!(error = %e, "refresh failed; the current id_token still serves");
-            Ok(current)
-        } else {
-            Err(SessionError::Provider(e))
-        }
-    }
-
     fn gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(gate) = gates.get(id).and_then(Weak::upgrade) {
@@ -380,42 +360,5 @@ impl Sessions {
         let gate = Arc::new(tokio::sync::Mutex::new(()));
         gates.insert(id.to_owned(), Arc::downgrade(&gate));
         gate
-    }
-
-    fn max_age(&self, state: &SessionState) -> i64 {
-        state.absolute_end.millis_since(self.now()) / 1000
-    }
-}
-
-/// How stale `last_seen_at` may get before a request writes it: a tenth of the idle timeout,
-/// at most a minute, so a busy session is not a write per request.
-fn touch_granularity(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 10).min(Duration::from_secs(60))
-}
-
-/// The handle hash of a `server`-store session (its id).
-fn handle_of(state: &SessionState) -> Result<TokenHash, SessionError> {
-    TokenHash::from_hex(&state.id).ok_or(SessionError::Sealing)
-}
-
-/// Binds a sealed row to its handle, so rows cannot be swapped in the database.
-fn row_aad(handle: TokenHash) -> Vec<u8> {
-    format!("tessera proxy session {}", handle.to_hex()).into_bytes()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn busy_sessions_are_touched_coarsely() {
-        assert_eq!(
-            touch_granularity(Duration::from_secs(15 * 60)),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            touch_granularity(Duration::from_secs(3)),
-            Duration::from_millis(300)
-        );
     }
 }

@@ -140,6 +140,11 @@ impl Browser {
             .collect()
     }
 
+    /// Deletes cookie `name` of the current page's site, as a person clearing it would.
+    pub async fn delete_cookie(&self, name: &str) {
+        self.client.delete_cookie(name).await.unwrap();
+    }
+
     /// Opens a blank tab, without switching to it.
     pub async fn new_tab(&self) -> Tab {
         Tab(self.client.new_window(true).await.unwrap().handle)

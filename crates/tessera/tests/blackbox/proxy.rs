@@ -1,7 +1,8 @@
 //! The authenticating reverse proxy under `tessera serve`: login through the provider's form,
 //! identity headers to an echo upstream (and spoofed ones never), nginx-style `/oauth2/auth`,
-//! websockets and streaming through the proxy, one refresh per session under concurrency, the
-//! idle timeout, and sign-out revoking the session at the provider.
+//! websockets and streaming through the proxy, and sign-out revoking the session at the
+//! provider. What the session's timeouts do (one refresh per session under concurrency, the
+//! idle timeout) is proven in-process with the clock advanced (`tests/in_process/proxy.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -384,71 +385,6 @@ async fn websockets_and_streamed_answers_pass_through_intact() {
     let anonymous = format!("{}/ws", base.replacen("http", "ws", 1));
     let refused = tokio_tungstenite::connect_async(anonymous).await;
     assert!(refused.is_err(), "no websocket without a session");
-}
-
-#[tokio::test]
-async fn concurrent_requests_past_refresh_after_make_one_refresh_and_none_fails() {
-    let upstream = Upstream::start().await;
-    let server = start_proxy(
-        &upstream,
-        &[("TESSERA_PROXY__SESSION__REFRESH_AFTER", "1s")],
-    )
-    .await;
-    let base = server.proxy.clone().unwrap();
-    let browser = ProxyBrowser::new(&server, &base);
-    browser.log_in("/").await;
-    let before = server.audit_events("TokenRefreshed", 0).await.len();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let requests = (0..20).map(|_| browser.fetch("/echo"));
-    let statuses: Vec<StatusCode> = futures_util::future::join_all(requests)
-        .await
-        .iter()
-        .map(reqwest::Response::status)
-        .collect();
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
-    let refreshed = server.audit_events("TokenRefreshed", before + 1).await;
-    assert_eq!(
-        refreshed.len() - before,
-        1,
-        "exactly one refresh reached the provider"
-    );
-    assert_eq!(refreshed[before]["client_id"], "tessera-proxy");
-    assert!(
-        server
-            .audit_events("RefreshTokenReplayDetected", 0)
-            .await
-            .is_empty()
-    );
-}
-
-#[tokio::test]
-async fn an_idle_session_goes_back_to_login() {
-    let upstream = Upstream::start().await;
-    let server = start_proxy(&upstream, &[("TESSERA_PROXY__SESSION__IDLE_TIMEOUT", "2s")]).await;
-    let base = server.proxy.clone().unwrap();
-    let browser = ProxyBrowser::new(&server, &base);
-    browser.log_in("/").await;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        assert_eq!(
-            browser.fetch("/echo").await.status(),
-            StatusCode::OK,
-            "activity keeps it alive"
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    let page = browser.navigate("/pods").await;
-    assert_eq!(page.status(), StatusCode::FOUND);
-    assert!(support::location(&page).starts_with("/oauth2/start"));
-    let revoked = server.audit_events("SessionRevoked", 1).await;
-    assert_eq!(
-        revoked.len(),
-        1,
-        "the idle session is revoked at the provider too"
-    );
 }
 
 #[tokio::test]

@@ -2,14 +2,60 @@
 //! newest state of recently refreshed sessions kept in this process for requests that still
 //! carry the cookie from before the refresh.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-impl Sessions {
+use axum::http::{HeaderMap, HeaderValue};
+use tessera_core::clock::Clock;
+use tessera_core::seal::Sealer;
+
+use super::cookie::SessionCookie;
+use super::storage::{Claim, RefreshEnd};
+use super::{SessionError, SessionState};
+
+/// How long a process remembers a session's newest state for requests that still carry the
+/// cookie from before its refresh.
+const LATEST_KEPT: Duration = Duration::from_secs(600);
+
+/// Sessions sealed whole into the cookie.
+pub(super) struct CookieStore {
+    sealer: Arc<Sealer>,
+    cookie: SessionCookie,
+    clock: Arc<dyn Clock>,
+    /// The newest state of each recently refreshed session, by session id.
+    latest: Mutex<HashMap<String, SessionState>>,
+}
+
+impl CookieStore {
+    /// Sessions sealed by `sealer` into `cookie`.
+    pub(super) fn new(
+        sealer: Arc<Sealer>,
+        cookie: SessionCookie,
+        clock: Arc<dyn Clock>,
+    ) -> CookieStore {
+        CookieStore {
+            sealer,
+            cookie,
+            clock,
+            latest: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Gives a new session its random id; answers the cookies that carry it.
+    pub(super) fn create(
+        &self,
+        mut state: SessionState,
+        request: &HeaderMap,
+    ) -> Result<Vec<HeaderValue>, SessionError> {
+        state.id = hex::encode(rand::random::<[u8; 16]>());
+        self.carry(&state, request)
+    }
+
     /// The session sealed in the request's cookies, or the newer state this process holds.
-    pub(super) fn find_cookie(&self, request: &HeaderMap) -> Option<SessionState> {
-        let pairs: Vec<(&str, &str)> = crate::web::cookie::cookie_pairs(request).collect();
-        let sealed = seal::join(&self.jar.name, &pairs, seal::MAX_CHUNKS)?;
-        let plain = self.sealer.open(&sealed, self.jar.name.as_bytes()).ok()?;
+    pub(super) fn find(&self, request: &HeaderMap) -> Option<SessionState> {
+        let sealed = self.cookie.joined(request)?;
+        let plain = self.sealer.open(&sealed, self.aad()).ok()?;
         let state: SessionState = serde_json::from_slice(&plain).ok()?;
         // A request sent before this process refreshed the session carries the older cookie.
         match self.latest_map().get(&state.id) {
@@ -18,90 +64,56 @@ impl Sessions {
         }
     }
 
-    /// The cookies that carry `state` in the `cookie` store, and clearings for stale chunks.
-    pub(super) fn cookie_state(
+    /// The cookies that carry `state`, and clearings for stale chunks.
+    pub(super) fn carry(
         &self,
         state: &SessionState,
         request: &HeaderMap,
     ) -> Result<Vec<HeaderValue>, SessionError> {
         let plain = serde_json::to_vec(state).map_err(|_| SessionError::Sealing)?;
-        let sealed = self.seal_for(&self.jar.name, &plain)?;
-        let written = seal::split(&self.jar.name, &sealed, seal::MAX_PAIR_LEN);
-        if written.len() > seal::MAX_CHUNKS {
-            // It could be written but never read back: refuse it rather than loop through login.
-            tracing::error!(
-                bytes = sealed.len(),
-                "the session does not fit in {} cookies; use `proxy.session.store: server`",
-                seal::MAX_CHUNKS
-            );
-            return Err(SessionError::Sealing);
-        }
-        let present: Vec<&str> = crate::web::cookie::cookie_pairs(request)
-            .map(|(name, _)| name)
-            .collect();
-        let max_age = self.max_age(state);
-        let mut cookies: Vec<HeaderValue> = written
-            .iter()
-            .map(|(name, value)| self.jar.set(name, value, max_age))
-            .collect();
-        cookies.extend(
-            seal::stale(&self.jar.name, &written, &present)
-                .iter()
-                .filter(|name| !cookie::is_csrf(&self.jar.name, name))
-                .take(MAX_CLEARED)
-                .map(|name| self.jar.clear(name)),
-        );
-        Ok(cookies)
+        let sealed = self
+            .sealer
+            .seal(&plain, self.aad())
+            .map_err(|_| SessionError::Sealing)?;
+        let max_age = state.max_age_secs(self.clock.now());
+        self.cookie.write_chunked(&sealed, request, max_age)
     }
 
-    /// Refreshes once per session in this process, or takes the refresh another request made.
-    pub(super) async fn refresh_cookie(
-        &self,
-        current: Current,
-        provider: &Provider,
-        request: &HeaderMap,
-        ctx: &RequestContext,
-    ) -> Result<Current, SessionError> {
-        let newer = self.latest_map().get(&current.state.id).cloned();
-        if let Some(newer) = newer
-            && newer.refreshed_at > current.state.refreshed_at
-        {
-            let set_cookies = self.cookie_state(&newer, request)?;
-            return Ok(Current {
-                state: newer,
-                set_cookies,
-            });
-        }
-        match self.refresh_grant(&current.state, provider, ctx).await {
-            Ok(grant) => {
-                let now = self.now();
-                let state = SessionState {
-                    grant: Arc::new(grant),
-                    refreshed_at: now,
-                    last_seen_at: now,
-                    ..current.state
-                };
-                self.remember_latest(&state);
-                let set_cookies = self.cookie_state(&state, request)?;
-                Ok(Current { state, set_cookies })
+    /// The refresh of `current` is this request's, unless another request of this process
+    /// refreshed it meanwhile: the gate of [`super::Sessions`] lets one at a time through.
+    pub(super) fn claim_refresh(&self, current: &SessionState) -> Claim {
+        match self.latest_map().get(&current.id) {
+            Some(newer) if newer.refreshed_at > current.refreshed_at => {
+                Claim::Refreshed(newer.clone())
             }
-            Err(ProviderError::Refused) => Err(SessionError::Ended {
-                set_cookies: self.clear_all(request),
-            }),
-            Err(e) => self.still_valid(current, e),
+            _ => Claim::Ours,
         }
     }
 
-    /// The newest states, locked.
-    pub(super) fn latest_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionState>> {
-        self.latest.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Keeps a refreshed state for requests still carrying the previous cookie.
-    pub(super) fn remember_latest(&self, state: &SessionState) {
-        let now = self.now();
+    /// Keeps a refreshed state for requests still carrying the previous cookie; a refused or
+    /// abandoned refresh leaves nothing to record.
+    pub(super) fn finish_refresh(&self, state: &SessionState, end: RefreshEnd) {
+        if end != RefreshEnd::Refreshed {
+            return;
+        }
+        let now = self.clock.now();
         let mut latest = self.latest_map();
         latest.retain(|_, s| now < s.refreshed_at.plus(LATEST_KEPT));
         latest.insert(state.id.clone(), state.clone());
+    }
+
+    /// Forgets the newest state of an ended session.
+    pub(super) fn forget(&self, state: &SessionState) {
+        self.latest_map().remove(&state.id);
+    }
+
+    /// What a sealed session is bound to: the cookie's name, so it opens under no other.
+    fn aad(&self) -> &[u8] {
+        self.cookie.name().as_bytes()
+    }
+
+    /// The newest states, locked.
+    fn latest_map(&self) -> MutexGuard<'_, HashMap<String, SessionState>> {
+        self.latest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -1,0 +1,384 @@
+//! The proxy's sessions through its router with this process's provider, in both stores
+//! (`server`: a handle in the cookie; `cookie`: the whole session sealed in it), the clock
+//! advanced instead of slept: sign-in, the idle and the absolute timeout, the refresh of the
+//! id_token before it expires (once for many requests at once), and sign-out.
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::rig::{Answer, Browser, DEV_GROUPS, Rig, Setup, claims};
+
+/// Both values of `proxy.session.store`.
+const STORES: [&str; 2] = ["server", "cookie"];
+
+/// A rig whose `proxy.session` is `store` and the flow-mapping entries `rest`.
+async fn rig(store: &str, rest: &str) -> Rig {
+    Rig::start(Setup::local(&format!("{{store: {store}{rest}}}"))).await
+}
+
+/// The `Authorization` header the upstream received, as the id_token's claims.
+fn bearer_claims(echo: &Answer) -> (String, Value) {
+    let bearer = echo
+        .echoed("authorization")
+        .expect("the id_token is passed on");
+    let id_token = bearer.strip_prefix("Bearer ").unwrap().to_owned();
+    let claims = claims(&id_token);
+    (id_token, claims)
+}
+
+/// Whether `set_cookie` writes cookie `name` with `Max-Age=max_age`.
+fn writes(set_cookie: &str, name: &str, max_age: i64) -> bool {
+    let mut parts = set_cookie.split("; ");
+    let named = parts
+        .next()
+        .is_some_and(|pair| pair.split('=').next() == Some(name));
+    named && parts.any(|attribute| attribute == format!("Max-Age={max_age}"))
+}
+
+/// Whether the answer clears the session cookie.
+fn clears_session(answer: &Answer) -> bool {
+    answer
+        .set_cookies()
+        .iter()
+        .any(|c| writes(c, "_tessera_proxy", 0))
+}
+
+/// The session cookies (single or chunks, not login states) the browser holds.
+fn session_cookies(browser: &Browser<'_>) -> Vec<(String, String)> {
+    browser
+        .cookies()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("_tessera_proxy") && !name.contains("_csrf_"))
+        .collect()
+}
+
+#[tokio::test]
+async fn sign_in_passes_the_user_to_the_upstream_and_sign_out_ends_the_session_in_both_stores() {
+    for store in STORES {
+        let rig = rig(store, "").await;
+        let browser = rig.browser();
+        let api = browser.fetch("/api/pods").await;
+        assert_eq!(
+            api.status,
+            StatusCode::UNAUTHORIZED,
+            "{store}: no redirect for an API call"
+        );
+
+        let landed = browser.log_in("/pods?namespace=a").await;
+        assert_eq!(
+            landed, "/pods?namespace=a",
+            "{store}: back to the page asked for"
+        );
+        let cookie = browser.cookies()["_tessera_proxy"].clone();
+        assert_eq!(
+            cookie.starts_with("tsp1_"),
+            store == "server",
+            "{store}: a handle only in the server store"
+        );
+        let echo = browser.fetch("/echo?x=1").await;
+        assert_eq!(echo.status, StatusCode::OK, "{store}");
+        assert_eq!(echo.json()["path"], "/echo?x=1");
+        assert_eq!(echo.echoed("x-auth-request-user").as_deref(), Some("dev"));
+        assert_eq!(
+            echo.echoed("x-auth-request-groups").as_deref(),
+            Some(DEV_GROUPS)
+        );
+        assert_eq!(
+            echo.echoed("x-auth-request-email").as_deref(),
+            Some("dev@example.com")
+        );
+        let (_, claims) = bearer_claims(&echo);
+        assert_eq!(claims["sub"], "dev");
+        assert_eq!(claims["aud"], "tessera-proxy");
+        assert_eq!(
+            echo.echoed("cookie"),
+            None,
+            "{store}: the session never reaches the upstream"
+        );
+
+        let out = browser.sign_out("/oauth2/sign_out").await;
+        assert_eq!(out.status, StatusCode::FOUND, "{store}");
+        assert_eq!(out.location(), "/");
+        assert!(clears_session(&out), "{store}: {:?}", out.set_cookies());
+        assert!(
+            session_cookies(&browser).is_empty(),
+            "{store}: the cookie is cleared"
+        );
+        let revoked = rig.audit_events("SessionRevoked");
+        assert_eq!(revoked.len(), 1, "{store}");
+        assert_eq!(revoked[0]["reason"], "revocation_endpoint");
+        browser.set_cookies([("_tessera_proxy".to_owned(), cookie)].into());
+        if store == "cookie" {
+            // A sealed session replayed after sign-out still opens: it lasts until its next
+            // refresh, which the provider refuses.
+            rig.advance(Duration::from_secs(51));
+        }
+        let dead = browser.fetch("/echo").await;
+        assert_eq!(
+            dead.status,
+            StatusCode::UNAUTHORIZED,
+            "{store}: the old cookie is dead"
+        );
+    }
+}
+
+/// Carries `an_idle_session_goes_back_to_login` of the black-box `proxy.rs`, whose 0.8 s and
+/// 2.2 s sleeps are now the clock advanced.
+#[tokio::test]
+async fn an_idle_session_goes_back_to_login_in_both_stores() {
+    for store in STORES {
+        let rig = rig(store, ", idle_timeout: 2s").await;
+        let browser = rig.browser();
+        browser.log_in("/").await;
+        for _ in 0..3 {
+            rig.advance(Duration::from_millis(800));
+            let echo = browser.fetch("/echo").await;
+            assert_eq!(
+                echo.status,
+                StatusCode::OK,
+                "{store}: activity keeps it alive"
+            );
+        }
+        rig.advance(Duration::from_millis(2200));
+        let page = browser.navigate("/pods").await;
+        assert_eq!(page.status, StatusCode::FOUND, "{store}");
+        assert!(
+            page.location().starts_with("/oauth2/start"),
+            "{}",
+            page.location()
+        );
+        assert!(clears_session(&page), "{store}: {:?}", page.set_cookies());
+        let revoked = rig.audit_events_once("SessionRevoked", 1).await;
+        assert_eq!(
+            revoked.len(),
+            1,
+            "{store}: the idle session is revoked at the provider too"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_busy_session_ends_at_its_absolute_timeout_in_both_stores() {
+    for store in STORES {
+        let rig = rig(store, ", absolute_timeout: 10s").await;
+        let browser = rig.browser();
+        browser.log_in("/").await;
+        let written = browser.set_cookie_history();
+        assert!(
+            written.iter().any(|c| writes(c, "_tessera_proxy", 10)),
+            "{store}: the cookie lives until the absolute end: {written:?}"
+        );
+        for _ in 0..3 {
+            rig.advance(Duration::from_secs(3));
+            let echo = browser.fetch("/echo").await;
+            assert_eq!(
+                echo.status,
+                StatusCode::OK,
+                "{store}: within the absolute timeout"
+            );
+        }
+        rig.advance(Duration::from_secs(1));
+        let api = browser.fetch("/echo").await;
+        assert_eq!(
+            api.status,
+            StatusCode::UNAUTHORIZED,
+            "{store}: however busy"
+        );
+        assert!(clears_session(&api), "{store}: {:?}", api.set_cookies());
+        let page = browser.navigate("/pods").await;
+        assert_eq!(page.status, StatusCode::FOUND, "{store}");
+        assert!(
+            page.location().starts_with("/oauth2/start"),
+            "{}",
+            page.location()
+        );
+        let revoked = rig.audit_events_once("SessionRevoked", 1).await;
+        assert_eq!(revoked.len(), 1, "{store}: revoked at the provider too");
+    }
+}
+
+#[tokio::test]
+async fn the_id_token_is_refreshed_before_it_expires_in_both_stores() {
+    for store in STORES {
+        // The defaults: refresh_after 50 s, id_tokens of 60 s.
+        let rig = rig(store, "").await;
+        let browser = rig.browser();
+        browser.log_in("/").await;
+        let (first, first_claims) = bearer_claims(&browser.fetch("/echo").await);
+        let cookies = browser.cookies();
+
+        rig.advance(Duration::from_secs(49));
+        let (same, _) = bearer_claims(&browser.fetch("/echo").await);
+        assert_eq!(same, first, "{store}: not refreshed before refresh_after");
+        assert!(rig.audit_events("TokenRefreshed").is_empty(), "{store}");
+
+        rig.advance(Duration::from_secs(2));
+        let echo = browser.fetch("/echo").await;
+        assert_eq!(echo.status, StatusCode::OK, "{store}");
+        let (second, second_claims) = bearer_claims(&echo);
+        assert_ne!(second, first, "{store}: refreshed past refresh_after");
+        let now = rig.clock_secs();
+        assert!(
+            first_claims["exp"].as_i64().unwrap() > now,
+            "{store}: before it expired"
+        );
+        assert!(second_claims["exp"].as_i64().unwrap() > now + 50, "{store}");
+        let refreshed = rig.audit_events("TokenRefreshed");
+        assert_eq!(refreshed.len(), 1, "{store}");
+        assert_eq!(refreshed[0]["client_id"], "tessera-proxy");
+        assert_eq!(
+            browser.cookies() == cookies,
+            store == "server",
+            "{store}: a handle stays; a sealed session is written again"
+        );
+
+        rig.advance(Duration::from_secs(51));
+        let (third, third_claims) = bearer_claims(&browser.fetch("/echo").await);
+        assert_ne!(third, second, "{store}: and again");
+        assert!(
+            third_claims["exp"].as_i64().unwrap() > rig.clock_secs(),
+            "{store}"
+        );
+        assert_eq!(rig.audit_events("TokenRefreshed").len(), 2, "{store}");
+    }
+}
+
+/// Carries `concurrent_requests_past_refresh_after_make_one_refresh_and_none_fails` of the
+/// black-box `proxy.rs` (its 1.2 s sleep is the clock advanced), in both stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_past_refresh_after_make_one_refresh_and_none_fails_in_both_stores() {
+    for store in STORES {
+        let rig = rig(store, ", refresh_after: 1s").await;
+        let browser = rig.browser();
+        browser.log_in("/").await;
+        let before = rig.audit_events("TokenRefreshed").len();
+        rig.advance(Duration::from_millis(1200));
+        let requests = (0..20)
+            .map(|_| browser.request(Method::GET, "/echo", false))
+            .collect();
+        let statuses: Vec<StatusCode> = browser
+            .send_at_once(requests)
+            .await
+            .iter()
+            .map(|answer| answer.status)
+            .collect();
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{store}: {statuses:?}"
+        );
+        let refreshed = rig.audit_events("TokenRefreshed");
+        assert_eq!(
+            refreshed.len() - before,
+            1,
+            "{store}: exactly one refresh reached the provider"
+        );
+        assert_eq!(refreshed[before]["client_id"], "tessera-proxy");
+        assert!(rig.audit_events("RefreshTokenReplayDetected").is_empty());
+    }
+}
+
+/// Carries the timeouts of the black-box `proxy_chromium.rs` (its 2.5 s and 6.5 s sleeps are
+/// the clock advanced): tabs reloading at once past `refresh_after` while one of them fires a
+/// burst share one refresh, and after the idle timeout an API call is refused and a page goes
+/// through a new login, which the provider's single sign-on answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_past_refresh_after_share_one_refresh_and_an_idle_session_logs_in_again() {
+    let rig = rig("server", ", refresh_after: 2s, idle_timeout: 6s").await;
+    let browser = rig.browser();
+    assert_eq!(browser.log_in("/page").await, "/page");
+    let pages: Vec<String> = (0..4).map(|i| format!("/page?tab={i}")).collect();
+    for page in &pages {
+        let echo = browser.navigate(page).await;
+        assert_eq!(echo.echoed("x-auth-request-user").as_deref(), Some("dev"));
+    }
+    let refreshed_before = rig.audit_events("TokenRefreshed").len();
+    rig.advance(Duration::from_millis(2500));
+
+    // Past refresh_after: every tab reloads at once while the first fires a burst of requests.
+    let reloads = pages
+        .iter()
+        .map(|page| browser.request(Method::GET, page, true));
+    let burst = (0..12).map(|i| browser.request(Method::GET, &format!("/echo?i={i}"), false));
+    let answers = browser.send_at_once(reloads.chain(burst).collect()).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        vec![StatusCode::OK; 16],
+        "no tab is sent to login, no request refused"
+    );
+    for (i, tab) in answers[..4].iter().enumerate() {
+        assert_eq!(tab.json()["path"], pages[i], "tab {i} stays on the app");
+        assert_eq!(tab.echoed("x-auth-request-user").as_deref(), Some("dev"));
+    }
+    let refreshes: Vec<Value> = rig.audit_events("TokenRefreshed")[refreshed_before..]
+        .iter()
+        .filter(|e| e["client_id"] == "tessera-proxy")
+        .cloned()
+        .collect();
+    assert_eq!(
+        refreshes.len(),
+        1,
+        "exactly one refresh for every tab: {refreshes:?}"
+    );
+    assert!(rig.audit_events("RefreshTokenReplayDetected").is_empty());
+
+    // Idle past idle_timeout: the next request is not served from the old session.
+    let logins_before = rig.audit_events("TokenIssued").len();
+    rig.advance(Duration::from_millis(6500));
+    let api = browser.fetch("/echo").await;
+    assert_eq!(
+        api.status,
+        StatusCode::UNAUTHORIZED,
+        "an API call of an idle session is refused"
+    );
+    let page = browser.navigate("/after-idle").await;
+    assert_eq!(page.status, StatusCode::FOUND);
+    let start = browser.navigate(&page.location()).await;
+    let callback = browser
+        .provider_single_sign_on(&start.location())
+        .await
+        .expect("the provider's single sign-on answers without a form");
+    assert_eq!(browser.finish_login(&callback).await, "/after-idle");
+    let echo = browser.navigate("/after-idle").await;
+    assert_eq!(echo.echoed("x-auth-request-user").as_deref(), Some("dev"));
+    assert_eq!(
+        rig.audit_events("TokenIssued").len(),
+        logins_before + 1,
+        "the page went through a new login"
+    );
+    let revoked = rig.audit_events_once("SessionRevoked", 1).await;
+    assert_eq!(
+        revoked.len(),
+        1,
+        "the idle session was revoked at the provider"
+    );
+}
+
+#[tokio::test]
+async fn a_request_with_the_cookie_from_before_a_refresh_is_served_from_the_newest_state() {
+    let rig = rig("cookie", ", refresh_after: 1s").await;
+    let browser = rig.browser();
+    browser.log_in("/").await;
+    let before_refresh = browser.cookies();
+    rig.advance(Duration::from_millis(1200));
+    let (refreshed, _) = bearer_claims(&browser.fetch("/echo").await);
+    assert_ne!(
+        browser.cookies(),
+        before_refresh,
+        "the refresh rewrote the cookie"
+    );
+
+    browser.set_cookies(before_refresh);
+    let late = browser.fetch("/echo").await;
+    assert_eq!(late.status, StatusCode::OK);
+    let (served, _) = bearer_claims(&late);
+    assert_eq!(served, refreshed, "the newest tokens, not the cookie's");
+    assert_eq!(
+        rig.audit_events("TokenRefreshed").len(),
+        1,
+        "no second refresh"
+    );
+    assert!(rig.audit_events("RefreshTokenReplayDetected").is_empty());
+}
