@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::python;
-use crate::support::client;
+use crate::support::{Server, claims, client};
 
 const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes");
 const REQUIREMENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deploy/requirements.txt");
@@ -383,4 +383,45 @@ fn validate(validator: &Path, file: &Path, version: &str) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success(), said)
+}
+
+#[tokio::test]
+async fn apiserver_config_maps_the_session_id_that_the_audit_log_records() {
+    let server = Server::start().await;
+    let config = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["kube", "apiserver-config", "--data-dir"])
+            .arg(server.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let printed = String::from_utf8(output.stdout).unwrap();
+        // The structured form follows the flags, from its `apiVersion:` line on.
+        let structured = &printed[printed.find("apiVersion:").unwrap()..];
+        yaml_serde::from_str::<Value>(structured).unwrap()
+    };
+    let stable = config(&[]);
+    assert_eq!(stable["apiVersion"], "apiserver.config.k8s.io/v1");
+    let jwt = &stable["jwt"][0];
+    // The dev configuration has no `issuer:`; it follows `listen` (this test's server took a
+    // random port instead, which the command cannot know).
+    assert_eq!(jwt["issuer"]["url"], "https://127.0.0.1:8443");
+    assert_eq!(
+        jwt["issuer"]["certificateAuthority"],
+        std::fs::read_to_string(&server.ca).unwrap().as_str()
+    );
+    let extra = &jwt["claimMappings"]["extra"][0];
+    assert_eq!(extra["key"], "tessera.dev/session-id");
+    assert_eq!(extra["valueExpression"], "claims.sid");
+    let older = config(&["--api-version", "v1beta1"]);
+    assert_eq!(older["apiVersion"], "apiserver.config.k8s.io/v1beta1");
+    assert_eq!(older["jwt"], stable["jwt"]);
+
+    // What kube-apiserver would put into `extra` is the session the audit log names.
+    let tokens = server.kubernetes_tokens().await;
+    let sid = claims(tokens["id_token"].as_str().unwrap())["sid"].clone();
+    assert!(sid.is_string(), "the id_token carries sid");
+    let issued = server.audit_events("TokenIssued", 1).await;
+    assert_eq!(issued[0]["session_id"], sid);
 }
