@@ -123,7 +123,7 @@ impl SigningKey {
                 .and_then(|k| k.to_pkcs8v1())
                 .map(|d| d.as_ref().to_vec()),
             Algorithm::EdDSA => Ed25519KeyPair::generate()
-                .and_then(|k| AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&k))
+                .and_then(|k| AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&k))
                 .map(|d| d.as_ref().to_vec()),
         }
         .map_err(|_| failed())?;

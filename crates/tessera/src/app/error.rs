@@ -28,6 +28,7 @@ pub enum AppError {
         /// Why, for the log.
         reason: &'static str,
     },
+    /// A `grant_type` the token endpoint does not serve (`unsupported_grant_type`).
     #[error("grant_type `{0}` is not supported")]
     UnsupportedGrantType(String),
     /// A scope beyond the granted one (`invalid_scope`).

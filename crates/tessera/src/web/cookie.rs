@@ -67,7 +67,7 @@ pub fn set_cookie(
         .secure(true)
         .http_only(true)
         .same_site(cookie::SameSite::Lax)
-        .max_age(cookie::time::Duration::seconds(max_age_secs))
+        .max_age(time::Duration::seconds(max_age_secs))
         .build();
     if let Some(domain) = domain {
         cookie.set_domain(domain.to_owned());

@@ -1228,7 +1228,7 @@ async fn credential_with_a_terminal_signs_in_again_when_the_session_has_ended() 
     };
     sign_in(&server, &url).await;
     assert!(child.wait(Duration::from_secs(30)).await.success());
-    let credential: serde_json::Value =
+    let credential: Value =
         serde_json::from_str(&stdout.recv().await.expect("an ExecCredential on stdout")).unwrap();
     let token = credential["status"]["token"].as_str().unwrap();
     assert_ne!(token, entry["id_token"].as_str().unwrap());

@@ -246,10 +246,7 @@ async fn wait_until_closed(streams: &[TcpStream], count: usize) {
 }
 
 /// A TLS connection to the provider with the handshake done, ALPN `h2` or `http/1.1`.
-async fn tls_connect(
-    server: &Server,
-    h2: bool,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+async fn tls_connect(server: &Server, h2: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
     let pem = std::fs::read(&server.ca).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {

@@ -277,7 +277,7 @@ async fn sign_out_is_confirmed_and_a_post_from_another_site_is_refused() {
 fn a_plain_http_issuer_off_loopback_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tessera.yaml");
-    crate::support::write_private(
+    support::write_private(
         &config,
         "proxy:
   routes: [{upstream: 'http://127.0.0.1:1'}]

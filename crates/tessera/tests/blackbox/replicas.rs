@@ -638,7 +638,7 @@ async fn replicas_a_replica_cut_off_from_postgres_answers_503_fast_and_recovers_
     .unwrap();
     let login_took = started.elapsed();
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: serde_json::Value = answer.json().await.unwrap();
+    let body: Value = answer.json().await.unwrap();
     assert_eq!(body["error"], "temporarily_unavailable", "{body}");
     eprintln!("during the outage: login 503 after {login_took:?}");
     assert!(replica.running());

@@ -403,7 +403,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_address_counts() {
                 .await
                 .unwrap();
             let status = response.status();
-            (status, response.json::<serde_json::Value>().await.unwrap())
+            (status, response.json::<Value>().await.unwrap())
         }
     };
     let first = refresh_token(&server.kubernetes_tokens().await);

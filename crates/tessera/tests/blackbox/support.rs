@@ -354,12 +354,12 @@ fn unescape(text: &str) -> String {
 }
 
 /// A client trusting only the server's CA, not following redirects, optionally with cookies.
-pub fn client(ca: &std::path::Path, cookies: bool) -> reqwest::Client {
+pub fn client(ca: &Path, cookies: bool) -> reqwest::Client {
     client_builder(ca).cookie_store(cookies).build().unwrap()
 }
 
 /// A client trusting only the server's CA, not following redirects.
-pub fn client_builder(ca: &std::path::Path) -> reqwest::ClientBuilder {
+pub fn client_builder(ca: &Path) -> reqwest::ClientBuilder {
     let pem = std::fs::read(ca).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
