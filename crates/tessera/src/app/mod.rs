@@ -12,6 +12,7 @@ pub(crate) mod testing;
 mod token;
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::{Clock, UnixMillis};
@@ -31,6 +32,9 @@ use crate::metrics::Metrics;
 use crate::users::Users;
 use limiter::{CAPACITY, ClosedWindow, LimitKey, Limiter};
 use token::VerifiedSecrets;
+
+/// How long `/readyz` waits for the store: well inside the kubelet's default 1 s probe timeout.
+pub const READY_BOUND: Duration = Duration::from_millis(500);
 
 /// Where a request came from, for the audit log and the grace IP check.
 #[derive(Clone, Debug, Default)]
@@ -102,7 +106,7 @@ pub struct AppParts {
 }
 
 /// How long an attempt waits for the attempts in flight on its keys before it is refused.
-const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const BUSY_WAIT: Duration = Duration::from_secs(10);
 
 /// Name of the stored secret from which refresh-token successors are derived.
 const ROTATION_KEY_SECRET: &str = "refresh_token_rotation_key";
@@ -178,9 +182,14 @@ impl App {
         Ok(())
     }
 
-    /// Whether the store answers.
+    /// Whether the store answers within [`READY_BOUND`]: a readiness probe gives up after one
+    /// second by default, so a store that hangs must count as down before that, not after the
+    /// pool's `connect_timeout`.
     pub async fn ready(&self) -> bool {
-        self.store.ping().await.is_ok()
+        matches!(
+            tokio::time::timeout(READY_BOUND, self.store.ping()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// The Prometheus text of the metrics, with active sessions counted at most every
