@@ -236,33 +236,16 @@ fn invalid(key: &str, message: impl Into<String>) -> Invalid {
 
 /// Validates the raw section; errors carry the key's path (under `proxy.`) and what is wrong.
 pub(crate) fn validate(raw: RawProxy, base: &Path) -> Result<ProxyConfig, Invalid> {
-    let listen = raw.listen.parse().map_err(|_| {
-        invalid(
-            "listen",
-            format!("`{}` is not an address like 127.0.0.1:4180", raw.listen),
-        )
-    })?;
-    let redirect_url = match &raw.redirect_url {
-        None => None,
-        Some(text) => Some(http_url(text).map_err(|m| invalid("redirect_url", m))?),
-    };
-    if raw.routes.is_empty() {
-        return Err(invalid("routes", "configure at least one route"));
-    }
-    let mut routes = raw
-        .routes
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| route(r).map_err(|m| invalid(&format!("routes[{i}]"), m)))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Longest prefix first, host-specific before catch-all: the first match is the best one.
-    routes.sort_by_key(|r| (std::cmp::Reverse(r.path_prefix.len()), r.host.is_none()));
+    let listen = listen(&raw.listen)?;
+    let redirect_url = raw
+        .redirect_url
+        .as_deref()
+        .map(|text| http_url(text).map_err(|m| invalid("redirect_url", m)))
+        .transpose()?;
+    let routes = routes(raw.routes)?;
     let session = session(&raw.session)?;
     let cookie_keys = cookie(&raw.cookie, session.store)?;
-    let provider = match raw.provider {
-        None => None,
-        Some(p) => Some(provider(p, base)?),
-    };
+    let provider = raw.provider.map(|p| provider(p, base)).transpose()?;
     Ok(ProxyConfig {
         listen,
         redirect_url,
@@ -281,6 +264,30 @@ pub(crate) fn validate(raw: RawProxy, base: &Path) -> Result<ProxyConfig, Invali
         cookie_keys,
         provider,
     })
+}
+
+fn listen(text: &str) -> Result<SocketAddr, Invalid> {
+    text.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("`{text}` is not an address like 127.0.0.1:4180"),
+        )
+    })
+}
+
+/// At least one route, each valid; ordered so that the first match is the best one.
+fn routes(raw: Vec<RawRoute>) -> Result<Vec<Route>, Invalid> {
+    if raw.is_empty() {
+        return Err(invalid("routes", "configure at least one route"));
+    }
+    let mut routes = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| route(r).map_err(|m| invalid(&format!("routes[{i}]"), m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Longest prefix first, host-specific before catch-all: the first match is the best one.
+    routes.sort_by_key(|r| (std::cmp::Reverse(r.path_prefix.len()), r.host.is_none()));
+    Ok(routes)
 }
 
 /// The validated `proxy.session` section.
@@ -451,14 +458,28 @@ fn provider(raw: RawProvider, base: &Path) -> Result<ExternalProvider, Invalid> 
     if raw.client_id.is_empty() {
         return Err(invalid("provider.client_id", "must not be empty"));
     }
-    let client_secret = match (raw.client_secret, raw.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "provider",
-                "set client_secret or client_secret_file, not both",
-            ));
-        }
-        (Some(secret), None) => Some(secret),
+    let client_secret = client_secret(raw.client_secret, raw.client_secret_file, base)?;
+    Ok(ExternalProvider {
+        issuer: issuer.as_str().trim_end_matches('/').to_owned(),
+        client_id: raw.client_id,
+        client_secret,
+        certificate_authority: raw.certificate_authority.map(|f| base.join(f)),
+    })
+}
+
+/// The client secret, given inline or in a file (which must be private), or none for a public
+/// client; not both.
+fn client_secret(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    base: &Path,
+) -> Result<Option<String>, Invalid> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            "provider",
+            "set client_secret or client_secret_file, not both",
+        )),
+        (Some(secret), None) => Ok(Some(secret)),
         (None, Some(file)) => {
             let file = base.join(file);
             crate::file_mode::require_private(&[&file])
@@ -469,16 +490,10 @@ fn provider(raw: RawProvider, base: &Path) -> Result<ExternalProvider, Invalid> 
                     format!("cannot read {}: {e}", file.display()),
                 )
             })?;
-            Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
         }
-        (None, None) => None,
-    };
-    Ok(ExternalProvider {
-        issuer: issuer.as_str().trim_end_matches('/').to_owned(),
-        client_id: raw.client_id,
-        client_secret,
-        certificate_authority: raw.certificate_authority.map(|f| base.join(f)),
-    })
+        (None, None) => Ok(None),
+    }
 }
 
 /// Whether `url` names this machine: plain HTTP to it never crosses a network.
