@@ -4,6 +4,7 @@
 
 mod audit;
 mod clients;
+mod environment;
 mod http;
 mod keys;
 mod kubernetes;
@@ -28,7 +29,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use tessera_core::jwt::Algorithm;
 use tessera_core::redeem::RedeemPolicy;
-use yaml_serde::Value;
 
 use self::proxy::ProxyConfig;
 use crate::listener::Limits;
@@ -172,32 +172,11 @@ fn raw_config(text: &str, env: &[(String, String)]) -> Result<RawConfig, String>
         let de = yaml_serde::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| describe(&e))?
     };
-    let overrides = env_overrides(env);
+    let overrides = environment::overrides(env);
     if overrides.is_empty() {
         return Ok(raw);
     }
-    with_overrides(text, &overrides)
-}
-
-/// The file's text with `overrides` set in it, deserialised again.
-fn with_overrides(
-    text: &str,
-    overrides: &[(String, Vec<String>, String)],
-) -> Result<RawConfig, String> {
-    let mut value: Value = if text.trim().is_empty() {
-        Value::Mapping(Default::default())
-    } else {
-        yaml_serde::from_str(text).map_err(|e| e.to_string())?
-    };
-    for (var, keys, literal) in overrides {
-        set_path(&mut value, keys, literal).map_err(|m| format!("{var}: {m}"))?;
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        format!(
-            "{} (after applying TESSERA_* environment overrides)",
-            describe(&e)
-        )
-    })
+    environment::apply(text, &overrides)
 }
 
 fn describe(e: &serde_path_to_error::Error<yaml_serde::Error>) -> String {
@@ -207,45 +186,6 @@ fn describe(e: &serde_path_to_error::Error<yaml_serde::Error>) -> String {
     } else {
         format!("`{key}`: {}", e.inner())
     }
-}
-
-/// `TESSERA_A__B=v` → (`TESSERA_A__B`, [`a`, `b`], `v`). Variables without `__` (such as
-/// `TESSERA_DEV_PASSWORD`) are not configuration, except the top-level `TESSERA_ISSUER` and
-/// `TESSERA_LISTEN`.
-fn env_overrides(env: &[(String, String)]) -> Vec<(String, Vec<String>, String)> {
-    env.iter()
-        .filter_map(|(name, value)| {
-            let rest = name.strip_prefix("TESSERA_")?;
-            let keys: Vec<String> = if rest.contains("__") {
-                rest.split("__").map(str::to_ascii_lowercase).collect()
-            } else if matches!(rest, "ISSUER" | "LISTEN") {
-                vec![rest.to_ascii_lowercase()]
-            } else {
-                return None;
-            };
-            Some((name.clone(), keys, value.clone()))
-        })
-        .collect()
-}
-
-fn set_path(root: &mut Value, keys: &[String], literal: &str) -> Result<(), String> {
-    let parsed: Value = yaml_serde::from_str(literal).unwrap_or(Value::String(literal.into()));
-    let mut node = root;
-    for (i, key) in keys.iter().enumerate() {
-        if node.is_null() {
-            *node = Value::Mapping(Default::default());
-        }
-        let Value::Mapping(map) = node else {
-            return Err(format!("`{}` is not a section", keys[..i].join(".")));
-        };
-        let entry = map.entry(Value::String(key.clone())).or_insert(Value::Null);
-        if i + 1 == keys.len() {
-            *entry = parsed;
-            return Ok(());
-        }
-        node = entry;
-    }
-    Err("empty key".into())
 }
 
 /// A value's problem: the key's path and what is wrong. [`validate`] adds the file.
