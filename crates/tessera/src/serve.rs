@@ -37,12 +37,7 @@ pub struct ServeOptions {
 
 /// Runs the provider.
 pub async fn run(options: ServeOptions) -> Result<()> {
-    let setup = if options.dev {
-        let password = std::env::var("TESSERA_DEV_PASSWORD").ok();
-        Some(dev::prepare(&options.data_dir, password)?)
-    } else {
-        None
-    };
+    let setup = dev_setup(&options)?;
     let mut config = load_config(&options, setup.as_ref())?;
     let (listener, tls) = bind_provider(&config)?;
     let address = listener.local_addr()?;
@@ -52,26 +47,14 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         listener::raise_open_files_limit(),
     );
     let proxy_listener = bind_proxy(&mut config)?;
-    let issuer = config
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("https://{address}"));
     let store = crate::storage::open(&config.storage).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = Arc::new(
-        start_app(
-            config,
-            issuer.clone(),
-            Arc::clone(&store),
-            Arc::clone(&clock),
-        )
-        .await?,
-    );
+    let app = Arc::new(start_app(config, address, Arc::clone(&store), Arc::clone(&clock)).await?);
     if let Some(listener) = proxy_listener {
         spawn_proxy(&app, listener, store, clock, connections.clone()).await?;
     }
     spawn_maintenance(Arc::clone(&app));
-    announce(address, &issuer, setup.as_ref());
+    announce(address, &app.issuer, setup.as_ref());
     connections
         .serve(
             tokio::net::TcpListener::from_std(listener)?,
@@ -82,6 +65,16 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         )
         .await;
     Ok(())
+}
+
+/// With `--dev`, the data directory prepared (the dev user's password from
+/// `TESSERA_DEV_PASSWORD`, if set).
+fn dev_setup(options: &ServeOptions) -> Result<Option<dev::DevSetup>> {
+    if !options.dev {
+        return Ok(None);
+    }
+    let password = std::env::var("TESSERA_DEV_PASSWORD").ok();
+    Ok(Some(dev::prepare(&options.data_dir, password)?))
 }
 
 /// The configuration to serve: the dev data directory's, or `--config`'s, with `--listen`
@@ -135,13 +128,18 @@ fn bind_proxy(config: &mut Config) -> Result<Option<proxy::Listeners>> {
     Ok(Some(listeners))
 }
 
-/// The provider's [`App`] on `store`, with the configured users and audit log.
+/// The provider's [`App`] on `store`, with the configured users and audit log; its issuer is
+/// the configured one, else `https://` and the bound `address`.
 async fn start_app(
     config: Config,
-    issuer: String,
+    address: SocketAddr,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
 ) -> Result<App> {
+    let issuer = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("https://{address}"));
     let users = match &config.users_file {
         Some(path) => Users::load(path).map_err(anyhow::Error::msg)?,
         None => Users::default(),
@@ -217,42 +215,51 @@ fn announce(address: SocketAddr, issuer: &str, setup: Option<&dev::DevSetup>) {
     }
 }
 
+/// The background work of a provider: reloading the signing keys, closing rate-limit windows,
+/// sweeping expired rows.
 fn spawn_maintenance(app: Arc<App>) {
-    let reload_every = app.config.key_reload_interval;
-    let keys_app = Arc::clone(&app);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(reload_every);
+    tokio::spawn(reload_keys(Arc::clone(&app)));
+    tokio::spawn(close_rate_limit_windows(Arc::clone(&app)));
+    tokio::spawn(sweep(app));
+}
+
+/// Re-reads the signing keys every `keys.reload_interval`, keeping the current ones when that
+/// fails.
+async fn reload_keys(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.key_reload_interval);
+    tick.tick().await;
+    loop {
         tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = keys_app.reload_keys().await {
-                tracing::warn!(error = %e, "cannot reload signing keys; keeping the current ones");
-            }
+        if let Err(e) = app.reload_keys().await {
+            tracing::warn!(error = %e, "cannot reload signing keys; keeping the current ones");
         }
-    });
-    // Rate-limit summaries follow the end of their window within one tick.
-    let limits_app = Arc::clone(&app);
-    let limits_every = app
+    }
+}
+
+/// Ends the login rate limits' windows: their summaries follow the end of a window within one
+/// tick.
+async fn close_rate_limit_windows(app: Arc<App>) {
+    let every = app
         .config
         .login_failure_window
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(limits_every);
-        loop {
-            tick.tick().await;
-            limits_app.close_rate_limit_windows();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        app.close_rate_limit_windows();
+    }
+}
+
+/// Deletes expired rows every [`SWEEP_INTERVAL`].
+async fn sweep(app: Arc<App>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        match app.sweep().await {
+            Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            tick.tick().await;
-            match app.sweep().await {
-                Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
-                Err(e) => tracing::warn!(error = %e, "sweep failed"),
-            }
-        }
-    });
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
