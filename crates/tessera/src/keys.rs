@@ -136,7 +136,7 @@ async fn add_key(
 }
 
 /// Loads the keys from the store into a [`KeySet`]: the newest key of each algorithm signs,
-/// the newest [`PUBLISHED_PER_ALG`] of each verify and are published.
+/// the newest two of each verify and are published.
 pub async fn load(
     store: &dyn Store,
     id_alg: Algorithm,
