@@ -8,6 +8,7 @@ mod model;
 mod postgres;
 mod redeem;
 mod sqlite;
+mod table;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -37,56 +37,68 @@ pub fn prepare(data_dir: &Path, dev_password: Option<String>) -> Result<DevSetup
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict the permissions of {}", data_dir.display()))?;
-    let mut announcements = Vec::new();
-    let ca_path = data_dir.join("ca.pem");
     let files = ["ca.pem", "ca-key.pem", "server.pem", "server-key.pem"];
     if files.iter().any(|f| !data_dir.join(f).exists()) {
         write_certificates(data_dir)?;
     }
+    let mut announcements = Vec::new();
     let users_path = data_dir.join("users.yaml");
     if !users_path.exists() {
-        let (password, generated) = match dev_password {
-            Some(p) if !p.is_empty() => (p, false),
-            _ => (random_text(18), true),
-        };
-        let users = UsersFile {
-            users: vec![User {
-                username: "dev".into(),
-                password_hash: hash_password(&password)
-                    .map_err(|e| anyhow::anyhow!("cannot hash the dev password: {e}"))?,
-                email: Some("dev@example.com".into()),
-                groups: vec!["dev".into(), "system:authenticated".into()],
-            }],
-        };
-        write_private(&users_path, &yaml_serde::to_string(&users)?)?;
-        if generated {
-            announcements.push(format!("user `dev`, password (shown once): {password}"));
-        } else {
-            announcements.push("user `dev`, password from TESSERA_DEV_PASSWORD".into());
-        }
+        announcements.push(write_users(&users_path, dev_password)?);
     }
-    let secret_path = data_dir.join("demo-client-secret");
     let config_path = data_dir.join("tessera.yaml");
     if !config_path.exists() {
-        let secret = match fs::read_to_string(&secret_path) {
-            Ok(existing) => existing.trim().to_owned(),
-            Err(_) => {
-                let secret = random_text(32);
-                write_private(&secret_path, &secret)?;
-                announcements.push(format!(
-                    "client `demo` secret (shown once, also in {}): {secret}",
-                    secret_path.display()
-                ));
-                secret
-            }
-        };
-        write_private(&config_path, &dev_config(&sha256_secret_hash(&secret)))?;
+        announcements.extend(write_config(data_dir, &config_path)?);
     }
     Ok(DevSetup {
         config_path,
-        ca_path,
+        ca_path: data_dir.join("ca.pem"),
         announcements,
     })
+}
+
+/// Writes the users file with user `dev`, whose password is `dev_password` or a random one;
+/// the line that tells the user about it.
+fn write_users(path: &Path, dev_password: Option<String>) -> Result<String> {
+    let (password, generated) = match dev_password {
+        Some(p) if !p.is_empty() => (p, false),
+        _ => (random_text(18), true),
+    };
+    let users = UsersFile {
+        users: vec![User {
+            username: "dev".into(),
+            password_hash: hash_password(&password)
+                .map_err(|e| anyhow::anyhow!("cannot hash the dev password: {e}"))?,
+            email: Some("dev@example.com".into()),
+            groups: vec!["dev".into(), "system:authenticated".into()],
+        }],
+    };
+    write_private(path, &yaml_serde::to_string(&users)?)?;
+    Ok(if generated {
+        format!("user `dev`, password (shown once): {password}")
+    } else {
+        "user `dev`, password from TESSERA_DEV_PASSWORD".into()
+    })
+}
+
+/// Writes the configuration, with the hash of client `demo`'s secret: the one already in the
+/// data directory, or a new one, which the line returned shows once.
+fn write_config(data_dir: &Path, config_path: &Path) -> Result<Option<String>> {
+    let secret_path = data_dir.join("demo-client-secret");
+    let (secret, announcement) = match fs::read_to_string(&secret_path) {
+        Ok(existing) => (existing.trim().to_owned(), None),
+        Err(_) => {
+            let secret = random_text(32);
+            write_private(&secret_path, &secret)?;
+            let announcement = format!(
+                "client `demo` secret (shown once, also in {}): {secret}",
+                secret_path.display()
+            );
+            (secret, Some(announcement))
+        }
+    };
+    write_private(config_path, &dev_config(&sha256_secret_hash(&secret)))?;
+    Ok(announcement)
 }
 
 fn dev_config(demo_secret_hash: &str) -> String {
@@ -108,11 +120,28 @@ fn dev_config(demo_secret_hash: &str) -> String {
     )
 }
 
+/// Writes a new development CA and a server certificate it signs, with their keys.
 fn write_certificates(dir: &Path) -> Result<()> {
     let now = SystemClock.now();
     let now = time::OffsetDateTime::from_unix_timestamp(now.as_secs())
         .context("the system clock is out of range")?;
     let ca_key = KeyPair::generate().context("cannot generate the CA key")?;
+    let ca = ca_params(now)?;
+    let ca_cert = ca.self_signed(&ca_key).context("cannot sign the CA")?;
+    let issuer = Issuer::new(ca, &ca_key);
+    let server_key = KeyPair::generate().context("cannot generate the server key")?;
+    let server_cert = server_params(now)?
+        .signed_by(&server_key, &issuer)
+        .context("cannot sign the server certificate")?;
+    write_private(&dir.join("ca-key.pem"), &ca_key.serialize_pem())?;
+    write_private(&dir.join("server-key.pem"), &server_key.serialize_pem())?;
+    fs::write(dir.join("server.pem"), server_cert.pem())?;
+    fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    Ok(())
+}
+
+/// The development CA: signs certificates only, valid ten years from yesterday.
+fn ca_params(now: time::OffsetDateTime) -> Result<CertificateParams> {
     let mut ca = CertificateParams::new(Vec::<String>::new()).context("cannot build the CA")?;
     ca.distinguished_name
         .push(DnType::CommonName, "tessera development CA");
@@ -124,9 +153,11 @@ fn write_certificates(dir: &Path) -> Result<()> {
     ];
     ca.not_before = now - time::Duration::days(1);
     ca.not_after = now + time::Duration::days(3650);
-    let ca_cert = ca.self_signed(&ca_key).context("cannot sign the CA")?;
-    let issuer = Issuer::new(ca, &ca_key);
-    let server_key = KeyPair::generate().context("cannot generate the server key")?;
+    Ok(ca)
+}
+
+/// The server certificate: 127.0.0.1, localhost and ::1, for serving TLS only.
+fn server_params(now: time::OffsetDateTime) -> Result<CertificateParams> {
     let mut server = CertificateParams::new(vec![
         "127.0.0.1".to_owned(),
         "localhost".to_owned(),
@@ -140,14 +171,7 @@ fn write_certificates(dir: &Path) -> Result<()> {
     server.not_before = now - time::Duration::days(1);
     // Browsers refuse leaf certificates valid for more than 398 days.
     server.not_after = now + time::Duration::days(397);
-    let server_cert = server
-        .signed_by(&server_key, &issuer)
-        .context("cannot sign the server certificate")?;
-    write_private(&dir.join("ca-key.pem"), &ca_key.serialize_pem())?;
-    write_private(&dir.join("server-key.pem"), &server_key.serialize_pem())?;
-    fs::write(dir.join("server.pem"), server_cert.pem())?;
-    fs::write(dir.join("ca.pem"), ca_cert.pem())?;
-    Ok(())
+    Ok(server)
 }
 
 /// Writes a file readable by its owner only (mode 0600), replacing nothing that exists.

@@ -74,57 +74,97 @@ pub async fn rotate_if_due(
     let mut algs = algs.to_vec();
     algs.dedup();
     for alg in algs {
-        let newest = existing
-            .iter()
-            .filter(|k| k.alg == alg.as_str())
-            .map(|k| k.created_at)
-            .max();
-        let due = match (newest, max_age) {
-            (None, _) | (_, None) => true,
-            (Some(created), Some(age)) => now >= created.plus(age),
-        };
-        if !due {
-            continue;
+        if is_due(newest_created(&existing, alg), max_age, now) {
+            added.push(add_key(store, alg, now, audit).await?);
         }
-        let random: [u8; 6] = rand::random();
-        let kid = format!(
-            "{}-{}",
-            alg.as_str().to_ascii_lowercase(),
-            hex::encode(random)
-        );
-        // RSA key generation takes tens of milliseconds: keep it off the async workers.
-        let generated = tokio::task::spawn_blocking(move || SigningKey::generate(alg, kid))
-            .await
-            .map_err(|_| JwtError::KeyGeneration { alg })??;
-        let (key, pkcs8) = generated;
-        store
-            .add_signing_key(StoredKey {
-                kid: key.kid().to_owned(),
-                alg: alg.as_str().to_owned(),
-                pkcs8,
-                created_at: now,
-            })
-            .await?;
-        audit.record(
-            now,
-            &Event::KeyRotated {
-                kid: key.kid().to_owned(),
-                alg: alg.as_str().into(),
-            },
-            &Subjects::default(),
-        );
-        added.push((key.kid().to_owned(), alg));
     }
     Ok(added)
 }
 
-/// Loads the keys from the store into a [`KeySet`].
+/// When the newest stored key of `alg` was created, if there is one.
+fn newest_created(existing: &[StoredKey], alg: Algorithm) -> Option<UnixMillis> {
+    existing
+        .iter()
+        .filter(|k| k.alg == alg.as_str())
+        .map(|k| k.created_at)
+        .max()
+}
+
+/// Whether a key created at `newest` is due for a successor at `now`: always without a key or
+/// without a maximum age.
+fn is_due(newest: Option<UnixMillis>, max_age: Option<Duration>, now: UnixMillis) -> bool {
+    match (newest, max_age) {
+        (None, _) | (_, None) => true,
+        (Some(created), Some(age)) => now >= created.plus(age),
+    }
+}
+
+/// Generates a key of `alg`, stores it and audits it as `KeyRotated`; its (kid, alg).
+async fn add_key(
+    store: &dyn Store,
+    alg: Algorithm,
+    now: UnixMillis,
+    audit: &Audit,
+) -> Result<(String, Algorithm), KeyError> {
+    let random: [u8; 6] = rand::random();
+    let kid = format!(
+        "{}-{}",
+        alg.as_str().to_ascii_lowercase(),
+        hex::encode(random)
+    );
+    // RSA key generation takes tens of milliseconds: keep it off the async workers.
+    let (key, pkcs8) = tokio::task::spawn_blocking(move || SigningKey::generate(alg, kid))
+        .await
+        .map_err(|_| JwtError::KeyGeneration { alg })??;
+    store
+        .add_signing_key(StoredKey {
+            kid: key.kid().to_owned(),
+            alg: alg.as_str().to_owned(),
+            pkcs8,
+            created_at: now,
+        })
+        .await?;
+    audit.record(
+        now,
+        &Event::KeyRotated {
+            kid: key.kid().to_owned(),
+            alg: alg.as_str().into(),
+        },
+        &Subjects::default(),
+    );
+    Ok((key.kid().to_owned(), alg))
+}
+
+/// Loads the keys from the store into a [`KeySet`]: the newest key of each algorithm signs,
+/// the newest two of each verify and are published.
 pub async fn load(
     store: &dyn Store,
     id_alg: Algorithm,
     access_alg: Algorithm,
 ) -> Result<KeySet, KeyError> {
-    let stored = store.signing_keys().await?;
+    let keys = newest_first(store.signing_keys().await?)?;
+    let newest = |alg: Algorithm| {
+        keys.iter()
+            .find(|k| k.alg() == alg)
+            .map(Arc::clone)
+            .ok_or(JwtError::KeyRejected {
+                alg,
+                kid: "(none stored)".into(),
+            })
+    };
+    let id_signer = newest(id_alg)?;
+    let access_signer = newest(access_alg)?;
+    let (verifier, jwks) = publish(&keys)?;
+    Ok(KeySet {
+        id_signer,
+        access_signer,
+        verifier,
+        jwks,
+    })
+}
+
+/// The stored keys parsed, newest first (the later kid first among keys of the same time).
+fn newest_first(stored: Vec<StoredKey>) -> Result<Vec<Arc<SigningKey>>, KeyError> {
     let mut keys = Vec::with_capacity(stored.len());
     for k in stored {
         let alg = Algorithm::parse(&k.alg).ok_or_else(|| KeyError::UnknownAlgorithm {
@@ -136,25 +176,19 @@ pub async fn load(
             Arc::new(SigningKey::from_pkcs8(alg, k.kid, &k.pkcs8)?),
         ));
     }
-    // Newest first.
     keys.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.kid().cmp(a.1.kid())));
-    let newest = |alg: Algorithm| {
-        keys.iter()
-            .find(|(_, k)| k.alg() == alg)
-            .map(|(_, k)| Arc::clone(k))
-            .ok_or(JwtError::KeyRejected {
-                alg,
-                kid: "(none stored)".into(),
-            })
-    };
-    let id_signer = newest(id_alg)?;
-    let access_signer = newest(access_alg)?;
+    Ok(keys.into_iter().map(|(_, key)| key).collect())
+}
+
+/// The verifier of the published keys and the JWKS document listing them: for each algorithm,
+/// the newest [`PUBLISHED_PER_ALG`] of `keys` (newest first).
+fn publish(keys: &[Arc<SigningKey>]) -> Result<(Verifier, String), KeyError> {
     let mut verifier = Verifier::default();
     let mut published = Vec::new();
     for alg in [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA] {
-        for (_, key) in keys
+        for key in keys
             .iter()
-            .filter(|(_, k)| k.alg() == alg)
+            .filter(|k| k.alg() == alg)
             .take(PUBLISHED_PER_ALG)
         {
             verifier.add(key)?;
@@ -162,10 +196,5 @@ pub async fn load(
         }
     }
     let jwks = serde_json::json!({ "keys": published }).to_string();
-    Ok(KeySet {
-        id_signer,
-        access_signer,
-        verifier,
-        jwks,
-    })
+    Ok((verifier, jwks))
 }

@@ -68,43 +68,40 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("tessera");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency =
-            Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(|| {
-                // 100 µs to about 3.3 s.
-                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
-            });
-        let refreshes = Family::<OutcomeLabel, Counter>::default();
-        let active_sessions = Gauge::default();
-        registry.register(
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("tessera"),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            refreshes: Family::default(),
+            active_sessions: Gauge::default(),
+            counted_at: Mutex::new(None),
+        };
+        metrics.register();
+        metrics
+    }
+
+    /// Makes each metric known to the registry, under its name and help text.
+    fn register(&mut self) {
+        self.registry.register(
             "http_requests",
             "HTTP requests by endpoint and status",
-            requests.clone(),
+            self.requests.clone(),
         );
-        registry.register(
+        self.registry.register(
             "http_request_duration_seconds",
             "HTTP request latency by endpoint",
-            latency.clone(),
+            self.latency.clone(),
         );
-        registry.register(
+        self.registry.register(
             "refresh_token_redemptions",
             "Refresh-token redemptions by outcome: rotated, grace_reuse, replay, rejected",
-            refreshes.clone(),
+            self.refreshes.clone(),
         );
-        registry.register(
+        self.registry.register(
             "active_sessions",
             "Sessions neither revoked nor past their absolute end",
-            active_sessions.clone(),
+            self.active_sessions.clone(),
         );
-        Metrics {
-            registry,
-            requests,
-            latency,
-            refreshes,
-            active_sessions,
-            counted_at: Mutex::new(None),
-        }
     }
 
     /// Whether the count of active sessions is older than [`ACTIVE_SESSIONS_MAX_AGE`] at `now`.
@@ -167,6 +164,11 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Latency buckets from 100 µs to about 3.3 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tessera_core::clock::{Clock, SystemClock};
+use tessera_store::Store;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, AppParts};
@@ -36,13 +37,50 @@ pub struct ServeOptions {
 
 /// Runs the provider.
 pub async fn run(options: ServeOptions) -> Result<()> {
-    let setup = if options.dev {
-        let password = std::env::var("TESSERA_DEV_PASSWORD").ok();
-        Some(dev::prepare(&options.data_dir, password)?)
-    } else {
-        None
-    };
-    let config_path = match (&setup, &options.config) {
+    let setup = dev_setup(&options)?;
+    let mut config = load_config(&options, setup.as_ref())?;
+    let (listener, tls) = bind_provider(&config)?;
+    let address = listener.local_addr()?;
+    let connections = Connections::new(
+        config.limits,
+        &config.trusted_proxies,
+        listener::raise_open_files_limit(),
+    );
+    let proxy_listener = bind_proxy(&mut config)?;
+    let store = crate::storage::open(&config.storage).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let app = Arc::new(start_app(config, address, Arc::clone(&store), Arc::clone(&clock)).await?);
+    if let Some(listener) = proxy_listener {
+        spawn_proxy(&app, listener, store, clock, connections.clone()).await?;
+    }
+    spawn_maintenance(Arc::clone(&app));
+    announce(address, &app.issuer, setup.as_ref());
+    connections
+        .serve(
+            tokio::net::TcpListener::from_std(listener)?,
+            Some(TlsAcceptor::from(tls)),
+            http::router(app),
+            |peer: SocketAddr| peer,
+            shutdown_signal(),
+        )
+        .await;
+    Ok(())
+}
+
+/// With `--dev`, the data directory prepared (the dev user's password from
+/// `TESSERA_DEV_PASSWORD`, if set).
+fn dev_setup(options: &ServeOptions) -> Result<Option<dev::DevSetup>> {
+    if !options.dev {
+        return Ok(None);
+    }
+    let password = std::env::var("TESSERA_DEV_PASSWORD").ok();
+    Ok(Some(dev::prepare(&options.data_dir, password)?))
+}
+
+/// The configuration to serve: the dev data directory's, or `--config`'s, with `--listen`
+/// applied.
+fn load_config(options: &ServeOptions, setup: Option<&dev::DevSetup>) -> Result<Config> {
+    let config_path = match (setup, &options.config) {
         (Some(s), _) => s.config_path.clone(),
         (None, Some(path)) => path.clone(),
         (None, None) => bail!(
@@ -57,90 +95,100 @@ pub async fn run(options: ServeOptions) -> Result<()> {
             format!("--listen `{listen}` is not an address like 127.0.0.1:8443")
         })?;
     }
-    let Some((cert, key)) = config.tls.clone() else {
+    Ok(config)
+}
+
+/// The provider's listening socket (non-blocking, for Tokio) and its TLS configuration:
+/// tessera serves HTTPS only.
+fn bind_provider(config: &Config) -> Result<(TcpListener, Arc<rustls::ServerConfig>)> {
+    let Some((cert, key)) = &config.tls else {
         bail!(
             "{}: set tls.cert_file and tls.key_file; tessera serves HTTPS only (issuers must be https URLs)",
-            config_path.display()
+            config.path.display()
         );
     };
-    let tls = tls::server_config(&cert, &key)?;
+    let tls = tls::server_config(cert, key)?;
     let listener = TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
-    let address = listener.local_addr()?;
-    let connections = Connections::new(
-        config.limits,
-        &config.trusted_proxies,
-        listener::raise_open_files_limit(),
-    );
-    // The proxy's address is known before the provider starts, so that the provider can
-    // register the proxy's callback on it.
-    let proxy_listener = match &config.proxy {
-        Some(p) => Some(proxy::Listeners::bind(p.listen)?),
-        None => None,
+    Ok((listener, tls))
+}
+
+/// The proxy's sockets, if it is configured. They are bound before the provider starts, so that
+/// the provider can register the proxy's callback on their address when it is the proxy's
+/// provider.
+fn bind_proxy(config: &mut Config) -> Result<Option<proxy::Listeners>> {
+    let Some(p) = &config.proxy else {
+        return Ok(None);
     };
-    if let (Some(p), Some(l)) = (&config.proxy, &proxy_listener)
-        && p.provider.is_none()
-    {
-        proxy::register_local_client(&mut config.clients, p, l.local_addr())?;
+    let listeners = proxy::Listeners::bind(p.listen)?;
+    if p.provider.is_none() {
+        proxy::register_local_client(&mut config.clients, p, listeners.local_addr())?;
     }
+    Ok(Some(listeners))
+}
+
+/// The provider's [`App`] on `store`, with the configured users and audit log; its issuer is
+/// the configured one, else `https://` and the bound `address`.
+async fn start_app(
+    config: Config,
+    address: SocketAddr,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> Result<App> {
     let issuer = config
         .issuer
         .clone()
         .unwrap_or_else(|| format!("https://{address}"));
-    let store = crate::storage::open(&config.storage).await?;
     let users = match &config.users_file {
         Some(path) => Users::load(path).map_err(anyhow::Error::msg)?,
         None => Users::default(),
     };
     let audit = Audit::start(config.audit_file.as_deref())
         .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let app = Arc::new(
-        App::new(AppParts {
-            config,
-            issuer: issuer.clone(),
-            store: Arc::clone(&store),
-            clock: Arc::clone(&clock),
-            audit,
-            users,
-        })
-        .await?,
-    );
-    if let (Some(proxy_config), Some(listener)) = (app.config.proxy.clone(), proxy_listener) {
-        let provider = match proxy_config.provider.clone() {
-            Some(external) => Provider::remote(external)?,
-            None => Provider::Local {
-                app: Arc::clone(&app),
-            },
-        };
-        let proxy = Proxy::new(ProxyParts {
-            config: proxy_config,
-            provider,
-            store: Some(store),
-            clock,
-            trusted_proxies: app.config.trusted_proxies.clone(),
-        })
-        .await?;
-        println!("proxy listening on http://{}", listener.local_addr());
-        let connections = connections.clone();
-        tokio::spawn(async move {
-            if let Err(e) = listener.serve(Arc::new(proxy), connections).await {
-                tracing::error!(error = %e, "the proxy stopped");
-            }
-        });
-    }
-    spawn_maintenance(Arc::clone(&app));
-    announce(address, &issuer, setup.as_ref());
-    connections
-        .serve(
-            tokio::net::TcpListener::from_std(listener)?,
-            Some(TlsAcceptor::from(tls)),
-            http::router(app),
-            |peer: SocketAddr| peer,
-            shutdown_signal(),
-        )
-        .await;
+    Ok(App::new(AppParts {
+        config,
+        issuer,
+        store,
+        clock,
+        audit,
+        users,
+    })
+    .await?)
+}
+
+/// Serves the proxy on `listener` in the background, its provider this process's `app` or the
+/// configured external one.
+async fn spawn_proxy(
+    app: &Arc<App>,
+    listener: proxy::Listeners,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    connections: Connections,
+) -> Result<()> {
+    let Some(proxy_config) = app.config.proxy.clone() else {
+        return Ok(());
+    };
+    let provider = match proxy_config.provider.clone() {
+        Some(external) => Provider::remote(external)?,
+        None => Provider::Local {
+            app: Arc::clone(app),
+        },
+    };
+    let proxy = Proxy::new(ProxyParts {
+        config: proxy_config,
+        provider,
+        store: Some(store),
+        clock,
+        trusted_proxies: app.config.trusted_proxies.clone(),
+    })
+    .await?;
+    println!("proxy listening on http://{}", listener.local_addr());
+    tokio::spawn(async move {
+        if let Err(e) = listener.serve(Arc::new(proxy), connections).await {
+            tracing::error!(error = %e, "the proxy stopped");
+        }
+    });
     Ok(())
 }
 
@@ -167,42 +215,51 @@ fn announce(address: SocketAddr, issuer: &str, setup: Option<&dev::DevSetup>) {
     }
 }
 
+/// The background work of a provider: reloading the signing keys, closing rate-limit windows,
+/// sweeping expired rows.
 fn spawn_maintenance(app: Arc<App>) {
-    let reload_every = app.config.key_reload_interval;
-    let keys_app = Arc::clone(&app);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(reload_every);
+    tokio::spawn(reload_keys(Arc::clone(&app)));
+    tokio::spawn(close_rate_limit_windows(Arc::clone(&app)));
+    tokio::spawn(sweep(app));
+}
+
+/// Re-reads the signing keys every `keys.reload_interval`, keeping the current ones when that
+/// fails.
+async fn reload_keys(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.key_reload_interval);
+    tick.tick().await;
+    loop {
         tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = keys_app.reload_keys().await {
-                tracing::warn!(error = %e, "cannot reload signing keys; keeping the current ones");
-            }
+        if let Err(e) = app.reload_keys().await {
+            tracing::warn!(error = %e, "cannot reload signing keys; keeping the current ones");
         }
-    });
-    // Rate-limit summaries follow the end of their window within one tick.
-    let limits_app = Arc::clone(&app);
-    let limits_every = app
+    }
+}
+
+/// Ends the login rate limits' windows: their summaries follow the end of a window within one
+/// tick.
+async fn close_rate_limit_windows(app: Arc<App>) {
+    let every = app
         .config
         .login_failure_window
         .clamp(Duration::from_secs(1), Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(limits_every);
-        loop {
-            tick.tick().await;
-            limits_app.close_rate_limit_windows();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        app.close_rate_limit_windows();
+    }
+}
+
+/// Deletes expired rows every [`SWEEP_INTERVAL`].
+async fn sweep(app: Arc<App>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        match app.sweep().await {
+            Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        loop {
-            tick.tick().await;
-            match app.sweep().await {
-                Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
-                Err(e) => tracing::warn!(error = %e, "sweep failed"),
-            }
-        }
-    });
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -88,8 +88,26 @@ pub(super) fn pool(options: &PostgresOptions, location: &str) -> Result<PgPool, 
         location: location.to_owned(),
         source,
     };
-    let mut connect =
-        PgConnectOptions::from_str(&options.url).map_err(|e| open_error(Box::new(e)))?;
+    let connect = connect_options(options).map_err(open_error)?;
+    let setup: Arc<str> = session_setup(options.schema.as_deref())
+        .map_err(open_error)?
+        .into();
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .acquire_timeout(options.connect_timeout)
+        .after_connect(move |connection, _| {
+            let setup = Arc::clone(&setup);
+            Box::pin(async move { connection.execute(&*setup).await.map(drop) })
+        })
+        .connect_lazy_with(connect))
+}
+
+/// The URL's connection options with the configured password and tessera's application name;
+/// a URL asking for TLS is refused, since this build cannot honour it.
+fn connect_options(
+    options: &PostgresOptions,
+) -> Result<PgConnectOptions, Box<dyn std::error::Error + Send + Sync>> {
+    let mut connect = PgConnectOptions::from_str(&options.url)?;
     if let Some(password) = &options.password {
         connect = connect.password(password);
     }
@@ -100,29 +118,27 @@ pub(super) fn pool(options: &PostgresOptions, location: &str) -> Result<PgPool, 
         connect.get_ssl_mode(),
         PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
     ) {
-        return Err(open_error(
+        return Err(
             "this tessera is built without TLS for PostgreSQL, so it cannot honour the \
-             sslmode the URL asks for"
+                    sslmode the URL asks for"
                 .into(),
-        ));
+        );
     }
+    Ok(connect)
+}
+
+/// What every new connection runs first: READ COMMITTED whatever the server's default, and the
+/// configured schema, if any, as its search path.
+fn session_setup(schema: Option<&str>) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
     let mut setup = String::from("SET default_transaction_isolation TO 'read committed'");
-    if let Some(schema) = &options.schema {
+    if let Some(schema) = schema {
         if schema.is_empty() {
-            return Err(open_error("the PostgreSQL schema name is empty".into()));
+            return Err("the PostgreSQL schema name is empty".into());
         }
         setup.push_str("; SET search_path TO ");
         setup.push_str(&quote_identifier(schema));
     }
-    let setup: Arc<str> = setup.into();
-    Ok(PgPoolOptions::new()
-        .max_connections(options.max_connections.max(1))
-        .acquire_timeout(options.connect_timeout)
-        .after_connect(move |connection, _| {
-            let setup = Arc::clone(&setup);
-            Box::pin(async move { connection.execute(&*setup).await.map(drop) })
-        })
-        .connect_lazy_with(connect))
+    Ok(setup)
 }
 
 /// Migrates on a connection taken out of the pool for good: the advisory lock belongs to that
@@ -150,6 +166,8 @@ pub(super) async fn run_migrations(
     outcome
 }
 
+/// Waits for the migration lock (a replica that is migrating holds it; migrations can take
+/// long, so there is no bound), then brings the schema up to date.
 async fn migrate_locked(
     c: &mut PgConnection,
     schema: Option<&str>,
@@ -157,31 +175,48 @@ async fn migrate_locked(
 ) -> Result<MigrationReport, StoreError> {
     let fail = |source: sqlx::Error| open_error(location, source);
     let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-    // Waits for a replica that is migrating; migrations can take long, so there is no bound.
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *c)
         .await
         .map_err(fail)?;
     if let Some(schema) = schema {
-        // Asked first: CREATE SCHEMA IF NOT EXISTS would need the CREATE privilege even when
-        // the schema is there already.
-        let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
-            .bind(schema)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(fail)?
-            .is_some();
-        if !exists {
-            let create = format!("CREATE SCHEMA {}", quote_identifier(schema));
-            c.execute(create.as_str()).await.map_err(fail)?;
-        }
+        create_schema(c, schema).await.map_err(fail)?;
     }
+    let found = schema_version(c).await.map_err(fail)?;
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    let applied = apply_migrations(c, found).await.map_err(fail)?;
+    Ok(MigrationReport {
+        found,
+        applied,
+        current: found.max(known),
+    })
+}
+
+/// Creates `schema` unless it exists. Asked first: CREATE SCHEMA IF NOT EXISTS would need the
+/// CREATE privilege even when the schema is there already.
+async fn create_schema(c: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    let exists = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+        .bind(schema)
+        .fetch_optional(&mut *c)
+        .await?
+        .is_some();
+    if !exists {
+        let create = format!("CREATE SCHEMA {}", quote_identifier(schema));
+        c.execute(create.as_str()).await?;
+    }
+    Ok(())
+}
+
+/// The newest migration applied (0 for an empty database), creating the table that records
+/// them if it is missing.
+async fn schema_version(c: &mut PgConnection) -> Result<i64, sqlx::Error> {
     let has_table: bool = sqlx::query("SELECT to_regclass('schema_migrations') IS NOT NULL")
         .fetch_one(&mut *c)
         .await
-        .and_then(|r| r.try_get(0))
-        .map_err(fail)?;
+        .and_then(|r| r.try_get(0))?;
     if !has_table {
         c.execute(
             "CREATE TABLE schema_migrations (
@@ -189,38 +224,33 @@ async fn migrate_locked(
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
             )",
         )
-        .await
-        .map_err(fail)?;
+        .await?;
     }
-    let found: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+    sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         .fetch_one(&mut *c)
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(fail)?;
-    if found > known {
-        return Err(StoreError::SchemaTooNew { found, known });
-    }
+}
+
+/// Applies the migrations after version `found`, each in its own transaction with its record;
+/// the versions applied, in order.
+async fn apply_migrations(c: &mut PgConnection, found: i64) -> Result<Vec<i64>, sqlx::Error> {
     let mut applied = Vec::new();
     for (version, sql) in (1..)
         .zip(MIGRATIONS)
         .skip(usize::try_from(found).unwrap_or(0))
     {
-        let mut tx = c.begin().await.map_err(fail)?;
+        let mut tx = c.begin().await?;
         // A query without arguments goes as a simple query, which may hold many statements.
-        tx.execute(*sql).await.map_err(fail)?;
+        tx.execute(*sql).await?;
         sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
             .bind(version)
             .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
+            .await?;
+        tx.commit().await?;
         applied.push(version);
     }
-    Ok(MigrationReport {
-        found,
-        applied,
-        current: found.max(known),
-    })
+    Ok(applied)
 }
 
 /// `name` as a quoted SQL identifier.

@@ -5,7 +5,8 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::ClientId;
-use tessera_core::redeem::{FirstUse, TokenRecord, Writes, Written};
+use tessera_core::redeem::{FirstUse, Successor, TokenRecord, Writes, Written};
+use tessera_core::token::TokenHash;
 
 use super::connection::query;
 use super::row::{SESSION_COLUMNS, revoke_session_row, session_from_row};
@@ -102,17 +103,7 @@ async fn write_effects(
     let written = match writes {
         // The claim has already marked the token used; committing keeps it.
         Writes::Rotate { successor, .. } => {
-            sqlx::query(
-                "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&request.successor.0[..])
-            .bind(successor.session_id.as_str())
-            .bind(successor.client_id.as_str())
-            .bind(successor.issued_at.0)
-            .bind(successor.expires_at.0)
-            .execute(&mut *tx)
-            .await?;
+            insert_successor(&mut tx, successor, &request.successor).await?;
             Written::Done
         }
         // A revocation that finds the session already revoked lost to a concurrent replay
@@ -137,4 +128,24 @@ async fn write_effects(
     };
     tx.commit().await?;
     Ok(written)
+}
+
+/// Stores the successor core computed for a rotation, under the hash the claim recorded.
+async fn insert_successor(
+    tx: &mut PgConnection,
+    successor: &Successor,
+    hash: &TokenHash,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&hash.0[..])
+    .bind(successor.session_id.as_str())
+    .bind(successor.client_id.as_str())
+    .bind(successor.issued_at.0)
+    .bind(successor.expires_at.0)
+    .execute(tx)
+    .await
+    .map(drop)
 }

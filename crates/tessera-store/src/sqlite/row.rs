@@ -123,34 +123,6 @@ pub(super) fn insert_proxy_session(c: &Connection, session: &ProxySession) -> ru
     .map(drop)
 }
 
-/// Stores the new tokens or only releases the lease. A session deleted while its refresh ran
-/// (sign-out, sweep) stays deleted: there is nothing to update, and that is no error.
-pub(super) fn finish_proxy_refresh_row(
-    c: &Connection,
-    handle: &TokenHash,
-    outcome: &ProxyRefreshOutcome,
-) -> rusqlite::Result<()> {
-    match outcome {
-        // The new tokens count as activity: the refresh was made for a request.
-        ProxyRefreshOutcome::Refreshed {
-            sealed,
-            refreshed_at,
-        } => c
-            .prepare_cached(
-                "UPDATE proxy_sessions SET sealed = ?2, refreshed_at = ?3,
-                 refresh_lease_until = NULL, last_seen_at = MAX(last_seen_at, ?3)
-                 WHERE handle_hash = ?1",
-            )?
-            .execute(params![handle.to_hex(), sealed, refreshed_at.0]),
-        ProxyRefreshOutcome::Abandoned => c
-            .prepare_cached(
-                "UPDATE proxy_sessions SET refresh_lease_until = NULL WHERE handle_hash = ?1",
-            )?
-            .execute([handle.to_hex()]),
-    }
-    .map(drop)
-}
-
 pub(super) fn insert_refresh_token(
     tx: &Transaction<'_>,
     token: &NewRefreshToken,

@@ -159,51 +159,8 @@ impl Limiter {
         for key in &keys {
             self.renew_if_over(&mut table, key, now);
         }
-        let blocking: Vec<&LimitKey> = keys
-            .iter()
-            .filter(|key| slots_used(table.entries.get(*key)) >= self.max_failures)
-            .collect();
-        if !blocking.is_empty() {
-            let busy = blocking.iter().all(|key| {
-                table
-                    .entries
-                    .get(*key)
-                    .is_some_and(|e| e.failures < self.max_failures)
-            });
-            if busy {
-                return Err(Refusal {
-                    retry_after: 1,
-                    first: false,
-                    busy: true,
-                });
-            }
-            return Err(self.refuse(&mut table, &blocking, now));
-        }
-        let new_keys = keys
-            .iter()
-            .filter(|key| !table.entries.contains_key(*key))
-            .count();
-        if !self.make_room(&mut table, new_keys, now) {
-            // Every key has an attempt in flight: more concurrent attempts than the table
-            // holds. Refuse rather than grow.
-            return Err(Refusal {
-                retry_after: 1,
-                first: false,
-                busy: false,
-            });
-        }
-        for key in &keys {
-            table
-                .entries
-                .entry(key.clone())
-                .or_insert(Entry {
-                    start: now,
-                    failures: 0,
-                    in_flight: 0,
-                    refused: 0,
-                })
-                .in_flight += 1;
-        }
+        self.check_slots(&mut table, &keys, now)?;
+        self.take_slots(&mut table, &keys, now)?;
         Ok(Attempt {
             limiter: self,
             keys,
@@ -231,6 +188,73 @@ impl Limiter {
 
     fn is_over(&self, entry: &Entry, now: UnixMillis) -> bool {
         now >= entry.start.plus(self.window)
+    }
+
+    /// Refuses the attempt when any of `keys` has no slot left: as [`Refusal::busy`] when only
+    /// attempts in flight hold the slots (one frees in a moment), else as a refusal counted
+    /// against the keys that are full.
+    fn check_slots(
+        &self,
+        table: &mut Table,
+        keys: &[LimitKey],
+        now: UnixMillis,
+    ) -> Result<(), Refusal> {
+        let blocking: Vec<&LimitKey> = keys
+            .iter()
+            .filter(|key| slots_used(table.entries.get(*key)) >= self.max_failures)
+            .collect();
+        if blocking.is_empty() {
+            return Ok(());
+        }
+        let busy = blocking.iter().all(|key| {
+            table
+                .entries
+                .get(*key)
+                .is_some_and(|e| e.failures < self.max_failures)
+        });
+        if busy {
+            return Err(Refusal {
+                retry_after: 1,
+                first: false,
+                busy: true,
+            });
+        }
+        Err(self.refuse(table, &blocking, now))
+    }
+
+    /// Takes a slot of each of `keys`, making room for the keys new to the table.
+    fn take_slots(
+        &self,
+        table: &mut Table,
+        keys: &[LimitKey],
+        now: UnixMillis,
+    ) -> Result<(), Refusal> {
+        let new_keys = keys
+            .iter()
+            .filter(|key| !table.entries.contains_key(*key))
+            .count();
+        if !self.make_room(table, new_keys, now) {
+            // Every key has an attempt in flight: more concurrent attempts than the table
+            // holds. Refuse rather than grow.
+            return Err(Refusal {
+                retry_after: 1,
+                first: false,
+                busy: false,
+            });
+        }
+        for key in keys {
+            table
+                .entries
+                .entry(key.clone())
+                .or_insert(Entry {
+                    start: now,
+                    failures: 0,
+                    in_flight: 0,
+                    refused: 0,
+                })
+                .in_flight += 1;
+        }
+        Ok(())
     }
 
     /// Starts a new window for `key` if its window is over (attempts in flight stay counted).
@@ -287,6 +311,23 @@ impl Limiter {
         if table.entries.len() + incoming <= self.capacity {
             return true;
         }
+        let victims = self.victims(table, incoming);
+        for key in victims {
+            if let Some(entry) = table.entries.remove(&key)
+                && entry.refused > 0
+            {
+                table.closed.push(ClosedWindow {
+                    key,
+                    refused: entry.refused,
+                });
+            }
+        }
+        table.entries.len() + incoming <= self.capacity
+    }
+
+    /// The keys to evict so that `incoming` new ones fit: at least an eighth of the capacity,
+    /// those with the fewest failures and the oldest window first, never a key in flight.
+    fn victims(&self, table: &Table, incoming: usize) -> Vec<LimitKey> {
         let mut idle: Vec<(u32, UnixMillis, &LimitKey)> = table
             .entries
             .iter()
@@ -299,21 +340,10 @@ impl Limiter {
         if evict > 0 {
             idle.select_nth_unstable_by_key(evict - 1, |&(failures, start, _)| (failures, start));
         }
-        let victims: Vec<LimitKey> = idle[..evict]
+        idle[..evict]
             .iter()
             .map(|(_, _, key)| (*key).clone())
-            .collect();
-        for key in victims {
-            if let Some(entry) = table.entries.remove(&key)
-                && entry.refused > 0
-            {
-                table.closed.push(ClosedWindow {
-                    key,
-                    refused: entry.refused,
-                });
-            }
-        }
-        table.entries.len() + incoming <= self.capacity
+            .collect()
     }
 
     /// Drops the keys whose window is over and that have nothing in flight.
@@ -418,220 +448,4 @@ fn cut(text: &str) -> &str {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
-mod tests {
-    use super::*;
-
-    const MINUTE: Duration = Duration::from_secs(60);
-    const T: UnixMillis = UnixMillis(1_000_000);
-
-    fn user(name: &str) -> Vec<LimitKey> {
-        vec![LimitKey::user(name), LimitKey::address("10.0.0.1")]
-    }
-
-    fn fail(limiter: &Limiter, keys: Vec<LimitKey>, now: UnixMillis) {
-        limiter.begin(keys, now).unwrap().failed();
-    }
-
-    #[test]
-    fn failures_block_after_the_limit_until_the_window_ends() {
-        let limiter = Limiter::new("test", 2, MINUTE, CAPACITY);
-        fail(&limiter, user("dev"), T);
-        fail(&limiter, user("dev"), T);
-        let refused = limiter.begin(vec![LimitKey::user("dev")], T).unwrap_err();
-        assert_eq!(refused.retry_after, 61);
-        assert!(limiter.begin(vec![LimitKey::user("other")], T).is_ok());
-        assert!(limiter.begin(user("dev"), T.plus(MINUTE)).is_ok());
-    }
-
-    #[test]
-    fn attempts_in_flight_take_slots_so_racing_guesses_cannot_exceed_the_limit() {
-        let limiter = Limiter::new("test", 3, MINUTE, CAPACITY);
-        let racing: Vec<Attempt<'_>> = (0..3)
-            .map(|_| limiter.begin(user("dev"), T).unwrap())
-            .collect();
-        let refused = limiter.begin(user("dev"), T).unwrap_err();
-        assert_eq!(refused.retry_after, 1, "in-flight attempts end soon");
-        assert!(refused.busy, "held back by attempts in flight only");
-        assert!(!refused.first, "waiting is no refusal worth an audit line");
-        let mut racing = racing.into_iter();
-        racing.next().unwrap().succeeded();
-        let fourth = limiter
-            .begin(user("dev"), T)
-            .expect("a success frees its slot");
-        racing.for_each(Attempt::failed);
-        fourth.failed();
-        let refused = limiter.begin(user("dev"), T).unwrap_err();
-        assert_eq!(refused.retry_after, 61);
-        assert!(!refused.busy, "held back by failures");
-    }
-
-    #[tokio::test]
-    async fn a_settling_attempt_wakes_those_waiting_on_its_keys() {
-        let limiter = Limiter::new("test", 1, MINUTE, CAPACITY);
-        let first = limiter.begin(user("dev"), T).unwrap();
-        let settled = limiter.settled();
-        let mut settled = std::pin::pin!(settled);
-        settled.as_mut().enable();
-        assert!(limiter.begin(user("dev"), T).unwrap_err().busy);
-        first.succeeded();
-        settled.await;
-        limiter.begin(user("dev"), T).unwrap().succeeded();
-    }
-
-    #[test]
-    fn a_dropped_attempt_counts_as_a_failure_and_leaks_no_slot() {
-        let limiter = Limiter::new("test", 2, MINUTE, CAPACITY);
-        drop(limiter.begin(user("dev"), T).unwrap());
-        let second = limiter.begin(user("dev"), T).unwrap();
-        assert!(
-            limiter.begin(user("dev"), T).is_err(),
-            "one failure, one in flight"
-        );
-        second.succeeded();
-        let third = limiter.begin(user("dev"), T).unwrap();
-        drop(third);
-        assert_eq!(limiter.begin(user("dev"), T).unwrap_err().retry_after, 61);
-        // After the window the slots are free again: nothing leaked.
-        let later = T.plus(MINUTE);
-        let both: Vec<_> = (0..2)
-            .map(|_| limiter.begin(user("dev"), later).unwrap())
-            .collect();
-        both.into_iter().for_each(Attempt::succeeded);
-    }
-
-    #[test]
-    fn successes_leave_no_entry_behind() {
-        let limiter = Limiter::new("test", 2, MINUTE, CAPACITY);
-        for i in 0..100 {
-            limiter
-                .begin(user(&format!("u{i}")), T)
-                .unwrap()
-                .succeeded();
-        }
-        assert_eq!(limiter.lock().entries.len(), 0);
-    }
-
-    #[test]
-    fn the_table_stays_bounded_under_a_spray_of_names() {
-        let limiter = Limiter::new("test", 5, MINUTE, 64);
-        for i in 0..10_000 {
-            let keys = vec![
-                LimitKey::user(&format!("spray-{i}")),
-                LimitKey::address(&format!("10.0.{}.{}", i / 256 % 256, i % 256)),
-            ];
-            if let Ok(attempt) = limiter.begin(keys, T) {
-                attempt.failed();
-            }
-            assert!(limiter.lock().entries.len() <= 64);
-        }
-    }
-
-    #[test]
-    fn a_spray_of_names_does_not_reset_a_blocked_victim() {
-        let limiter = Limiter::new("test", 3, MINUTE, 64);
-        for _ in 0..3 {
-            fail(&limiter, vec![LimitKey::user("victim")], T);
-        }
-        for i in 0..10_000 {
-            fail(&limiter, vec![LimitKey::user(&format!("spray-{i}"))], T);
-        }
-        assert!(limiter.begin(vec![LimitKey::user("victim")], T).is_err());
-    }
-
-    #[test]
-    fn keys_in_flight_are_never_evicted_and_a_full_table_refuses() {
-        let limiter = Limiter::new("test", 5, MINUTE, 4);
-        let held: Vec<_> = (0..4)
-            .map(|i| {
-                limiter
-                    .begin(vec![LimitKey::user(&format!("u{i}"))], T)
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(
-            limiter.begin(vec![LimitKey::user("late")], T).unwrap_err(),
-            Refusal {
-                retry_after: 1,
-                first: false,
-                busy: false,
-            }
-        );
-        drop(held);
-        assert!(limiter.begin(vec![LimitKey::user("late")], T).is_ok());
-    }
-
-    #[test]
-    fn the_first_refusal_of_a_window_is_reported_and_the_rest_summarised_when_it_ends() {
-        let limiter = Limiter::new("test", 1, MINUTE, CAPACITY);
-        fail(&limiter, user("dev"), T);
-        let firsts: Vec<bool> = (0..50)
-            .map(|_| limiter.begin(user("dev"), T).unwrap_err().first)
-            .collect();
-        assert!(firsts[0]);
-        assert!(firsts[1..].iter().all(|first| !first));
-        assert_eq!(limiter.close_windows(T), []);
-        let mut closed = limiter.close_windows(T.plus(MINUTE));
-        closed.sort_by_key(|c| format!("{:?}", c.key));
-        assert_eq!(
-            closed,
-            [
-                ClosedWindow {
-                    key: LimitKey::address("10.0.0.1"),
-                    refused: 50
-                },
-                ClosedWindow {
-                    key: LimitKey::user("dev"),
-                    refused: 50
-                },
-            ]
-        );
-        assert_eq!(limiter.close_windows(T.plus(MINUTE)), [], "reported once");
-        fail(&limiter, user("dev"), T.plus(MINUTE));
-        assert!(
-            limiter
-                .begin(user("dev"), T.plus(MINUTE))
-                .unwrap_err()
-                .first,
-            "a new window"
-        );
-    }
-
-    #[test]
-    fn a_key_renewed_by_its_next_attempt_reports_its_closed_window() {
-        let limiter = Limiter::new("test", 1, MINUTE, CAPACITY);
-        fail(&limiter, vec![LimitKey::user("dev")], T);
-        assert!(limiter.begin(vec![LimitKey::user("dev")], T).is_err());
-        let later = T.plus(MINUTE);
-        limiter
-            .begin(vec![LimitKey::user("dev")], later)
-            .unwrap()
-            .succeeded();
-        assert_eq!(
-            limiter.close_windows(later),
-            [ClosedWindow {
-                key: LimitKey::user("dev"),
-                refused: 1
-            }]
-        );
-    }
-
-    #[test]
-    fn keys_are_bounded_and_ipv6_counts_per_slash_64() {
-        assert_eq!(
-            LimitKey::address("2001:db8:1:2:aaaa::1"),
-            LimitKey::address("2001:db8:1:2:bbbb::2")
-        );
-        assert_eq!(
-            LimitKey::address("::ffff:10.0.0.1"),
-            LimitKey::address("10.0.0.1")
-        );
-        assert_ne!(
-            LimitKey::address("2001:db8:1:3::1"),
-            LimitKey::address("2001:db8:1:2::1")
-        );
-        let LimitKey::User(long) = LimitKey::user(&"é".repeat(1000)) else {
-            unreachable!()
-        };
-        assert!(long.len() <= MAX_KEY_LEN);
-    }
-}
+mod tests;

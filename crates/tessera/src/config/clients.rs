@@ -77,12 +77,7 @@ fn client(c: RawClient) -> Result<Client, Invalid> {
         crate::secret::check_hash_format(hash).map_err(|m| (".secret_hash".to_owned(), m))?;
     }
     for uri in c.redirect_uris.iter().chain(&c.post_logout_redirect_uris) {
-        let url = url::Url::parse(uri).map_err(|e| bad(format!("`{uri}`: {e}")))?;
-        if url.fragment().is_some() {
-            return Err(bad(format!(
-                "`{uri}` must not have a fragment (RFC 6749 §3.1.2)"
-            )));
-        }
+        check_redirect_uri(uri).map_err(bad)?;
     }
     Ok(Client {
         id: ClientId::new(c.id),
@@ -91,4 +86,15 @@ fn client(c: RawClient) -> Result<Client, Invalid> {
         redirect_uris: c.redirect_uris,
         post_logout_redirect_uris: c.post_logout_redirect_uris,
     })
+}
+
+/// A redirect URI is an absolute URL without a fragment (RFC 6749 §3.1.2).
+fn check_redirect_uri(uri: &str) -> Result<(), String> {
+    let url = url::Url::parse(uri).map_err(|e| format!("`{uri}`: {e}"))?;
+    if url.fragment().is_some() {
+        return Err(format!(
+            "`{uri}` must not have a fragment (RFC 6749 §3.1.2)"
+        ));
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod audit;
 mod clients;
+mod environment;
 mod http;
 mod keys;
 mod kubernetes;
@@ -28,7 +29,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use tessera_core::jwt::Algorithm;
 use tessera_core::redeem::RedeemPolicy;
-use yaml_serde::Value;
 
 use self::proxy::ProxyConfig;
 use crate::listener::Limits;
@@ -154,38 +154,29 @@ impl Config {
             reason,
         })?;
         crate::file_mode::require_private(&[path])?;
-        let invalid = |message: String| ConfigError::Invalid {
+        let raw = raw_config(&text, env).map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
-        };
-        // First straight from the text, so errors carry line numbers.
-        let raw: RawConfig = if text.trim().is_empty() {
-            RawConfig::default()
-        } else {
-            let de = yaml_serde::Deserializer::from_str(&text);
-            serde_path_to_error::deserialize(de).map_err(|e| invalid(describe(&e)))?
-        };
-        let overrides = env_overrides(env);
-        let raw = if overrides.is_empty() {
-            raw
-        } else {
-            let mut value: Value = if text.trim().is_empty() {
-                Value::Mapping(Default::default())
-            } else {
-                yaml_serde::from_str(&text).map_err(|e| invalid(e.to_string()))?
-            };
-            for (var, keys, literal) in &overrides {
-                set_path(&mut value, keys, literal).map_err(|m| invalid(format!("{var}: {m}")))?;
-            }
-            serde_path_to_error::deserialize(value).map_err(|e| {
-                invalid(format!(
-                    "{} (after applying TESSERA_* environment overrides)",
-                    describe(&e)
-                ))
-            })?
-        };
+        })?;
         validate(raw, path, env)
     }
+}
+
+/// The file's text as [`RawConfig`], with the `TESSERA_*` overrides of `env` applied; the
+/// error names the key (and the line, when the file's own text is wrong).
+fn raw_config(text: &str, env: &[(String, String)]) -> Result<RawConfig, String> {
+    // First straight from the text, so errors carry line numbers.
+    let raw: RawConfig = if text.trim().is_empty() {
+        RawConfig::default()
+    } else {
+        let de = yaml_serde::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| describe(&e))?
+    };
+    let overrides = environment::overrides(env);
+    if overrides.is_empty() {
+        return Ok(raw);
+    }
+    environment::apply(text, &overrides)
 }
 
 fn describe(e: &serde_path_to_error::Error<yaml_serde::Error>) -> String {
@@ -197,103 +188,107 @@ fn describe(e: &serde_path_to_error::Error<yaml_serde::Error>) -> String {
     }
 }
 
-/// `TESSERA_A__B=v` → (`TESSERA_A__B`, [`a`, `b`], `v`). Variables without `__` (such as
-/// `TESSERA_DEV_PASSWORD`) are not configuration, except the top-level `TESSERA_ISSUER` and
-/// `TESSERA_LISTEN`.
-fn env_overrides(env: &[(String, String)]) -> Vec<(String, Vec<String>, String)> {
-    env.iter()
-        .filter_map(|(name, value)| {
-            let rest = name.strip_prefix("TESSERA_")?;
-            let keys: Vec<String> = if rest.contains("__") {
-                rest.split("__").map(str::to_ascii_lowercase).collect()
-            } else if matches!(rest, "ISSUER" | "LISTEN") {
-                vec![rest.to_ascii_lowercase()]
-            } else {
-                return None;
-            };
-            Some((name.clone(), keys, value.clone()))
-        })
-        .collect()
-}
-
-fn set_path(root: &mut Value, keys: &[String], literal: &str) -> Result<(), String> {
-    let parsed: Value = yaml_serde::from_str(literal).unwrap_or(Value::String(literal.into()));
-    let mut node = root;
-    for (i, key) in keys.iter().enumerate() {
-        if node.is_null() {
-            *node = Value::Mapping(Default::default());
-        }
-        let Value::Mapping(map) = node else {
-            return Err(format!("`{}` is not a section", keys[..i].join(".")));
-        };
-        let entry = map.entry(Value::String(key.clone())).or_insert(Value::Null);
-        if i + 1 == keys.len() {
-            *entry = parsed;
-            return Ok(());
-        }
-        node = entry;
-    }
-    Err("empty key".into())
-}
-
 /// A value's problem: the key's path and what is wrong. [`validate`] adds the file.
 type Invalid = (String, String);
 
-/// Checks each section in turn and assembles the [`Config`]; paths in it are relative to the
-/// file's folder.
+/// Validates the sections and assembles the [`Config`]; paths in it are relative to the
+/// file's folder, and an error names the file.
 fn validate(raw: RawConfig, path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let bad = |(key, message): Invalid| ConfigError::Value {
-        path: path.to_owned(),
-        key,
-        message,
-    };
-    let listen = listen(raw.listen.as_deref()).map_err(bad)?;
-    let tls = tls::validate(raw.tls, base).map_err(bad)?;
-    let issuer = raw.issuer.as_deref().map(issuer).transpose().map_err(bad)?;
-    let tokens = tokens::validate(&raw.tokens).map_err(bad)?;
-    let refresh_token = refresh_token::validate(&raw.refresh_token).map_err(bad)?;
-    let clients = clients::validate(raw.clients).map_err(bad)?;
-    let storage = storage::validate(raw.storage, base, env).map_err(bad)?;
-    let kubernetes = raw
-        .kubernetes
-        .map(|k| kubernetes::validate(k, &clients, base))
-        .transpose()
-        .map_err(bad)?;
-    let http = http::validate(&raw.http).map_err(bad)?;
-    let proxy = raw
-        .proxy
-        .map(|p| proxy::validate(p, base))
-        .transpose()
-        .map_err(bad)?;
-    let session_max_lifetime = session::validate(&raw.session).map_err(bad)?;
-    let login = login::validate(&raw.login).map_err(bad)?;
-    let keys = keys::validate(&raw.keys).map_err(bad)?;
-    Ok(Config {
-        path: path.to_owned(),
-        issuer,
-        listen,
-        tls,
-        id_token_ttl: tokens.id_token_ttl,
-        access_token_ttl: tokens.access_token_ttl,
-        signing_alg: tokens.signing_alg,
-        access_token_alg: tokens.access_token_alg,
-        refresh_ttl: refresh_token.ttl,
-        policy: refresh_token.policy,
-        session_max_lifetime,
-        audit_file: audit::validate(&raw.audit, base),
-        clients,
-        users_file: users::validate(raw.users, base),
-        storage,
-        login_max_failures: login.max_failures,
-        login_failure_window: login.failure_window,
-        key_rotation_interval: keys.rotation_interval,
-        key_reload_interval: keys.reload_interval,
-        kubernetes,
-        trusted_proxies: http.trusted_proxies,
-        limits: http.limits,
-        proxy,
-    })
+    let sections = raw
+        .validate(base, env)
+        .map_err(|(key, message)| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            message,
+        })?;
+    Ok(sections.into_config(path))
+}
+
+/// Every section of the file, each validated by its own module: what a [`Config`] is
+/// assembled from.
+struct Sections {
+    listen: SocketAddr,
+    tls: Option<(PathBuf, PathBuf)>,
+    issuer: Option<String>,
+    tokens: tokens::Tokens,
+    refresh_token: refresh_token::RefreshToken,
+    clients: HashMap<String, Client>,
+    storage: Storage,
+    kubernetes: Option<KubeCluster>,
+    http: http::Http,
+    proxy: Option<ProxyConfig>,
+    session_max_lifetime: Duration,
+    login: login::Login,
+    keys: keys::Keys,
+    audit_file: Option<PathBuf>,
+    users_file: Option<PathBuf>,
+}
+
+impl RawConfig {
+    /// Checks each section in turn, in the order of [`Sections`]' fields: the first problem is
+    /// the one reported.
+    fn validate(self, base: &Path, env: &[(String, String)]) -> Result<Sections, Invalid> {
+        let listen = listen(self.listen.as_deref())?;
+        let tls = tls::validate(self.tls, base)?;
+        let issuer = self.issuer.as_deref().map(issuer).transpose()?;
+        let tokens = tokens::validate(&self.tokens)?;
+        let refresh_token = refresh_token::validate(&self.refresh_token)?;
+        let clients = clients::validate(self.clients)?;
+        let storage = storage::validate(self.storage, base, env)?;
+        let kubernetes = self
+            .kubernetes
+            .map(|k| kubernetes::validate(k, &clients, base))
+            .transpose()?;
+        Ok(Sections {
+            listen,
+            tls,
+            issuer,
+            tokens,
+            refresh_token,
+            clients,
+            storage,
+            kubernetes,
+            http: http::validate(&self.http)?,
+            proxy: self.proxy.map(|p| proxy::validate(p, base)).transpose()?,
+            session_max_lifetime: session::validate(&self.session)?,
+            login: login::validate(&self.login)?,
+            keys: keys::validate(&self.keys)?,
+            audit_file: audit::validate(&self.audit, base),
+            users_file: users::validate(self.users, base),
+        })
+    }
+}
+
+impl Sections {
+    /// The flat [`Config`] the rest of the program reads.
+    fn into_config(self, path: &Path) -> Config {
+        Config {
+            path: path.to_owned(),
+            issuer: self.issuer,
+            listen: self.listen,
+            tls: self.tls,
+            id_token_ttl: self.tokens.id_token_ttl,
+            access_token_ttl: self.tokens.access_token_ttl,
+            signing_alg: self.tokens.signing_alg,
+            access_token_alg: self.tokens.access_token_alg,
+            refresh_ttl: self.refresh_token.ttl,
+            policy: self.refresh_token.policy,
+            session_max_lifetime: self.session_max_lifetime,
+            audit_file: self.audit_file,
+            clients: self.clients,
+            users_file: self.users_file,
+            storage: self.storage,
+            login_max_failures: self.login.max_failures,
+            login_failure_window: self.login.failure_window,
+            key_rotation_interval: self.keys.rotation_interval,
+            key_reload_interval: self.keys.reload_interval,
+            kubernetes: self.kubernetes,
+            trusted_proxies: self.http.trusted_proxies,
+            limits: self.http.limits,
+            proxy: self.proxy,
+        }
+    }
 }
 
 /// The top-level `listen` key (default `127.0.0.1:8443`).

@@ -11,6 +11,11 @@ use serde::Deserialize;
 
 use super::{Invalid, parse_duration};
 
+mod route;
+
+pub use route::Route;
+use route::{RawRoute, routes};
+
 /// Raw `proxy:` section.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,30 +44,6 @@ pub(crate) struct RawProxy {
 
 fn default_listen() -> String {
     "127.0.0.1:4180".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    /// Host the route answers for (exact, any port); unset: every host.
-    #[serde(default)]
-    host: Option<String>,
-    /// Path prefix the route answers for (default `/`; whole segments, in normal form, a
-    /// trailing `/` ignored); the longest match wins.
-    #[serde(default)]
-    path_prefix: Option<String>,
-    /// `http://HOST:PORT` (the request's path and query are appended unchanged).
-    upstream: String,
-    /// Groups of which the user must be in at least one; empty: every signed-in user.
-    #[serde(default)]
-    allowed_groups: Vec<String>,
-    /// Send `Authorization: Bearer <id_token>` to the upstream.
-    #[serde(default)]
-    pass_access_token: bool,
-    /// Speak HTTP/2 to the upstream without TLS (h2c with prior knowledge, e.g. for gRPC);
-    /// default HTTP/1.1.
-    #[serde(default)]
-    upstream_http2: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,28 +167,6 @@ impl std::fmt::Debug for CookieKeys {
     }
 }
 
-/// One route: which requests, where to, for whom.
-#[derive(Clone, Debug)]
-pub struct Route {
-    /// Host to match (lower case, no port), or every host.
-    pub host: Option<String>,
-    /// Path prefix to match, in normal form (see `crate::path`), without a trailing `/`
-    /// (but `/` itself).
-    pub path_prefix: String,
-    /// The prefix as a lenient upstream reads it (see `crate::path::lenient`).
-    pub lenient_prefix: String,
-    /// `scheme://authority` of the upstream.
-    pub upstream: url::Url,
-    /// The upstream's `host:port`, ready for each forwarded request's URI.
-    pub upstream_authority: axum::http::uri::Authority,
-    /// Required groups (any of).
-    pub allowed_groups: Vec<String>,
-    /// Whether to send the id_token as a bearer token.
-    pub pass_access_token: bool,
-    /// Whether the upstream speaks HTTP/2 (h2c, prior knowledge).
-    pub upstream_http2: bool,
-}
-
 /// An external OpenID Connect provider the proxy is a client of.
 #[derive(Clone)]
 pub struct ExternalProvider {
@@ -236,33 +195,16 @@ fn invalid(key: &str, message: impl Into<String>) -> Invalid {
 
 /// Validates the raw section; errors carry the key's path (under `proxy.`) and what is wrong.
 pub(crate) fn validate(raw: RawProxy, base: &Path) -> Result<ProxyConfig, Invalid> {
-    let listen = raw.listen.parse().map_err(|_| {
-        invalid(
-            "listen",
-            format!("`{}` is not an address like 127.0.0.1:4180", raw.listen),
-        )
-    })?;
-    let redirect_url = match &raw.redirect_url {
-        None => None,
-        Some(text) => Some(http_url(text).map_err(|m| invalid("redirect_url", m))?),
-    };
-    if raw.routes.is_empty() {
-        return Err(invalid("routes", "configure at least one route"));
-    }
-    let mut routes = raw
-        .routes
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| route(r).map_err(|m| invalid(&format!("routes[{i}]"), m)))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Longest prefix first, host-specific before catch-all: the first match is the best one.
-    routes.sort_by_key(|r| (std::cmp::Reverse(r.path_prefix.len()), r.host.is_none()));
+    let listen = listen(&raw.listen)?;
+    let redirect_url = raw
+        .redirect_url
+        .as_deref()
+        .map(|text| http_url(text).map_err(|m| invalid("redirect_url", m)))
+        .transpose()?;
+    let routes = routes(raw.routes)?;
     let session = session(&raw.session)?;
     let cookie_keys = cookie(&raw.cookie, session.store)?;
-    let provider = match raw.provider {
-        None => None,
-        Some(p) => Some(provider(p, base)?),
-    };
+    let provider = raw.provider.map(|p| provider(p, base)).transpose()?;
     Ok(ProxyConfig {
         listen,
         redirect_url,
@@ -280,6 +222,15 @@ pub(crate) fn validate(raw: RawProxy, base: &Path) -> Result<ProxyConfig, Invali
         cookie_domain: raw.cookie.domain,
         cookie_keys,
         provider,
+    })
+}
+
+fn listen(text: &str) -> Result<SocketAddr, Invalid> {
+    text.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("`{text}` is not an address like 127.0.0.1:4180"),
+        )
     })
 }
 
@@ -335,58 +286,6 @@ fn cookie(raw: &RawCookie, store: SessionStore) -> Result<Option<CookieKeys>, In
         ));
     }
     Ok(cookie_keys)
-}
-
-fn route(raw: RawRoute) -> Result<Route, String> {
-    let upstream = http_url(&raw.upstream).map_err(|m| format!("`upstream`: {m}"))?;
-    if upstream.scheme() != "http" {
-        return Err(format!(
-            "`upstream` `{}`: only http:// upstreams are supported (TLS to upstreams is not built in yet)",
-            raw.upstream
-        ));
-    }
-    if upstream.path() != "/" || upstream.query().is_some() {
-        return Err(format!(
-            "`upstream` `{}` must be only scheme://host:port (the request's path is kept)",
-            raw.upstream
-        ));
-    }
-    let upstream_authority = upstream[url::Position::BeforeHost..url::Position::AfterPort]
-        .parse()
-        .map_err(|e| format!("`upstream` `{}`: {e}", raw.upstream))?;
-    let path_prefix = raw.path_prefix.unwrap_or_else(|| "/".into());
-    let (path_prefix, lenient_prefix) = prefix_forms(&path_prefix)?;
-    Ok(Route {
-        host: raw
-            .host
-            .map(|h| h.trim_end_matches('.').to_ascii_lowercase()),
-        path_prefix,
-        lenient_prefix,
-        upstream,
-        upstream_authority,
-        allowed_groups: raw.allowed_groups,
-        pass_access_token: raw.pass_access_token,
-        upstream_http2: raw.upstream_http2,
-    })
-}
-
-/// A route's prefix as requests are matched against it, and as a lenient upstream reads it;
-/// a prefix that is not in normal form is refused, naming the form to write.
-fn prefix_forms(prefix: &str) -> Result<(String, String), String> {
-    let normal = crate::path::normalize(prefix)
-        .map_err(|why| format!("`path_prefix` `{prefix}`: {}", why.describe()))?;
-    if normal != prefix && normal.trim_end_matches('/') != prefix.trim_end_matches('/') {
-        return Err(format!(
-            "`path_prefix` `{prefix}` is not in normal form; write `{normal}`"
-        ));
-    }
-    let lenient = crate::path::lenient(&normal)
-        .map_err(|why| format!("`path_prefix` `{prefix}`: {}", why.describe()))?;
-    let without_slash = |p: &str| match p.trim_end_matches('/') {
-        "" => "/".to_owned(),
-        p => p.to_owned(),
-    };
-    Ok((without_slash(&normal), without_slash(&lenient)))
 }
 
 fn http_url(text: &str) -> Result<url::Url, String> {
@@ -451,14 +350,28 @@ fn provider(raw: RawProvider, base: &Path) -> Result<ExternalProvider, Invalid> 
     if raw.client_id.is_empty() {
         return Err(invalid("provider.client_id", "must not be empty"));
     }
-    let client_secret = match (raw.client_secret, raw.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "provider",
-                "set client_secret or client_secret_file, not both",
-            ));
-        }
-        (Some(secret), None) => Some(secret),
+    let client_secret = client_secret(raw.client_secret, raw.client_secret_file, base)?;
+    Ok(ExternalProvider {
+        issuer: issuer.as_str().trim_end_matches('/').to_owned(),
+        client_id: raw.client_id,
+        client_secret,
+        certificate_authority: raw.certificate_authority.map(|f| base.join(f)),
+    })
+}
+
+/// The client secret, given inline or in a file (which must be private), or none for a public
+/// client; not both.
+fn client_secret(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    base: &Path,
+) -> Result<Option<String>, Invalid> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            "provider",
+            "set client_secret or client_secret_file, not both",
+        )),
+        (Some(secret), None) => Ok(Some(secret)),
         (None, Some(file)) => {
             let file = base.join(file);
             crate::file_mode::require_private(&[&file])
@@ -469,16 +382,10 @@ fn provider(raw: RawProvider, base: &Path) -> Result<ExternalProvider, Invalid> 
                     format!("cannot read {}: {e}", file.display()),
                 )
             })?;
-            Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
         }
-        (None, None) => None,
-    };
-    Ok(ExternalProvider {
-        issuer: issuer.as_str().trim_end_matches('/').to_owned(),
-        client_id: raw.client_id,
-        client_secret,
-        certificate_authority: raw.certificate_authority.map(|f| base.join(f)),
-    })
+        (None, None) => Ok(None),
+    }
 }
 
 /// Whether `url` names this machine: plain HTTP to it never crosses a network.
@@ -528,20 +435,6 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.cookie_keys.unwrap().current, [7u8; 32]);
-    }
-
-    #[test]
-    fn prefixes_are_kept_in_normal_form_without_a_trailing_slash() {
-        let forms = |p: &str| prefix_forms(p);
-        assert_eq!(forms("/"), Ok(("/".into(), "/".into())));
-        assert_eq!(forms("/admin/"), Ok(("/admin".into(), "/admin".into())));
-        assert_eq!(forms("/Admin"), Ok(("/Admin".into(), "/admin".into())));
-        assert_eq!(forms("/~a"), Ok(("/~a".into(), "/~a".into())));
-        assert!(forms("admin").unwrap_err().contains("start with /"));
-        assert!(forms("/a/../admin").unwrap_err().contains("write `/admin`"));
-        assert!(forms("/%61dmin").unwrap_err().contains("write `/admin`"));
-        assert!(forms("//admin").unwrap_err().contains("write `/admin`"));
-        assert!(forms("/admin%2f").unwrap_err().contains("encoded slash"));
     }
 
     #[test]

@@ -1,0 +1,64 @@
+//! Browser SSO sessions: found by their cookie's handle, revoked with every session started
+//! from them. They are written by `row::insert_sso`, shared with the snapshot copy.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tessera_core::clock::UnixMillis;
+use tessera_core::id::{SessionId, SsoId, Subject};
+use tessera_core::token::TokenHash;
+
+use super::connection::{immediate, query};
+use crate::StoreError;
+use crate::model::SsoSession;
+
+pub(super) fn find(c: &Connection, handle: TokenHash) -> Result<Option<SsoSession>, StoreError> {
+    c.prepare_cached(
+        "SELECT id, subject, auth_time, expires_at, revoked_at FROM sso_sessions WHERE handle_hash = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([handle.to_hex()], |r| {
+            Ok(SsoSession {
+                handle,
+                id: SsoId::new(r.get::<_, String>(0)?),
+                subject: Subject::new(r.get::<_, String>(1)?),
+                auth_time: UnixMillis(r.get(2)?),
+                expires_at: UnixMillis(r.get(3)?),
+                revoked_at: r.get::<_, Option<i64>>(4)?.map(UnixMillis),
+            })
+        })
+        .optional()
+    })
+    .map_err(query("find_sso"))
+}
+
+/// Revokes the SSO session and, in the same transaction, every live session started from it;
+/// answers those sessions.
+pub(super) fn revoke(
+    c: &mut Connection,
+    id: &SsoId,
+    now: UnixMillis,
+    reason: &str,
+) -> Result<Vec<SessionId>, StoreError> {
+    let tx = immediate(c, "revoke_sso")?;
+    tx.execute(
+        "UPDATE sso_sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+        params![id.as_str(), now.0],
+    )
+    .map_err(query("revoke_sso"))?;
+    let ids = {
+        let mut stmt = tx
+            .prepare(
+                "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3
+                 WHERE sso_id = ?1 AND revoked_at IS NULL RETURNING id",
+            )
+            .map_err(query("revoke_sso"))?;
+        let rows = stmt
+            .query_map(params![id.as_str(), now.0, reason], |r| {
+                r.get::<_, String>(0).map(SessionId::new)
+            })
+            .map_err(query("revoke_sso"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(query("revoke_sso"))?
+    };
+    tx.commit().map_err(query("revoke_sso"))?;
+    Ok(ids)
+}
