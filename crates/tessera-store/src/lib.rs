@@ -207,6 +207,16 @@ pub trait Store: Send + Sync {
     /// Adds a signing key.
     async fn add_signing_key(&self, key: StoredKey) -> Result<(), StoreError>;
 
+    /// Adds `key` unless a key of its algorithm created after `fresh_after` exists; whether it
+    /// was added. Atomic across replicas: of several that find rotation due at once (a first
+    /// start of `replicas: 3`, a rotation interval ending), exactly one adds its key; the
+    /// others find it when they read the keys afterwards.
+    async fn add_signing_key_unless_fresh(
+        &self,
+        key: StoredKey,
+        fresh_after: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
     /// Records a browser SSO session.
     async fn create_sso(&self, sso: SsoSession) -> Result<(), StoreError>;
 

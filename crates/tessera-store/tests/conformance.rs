@@ -46,6 +46,7 @@ macro_rules! conformance_suite {
                 store: [
                     secret_or_insert_keeps_the_first_value,
                     signing_keys_come_back_oldest_first,
+                    a_signing_key_is_added_only_when_no_fresh_one_exists,
                     revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them,
                     a_code_is_claimed_once_then_reported_as_used,
                     first_redemption_rotates_and_stores_the_successor,
@@ -86,6 +87,7 @@ macro_rules! conformance_suite {
                     replicas_redeeming_one_token_at_once_rotate_exactly_once,
                     replicas_redeeming_inside_grace_converge_on_one_successor,
                     replicas_storing_a_secret_at_once_agree_on_one_value,
+                    replicas_finding_a_signing_key_due_at_once_add_one,
                     a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked,
                     replicas_claiming_one_refresh_at_once_grant_exactly_one_lease,
                 ],
@@ -333,6 +335,41 @@ async fn signing_keys_come_back_oldest_first(store: &dyn Store) {
     store.add_signing_key(newer.clone()).await.unwrap();
     store.add_signing_key(older.clone()).await.unwrap();
     assert_eq!(store.signing_keys().await.unwrap(), vec![older, newer]);
+}
+
+async fn a_signing_key_is_added_only_when_no_fresh_one_exists(store: &dyn Store) {
+    let due_after = T0.plus(Duration::from_secs(60));
+    assert!(
+        store
+            .add_signing_key_unless_fresh(key("first", T0), UnixMillis(0))
+            .await
+            .unwrap()
+    );
+    // A key created after `fresh_after` is fresh: nothing is added.
+    let early = key("early", T0.plus(Duration::from_secs(1)));
+    assert!(
+        !store
+            .add_signing_key_unless_fresh(early, UnixMillis(T0.0 - 1))
+            .await
+            .unwrap()
+    );
+    // Once the newest key is older than `fresh_after`, the new one goes in.
+    let due = key("due", due_after);
+    assert!(store.add_signing_key_unless_fresh(due, T0).await.unwrap());
+    // Keys of another algorithm do not count.
+    let other = StoredKey {
+        alg: "ES256".into(),
+        ..key("es", due_after)
+    };
+    assert!(store.add_signing_key_unless_fresh(other, T0).await.unwrap());
+    let kids: Vec<String> = store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["first", "due", "es"]);
 }
 
 async fn revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them(store: &dyn Store) {
@@ -934,6 +971,34 @@ async fn replicas_storing_a_secret_at_once_agree_on_one_value(backend: &dyn Back
         values.push(task.await.unwrap());
     }
     assert!(values.iter().all(|v| *v == values[0]), "{values:?}");
+}
+
+async fn replicas_finding_a_signing_key_due_at_once_add_one(backend: &dyn Backend) {
+    let stores = replicas(backend).await;
+    let racers = REPLICAS * RACERS_PER_REPLICA;
+    let barrier = Arc::new(tokio::sync::Barrier::new(racers));
+    let tasks: Vec<_> = (0..racers)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % REPLICAS]);
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                // An empty store: every racer finds the first key due.
+                store
+                    .add_signing_key_unless_fresh(key(&format!("k{i}"), T0), UnixMillis(0))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut added = Vec::new();
+    for task in tasks {
+        added.push(task.await.unwrap());
+    }
+    assert_eq!(added.iter().filter(|a| **a).count(), 1, "{added:?}");
+    for store in &stores {
+        assert_eq!(store.signing_keys().await.unwrap().len(), 1);
+    }
 }
 
 async fn a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked(

@@ -75,7 +75,8 @@ pub async fn rotate_if_due(
     algs.dedup();
     for alg in algs {
         if is_due(newest_created(&existing, alg), max_age, now) {
-            added.push(add_key(store, alg, now, audit).await?);
+            let fresh_after = max_age.map(|age| earlier(now, age));
+            added.extend(add_key(store, alg, now, fresh_after, audit).await?);
         }
     }
     Ok(added)
@@ -99,13 +100,23 @@ fn is_due(newest: Option<UnixMillis>, max_age: Option<Duration>, now: UnixMillis
     }
 }
 
-/// Generates a key of `alg`, stores it and audits it as `KeyRotated`; its (kid, alg).
+/// `age` before `now`.
+fn earlier(now: UnixMillis, age: Duration) -> UnixMillis {
+    let millis = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    UnixMillis(now.0.saturating_sub(millis))
+}
+
+/// Generates a key of `alg`, stores it and audits it as `KeyRotated`; its (kid, alg). With
+/// `fresh_after`, only if no replica has stored a key of `alg` newer than that meanwhile (the
+/// store decides, atomically, so replicas that find the key due together add one between them);
+/// `None` when the key was lost to another replica.
 async fn add_key(
     store: &dyn Store,
     alg: Algorithm,
     now: UnixMillis,
+    fresh_after: Option<UnixMillis>,
     audit: &Audit,
-) -> Result<(String, Algorithm), KeyError> {
+) -> Result<Option<(String, Algorithm)>, KeyError> {
     let random: [u8; 6] = rand::random();
     let kid = format!(
         "{}-{}",
@@ -116,14 +127,23 @@ async fn add_key(
     let (key, pkcs8) = tokio::task::spawn_blocking(move || SigningKey::generate(alg, kid))
         .await
         .map_err(|_| JwtError::KeyGeneration { alg })??;
-    store
-        .add_signing_key(StoredKey {
-            kid: key.kid().to_owned(),
-            alg: alg.as_str().to_owned(),
-            pkcs8,
-            created_at: now,
-        })
-        .await?;
+    let stored = StoredKey {
+        kid: key.kid().to_owned(),
+        alg: alg.as_str().to_owned(),
+        pkcs8,
+        created_at: now,
+    };
+    match fresh_after {
+        Some(fresh_after) => {
+            if !store
+                .add_signing_key_unless_fresh(stored, fresh_after)
+                .await?
+            {
+                return Ok(None);
+            }
+        }
+        None => store.add_signing_key(stored).await?,
+    }
     audit.record(
         now,
         &Event::KeyRotated {
@@ -132,7 +152,7 @@ async fn add_key(
         },
         &Subjects::default(),
     );
-    Ok((key.kid().to_owned(), alg))
+    Ok(Some((key.kid().to_owned(), alg)))
 }
 
 /// Loads the keys from the store into a [`KeySet`]: the newest key of each algorithm signs,

@@ -65,3 +65,40 @@ pub(super) async fn add_signing_key(pool: &PgPool, key: &StoredKey) -> Result<()
         .map(drop)
         .map_err(query("add_signing_key"))
 }
+
+/// Key of the advisory lock held while deciding whether a signing key is due, so replicas
+/// decide one at a time: "tessera" in ASCII, then 3.
+const SIGNING_KEY_LOCK: i64 = 0x7465_7373_6572_6103;
+
+/// Adds `key` unless a key of its algorithm newer than `fresh_after` exists. The check and the
+/// insert are one statement, and the advisory lock taken first makes concurrent callers run it
+/// one after the other: at READ COMMITTED, each statement sees what the one before committed.
+pub(super) async fn add_signing_key_unless_fresh(
+    pool: &PgPool,
+    key: &StoredKey,
+    fresh_after: UnixMillis,
+) -> Result<bool, StoreError> {
+    let op = "add_signing_key_unless_fresh";
+    let mut tx = pool.begin().await.map_err(query(op))?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SIGNING_KEY_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(query(op))?;
+    let added = sqlx::query(
+        "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) SELECT $1, $2, $3, $4 \
+         WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = $2 AND created_at > $5)",
+    )
+    .bind(&key.kid)
+    .bind(&key.alg)
+    .bind(key.pkcs8.as_slice())
+    .bind(key.created_at.0)
+    .bind(fresh_after.0)
+    .execute(&mut *tx)
+    .await
+    .map_err(query(op))?
+    .rows_affected()
+        == 1;
+    tx.commit().await.map_err(query(op))?;
+    Ok(added)
+}

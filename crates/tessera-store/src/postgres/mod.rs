@@ -110,6 +110,14 @@ impl Store for PostgresStore {
         key::add_signing_key(&self.pool, &key).await
     }
 
+    async fn add_signing_key_unless_fresh(
+        &self,
+        key: StoredKey,
+        fresh_after: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        key::add_signing_key_unless_fresh(&self.pool, &key, fresh_after).await
+    }
+
     async fn create_sso(&self, sso: SsoSession) -> Result<(), StoreError> {
         sso::create(&self.pool, &sso).await
     }

@@ -44,3 +44,29 @@ pub(super) fn signing_keys(c: &Connection) -> Result<Vec<StoredKey>, StoreError>
     rows.collect::<Result<Vec<_>, _>>()
         .map_err(query("signing_keys"))
 }
+
+/// Adds `key` unless a key of its algorithm newer than `fresh_after` exists. One statement:
+/// SQLite runs writers one at a time, so the check and the insert cannot interleave with
+/// another process's.
+pub(super) fn add_signing_key_unless_fresh(
+    c: &Connection,
+    key: &StoredKey,
+    fresh_after: UnixMillis,
+) -> Result<bool, StoreError> {
+    let op = "add_signing_key_unless_fresh";
+    c.prepare_cached(
+        "INSERT INTO signing_keys (kid, alg, pkcs8, created_at) SELECT ?1, ?2, ?3, ?4 \
+         WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE alg = ?2 AND created_at > ?5)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            key.kid,
+            key.alg,
+            key.pkcs8,
+            key.created_at.0,
+            fresh_after.0
+        ])
+    })
+    .map(|inserted| inserted == 1)
+    .map_err(query(op))
+}

@@ -212,6 +212,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn add_signing_key_unless_fresh(
+        &self,
+        key: StoredKey,
+        fresh_after: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.write("add_signing_key_unless_fresh", move |c| {
+            key::add_signing_key_unless_fresh(c, &key, fresh_after)
+        })
+        .await
+    }
+
     async fn create_sso(&self, sso: SsoSession) -> Result<(), StoreError> {
         self.write("create_sso", move |c| {
             insert_sso(c, &sso).map_err(query("create_sso"))

@@ -614,6 +614,38 @@ impl Cluster {
         unreachable!("the loop returns or panics")
     }
 
+    /// `n` replicas started at the same moment on a fresh, empty database, as `replicas: n`
+    /// does on a first install (no nginx). The data directory's dev files are prepared first by
+    /// a start on a throwaway SQLite database, so nothing of the PostgreSQL database exists
+    /// before the replicas race.
+    pub async fn started_together(n: usize, env: &[(&str, &str)]) -> Cluster {
+        let db = Database::create();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let throwaway = format!("sqlite://{}/prepare.db", dir.path().display());
+        let prepare = vec![("TESSERA_STORAGE__URL".to_owned(), throwaway)];
+        Replica::start("preparation", dir.path(), &prepare, || client(&ca, false))
+            .await
+            .kill();
+        let mut all = storage_env(&db, PG_PORT);
+        all.extend(owned(env));
+        let replicas = futures_util::future::join_all((1..=n).map(|i| {
+            let name = format!("replica {i}");
+            let (all, dir, ca) = (&all, dir.path(), &ca);
+            async move { Replica::start(&name, dir, all, || client(ca, false)).await }
+        }))
+        .await;
+        Cluster {
+            issuer: replicas[0].issuer.clone(),
+            http: client(&ca, false),
+            ca,
+            nginx: None,
+            replicas,
+            dir,
+            db,
+        }
+    }
+
     /// One replica (no nginx) reaching PostgreSQL through `pg_port` (a forwarder's, say).
     pub async fn single(pg_port: u16, env: &[(&str, &str)]) -> Cluster {
         let db = Database::create();

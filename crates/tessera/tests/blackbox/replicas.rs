@@ -752,3 +752,64 @@ async fn replicas_an_exhausted_pool_answers_503_within_the_connect_timeout_and_r
         }
     }
 }
+
+/// Issue 12, fault 1: three replicas started together on an empty database each created a
+/// signing key of their own and published different JWKS. Key creation is once per due time
+/// across replicas: from their first answers on, all publish the same keys, and when rotation
+/// falls due for all of them at once, one key is made per due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_12_replicas_started_together_publish_one_key_set_and_rotate_once_per_due_time() {
+    const ROTATION_MS: i64 = 3000;
+    let cluster = Cluster::started_together(
+        3,
+        &[
+            ("TESSERA_KEYS__ROTATION_INTERVAL", "3s"),
+            ("TESSERA_KEYS__RELOAD_INTERVAL", "1s"),
+        ],
+    )
+    .await;
+    let first: Vec<Value> = join_all(cluster.replicas.iter().map(|r| cluster.jwks(r))).await;
+    for (replica, jwks) in cluster.replicas.iter().zip(&first) {
+        assert_eq!(kids(jwks).len(), 1, "{}: {jwks}", replica.name);
+        assert_eq!(jwks, &first[0], "{} publishes other keys", replica.name);
+    }
+
+    // Every replica checks every second whether rotation is due; let it fall due twice.
+    let created = || -> Vec<i64> {
+        cluster
+            .db
+            .psql("SELECT created_at FROM signing_keys ORDER BY created_at")
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    };
+    let started = monotonic_now();
+    while created().len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no rotation: {:?}",
+            created()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let created = created();
+    for pair in created.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= ROTATION_MS,
+            "two keys within one rotation interval (created at {created:?})"
+        );
+    }
+    // Between two rotations, all replicas publish the same set again (each reloads every 1 s).
+    let started = monotonic_now();
+    loop {
+        let now: Vec<Value> = join_all(cluster.replicas.iter().map(|r| cluster.jwks(r))).await;
+        if now.iter().all(|jwks| jwks == &now[0]) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "replicas disagree: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
