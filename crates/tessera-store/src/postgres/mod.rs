@@ -31,6 +31,8 @@
 //! `code`, `session`, `redeem`, `proxy_session`, `sweep`, `snapshot`; `row` reads the row shapes
 //! they share and `connection` reaches the database.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 use tessera_core::clock::UnixMillis;
@@ -44,6 +46,7 @@ mod code;
 mod connection;
 mod key;
 mod proxy_session;
+mod reachability;
 mod redeem;
 mod row;
 mod session;
@@ -53,12 +56,14 @@ mod sweep;
 
 pub use connection::{MigrationReport, PostgresOptions, migrate_only};
 use connection::{pool, query, run_migrations};
+use reachability::Reachability;
 use redeem::redeem_in_transaction;
 
 /// The PostgreSQL store: a pool of connections; cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    reachability: Arc<Reachability>,
     location: String,
     schema: Option<String>,
 }
@@ -72,8 +77,10 @@ impl PostgresStore {
             pool.close().await;
             return Err(e);
         }
+        let reachability = Reachability::new(&pool.connect_options());
         Ok(PostgresStore {
             pool,
+            reachability: Arc::new(reachability),
             location,
             schema: options.schema,
         })
@@ -89,6 +96,16 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Runs `operation`, failing it at once when it is slow and [`Reachability`] finds nothing
+    /// listening at the database's address: a stopped database answers in milliseconds instead
+    /// of after `connect_timeout`.
+    async fn guarded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.reachability.guard(operation).await
+    }
 }
 
 /// Each method is its concern's function in this folder, on the pool.
@@ -99,15 +116,16 @@ impl Store for PostgresStore {
         name: &str,
         candidate: Vec<u8>,
     ) -> Result<Vec<u8>, StoreError> {
-        key::secret_or_insert(&self.pool, name, &candidate).await
+        self.guarded(key::secret_or_insert(&self.pool, name, &candidate))
+            .await
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        key::signing_keys(&self.pool).await
+        self.guarded(key::signing_keys(&self.pool)).await
     }
 
     async fn add_signing_key(&self, key: StoredKey) -> Result<(), StoreError> {
-        key::add_signing_key(&self.pool, &key).await
+        self.guarded(key::add_signing_key(&self.pool, &key)).await
     }
 
     async fn add_signing_key_unless_fresh(
@@ -115,15 +133,20 @@ impl Store for PostgresStore {
         key: StoredKey,
         fresh_after: UnixMillis,
     ) -> Result<bool, StoreError> {
-        key::add_signing_key_unless_fresh(&self.pool, &key, fresh_after).await
+        self.guarded(key::add_signing_key_unless_fresh(
+            &self.pool,
+            &key,
+            fresh_after,
+        ))
+        .await
     }
 
     async fn create_sso(&self, sso: SsoSession) -> Result<(), StoreError> {
-        sso::create(&self.pool, &sso).await
+        self.guarded(sso::create(&self.pool, &sso)).await
     }
 
     async fn find_sso(&self, handle: TokenHash) -> Result<Option<SsoSession>, StoreError> {
-        sso::find(&self.pool, handle).await
+        self.guarded(sso::find(&self.pool, handle)).await
     }
 
     async fn revoke_sso(
@@ -132,11 +155,12 @@ impl Store for PostgresStore {
         now: UnixMillis,
         reason: &str,
     ) -> Result<Vec<SessionId>, StoreError> {
-        sso::revoke(&self.pool, &id, now, reason).await
+        self.guarded(sso::revoke(&self.pool, &id, now, reason))
+            .await
     }
 
     async fn insert_code(&self, code: AuthCode) -> Result<(), StoreError> {
-        code::insert(&self.pool, &code).await
+        self.guarded(code::insert(&self.pool, &code)).await
     }
 
     async fn redeem_code(
@@ -144,7 +168,7 @@ impl Store for PostgresStore {
         hash: TokenHash,
         now: UnixMillis,
     ) -> Result<CodeRedemption, StoreError> {
-        code::redeem(&self.pool, hash, now).await
+        self.guarded(code::redeem(&self.pool, hash, now)).await
     }
 
     async fn start_session(
@@ -152,22 +176,25 @@ impl Store for PostgresStore {
         session: Session,
         first: NewRefreshToken,
     ) -> Result<SessionStart, StoreError> {
-        session::start(&self.pool, &session, &first).await
+        self.guarded(session::start(&self.pool, &session, &first))
+            .await
     }
 
     async fn redeem_refresh_token(&self, request: RedeemRequest) -> Result<Redemption, StoreError> {
-        redeem_in_transaction(&self.pool, &request).await
+        self.guarded(redeem_in_transaction(&self.pool, &request))
+            .await
     }
 
     async fn find_refresh_token(
         &self,
         hash: TokenHash,
     ) -> Result<Option<RefreshTokenInfo>, StoreError> {
-        session::find_refresh_token(&self.pool, hash).await
+        self.guarded(session::find_refresh_token(&self.pool, hash))
+            .await
     }
 
     async fn find_session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
-        session::find(&self.pool, &id).await
+        self.guarded(session::find(&self.pool, &id)).await
     }
 
     async fn revoke_session(
@@ -176,34 +203,34 @@ impl Store for PostgresStore {
         now: UnixMillis,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        session::revoke(&self.pool, &id, now, reason).await
+        self.guarded(session::revoke(&self.pool, &id, now, reason))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        self.guarded(async { ping.await.map(drop).map_err(query("ping")) })
             .await
-            .map(drop)
-            .map_err(query("ping"))
     }
 
     async fn count_active_sessions(&self, now: UnixMillis) -> Result<u64, StoreError> {
-        session::count_active(&self.pool, now).await
+        self.guarded(session::count_active(&self.pool, now)).await
     }
 
     async fn sweep(&self, now: UnixMillis) -> Result<u64, StoreError> {
-        sweep::sweep(&self.pool, now).await
+        self.guarded(sweep::sweep(&self.pool, now)).await
     }
 
     async fn create_proxy_session(&self, session: ProxySession) -> Result<(), StoreError> {
-        proxy_session::create(&self.pool, &session).await
+        self.guarded(proxy_session::create(&self.pool, &session))
+            .await
     }
 
     async fn find_proxy_session(
         &self,
         handle: TokenHash,
     ) -> Result<Option<ProxySession>, StoreError> {
-        proxy_session::find(&self.pool, handle).await
+        self.guarded(proxy_session::find(&self.pool, handle)).await
     }
 
     async fn touch_proxy_session(
@@ -211,7 +238,8 @@ impl Store for PostgresStore {
         handle: TokenHash,
         now: UnixMillis,
     ) -> Result<(), StoreError> {
-        proxy_session::touch(&self.pool, handle, now).await
+        self.guarded(proxy_session::touch(&self.pool, handle, now))
+            .await
     }
 
     async fn claim_proxy_refresh(
@@ -221,7 +249,9 @@ impl Store for PostgresStore {
         now: UnixMillis,
         lease_until: UnixMillis,
     ) -> Result<bool, StoreError> {
-        proxy_session::claim_refresh(&self.pool, handle, refreshed_at, now, lease_until).await
+        let claim =
+            proxy_session::claim_refresh(&self.pool, handle, refreshed_at, now, lease_until);
+        self.guarded(claim).await
     }
 
     async fn finish_proxy_refresh(
@@ -229,19 +259,21 @@ impl Store for PostgresStore {
         handle: TokenHash,
         outcome: ProxyRefreshOutcome,
     ) -> Result<(), StoreError> {
-        proxy_session::finish_refresh(&self.pool, handle, &outcome).await
+        self.guarded(proxy_session::finish_refresh(&self.pool, handle, &outcome))
+            .await
     }
 
     async fn delete_proxy_session(&self, handle: TokenHash) -> Result<bool, StoreError> {
-        proxy_session::delete(&self.pool, handle).await
+        self.guarded(proxy_session::delete(&self.pool, handle))
+            .await
     }
 
     async fn export_snapshot(&self) -> Result<Snapshot, StoreError> {
-        snapshot::export(&self.pool).await
+        self.guarded(snapshot::export(&self.pool)).await
     }
 
     async fn import_snapshot(&self, snapshot: Snapshot) -> Result<CopyReport, StoreError> {
-        snapshot::import(&self.pool, snapshot).await
+        self.guarded(snapshot::import(&self.pool, snapshot)).await
     }
 }
 

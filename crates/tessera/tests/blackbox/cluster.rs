@@ -893,13 +893,16 @@ pub fn assert_invalid_grant(status: StatusCode, body: &Value, what: &str) {
 // ---------------------------------------------------------------------------------------------
 // The forwarder
 
-/// A TCP forwarder in the test process (127.0.0.1:`port` → 127.0.0.1:target) with a switch:
+/// A TCP forwarder in the test process (127.0.0.1:`port` → 127.0.0.1:target) with switches:
 /// [`Forwarder::cut`] closes every open connection and blackholes new ones (accepted, then never
-/// answered) until [`Forwarder::restore`].
+/// answered) until [`Forwarder::restore`]; [`Forwarder::refuse`] closes every connection and the
+/// port itself, as a stopped server does (new connections are refused), until
+/// [`Forwarder::listen_again`].
 pub struct Forwarder {
     pub port: u16,
+    target: u16,
     open: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Forwarder {
@@ -908,13 +911,25 @@ impl Forwarder {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (open, _) = watch::channel(true);
-        let switch = open.clone();
-        let accept = tokio::spawn(async move {
+        let accept = Self::accept(listener, target, open.clone());
+        Forwarder {
+            port,
+            target,
+            open,
+            accept: Mutex::new(Some(accept)),
+        }
+    }
+
+    fn accept(
+        listener: tokio::net::TcpListener,
+        target: u16,
+        switch: watch::Sender<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 tokio::spawn(forward(client, target, switch.subscribe()));
             }
-        });
-        Forwarder { port, open, accept }
+        })
     }
 
     /// Closes every forwarded connection; new ones are accepted and left without an answer.
@@ -926,11 +941,34 @@ impl Forwarder {
     pub fn restore(&self) {
         self.open.send_replace(true);
     }
+
+    /// Closes every forwarded connection and stops listening: connecting is refused at once.
+    pub async fn refuse(&self) {
+        self.open.send_replace(false);
+        let accept = self.accept.lock().unwrap().take();
+        if let Some(accept) = accept {
+            accept.abort();
+            // The listener goes with the task: wait for it to be dropped.
+            let _ = accept.await;
+        }
+    }
+
+    /// Listens on the same port again and forwards new connections.
+    pub async fn listen_again(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.open.send_replace(true);
+        let accept = Self::accept(listener, self.target, self.open.clone());
+        *self.accept.lock().unwrap() = Some(accept);
+    }
 }
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        self.accept.abort();
+        if let Some(accept) = self.accept.lock().unwrap().take() {
+            accept.abort();
+        }
         // Dropping the sender (with self) ends every connection task.
     }
 }

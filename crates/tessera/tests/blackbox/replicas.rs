@@ -813,3 +813,41 @@ async fn issue_12_replicas_started_together_publish_one_key_set_and_rotate_once_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Issue 12, fault 2: with PostgreSQL stopped (connections refused at once), `/readyz` and
+/// `/token` each took the whole `connect_timeout` (5 s) to answer 503: past the kubelet's 1 s
+/// readiness probe, and users waited 5 s. Both must answer within that 1 s, with the default
+/// `connect_timeout` kept for a slow network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_12_a_stopped_database_answers_503_within_a_readiness_probes_second() {
+    let forwarder = Forwarder::start(PG_PORT).await;
+    let cluster = Cluster::single(forwarder.port, &[]).await;
+    let replica = &cluster.replicas[0];
+    let base = replica.url.clone();
+    let first = refresh_token(&cluster.login(&base).await);
+
+    forwarder.refuse().await;
+    // As the kubelet probes: a 1 s timeout.
+    let (status, text) =
+        tokio::time::timeout(Duration::from_secs(1), cluster.get(&base, "/readyz"))
+            .await
+            .expect("/readyz answers within the kubelet's 1 s probe timeout");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    for attempt in 0..3 {
+        let (status, body) =
+            tokio::time::timeout(Duration::from_secs(1), cluster.refresh(&base, &first))
+                .await
+                .unwrap_or_else(|_| panic!("refresh {attempt} answers within 1 s"));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    }
+
+    forwarder.listen_again().await;
+    cluster.wait_ready(&base).await;
+    let (status, body) = cluster.refresh(&base, &first).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the token refused during the outage: {body}"
+    );
+}
