@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tessera_core::clock::UnixMillis;
+use tessera_oidc::{IdClaims, ProviderMetadata, Tokens};
 
-use super::oidc::{IdClaims, Provider, Tokens};
 use crate::file_mode::shell_word;
 
 /// Format version of cache files; a file of another version is treated as absent.
@@ -104,7 +104,12 @@ impl Entry {
 }
 
 /// A cache entry for a fresh login.
-pub fn entry_from(key: &CacheKey, provider: &Provider, tokens: Tokens, claims: &IdClaims) -> Entry {
+pub fn entry_from(
+    key: &CacheKey,
+    provider: &ProviderMetadata,
+    tokens: Tokens,
+    claims: &IdClaims,
+) -> Entry {
     Entry {
         version: CACHE_VERSION,
         issuer: key.issuer.clone(),

@@ -10,13 +10,15 @@ use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 use tessera_core::clock::{Clock, SystemClock, UnixMillis};
+use tessera_oidc::{
+    self as oidc, IdClaims, RelyingParty, RevocationEndpoint, TokenEndpoint, Tokens,
+};
 
 use super::cache::{
     self, CacheError, CacheKey, DEFAULT_LOCK_TIMEOUT, Entry, TokenCache, entry_from,
 };
 use super::kubeconfig::{self, Kubeconfig};
 use super::login;
-use super::oidc::{self, IdClaims, TokenError, Tokens};
 
 /// Which cached login: the arguments `tessera login` writes into the kubeconfig.
 #[derive(Clone, Debug, clap::Args)]
@@ -69,7 +71,12 @@ impl CredentialArgs {
     }
 
     fn http(&self) -> Result<reqwest::Client> {
-        oidc::http_client(self.certificate_authority.as_deref())
+        Ok(oidc::http_client(self.certificate_authority.as_deref())?)
+    }
+
+    /// The plugin as the public client it is.
+    fn client(&self) -> oidc::Client {
+        oidc::Client::public(&self.client_id)
     }
 }
 
@@ -146,19 +153,20 @@ async fn renew(
     let http = args.http()?;
     if let Some(mut entry) = cached {
         if let Some(refresh_token) = entry.refresh_token.clone() {
-            let form = [
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token.as_str()),
-                ("client_id", args.client_id.as_str()),
-            ];
-            match oidc::token_request(&http, &entry.token_endpoint, &form).await {
+            let endpoint = TokenEndpoint {
+                http: &http,
+                url: &entry.token_endpoint,
+                client: &args.client(),
+            };
+            match endpoint.refresh(&refresh_token).await {
                 Ok(tokens) => {
-                    let claims: IdClaims = oidc::read_claims(&tokens.id_token)?;
+                    // Straight from the token endpoint over TLS; the API server verifies it.
+                    let claims: IdClaims = oidc::read_unverified_claims(&tokens.id_token)?;
                     let next = updated(entry, tokens, &claims, refresh_token);
                     cache.write(&next)?;
                     return Ok(next);
                 }
-                Err(TokenError::InvalidGrant(why)) => {
+                Err(oidc::Error::InvalidGrant { description: why }) => {
                     // The token is spent or its session ended: never present it again.
                     entry.refresh_token = None;
                     cache.write(&entry)?;
@@ -171,8 +179,8 @@ async fn renew(
                     }
                     eprintln!("The session has ended ({why}); signing in again.");
                 }
-                Err(TokenError::Other(e)) => {
-                    return Err(e.context(
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(
                         "cannot refresh the token; the cached session is kept, try again",
                     ));
                 }
@@ -192,8 +200,8 @@ async fn renew(
         );
     }
     let provider = oidc::discover(&http, args.issuer()).await?;
-    let logged_in =
-        login::browser_login(&http, &provider, &args.client_id, login::has_display()).await?;
+    let rp = RelyingParty::discovered(http, provider, args.client());
+    let logged_in = login::browser_login(&rp, login::has_display()).await?;
     if !args.user.is_empty() && logged_in.claims.username() != args.user {
         bail!(
             "you signed in as {}, but this kubeconfig entry is for {}; sign in as {} or run `{}`",
@@ -203,7 +211,12 @@ async fn renew(
             args.login_hint()
         );
     }
-    let entry = entry_from(cache.key(), &provider, logged_in.tokens, &logged_in.claims);
+    let entry = entry_from(
+        cache.key(),
+        rp.metadata().await?,
+        logged_in.tokens,
+        &logged_in.claims,
+    );
     cache.write(&entry)?;
     Ok(entry)
 }
@@ -301,7 +314,13 @@ pub async fn logout(args: &LogoutArgs) -> Result<()> {
         && let (Some(token), Some(endpoint)) = (&entry.refresh_token, &entry.revocation_endpoint)
     {
         let http = credential.http()?;
-        oidc::revoke(&http, endpoint, &credential.client_id, None, token)
+        let endpoint = RevocationEndpoint {
+            http: &http,
+            url: endpoint,
+            client: &credential.client(),
+        };
+        endpoint
+            .revoke(token)
             .await
             .context("the cache entry is kept so that you can retry `tessera logout`")?;
     }

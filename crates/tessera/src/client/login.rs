@@ -13,12 +13,13 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use base64::Engine as _;
+use serde::Deserialize;
+use tessera_oidc::{self as oidc, AuthorizationRequest, Expected, IdClaims, RelyingParty, Tokens};
 use tokio::sync::oneshot;
 use yaml_serde::{Mapping, Value};
 
 use super::cache::{self, CacheKey, TokenCache};
 use super::kubeconfig::{self, Kubeconfig};
-use super::oidc::{self, IdClaims, Provider, Tokens};
 
 /// How long a login waits for the browser to come back.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -37,12 +38,8 @@ pub struct LoggedIn {
 
 /// Runs the authorization code flow: prints (and, when there is a display, opens) the
 /// authorization URL and waits for the browser to come back to a loopback listener.
-pub async fn browser_login(
-    http: &reqwest::Client,
-    provider: &Provider,
-    client_id: &str,
-    open_browser: bool,
-) -> Result<LoggedIn> {
+pub async fn browser_login(rp: &RelyingParty, open_browser: bool) -> Result<LoggedIn> {
+    let provider = rp.metadata().await?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .context("cannot listen on 127.0.0.1 for the login redirect")?;
@@ -55,25 +52,15 @@ pub async fn browser_login(
     let nonce = oidc::random_token();
     let verifier = oidc::random_token();
     let challenge = tessera_core::pkce::s256_challenge(&verifier);
-    let url = url::Url::parse_with_params(
-        &provider.authorization_endpoint,
-        [
-            ("response_type", "code"),
-            ("client_id", client_id),
-            ("redirect_uri", &redirect_uri),
-            ("scope", SCOPES),
-            ("state", &state),
-            ("nonce", &nonce),
-            ("code_challenge", &challenge),
-            ("code_challenge_method", "S256"),
-        ],
-    )
-    .with_context(|| {
-        format!(
-            "the authorization endpoint {} is not a URL",
-            provider.authorization_endpoint
-        )
-    })?;
+    let url = AuthorizationRequest {
+        client_id: &rp.client().id,
+        redirect_uri: &redirect_uri,
+        scope: SCOPES,
+        state: &state,
+        nonce: &nonce,
+        code_challenge: &challenge,
+    }
+    .url(&provider.authorization_endpoint)?;
 
     let (done, callback) = oneshot::channel();
     let waiter = Arc::new(Callback {
@@ -123,19 +110,10 @@ pub async fn browser_login(
     let code = params
         .get("code")
         .context("the provider sent the browser back without a code")?;
-    let tokens = oidc::token_request(
-        http,
-        &provider.token_endpoint,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", &redirect_uri),
-            ("client_id", client_id),
-            ("code_verifier", &verifier),
-        ],
-    )
-    .await?;
-    let claims = oidc::verify_id_token(http, provider, client_id, &tokens.id_token, &nonce).await?;
+    let tokens = rp.exchange_code(code, &redirect_uri, &verifier).await?;
+    let claims = rp
+        .verify_id_token(&tokens.id_token, Expected::Nonce(&nonce))
+        .await?;
     Ok(LoggedIn { tokens, claims })
 }
 
@@ -246,6 +224,20 @@ impl LoginArgs {
     }
 }
 
+/// The cluster a tessera server publishes at `/kube/cluster`.
+#[derive(Clone, Debug, Deserialize)]
+struct Cluster {
+    /// Name for kubeconfig entries.
+    cluster_name: String,
+    /// API server URL.
+    server: String,
+    /// Base64 PEM of the API server's CA, if it is not publicly trusted.
+    #[serde(default)]
+    certificate_authority_data: Option<String>,
+    /// The client id kubectl uses.
+    client_id: String,
+}
+
 /// Logs in, writes the token cache and the kubeconfig's cluster, user and context.
 pub async fn login(args: &LoginArgs) -> Result<()> {
     let issuer = args.issuer()?;
@@ -270,9 +262,11 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
     };
     let http = oidc::http_client(ca_file.as_deref())?;
     let provider = oidc::discover(&http, &issuer).await?;
-    let cluster = oidc::cluster(&http, &issuer).await?;
+    let cluster: Cluster = oidc::get_json(&http, &format!("{issuer}/kube/cluster")).await?;
+    let rp = RelyingParty::discovered(http, provider, oidc::Client::public(&cluster.client_id));
     let open = !args.no_browser && has_display();
-    let logged_in = browser_login(&http, &provider, &cluster.client_id, open).await?;
+    let logged_in = browser_login(&rp, open).await?;
+    let provider = rp.metadata().await?;
     let username = logged_in.claims.username().to_owned();
 
     let user_entry = format!("{username}@{}", cluster.cluster_name);
@@ -287,7 +281,7 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
         let _lock = token_cache.lock(cache::DEFAULT_LOCK_TIMEOUT)?;
         token_cache.write(&cache::entry_from(
             token_cache.key(),
-            &provider,
+            provider,
             logged_in.tokens,
             &logged_in.claims,
         ))?;

@@ -5,4 +5,3 @@ pub mod cache;
 pub mod credential;
 pub mod kubeconfig;
 pub mod login;
-pub mod oidc;

@@ -18,6 +18,7 @@ use serde_json::json;
 use tessera_core::clock::UnixMillis;
 use tessera_core::seal;
 use tessera_core::token::constant_time_eq;
+use tessera_oidc as oidc;
 
 use super::Proxy;
 use super::answer::{error, forbidden, provider_error, redirect, session_error, with_cookies};
@@ -27,7 +28,6 @@ use super::forward::{Origin, forward};
 use super::identity::{in_groups, strip_claims};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
-use crate::client::oidc;
 use crate::config::proxy::Route;
 use crate::http::html;
 use crate::path::{self, UnsafePath};
