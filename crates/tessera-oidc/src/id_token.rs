@@ -5,11 +5,12 @@
 //!
 //! The algorithm is never the token's choice alone: `alg: none` is no algorithm, an HMAC would
 //! make the client secret (or a public key's bytes) a signing key, and a header naming another
-//! algorithm than its key's is refused.
+//! algorithm than its key's (or, for a key without `alg`, one its type cannot verify) is
+//! refused.
 
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tessera_core::token::constant_time_eq;
@@ -123,13 +124,31 @@ impl Verification<'_> {
     }
 }
 
-/// The algorithm to verify a token whose header says `token` with `key`: the key's own `alg`,
-/// which must be a public-key signature algorithm and the header's.
+/// The algorithm to verify a token whose header says `token` with `key`. A key that names its
+/// `alg` allows that one, if it is a public-key signature algorithm; a key that names none
+/// (RFC 7517 §4.4 makes `alg` optional, and Okta, Entra ID and Keycloak leave it out) allows
+/// what its type and curve can verify. Either way the header only chooses among what the key
+/// allows, and a key meant for encryption verifies nothing (RFC 7517 §4.2).
 fn algorithm_for(kid: &str, key: &Jwk, token: Algorithm) -> Result<Algorithm, Rejection> {
-    let alg = key
-        .common
-        .key_algorithm
-        .and_then(|a| a.to_string().parse().ok())
+    let usable = key.common.public_key_use.as_ref();
+    if usable.is_some_and(|u| *u != PublicKeyUse::Signature) {
+        return Err(Rejection::KeyNotForSignatures {
+            kid: kid.to_owned(),
+        });
+    }
+    let Some(named) = key.common.key_algorithm else {
+        if fits(key, token) {
+            return Ok(token);
+        }
+        return Err(Rejection::KeyTypeMismatch {
+            token,
+            kid: kid.to_owned(),
+        });
+    };
+    let alg = named
+        .to_string()
+        .parse()
+        .ok()
         .filter(|alg| SIGNATURE_ALGORITHMS.contains(alg))
         .ok_or_else(|| Rejection::KeyAlgorithmNotAllowed {
             kid: kid.to_owned(),
@@ -138,6 +157,19 @@ fn algorithm_for(kid: &str, key: &Jwk, token: Algorithm) -> Result<Algorithm, Re
         return Err(Rejection::AlgorithmMismatch { token, key: alg });
     }
     Ok(alg)
+}
+
+/// Whether a key of `key`'s type and curve verifies `alg` (RFC 7518 §3.3–3.5, RFC 8037 §3.1).
+/// HMACs and `none` fit no key: an `oct` key would make a shared secret a signing key.
+fn fits(key: &Jwk, alg: Algorithm) -> bool {
+    use Algorithm::{ES256, ES384, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512};
+    match (&key.algorithm, alg) {
+        (AlgorithmParameters::RSA(_), RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => true,
+        (AlgorithmParameters::EllipticCurve(ec), ES256) => ec.curve == EllipticCurve::P256,
+        (AlgorithmParameters::EllipticCurve(ec), ES384) => ec.curve == EllipticCurve::P384,
+        (AlgorithmParameters::OctetKeyPair(okp), EdDSA) => okp.curve == EllipticCurve::Ed25519,
+        _ => false,
+    }
 }
 
 impl From<Rejection> for Error {

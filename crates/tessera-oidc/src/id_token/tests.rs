@@ -285,3 +285,102 @@ fn unverified_claims_are_read_or_the_token_is_named_malformed() {
         Err(Error::MissingClaim { .. })
     ));
 }
+
+/// A key's JWK without some of its members.
+fn jwk_without(key: &SigningKey, members: &[&str]) -> Value {
+    let mut jwk = key.public_jwk();
+    for member in members {
+        jwk.as_object_mut().unwrap().remove(*member);
+    }
+    jwk
+}
+
+/// RFC 7517 §4.4: `alg` is optional in a JWK, and Okta, Entra ID and Keycloak leave it out. Such
+/// a key verifies the algorithms its type and curve can, and only those: the token's header
+/// never picks an algorithm of another key type.
+#[test]
+fn a_key_without_alg_verifies_what_its_type_allows_and_nothing_else() {
+    let keys = jwks(&[
+        jwk_without(&KEYS.rsa, &["alg"]),
+        jwk_without(&KEYS.ec, &["alg"]),
+        jwk_without(&KEYS.ed, &["alg", "use"]),
+    ]);
+    let nonce = Expected::Nonce(NONCE);
+    let good = claims(json!({}));
+    let mismatch = |token, kid: &str| {
+        Want::Rejected(Rejection::KeyTypeMismatch {
+            token,
+            kid: kid.into(),
+        })
+    };
+    let rows: Vec<(&str, String, Want)> = vec![
+        (
+            "RS256 with an RSA key",
+            signed(&KEYS.rsa, &good),
+            Want::Accepted,
+        ),
+        (
+            "ES256 with a P-256 key",
+            signed(&KEYS.ec, &good),
+            Want::Accepted,
+        ),
+        (
+            "EdDSA with an Ed25519 key",
+            signed(&KEYS.ed, &good),
+            Want::Accepted,
+        ),
+        (
+            "ES256 naming the RSA key",
+            signed_as(&KEYS.ec, "rsa", &good),
+            mismatch(Algorithm::ES256, "rsa"),
+        ),
+        (
+            "RS256 naming the P-256 key",
+            signed_as(&KEYS.rsa, "ec", &good),
+            mismatch(Algorithm::RS256, "ec"),
+        ),
+        (
+            "ES384 naming the P-256 key",
+            forged(&json!({"alg": "ES384", "kid": "ec"}), &good),
+            mismatch(Algorithm::ES384, "ec"),
+        ),
+        (
+            "EdDSA naming the P-256 key",
+            signed_as(&KEYS.ed, "ec", &good),
+            mismatch(Algorithm::EdDSA, "ec"),
+        ),
+        (
+            "HS256 over the RSA key (key confusion)",
+            forged(&json!({"alg": "HS256", "kid": "rsa"}), &good),
+            mismatch(Algorithm::HS256, "rsa"),
+        ),
+        (
+            "alg none",
+            forged(&json!({"alg": "none", "kid": "rsa"}), &good),
+            Want::Malformed,
+        ),
+        (
+            "expired, with a key without alg",
+            signed(
+                &KEYS.rsa,
+                &claims(json!({"iat": now() - 3600, "exp": now() - 600})),
+            ),
+            Want::Fails(Check::Lifetime),
+        ),
+    ];
+    for (name, token, want) in &rows {
+        assert_row(name, &verify(&keys, token, nonce), want);
+    }
+}
+
+#[test]
+fn a_key_for_encryption_verifies_no_signature() {
+    let mut jwk = jwk_without(&KEYS.rsa, &["alg"]);
+    jwk["use"] = "enc".into();
+    let token = signed(&KEYS.rsa, &claims(json!({})));
+    assert_row(
+        "use: enc",
+        &verify(&jwks(&[jwk]), &token, Expected::Nonce(NONCE)),
+        &Want::Rejected(Rejection::KeyNotForSignatures { kid: "rsa".into() }),
+    );
+}
