@@ -142,7 +142,7 @@ impl Provider {
             Provider::Remote(r) => (
                 r.rp.metadata()
                     .await
-                    .map_err(unavailable)?
+                    .map_err(|e| unavailable(&e))?
                     .authorization_endpoint
                     .clone(),
                 r.rp.client().id.as_str(),
@@ -161,7 +161,7 @@ impl Provider {
             Err(oidc::Error::NotAUrl { reason, .. }) => Err(ProviderError::Unavailable(format!(
                 "authorization endpoint: {reason}"
             ))),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(unavailable(&e)),
         }
     }
 
@@ -250,7 +250,7 @@ impl Remote {
         self.rp
             .verify_id_token(&tokens.id_token, oidc::Expected::Nonce(nonce))
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(&e))?;
         grant(tokens.id_token, tokens.refresh_token)
     }
 
@@ -263,7 +263,7 @@ impl Remote {
         {
             Ok(_) => grant(tokens.id_token, tokens.refresh_token),
             // The discovery document or the keys could not be fetched: nothing is known yet.
-            Err(e) if !e.is_refusal() => Err(unavailable(e)),
+            Err(e) if !e.is_refusal() => Err(unavailable(&e)),
             Err(e) => {
                 tracing::warn!(
                     error = %e,
@@ -276,7 +276,10 @@ impl Remote {
     }
 
     async fn revoke(&self, refresh_token: &str) -> Result<(), ProviderError> {
-        self.rp.revoke(refresh_token).await.map_err(unavailable)
+        self.rp
+            .revoke(refresh_token)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 }
 
@@ -284,11 +287,11 @@ impl Remote {
 fn token_error(e: oidc::Error) -> ProviderError {
     match e {
         oidc::Error::InvalidGrant { .. } => ProviderError::Refused,
-        other => unavailable(other),
+        other => unavailable(&other),
     }
 }
 
-fn unavailable(e: oidc::Error) -> ProviderError {
+fn unavailable(e: &oidc::Error) -> ProviderError {
     ProviderError::Unavailable(e.to_string())
 }
 
@@ -309,7 +312,8 @@ fn app_error(e: AppError) -> ProviderError {
 fn grant(id_token: String, refresh_token: Option<String>) -> Result<Grant, ProviderError> {
     // An external provider's id_token has been verified (`Remote::verify`); the local
     // provider's comes from this process; a stored one was sealed by this proxy.
-    let identity: Identity = oidc::read_unverified_claims(&id_token).map_err(unavailable)?;
+    let identity: Identity =
+        oidc::read_unverified_claims(&id_token).map_err(|e| unavailable(&e))?;
     Ok(Grant {
         headers: UserHeaders::new(&identity, &id_token),
         id_token,

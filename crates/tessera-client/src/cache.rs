@@ -18,9 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tessera_core::clock::UnixMillis;
+use tessera_core::shell::shell_word;
 use tessera_oidc::{IdClaims, ProviderMetadata, Tokens};
-
-use crate::file_mode::shell_word;
 
 /// Format version of cache files; a file of another version is treated as absent.
 pub const CACHE_VERSION: u32 = 1;

@@ -14,11 +14,11 @@ use tessera_oidc::{
     self as oidc, IdClaims, RelyingParty, RevocationEndpoint, TokenEndpoint, Tokens,
 };
 
-use super::cache::{
+use crate::cache::{
     self, CacheError, CacheKey, DEFAULT_LOCK_TIMEOUT, Entry, TokenCache, entry_from,
 };
-use super::kubeconfig::{self, Kubeconfig};
-use super::login;
+use crate::kubeconfig::{self, Kubeconfig};
+use crate::{invocation, login};
 
 /// Which cached login: the arguments `tessera login` writes into the kubeconfig.
 #[derive(Clone, Debug, clap::Args)]
@@ -36,7 +36,7 @@ pub struct CredentialArgs {
     #[arg(long)]
     certificate_authority: Option<PathBuf>,
     /// How long to wait for another process's refresh, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = tessera_core::duration::parse_duration)]
     lock_timeout: Duration,
 }
 
@@ -62,11 +62,12 @@ impl CredentialArgs {
     fn login_hint(&self) -> String {
         match &self.certificate_authority {
             Some(ca) => format!(
-                "tessera login --issuer {} --certificate-authority {}",
+                "{} login --issuer {} --certificate-authority {}",
+                invocation::command(),
                 self.issuer(),
                 ca.display()
             ),
-            None => format!("tessera login --issuer {}", self.issuer()),
+            None => format!("{} login --issuer {}", invocation::command(), self.issuer()),
         }
     }
 
@@ -257,7 +258,12 @@ fn rfc3339(at: UnixMillis) -> Result<String> {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .context("the cached token's expiry is out of range; run `tessera login` again")
+        .with_context(|| {
+            format!(
+                "the cached token's expiry is out of range; run `{} login` again",
+                invocation::command()
+            )
+        })
 }
 
 /// `tessera logout`.
@@ -319,10 +325,12 @@ pub async fn logout(args: &LogoutArgs) -> Result<()> {
             url: endpoint,
             client: &credential.client(),
         };
-        endpoint
-            .revoke(token)
-            .await
-            .context("the cache entry is kept so that you can retry `tessera logout`")?;
+        endpoint.revoke(token).await.with_context(|| {
+            format!(
+                "the cache entry is kept so that you can retry `{} logout`",
+                invocation::command()
+            )
+        })?;
     }
     cache.remove()?;
     match entry {

@@ -5,21 +5,18 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
 use tessera_oidc::{self as oidc, AuthorizationRequest, Expected, IdClaims, RelyingParty, Tokens};
-use tokio::sync::oneshot;
 use yaml_serde::{Mapping, Value};
 
-use super::cache::{self, CacheKey, TokenCache};
-use super::kubeconfig::{self, Kubeconfig};
+use crate::cache::{self, CacheKey, TokenCache};
+use crate::invocation;
+use crate::kubeconfig::{self, Kubeconfig};
+use crate::loopback::LoopbackRedirect;
 
 /// How long a login waits for the browser to come back.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -40,14 +37,8 @@ pub struct LoggedIn {
 /// authorization URL and waits for the browser to come back to a loopback listener.
 pub async fn browser_login(rp: &RelyingParty, open_browser: bool) -> Result<LoggedIn> {
     let provider = rp.metadata().await?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .context("cannot listen on 127.0.0.1 for the login redirect")?;
-    let port = listener
-        .local_addr()
-        .context("cannot read the loopback listener's port")?
-        .port();
-    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let redirect = LoopbackRedirect::bind().await?;
+    let redirect_uri = redirect.uri();
     let state = oidc::random_token();
     let nonce = oidc::random_token();
     let verifier = oidc::random_token();
@@ -61,55 +52,13 @@ pub async fn browser_login(rp: &RelyingParty, open_browser: bool) -> Result<Logg
         code_challenge: &challenge,
     }
     .url(&provider.authorization_endpoint)?;
-
-    let (done, callback) = oneshot::channel();
-    let waiter = Arc::new(Callback {
-        state: state.clone(),
-        done: Mutex::new(Some(done)),
-    });
-    let app = axum::Router::new()
-        .route("/callback", axum::routing::get(receive_callback))
-        .with_state(Arc::clone(&waiter));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-
     if open_browser && open_in_browser(url.as_str()) {
         eprintln!("Opened a browser to sign in. If it did not open, visit:\n\n    {url}\n");
     } else {
         eprintln!("Open this URL in a browser to sign in:\n\n    {url}\n");
     }
-    let answer = tokio::time::timeout(LOGIN_TIMEOUT, callback).await;
-    let _ = stop.send(());
-    let _ = server.await;
-    let params = match answer {
-        Ok(Ok(params)) => params,
-        Ok(Err(_)) => bail!("the login listener stopped unexpectedly; run the command again"),
-        Err(_) => bail!(
-            "no browser came back within {}s; run the command again",
-            LOGIN_TIMEOUT.as_secs()
-        ),
-    };
-    if let Some(error) = params.get("error") {
-        let description = params.get("error_description").map_or("", String::as_str);
-        bail!("the provider refused the login: {error} {description}");
-    }
-    if let Some(iss) = params.get("iss")
-        && iss != &provider.issuer
-    {
-        bail!(
-            "the login came back from issuer {iss}, not {} (RFC 9207); run the command again",
-            provider.issuer
-        );
-    }
-    let code = params
-        .get("code")
-        .context("the provider sent the browser back without a code")?;
+    let params = redirect.wait(&state, LOGIN_TIMEOUT).await?;
+    let code = authorization_code(&params, &provider.issuer)?;
     let tokens = rp.exchange_code(code, &redirect_uri, &verifier).await?;
     let claims = rp
         .verify_id_token(&tokens.id_token, Expected::Nonce(&nonce))
@@ -117,41 +66,24 @@ pub async fn browser_login(rp: &RelyingParty, open_browser: bool) -> Result<Logg
     Ok(LoggedIn { tokens, claims })
 }
 
-/// The loopback listener's shared state: the expected `state` and where to send the answer.
-struct Callback {
-    state: String,
-    done: Mutex<Option<oneshot::Sender<HashMap<String, String>>>>,
-}
-
-async fn receive_callback(
-    State(waiter): State<Arc<Callback>>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let state_matches = params.get("state").is_some_and(|s| {
-        tessera_core::token::constant_time_eq(s.as_bytes(), waiter.state.as_bytes())
-    });
-    if !state_matches {
-        // A stale tab or a forged request: ignore it and keep waiting for the real one.
-        return (
-            StatusCode::BAD_REQUEST,
-            Html("<p>This sign-in link is not the one tessera is waiting for. Use the latest link.</p>"),
-        )
-            .into_response();
+/// The code of an authorization response (RFC 6749 §4.1.2), unless the provider refused, or
+/// the response names another issuer than the one asked (RFC 9207 §2.4: a mix-up attack).
+fn authorization_code<'p>(params: &'p HashMap<String, String>, issuer: &str) -> Result<&'p str> {
+    if let Some(error) = params.get("error") {
+        let description = params.get("error_description").map_or("", String::as_str);
+        bail!("the provider refused the login: {error} {description}");
     }
-    let sender = waiter.done.lock().ok().and_then(|mut s| s.take());
-    let failed = params.contains_key("error");
-    if let Some(sender) = sender {
-        let _ = sender.send(params);
+    if let Some(iss) = params.get("iss")
+        && iss != issuer
+    {
+        bail!(
+            "the login came back from issuer {iss}, not {issuer} (RFC 9207); run the command again"
+        );
     }
-    let text = if failed {
-        "<p>Sign-in failed; the terminal says why. You can close this window.</p>"
-    } else {
-        "<p>Signed in. You can close this window and return to the terminal.</p>"
-    };
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>tessera</title></head><body>{text}</body></html>"
-    ))
-    .into_response()
+    params
+        .get("code")
+        .map(String::as_str)
+        .context("the provider sent the browser back without a code")
 }
 
 /// Whether a browser can be shown: a graphical session on Linux, always on macOS.
@@ -321,8 +253,12 @@ fn exec_user(
     username: &str,
     ca_file: Option<&std::path::Path>,
 ) -> Result<Mapping> {
-    let command = std::env::current_exe()
-        .context("cannot find the path of this tessera binary for the kubeconfig")?;
+    let command = std::env::current_exe().with_context(|| {
+        format!(
+            "cannot find the path of this {} binary for the kubeconfig",
+            invocation::program()
+        )
+    })?;
     let mut args: Vec<Value> = ["credential", "--issuer", issuer, "--client-id", client_id]
         .into_iter()
         .map(Value::from)
@@ -345,7 +281,12 @@ fn exec_user(
     exec.insert("provideClusterInfo".into(), false.into());
     exec.insert(
         "installHint".into(),
-        "tessera is needed to log in to this cluster; install it and run `tessera login`".into(),
+        format!(
+            "{} is needed to log in to this cluster; install it and run `{} login`",
+            invocation::program(),
+            invocation::command()
+        )
+        .into(),
     );
     let mut user = Mapping::new();
     user.insert("exec".into(), Value::Mapping(exec));
@@ -384,4 +325,44 @@ fn legacy_user(
 /// (`spec.interactive`); without it, whether standard input is a terminal.
 pub fn is_interactive(exec_info_interactive: Option<bool>) -> bool {
     exec_info_interactive.unwrap_or_else(|| std::io::stdin().is_terminal())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test reports failure
+mod tests {
+    use super::*;
+
+    const ISSUER: &str = "https://tessera.example";
+
+    fn response(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_code_counts_only_without_an_error_and_from_the_issuer_asked() {
+        let code = response(&[("code", "c"), ("state", "s")]);
+        assert_eq!(authorization_code(&code, ISSUER).unwrap(), "c");
+        let same_issuer = response(&[("code", "c"), ("iss", ISSUER)]);
+        assert_eq!(authorization_code(&same_issuer, ISSUER).unwrap(), "c");
+        for (pairs, said) in [
+            (
+                &[("error", "access_denied"), ("error_description", "no")][..],
+                "the provider refused the login: access_denied no",
+            ),
+            (
+                &[("code", "c"), ("iss", "https://evil.example")][..],
+                "the login came back from issuer https://evil.example, not https://tessera.example (RFC 9207); run the command again",
+            ),
+            (
+                &[("state", "s")][..],
+                "the provider sent the browser back without a code",
+            ),
+        ] {
+            let error = authorization_code(&response(pairs), ISSUER).unwrap_err();
+            assert_eq!(error.to_string(), said);
+        }
+    }
 }
