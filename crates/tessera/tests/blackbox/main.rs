@@ -17,6 +17,7 @@ mod flow;
 mod keys;
 mod kube_api;
 mod kubectl;
+mod kubectl_plugin;
 mod listener_limits;
 mod login_limits;
 mod oidc_library;
