@@ -192,7 +192,3 @@ pub fn read_unverified_claims<T: DeserializeOwned>(id_token: &str) -> Result<T, 
         reason: e.to_string(),
     })
 }
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
-mod tests;
