@@ -13,12 +13,16 @@ use clap::Parser;
 pub mod cache;
 pub mod credential;
 pub mod invocation;
+mod kube_user;
 pub mod kubeconfig;
 pub mod login;
+pub mod logout;
 mod loopback;
+mod renewal;
 
-use credential::{CredentialArgs, LogoutArgs};
+use credential::CredentialArgs;
 use login::LoginArgs;
+use logout::LogoutArgs;
 
 /// The client's commands, as `tessera` and `kubectl-tessera` both take them.
 #[derive(Debug, clap::Subcommand)]
@@ -38,7 +42,7 @@ impl Command {
         match self {
             Command::Login(args) => runtime()?.block_on(login::login(&args)),
             Command::Credential(args) => credential::credential(&args),
-            Command::Logout(args) => runtime()?.block_on(credential::logout(&args)),
+            Command::Logout(args) => runtime()?.block_on(logout::logout(&args)),
         }
     }
 }

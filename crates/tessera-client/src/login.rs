@@ -8,13 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use base64::Engine as _;
 use serde::Deserialize;
 use tessera_oidc::{self as oidc, AuthorizationRequest, Expected, IdClaims, RelyingParty, Tokens};
-use yaml_serde::{Mapping, Value};
 
-use crate::cache::{self, CacheKey, TokenCache};
-use crate::invocation;
+use crate::cache;
+use crate::kube_user::KubeUser;
 use crate::kubeconfig::{self, Kubeconfig};
 use crate::loopback::LoopbackRedirect;
 
@@ -141,6 +139,7 @@ pub struct LoginArgs {
 }
 
 impl LoginArgs {
+    /// The issuer URL, https, without a trailing `/`.
     fn issuer(&self) -> Result<String> {
         let issuer = match (&self.issuer, &self.host) {
             (Some(issuer), _) => issuer.clone(),
@@ -153,6 +152,28 @@ impl LoginArgs {
             bail!("the issuer must be an https URL, not `{issuer}`");
         }
         Ok(issuer.trim_end_matches('/').to_owned())
+    }
+
+    /// The CA bundle as an absolute path: the kubeconfig's exec entry runs from anywhere.
+    fn ca_file(&self) -> Result<Option<PathBuf>> {
+        let Some(file) = &self.certificate_authority else {
+            return Ok(None);
+        };
+        let absolute = std::fs::canonicalize(file)
+            .with_context(|| format!("cannot find the CA bundle {}", file.display()))?;
+        Ok(Some(absolute))
+    }
+
+    /// The token cache directory, checked private; none for the legacy entry, which keeps its
+    /// tokens in the kubeconfig.
+    fn cache_dir(&self) -> Result<Option<PathBuf>> {
+        if self.legacy_auth_provider {
+            return Ok(None);
+        }
+        let dir = cache::default_dir()
+            .context("no cache directory: set HOME, XDG_CACHE_HOME or TESSERA_CACHE_DIR")?;
+        cache::require_private_dir(&dir)?;
+        Ok(Some(dir))
     }
 }
 
@@ -173,62 +194,37 @@ struct Cluster {
 /// Logs in, writes the token cache and the kubeconfig's cluster, user and context.
 pub async fn login(args: &LoginArgs) -> Result<()> {
     let issuer = args.issuer()?;
-    let ca_file = match &args.certificate_authority {
-        Some(file) => Some(
-            std::fs::canonicalize(file)
-                .with_context(|| format!("cannot find the CA bundle {}", file.display()))?,
-        ),
-        None => None,
-    };
+    let ca_file = args.ca_file()?;
     // Fail on a broken kubeconfig or cache directory before the user goes through a login. The
     // kubeconfig is read again to be written, under its lock, once the login is done.
     let kubeconfig_path = kubeconfig::resolve_path(args.kubeconfig.as_deref())?;
     Kubeconfig::load(&kubeconfig_path)?;
-    let cache_dir = if args.legacy_auth_provider {
-        None
-    } else {
-        let dir = cache::default_dir()
-            .context("no cache directory: set HOME, XDG_CACHE_HOME or TESSERA_CACHE_DIR")?;
-        cache::require_private_dir(&dir)?;
-        Some(dir)
-    };
+    let cache_dir = args.cache_dir()?;
     let http = oidc::http_client(ca_file.as_deref())?;
     let provider = oidc::discover(&http, &issuer).await?;
     let cluster: Cluster = oidc::get_json(&http, &format!("{issuer}/kube/cluster")).await?;
     let rp = RelyingParty::discovered(http, provider, oidc::Client::public(&cluster.client_id));
-    let open = !args.no_browser && has_display();
-    let logged_in = browser_login(&rp, open).await?;
-    let provider = rp.metadata().await?;
-    let username = logged_in.claims.username().to_owned();
-
-    let user_entry = format!("{username}@{}", cluster.cluster_name);
-    let context = args.context.clone().unwrap_or(cluster.cluster_name.clone());
-    let user = if let Some(dir) = cache_dir {
-        let key = CacheKey {
-            issuer: issuer.clone(),
-            client_id: cluster.client_id.clone(),
-            user: username.clone(),
-        };
-        let token_cache = TokenCache::open(&dir, key)?;
-        let _lock = token_cache.lock(cache::DEFAULT_LOCK_TIMEOUT)?;
-        token_cache.write(&cache::entry_from(
-            token_cache.key(),
-            provider,
-            logged_in.tokens,
-            &logged_in.claims,
-        ))?;
-        exec_user(&issuer, &cluster.client_id, &username, ca_file.as_deref())?
-    } else {
-        legacy_user(&issuer, &cluster.client_id, ca_file.as_deref(), &logged_in)?
+    let logged_in = browser_login(&rp, !args.no_browser && has_display()).await?;
+    let kube_user = KubeUser {
+        issuer: &issuer,
+        client_id: &cluster.client_id,
+        username: logged_in.claims.username().to_owned(),
+        ca_file: ca_file.as_deref(),
     };
+    let user = match cache_dir {
+        Some(dir) => kube_user.cached(&dir, rp.metadata().await?, logged_in)?,
+        None => kube_user.legacy(&logged_in)?,
+    };
+    let name = format!("{}@{}", kube_user.username, cluster.cluster_name);
+    let context = args.context.clone().unwrap_or(cluster.cluster_name.clone());
     Kubeconfig::edit(&kubeconfig_path, kubeconfig::LOCK_TIMEOUT, |kubeconfig| {
         kubeconfig.set_cluster(
             &cluster.cluster_name,
             &cluster.server,
             cluster.certificate_authority_data.as_deref(),
         );
-        kubeconfig.set_user(&user_entry, user);
-        kubeconfig.set_context(&context, &cluster.cluster_name, &user_entry);
+        kubeconfig.set_user(&name, user);
+        kubeconfig.set_context(&context, &cluster.cluster_name, &name);
         if !args.no_set_context {
             kubeconfig.use_context(&context);
         }
@@ -240,85 +236,11 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
         ", now the current context"
     };
     eprintln!(
-        "Logged in to {issuer} as {username}. Wrote context `{context}` to {}{current}.",
+        "Logged in to {issuer} as {}. Wrote context `{context}` to {}{current}.",
+        kube_user.username,
         kubeconfig_path.display()
     );
     Ok(())
-}
-
-/// The exec plugin user entry (`client.authentication.k8s.io/v1`).
-fn exec_user(
-    issuer: &str,
-    client_id: &str,
-    username: &str,
-    ca_file: Option<&std::path::Path>,
-) -> Result<Mapping> {
-    let command = std::env::current_exe().with_context(|| {
-        format!(
-            "cannot find the path of this {} binary for the kubeconfig",
-            invocation::program()
-        )
-    })?;
-    let mut args: Vec<Value> = ["credential", "--issuer", issuer, "--client-id", client_id]
-        .into_iter()
-        .map(Value::from)
-        .collect();
-    args.extend(["--user".into(), username.into()]);
-    if let Some(ca) = ca_file {
-        args.extend([
-            "--certificate-authority".into(),
-            ca.display().to_string().into(),
-        ]);
-    }
-    let mut exec = Mapping::new();
-    exec.insert(
-        "apiVersion".into(),
-        "client.authentication.k8s.io/v1".into(),
-    );
-    exec.insert("command".into(), command.display().to_string().into());
-    exec.insert("args".into(), Value::Sequence(args));
-    exec.insert("interactiveMode".into(), "IfAvailable".into());
-    exec.insert("provideClusterInfo".into(), false.into());
-    exec.insert(
-        "installHint".into(),
-        format!(
-            "{} is needed to log in to this cluster; install it and run `{} login`",
-            invocation::program(),
-            invocation::command()
-        )
-        .into(),
-    );
-    let mut user = Mapping::new();
-    user.insert("exec".into(), Value::Mapping(exec));
-    Ok(user)
-}
-
-/// The classic `auth-provider: oidc` user: client-go refreshes it itself and writes the new
-/// tokens back into the kubeconfig.
-fn legacy_user(
-    issuer: &str,
-    client_id: &str,
-    ca_file: Option<&std::path::Path>,
-    logged_in: &LoggedIn,
-) -> Result<Mapping> {
-    let mut config = Mapping::new();
-    config.insert("client-id".into(), client_id.into());
-    config.insert("idp-issuer-url".into(), issuer.into());
-    config.insert("id-token".into(), logged_in.tokens.id_token.clone().into());
-    if let Some(refresh) = &logged_in.tokens.refresh_token {
-        config.insert("refresh-token".into(), refresh.clone().into());
-    }
-    if let Some(ca) = ca_file {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        let data = base64::engine::general_purpose::STANDARD.encode(pem);
-        config.insert("idp-certificate-authority-data".into(), data.into());
-    }
-    let mut provider = Mapping::new();
-    provider.insert("name".into(), "oidc".into());
-    provider.insert("config".into(), Value::Mapping(config));
-    let mut user = Mapping::new();
-    user.insert("auth-provider".into(), Value::Mapping(provider));
-    Ok(user)
 }
 
 /// Whether someone can answer a browser login: kubectl says so in `KUBERNETES_EXEC_INFO`

@@ -164,7 +164,26 @@ impl Reply {
 
     /// The HTTP/1.1 response, without its body to a HEAD request.
     fn http(&self, head_only: bool) -> Vec<u8> {
-        let (status, extra, body) = match self {
+        let (status, extra, body) = self.parts();
+        let content_type = if body.is_empty() {
+            ""
+        } else {
+            "content-type: text/html; charset=utf-8\r\n"
+        };
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\n{content_type}{extra}content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        if !head_only {
+            response.extend_from_slice(body.as_bytes());
+        }
+        response
+    }
+
+    /// The status line's end, any further header lines, and the body.
+    fn parts(&self) -> (&'static str, &'static str, String) {
+        match self {
             Reply::Answered { failed: false, .. } => (
                 "200 OK",
                 "",
@@ -182,22 +201,12 @@ impl Reply {
                     .to_owned(),
             ),
             Reply::NotFound => ("404 Not Found", "", String::new()),
-            Reply::MethodNotAllowed => ("405 Method Not Allowed", "allow: GET,HEAD\r\n", String::new()),
-        };
-        let content_type = if body.is_empty() {
-            ""
-        } else {
-            "content-type: text/html; charset=utf-8\r\n"
-        };
-        let mut response = format!(
-            "HTTP/1.1 {status}\r\n{content_type}{extra}content-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        if !head_only {
-            response.extend_from_slice(body.as_bytes());
+            Reply::MethodNotAllowed => (
+                "405 Method Not Allowed",
+                "allow: GET,HEAD\r\n",
+                String::new(),
+            ),
         }
-        response
     }
 }
 
