@@ -191,6 +191,30 @@ struct Cluster {
     client_id: String,
 }
 
+impl Cluster {
+    /// The cluster, the user `name` and the context in `kubeconfig`, as `kubectl config set-*`
+    /// would write them; the context becomes the current one if `make_current`.
+    fn write_to(
+        &self,
+        kubeconfig: &mut Kubeconfig,
+        name: &str,
+        user: yaml_serde::Mapping,
+        context: &str,
+        make_current: bool,
+    ) {
+        kubeconfig.set_cluster(
+            &self.cluster_name,
+            &self.server,
+            self.certificate_authority_data.as_deref(),
+        );
+        kubeconfig.set_user(name, user);
+        kubeconfig.set_context(context, &self.cluster_name, name);
+        if make_current {
+            kubeconfig.use_context(context);
+        }
+    }
+}
+
 /// Logs in, writes the token cache and the kubeconfig's cluster, user and context.
 pub async fn login(args: &LoginArgs) -> Result<()> {
     let issuer = args.issuer()?;
@@ -217,17 +241,9 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
     };
     let name = format!("{}@{}", kube_user.username, cluster.cluster_name);
     let context = args.context.clone().unwrap_or(cluster.cluster_name.clone());
+    let make_current = !args.no_set_context;
     Kubeconfig::edit(&kubeconfig_path, kubeconfig::LOCK_TIMEOUT, |kubeconfig| {
-        kubeconfig.set_cluster(
-            &cluster.cluster_name,
-            &cluster.server,
-            cluster.certificate_authority_data.as_deref(),
-        );
-        kubeconfig.set_user(&name, user);
-        kubeconfig.set_context(&context, &cluster.cluster_name, &name);
-        if !args.no_set_context {
-            kubeconfig.use_context(&context);
-        }
+        cluster.write_to(kubeconfig, &name, user, &context, make_current);
     })
     .await?;
     let current = if args.no_set_context {

@@ -137,17 +137,7 @@ impl Provider {
         nonce: &str,
         challenge: &str,
     ) -> Result<String, ProviderError> {
-        let (endpoint, client_id) = match self {
-            Provider::Local { app } => (format!("{}/authorize", app.issuer), LOCAL_CLIENT_ID),
-            Provider::Remote(r) => (
-                r.rp.metadata()
-                    .await
-                    .map_err(|e| unavailable(&e))?
-                    .authorization_endpoint
-                    .clone(),
-                r.rp.client().id.as_str(),
-            ),
-        };
+        let (endpoint, client_id) = self.authorization_endpoint().await?;
         let request = oidc::AuthorizationRequest {
             client_id,
             redirect_uri,
@@ -162,6 +152,20 @@ impl Provider {
                 "authorization endpoint: {reason}"
             ))),
             Err(e) => Err(unavailable(&e)),
+        }
+    }
+
+    /// Where the browser goes to log in, and as which client.
+    async fn authorization_endpoint(&self) -> Result<(String, &str), ProviderError> {
+        match self {
+            Provider::Local { app } => Ok((format!("{}/authorize", app.issuer), LOCAL_CLIENT_ID)),
+            Provider::Remote(r) => {
+                let metadata = r.rp.metadata().await.map_err(|e| unavailable(&e))?;
+                Ok((
+                    metadata.authorization_endpoint.clone(),
+                    r.rp.client().id.as_str(),
+                ))
+            }
         }
     }
 
