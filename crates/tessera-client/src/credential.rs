@@ -1,6 +1,6 @@
 //! `tessera credential`, the exec credential plugin kubectl runs before its requests. The
 //! answer comes from the token cache when the id_token has life left; otherwise exactly one
-//! process renews it ([`crate::renewal`]), under the cache lock, and the others read its result.
+//! process renews it (`renewal.rs`), under the cache lock, and the others read its result.
 
 use std::path::PathBuf;
 use std::time::Duration;
