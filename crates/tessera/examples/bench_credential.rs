@@ -1,16 +1,18 @@
-//! The driver of `bench/credential` (issue 3): how long kubectl waits for `tessera credential`.
+//! The driver of `bench/credential` (issues 3 and 15): how long kubectl waits for its exec
+//! plugin, `tessera credential` or `kubectl-tessera credential`.
 //!
 //! It starts a release `tessera serve --dev`, logs in once with `tessera login --no-browser`
 //! (driving the login form over HTTP), then times whole processes, as kubectl sees them
-//! (spawn to exit):
+//! (spawn to exit), for each plugin binary given (`--credential PATH`, repeatable; all share
+//! the one cache file):
 //! - `true`, the floor of starting any process on this machine, measured in the same run;
-//! - `tessera credential` answered from the token cache;
-//! - `tessera credential` that must refresh: before each run the cached id_token is marked
+//! - `PLUGIN credential` answered from the token cache;
+//! - `PLUGIN credential` that must refresh: before each run the cached id_token is marked
 //!   expired, so the process takes the lock, redeems the refresh token over HTTPS (TLS
 //!   handshake included) and rewrites the cache.
 //!
-//! The three kinds are interleaved round by round, so drift of the machine's speed hits them
-//! alike.
+//! All kinds are interleaved round by round, so drift of the machine's speed hits them alike;
+//! each is also given as a ratio over `true`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,114 +26,210 @@ use serde_json::Value;
 use tessera_core::clock::monotonic_now;
 
 const USAGE: &str = "\
-usage: bench_credential [--runs N] [--refresh-runs N] [--tessera PATH]
+usage: bench_credential [--runs N] [--refresh-runs N] [--tessera PATH] [--credential PATH]...
 
-  --runs N          cached answers (and runs of `true`) to time (default 1000)
-  --refresh-runs N  answers that need a refresh (default 100)
-  --tessera PATH    the release binary (default: target/release/tessera beside this example)";
+  --runs N           cached answers (and runs of `true`) to time (default 1000)
+  --refresh-runs N   answers that need a refresh (default 100)
+  --tessera PATH     the release server binary (default: target/release/tessera beside this
+                     example)
+  --credential PATH  a plugin binary to time, repeatable (default: the --tessera binary and
+                     kubectl-tessera beside it)";
 
 const PASSWORD: &str = "bench password, not a secret";
 
 fn main() -> Result<()> {
-    let mut runs = 1000usize;
-    let mut refresh_runs = 100usize;
-    let mut tessera: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .ok_or_else(|| anyhow!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--runs" => runs = value()?.parse().context("--runs")?,
-            "--refresh-runs" => refresh_runs = value()?.parse().context("--refresh-runs")?,
-            "--tessera" => tessera = Some(PathBuf::from(value()?)),
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            other => bail!("unknown option {other}\n{USAGE}"),
-        }
-    }
-    let tessera = match tessera {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .context("cannot find target/release")?
-            .join("tessera"),
+    let Some(options) = Options::parse()? else {
+        println!("{USAGE}");
+        return Ok(());
     };
     let dir = tempfile::tempdir()?;
-    let server = Server::start(&tessera, dir.path())?;
+    let server = Server::start(&options.tessera, dir.path())?;
     let cache_dir = dir.path().join("cache");
     let kubeconfig = dir.path().join("kubeconfig");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(login(&tessera, &server, &cache_dir, &kubeconfig))?;
+        .block_on(login(&options.tessera, &server, &cache_dir, &kubeconfig))?;
     let cache_file = only_file(&cache_dir, "json")?;
-    let credential_args = [
-        "credential",
-        "--issuer",
-        &server.issuer,
-        "--client-id",
-        "kubernetes",
-        "--user",
-        "dev",
-        "--certificate-authority",
-        server.ca.to_str().context("CA path")?,
-    ];
-    let credential = || {
-        let mut command = Command::new(&tessera);
+    let mut plugins: Vec<Plugin> = options
+        .credential
+        .iter()
+        .map(|binary| Plugin::new(binary, &server, &cache_dir))
+        .collect::<Result<_>>()?;
+    let floor = run_rounds(&options, &cache_file, &mut plugins)?;
+    report(&options, floor, &mut plugins);
+    Ok(())
+}
+
+/// The command line.
+struct Options {
+    runs: usize,
+    refresh_runs: usize,
+    tessera: PathBuf,
+    credential: Vec<PathBuf>,
+}
+
+impl Options {
+    /// The options, or `None` for `--help`.
+    fn parse() -> Result<Option<Options>> {
+        let mut runs = 1000usize;
+        let mut refresh_runs = 100usize;
+        let mut tessera: Option<PathBuf> = None;
+        let mut credential = Vec::new();
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || {
+                args.next()
+                    .ok_or_else(|| anyhow!("{arg} needs a value\n{USAGE}"))
+            };
+            match arg.as_str() {
+                "--runs" => runs = value()?.parse().context("--runs")?,
+                "--refresh-runs" => refresh_runs = value()?.parse().context("--refresh-runs")?,
+                "--tessera" => tessera = Some(PathBuf::from(value()?)),
+                "--credential" => credential.push(PathBuf::from(value()?)),
+                "--help" | "-h" => return Ok(None),
+                other => bail!("unknown option {other}\n{USAGE}"),
+            }
+        }
+        let release = std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("cannot find target/release")?
+            .to_owned();
+        let tessera = tessera.unwrap_or_else(|| release.join("tessera"));
+        if credential.is_empty() {
+            let plugin = tessera.with_file_name("kubectl-tessera");
+            credential.push(tessera.clone());
+            if plugin.exists() {
+                credential.push(plugin);
+            }
+        }
+        Ok(Some(Options {
+            runs,
+            refresh_runs,
+            tessera,
+            credential,
+        }))
+    }
+}
+
+/// One plugin binary and its samples.
+struct Plugin {
+    name: String,
+    command: Vec<std::ffi::OsString>,
+    cache_dir: PathBuf,
+    cached: Vec<f64>,
+    refreshing: Vec<f64>,
+}
+
+impl Plugin {
+    fn new(binary: &Path, server: &Server, cache_dir: &Path) -> Result<Plugin> {
+        let name = binary
+            .file_name()
+            .context("a plugin binary without a file name")?
+            .to_string_lossy()
+            .into_owned();
+        let mut command = vec![binary.as_os_str().to_owned()];
+        command.extend(
+            [
+                "credential",
+                "--issuer",
+                &server.issuer,
+                "--client-id",
+                "kubernetes",
+                "--user",
+                "dev",
+                "--certificate-authority",
+            ]
+            .map(std::ffi::OsString::from),
+        );
+        command.push(server.ca.clone().into_os_string());
+        Ok(Plugin {
+            name,
+            command,
+            cache_dir: cache_dir.to_owned(),
+            cached: Vec::new(),
+            refreshing: Vec::new(),
+        })
+    }
+
+    /// The plugin as kubectl runs it.
+    fn credential(&self) -> Command {
+        let mut command = Command::new(&self.command[0]);
         command
-            .args(credential_args)
-            .env("TESSERA_CACHE_DIR", &cache_dir)
+            .args(&self.command[1..])
+            .env("TESSERA_CACHE_DIR", &self.cache_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         command
-    };
+    }
+}
 
-    let mut floor = Vec::with_capacity(runs);
-    let mut cached = Vec::with_capacity(runs);
-    let mut refreshing = Vec::with_capacity(refresh_runs);
-    let refresh_every = (runs / refresh_runs.max(1)).max(1);
-    for round in 0..runs {
+/// Times the rounds, interleaved, into `plugins`; the samples of `true`.
+fn run_rounds(options: &Options, cache_file: &Path, plugins: &mut [Plugin]) -> Result<Vec<f64>> {
+    let mut floor = Vec::with_capacity(options.runs);
+    let refresh_every = (options.runs / options.refresh_runs.max(1)).max(1);
+    for round in 0..options.runs {
         floor.push(time(Command::new("true").stdin(Stdio::null()))?);
-        cached.push(time(&mut credential())?);
-        if round % refresh_every == 0 && refreshing.len() < refresh_runs {
-            expire(&cache_file)?;
-            refreshing.push(time(&mut credential())?);
-            let answered = expiry_of(&cache_file)?;
-            if answered <= 0 {
-                bail!("the refresh did not replace the expired token");
+        for plugin in plugins.iter_mut() {
+            let cached = time(&mut plugin.credential())?;
+            plugin.cached.push(cached);
+            if round % refresh_every == 0 && plugin.refreshing.len() < options.refresh_runs {
+                expire(cache_file)?;
+                let refreshed = time(&mut plugin.credential())?;
+                plugin.refreshing.push(refreshed);
+                if expiry_of(cache_file)? <= 0 {
+                    bail!("{} did not replace the expired token", plugin.name);
+                }
             }
         }
     }
+    Ok(floor)
+}
 
+/// Prints the table: percentiles, and each p50 as a ratio over `true`'s.
+fn report(options: &Options, mut floor: Vec<f64>, plugins: &mut [Plugin]) {
+    let refreshes = plugins.first().map_or(0, |p| p.refreshing.len());
     println!(
-        "bench/credential: {runs} runs of each, {} refreshes, interleaved",
-        refreshing.len()
+        "bench/credential: {} runs of each, {refreshes} refreshes of each, interleaved",
+        options.runs
     );
-    println!("| what | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|");
-    for (name, samples) in [
-        ("`true` (process start floor)", &mut floor),
-        ("`tessera credential`, cached", &mut cached),
-        ("`tessera credential`, refresh", &mut refreshing),
-    ] {
-        samples.sort_by(f64::total_cmp);
-        println!(
-            "| {name} | {:.2} | {:.2} | {:.2} |",
-            percentile(samples, 0.50),
-            percentile(samples, 0.99),
-            samples.last().copied().unwrap_or(0.0)
+    println!("| what | p50 ms | p99 ms | max ms | p50 / `true` p50 |");
+    println!("|---|---|---|---|---|");
+    floor.sort_by(f64::total_cmp);
+    let base = percentile(&floor, 0.50);
+    row("`true` (process start floor)", &floor, base);
+    for plugin in plugins.iter_mut() {
+        plugin.cached.sort_by(f64::total_cmp);
+        plugin.refreshing.sort_by(f64::total_cmp);
+        row(
+            &format!("`{} credential`, cached", plugin.name),
+            &plugin.cached,
+            base,
+        );
+        row(
+            &format!("`{} credential`, refresh", plugin.name),
+            &plugin.refreshing,
+            base,
         );
     }
+    for plugin in plugins.iter() {
+        println!(
+            "{}: cached p50 − true p50 = {:.2} ms (target: cached answer under 5 ms)",
+            plugin.name,
+            percentile(&plugin.cached, 0.50) - base
+        );
+    }
+}
+
+fn row(name: &str, sorted: &[f64], base: f64) {
+    let p50 = percentile(sorted, 0.50);
     println!(
-        "cached p50 − true p50 = {:.2} ms (target: cached answer under 5 ms)",
-        percentile(&cached, 0.50) - percentile(&floor, 0.50)
+        "| {name} | {p50:.2} | {:.2} | {:.2} | {:.2} |",
+        percentile(sorted, 0.99),
+        sorted.last().copied().unwrap_or(0.0),
+        p50 / base
     );
-    Ok(())
 }
 
 /// Wall time of one process, spawn to exit, in milliseconds; it must succeed.

@@ -9,8 +9,6 @@ use clap::{Parser, Subcommand};
 use tessera_core::clock::{Clock, SystemClock};
 
 use crate::audit::Audit;
-use crate::client::credential::{self, CredentialArgs, LogoutArgs};
-use crate::client::login::{self, LoginArgs};
 use crate::config::{Config, Storage};
 use crate::kube::{ApiserverTrust, AuthenticationConfigVersion, SESSION_ID_EXTRA};
 use crate::serve::{self, ServeOptions};
@@ -54,12 +52,9 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Log in through the browser and write the cluster, user and context into the kubeconfig.
-    Login(LoginArgs),
-    /// Print a Kubernetes ExecCredential (kubectl runs this; see `tessera login`).
-    Credential(CredentialArgs),
-    /// Revoke the cached session at the server and delete it from the token cache.
-    Logout(LogoutArgs),
+    // `login`, `credential`, `logout`: the kubectl side, also `kubectl-tessera` on its own.
+    #[command(flatten)]
+    Client(tessera_client::Command),
     /// Run the database migrations and exit (`serve` also runs them at start).
     Migrate(ConfigArg),
     /// Work on whole databases.
@@ -166,9 +161,7 @@ pub fn run() -> Result<()> {
         Command::Proxy { config, listen } => {
             runtime()?.block_on(crate::proxy::run_standalone(&config, listen.as_deref()))
         }
-        Command::Login(args) => runtime()?.block_on(login::login(&args)),
-        Command::Credential(args) => credential::credential(&args),
-        Command::Logout(args) => runtime()?.block_on(credential::logout(&args)),
+        Command::Client(command) => command.run(),
         Command::Migrate(config) => runtime()?.block_on(migrate(&config)),
         Command::Storage {
             command: StorageCommand::Copy { from, to },

@@ -79,16 +79,8 @@ fn tolerated_bits(owner: u32, me: u32) -> u32 {
     }
 }
 
-/// `path` as one word a POSIX shell reads back unchanged, so the command can be pasted.
-pub fn shell_word(path: &Path) -> String {
-    let text = path.display().to_string();
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@,%=".contains(c);
-    if !text.is_empty() && text.chars().all(plain) {
-        text
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
-}
+/// `path` as one word a POSIX shell reads back unchanged (shared with the kubectl client).
+pub use tessera_core::shell::shell_word;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a panic is how a test reports failure

@@ -4,7 +4,6 @@
 pub mod app;
 pub mod audit;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod dev;
 pub mod file_mode;

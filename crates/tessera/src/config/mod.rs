@@ -319,32 +319,8 @@ fn duration(key: &str, text: &str) -> Result<Duration, Invalid> {
     parse_duration(text).map_err(|m| (key.to_owned(), m))
 }
 
-/// Parses `500ms`, `60s`, `15m`, `12h`, `30d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 60s, 15m, 12h"))?;
-    let millis = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "`{text}` has no unit; write it like 60s, 15m, 12h or 30d"
-            ));
-        }
-    };
-    n.checked_mul(millis)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too long"))
-}
+/// Parses `500ms`, `60s`, `15m`, `12h`, `30d` (the kubectl client reads `--lock-timeout` alike).
+pub use tessera_core::duration::parse_duration;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use tessera_oidc as oidc;
 
 use super::Proxy;
 use super::answer::{forbidden, redirect, with_cookies};
@@ -23,7 +24,6 @@ use super::identity::{in_groups, strip_claims};
 use super::login::{CallbackQuery, LOGIN_TTL, LoginCookies, LoginState, Returning};
 use super::session::{Current, Lookup, SessionError, SessionState};
 use crate::app::RequestContext;
-use crate::client::oidc;
 use crate::config::proxy::Route;
 use crate::path::{self, UnsafePath};
 use crate::web::{OAuthError, html};

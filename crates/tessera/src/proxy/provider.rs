@@ -8,16 +8,14 @@
 //! nonce or the session's subject). A refresh that brings an id_token that does not verify ends
 //! the session.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
+use tessera_oidc::{self as oidc, RelyingParty};
 
 pub use super::identity::Identity;
 use super::identity::UserHeaders;
 use crate::app::{App, AppError, RequestContext};
-use crate::client::oidc;
 use crate::config::Client;
 use crate::config::proxy::ExternalProvider;
 
@@ -39,14 +37,10 @@ pub enum Provider {
     Remote(Box<Remote>),
 }
 
-/// An external provider: its configuration and, once read, its discovery document.
+/// An external provider: the proxy as one relying party of it.
 pub struct Remote {
-    config: ExternalProvider,
-    http: reqwest::Client,
-    endpoints: OnceCell<oidc::Provider>,
-    /// The provider's signing keys, fetched on first use and again when a token names a key
-    /// not among them (a rotation).
-    keys: Mutex<Option<Arc<JwkSet>>>,
+    issuer: String,
+    rp: RelyingParty,
 }
 
 /// Tokens from a login or a refresh, and who they are for. Only the tokens are serialized (the
@@ -120,11 +114,18 @@ impl Provider {
     /// failure), so the proxy starts even while the provider is down.
     pub fn remote(config: ExternalProvider) -> anyhow::Result<Provider> {
         let http = oidc::http_client(config.certificate_authority.as_deref())?;
+        // `client_secret_post` for a confidential client, else the public client's id alone.
+        let authentication = match config.client_secret {
+            Some(secret) => oidc::ClientAuthentication::SecretPost(oidc::ClientSecret::new(secret)),
+            None => oidc::ClientAuthentication::None,
+        };
+        let client = oidc::Client {
+            id: config.client_id,
+            authentication,
+        };
         Ok(Provider::Remote(Box::new(Remote {
-            config,
-            http,
-            endpoints: OnceCell::new(),
-            keys: Mutex::new(None),
+            rp: RelyingParty::new(http, config.issuer.clone(), client),
+            issuer: config.issuer,
         })))
     }
 
@@ -136,25 +137,36 @@ impl Provider {
         nonce: &str,
         challenge: &str,
     ) -> Result<String, ProviderError> {
-        let (endpoint, client_id) = match self {
-            Provider::Local { app } => (format!("{}/authorize", app.issuer), LOCAL_CLIENT_ID),
-            Provider::Remote(r) => (
-                r.endpoints().await?.authorization_endpoint.clone(),
-                r.config.client_id.as_str(),
-            ),
+        let (endpoint, client_id) = self.authorization_endpoint().await?;
+        let request = oidc::AuthorizationRequest {
+            client_id,
+            redirect_uri,
+            scope: SCOPE,
+            state,
+            nonce,
+            code_challenge: challenge,
         };
-        let mut url = url::Url::parse(&endpoint)
-            .map_err(|e| ProviderError::Unavailable(format!("authorization endpoint: {e}")))?;
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", client_id)
-            .append_pair("redirect_uri", redirect_uri)
-            .append_pair("scope", SCOPE)
-            .append_pair("state", state)
-            .append_pair("nonce", nonce)
-            .append_pair("code_challenge", challenge)
-            .append_pair("code_challenge_method", "S256");
-        Ok(url.into())
+        match request.url(&endpoint) {
+            Ok(url) => Ok(url.into()),
+            Err(oidc::Error::NotAUrl { reason, .. }) => Err(ProviderError::Unavailable(format!(
+                "authorization endpoint: {reason}"
+            ))),
+            Err(e) => Err(unavailable(&e)),
+        }
+    }
+
+    /// Where the browser goes to log in, and as which client.
+    async fn authorization_endpoint(&self) -> Result<(String, &str), ProviderError> {
+        match self {
+            Provider::Local { app } => Ok((format!("{}/authorize", app.issuer), LOCAL_CLIENT_ID)),
+            Provider::Remote(r) => {
+                let metadata = r.rp.metadata().await.map_err(|e| unavailable(&e))?;
+                Ok((
+                    metadata.authorization_endpoint.clone(),
+                    r.rp.client().id.as_str(),
+                ))
+            }
+        }
     }
 
     /// Redeems an authorization code; the id_token's nonce must be `nonce`.
@@ -227,31 +239,6 @@ impl Provider {
 }
 
 impl Remote {
-    async fn endpoints(&self) -> Result<&oidc::Provider, ProviderError> {
-        self.endpoints
-            .get_or_try_init(|| oidc::discover(&self.http, &self.config.issuer))
-            .await
-            .map_err(|e| ProviderError::Unavailable(format!("{e:#}")))
-    }
-
-    /// `client_secret_post` for a confidential client, else the public client's id alone.
-    fn client_auth<'a>(&'a self, form: &mut Vec<(&'static str, &'a str)>) {
-        form.push(("client_id", &self.config.client_id));
-        if let Some(secret) = &self.config.client_secret {
-            form.push(("client_secret", secret));
-        }
-    }
-
-    async fn token_request(&self, form: &[(&str, &str)]) -> Result<oidc::Tokens, ProviderError> {
-        let endpoints = self.endpoints().await?;
-        oidc::token_request(&self.http, &endpoints.token_endpoint, form)
-            .await
-            .map_err(|e| match e {
-                oidc::TokenError::InvalidGrant(_) => ProviderError::Refused,
-                oidc::TokenError::Other(e) => ProviderError::Unavailable(format!("{e:#}")),
-            })
-    }
-
     async fn exchange(
         &self,
         code: &str,
@@ -259,37 +246,32 @@ impl Remote {
         verifier: &str,
         nonce: &str,
     ) -> Result<Grant, ProviderError> {
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier),
-        ];
-        self.client_auth(&mut form);
-        let tokens = self.token_request(&form).await?;
-        self.verify(&tokens.id_token, oidc::Expected::Nonce(nonce))
+        let tokens = self
+            .rp
+            .exchange_code(code, redirect_uri, verifier)
             .await
-            .map_err(|e| ProviderError::Unavailable(format!("{e:#}")))?;
+            .map_err(token_error)?;
+        self.rp
+            .verify_id_token(&tokens.id_token, oidc::Expected::Nonce(nonce))
+            .await
+            .map_err(|e| unavailable(&e))?;
         grant(tokens.id_token, tokens.refresh_token)
     }
 
     async fn refresh(&self, refresh_token: &str, subject: &str) -> Result<Grant, ProviderError> {
-        let mut form = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ];
-        self.client_auth(&mut form);
-        let tokens = self.token_request(&form).await?;
+        let tokens = self.rp.refresh(refresh_token).await.map_err(token_error)?;
         match self
-            .verify(&tokens.id_token, oidc::Expected::Subject(subject))
+            .rp
+            .verify_id_token(&tokens.id_token, oidc::Expected::Subject(subject))
             .await
         {
             Ok(_) => grant(tokens.id_token, tokens.refresh_token),
-            Err(oidc::IdTokenError::Keys(e)) => Err(ProviderError::Unavailable(format!("{e:#}"))),
+            // The discovery document or the keys could not be fetched: nothing is known yet.
+            Err(e) if !e.is_refusal() => Err(unavailable(&e)),
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    issuer = %self.config.issuer,
+                    issuer = %self.issuer,
                     "the provider's refreshed id_token does not verify; the session ends"
                 );
                 Err(ProviderError::Refused)
@@ -297,57 +279,24 @@ impl Remote {
         }
     }
 
-    /// Verifies an id_token with the provider's keys, fetching them again once when the token
-    /// names a key the cached set lacks.
-    async fn verify(
-        &self,
-        id_token: &str,
-        expected: oidc::Expected<'_>,
-    ) -> Result<oidc::IdClaims, oidc::IdTokenError> {
-        let endpoints = self
-            .endpoints()
-            .await
-            .map_err(|e| oidc::IdTokenError::Keys(anyhow::anyhow!("{e}")))?;
-        let client_id = &self.config.client_id;
-        let cached = self.cached_keys();
-        if let Some(keys) = cached {
-            match oidc::verify_with(&keys, endpoints, client_id, id_token, expected) {
-                Err(oidc::IdTokenError::UnknownKey { .. }) => {}
-                verified => return verified,
-            }
-        }
-        let keys = Arc::new(
-            oidc::jwks(&self.http, endpoints)
-                .await
-                .map_err(oidc::IdTokenError::Keys)?,
-        );
-        *self.keys.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&keys));
-        oidc::verify_with(&keys, endpoints, client_id, id_token, expected)
-    }
-
-    fn cached_keys(&self) -> Option<Arc<JwkSet>> {
-        self.keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     async fn revoke(&self, refresh_token: &str) -> Result<(), ProviderError> {
-        let endpoints = self.endpoints().await?;
-        let Some(endpoint) = &endpoints.revocation_endpoint else {
-            // Nothing to call: the token lives on at the provider until it expires.
-            return Ok(());
-        };
-        oidc::revoke(
-            &self.http,
-            endpoint,
-            &self.config.client_id,
-            self.config.client_secret.as_deref(),
-            refresh_token,
-        )
-        .await
-        .map_err(|e| ProviderError::Unavailable(format!("{e:#}")))
+        self.rp
+            .revoke(refresh_token)
+            .await
+            .map_err(|e| unavailable(&e))
     }
+}
+
+/// A failed token request: `invalid_grant` ends the session, anything else may pass.
+fn token_error(e: oidc::Error) -> ProviderError {
+    match e {
+        oidc::Error::InvalidGrant { .. } => ProviderError::Refused,
+        other => unavailable(&other),
+    }
+}
+
+fn unavailable(e: &oidc::Error) -> ProviderError {
+    ProviderError::Unavailable(e.to_string())
 }
 
 /// The local provider's client for the proxy (registered by `tessera serve`).
@@ -368,7 +317,7 @@ fn grant(id_token: String, refresh_token: Option<String>) -> Result<Grant, Provi
     // An external provider's id_token has been verified (`Remote::verify`); the local
     // provider's comes from this process; a stored one was sealed by this proxy.
     let identity: Identity =
-        oidc::read_claims(&id_token).map_err(|e| ProviderError::Unavailable(format!("{e:#}")))?;
+        oidc::read_unverified_claims(&id_token).map_err(|e| unavailable(&e))?;
     Ok(Grant {
         headers: UserHeaders::new(&identity, &id_token),
         id_token,

@@ -28,14 +28,14 @@ use crate::support::{
 
 /// The gcloud dispatcher: it asks the API server for its version (with its own credential)
 /// and then serves the command.
-const DISPATCHER: &str = "/usr/bin/kubectl";
+pub(crate) const DISPATCHER: &str = "/usr/bin/kubectl";
 /// The real kubectl 1.32 beside it.
-const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+pub(crate) const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 /// Both, for loops that alternate.
 const BOTH: &[&str] = &[DISPATCHER, KUBECTL];
 
 /// The id_token lifetime of the concurrency tests.
-const TTL: (&str, &str) = ("TESSERA_TOKENS__ID_TOKEN_TTL", "2s");
+pub(crate) const TTL: (&str, &str) = ("TESSERA_TOKENS__ID_TOKEN_TTL", "2s");
 /// Three lifetimes.
 const RUN_FOR: Duration = Duration::from_secs(6);
 /// Parallel kubectl loops.
@@ -45,7 +45,7 @@ const LOOPS: usize = 8;
 // Processes
 
 /// A child process that is killed when the guard goes (a panicking test leaves nothing behind).
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -55,12 +55,12 @@ impl Drop for Guard {
 }
 
 impl Guard {
-    fn spawn(mut command: Command) -> Guard {
+    pub(crate) fn spawn(mut command: Command) -> Guard {
         Guard(command.spawn().expect("the program starts"))
     }
 
     /// Waits for the exit without blocking the runtime.
-    async fn wait(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) async fn wait(&mut self, limit: Duration) -> ExitStatus {
         let start = monotonic_now();
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
@@ -76,7 +76,9 @@ impl Guard {
 }
 
 /// The lines a child writes to a pipe, as they come.
-fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::UnboundedReceiver<String> {
+pub(crate) fn lines_of(
+    pipe: impl std::io::Read + Send + 'static,
+) -> mpsc::UnboundedReceiver<String> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -89,35 +91,46 @@ fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::UnboundedReceive
 }
 
 /// Runs a command to its end on the blocking pool.
-async fn output(mut command: Command) -> Output {
+pub(crate) async fn output(mut command: Command) -> Output {
     tokio::task::spawn_blocking(move || command.output().expect("the program runs"))
         .await
         .unwrap()
 }
 
+/// How a test runs the kubectl side.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Client {
+    /// `tessera login|credential|logout`.
+    Tessera,
+    /// `kubectl-tessera login|credential|logout`.
+    Plugin,
+    /// `kubectl tessera login|credential|logout`, the real kubectl finding the plugin on PATH.
+    ThroughKubectl,
+}
+
 /// A user's machine: HOME, the token cache directory and the kubeconfig, all temporary.
-struct Home {
+pub(crate) struct Home {
     dir: tempfile::TempDir,
 }
 
 impl Home {
-    fn new() -> Arc<Home> {
+    pub(crate) fn new() -> Arc<Home> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("home")).unwrap();
         Arc::new(Home { dir })
     }
 
-    fn kubeconfig(&self) -> PathBuf {
+    pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
 
-    fn cache_dir(&self) -> PathBuf {
+    pub(crate) fn cache_dir(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
 
     /// `program` in this home: no display, no inherited kubeconfig or exec info, stdin not a
     /// terminal.
-    fn command(&self, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new(program);
         command
             .env("HOME", self.dir.path().join("home"))
@@ -132,13 +145,41 @@ impl Home {
         command
     }
 
-    fn tessera(&self, args: &[&str]) -> Command {
-        let mut command = self.command(env!("CARGO_BIN_EXE_tessera"));
+    pub(crate) fn tessera(&self, args: &[&str]) -> Command {
+        self.client(Client::Tessera, args)
+    }
+
+    /// `client` with `args`.
+    pub(crate) fn client(&self, client: Client, args: &[&str]) -> Command {
+        let mut command = match client {
+            Client::Tessera => self.command(env!("CARGO_BIN_EXE_tessera")),
+            Client::Plugin => self.command(env!("CARGO_BIN_EXE_kubectl-tessera")),
+            Client::ThroughKubectl => {
+                let mut command = self.command(KUBECTL);
+                command.env("PATH", self.path_with_plugin()).arg("tessera");
+                command
+            }
+        };
         command.args(args);
         command
     }
 
-    fn kubectl(&self, kubectl: &str, args: &[&str]) -> Command {
+    /// PATH with a directory holding `kubectl-tessera` (a link to the built one) first.
+    pub(crate) fn path_with_plugin(&self) -> std::ffi::OsString {
+        let bin = self.dir.path().join("bin");
+        let plugin = bin.join("kubectl-tessera");
+        if !plugin.exists() {
+            std::fs::create_dir_all(&bin).unwrap();
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kubectl-tessera"), &plugin).unwrap();
+        }
+        let mut dirs = vec![bin];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        std::env::join_paths(dirs).unwrap()
+    }
+
+    pub(crate) fn kubectl(&self, kubectl: &str, args: &[&str]) -> Command {
         let mut command = self.command(kubectl);
         command
             .arg("--kubeconfig")
@@ -148,23 +189,31 @@ impl Home {
     }
 
     /// `tessera credential` as the kubeconfig's exec entry runs it.
-    fn credential(&self, server: &Server) -> Command {
-        let mut command = self.tessera(&[
-            "credential",
-            "--issuer",
-            &server.issuer,
-            "--client-id",
-            "kubernetes",
-            "--user",
-            "dev",
-            "--certificate-authority",
-        ]);
+    pub(crate) fn credential(&self, server: &Server) -> Command {
+        self.credential_with(Client::Tessera, server)
+    }
+
+    /// `credential` of `client`, as the kubeconfig's exec entry runs it.
+    pub(crate) fn credential_with(&self, client: Client, server: &Server) -> Command {
+        let mut command = self.client(
+            client,
+            &[
+                "credential",
+                "--issuer",
+                &server.issuer,
+                "--client-id",
+                "kubernetes",
+                "--user",
+                "dev",
+                "--certificate-authority",
+            ],
+        );
         command.arg(&server.ca);
         command
     }
 
     /// The only token cache file (`*.json`) of this home.
-    fn cache_file(&self) -> PathBuf {
+    pub(crate) fn cache_file(&self) -> PathBuf {
         let files: Vec<PathBuf> = std::fs::read_dir(self.cache_dir())
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -174,30 +223,44 @@ impl Home {
         files.into_iter().next().unwrap()
     }
 
-    fn cache_entry(&self) -> Value {
+    pub(crate) fn cache_entry(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.cache_file()).unwrap()).unwrap()
     }
 }
 
 /// How a `tessera` run ended.
-struct Finished {
-    success: bool,
-    stderr: String,
+pub(crate) struct Finished {
+    pub(crate) success: bool,
+    pub(crate) stderr: String,
 }
 
 /// `tessera login --no-browser …`, signing in through the login form like a browser.
-async fn login(server: &Server, home: &Home, extra: &[&str]) -> Finished {
+pub(crate) async fn login(server: &Server, home: &Home, extra: &[&str]) -> Finished {
     login_while(server, home, extra, || {}).await
 }
 
 /// [`login`], running `in_browser` while the login waits for the browser.
-async fn login_while(
+pub(crate) async fn login_while(
     server: &Server,
     home: &Home,
     extra: &[&str],
     in_browser: impl FnOnce(),
 ) -> Finished {
-    let mut command = home.tessera(&["login", "--issuer", &server.issuer, "--no-browser"]);
+    login_with(Client::Tessera, server, home, extra, in_browser).await
+}
+
+/// [`login_while`] through `client`.
+pub(crate) async fn login_with(
+    client: Client,
+    server: &Server,
+    home: &Home,
+    extra: &[&str],
+    in_browser: impl FnOnce(),
+) -> Finished {
+    let mut command = home.client(
+        client,
+        &["login", "--issuer", &server.issuer, "--no-browser"],
+    );
     command
         .arg("--certificate-authority")
         .arg(&server.ca)
@@ -237,7 +300,7 @@ async fn login_while(
 
 /// A browser opening the login URL, signing in as `dev`, and following the redirect to the
 /// loopback listener of `tessera login`.
-async fn sign_in(server: &Server, url: &str) {
+pub(crate) async fn sign_in(server: &Server, url: &str) {
     let browser = server.new_browser();
     let form = browser.get(url).send().await.unwrap();
     assert_eq!(form.status(), StatusCode::OK, "the login form is shown");
@@ -269,7 +332,7 @@ async fn sign_in(server: &Server, url: &str) {
 }
 
 /// Logs in and asserts it worked.
-async fn logged_in(server: &Server, home: &Home, extra: &[&str]) {
+pub(crate) async fn logged_in(server: &Server, home: &Home, extra: &[&str]) {
     let finished = login(server, home, extra).await;
     assert!(
         finished.success,
@@ -281,12 +344,12 @@ async fn logged_in(server: &Server, home: &Home, extra: &[&str]) {
 }
 
 /// Counts audit events of one kind.
-fn count(server: &Server, kind: &str) -> usize {
+pub(crate) fn count(server: &Server, kind: &str) -> usize {
     server.audit().iter().filter(|e| e["event"] == kind).count()
 }
 
 /// Waits (without blocking the runtime) until the wall clock is past `unix_millis`.
-async fn sleep_until_wall(unix_millis: i64) {
+pub(crate) async fn sleep_until_wall(unix_millis: i64) {
     let now = SystemClock.now().0;
     if unix_millis > now {
         let wait = u64::try_from(unix_millis - now).unwrap();
@@ -295,7 +358,7 @@ async fn sleep_until_wall(unix_millis: i64) {
 }
 
 /// Asserts a failed `tessera` run says one clear sentence and does not panic.
-fn assert_one_clear_error(out: &Output, names_one_of: &[&str]) -> String {
+pub(crate) fn assert_one_clear_error(out: &Output, names_one_of: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     assert!(!out.status.success(), "it should fail; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -312,12 +375,12 @@ fn assert_one_clear_error(out: &Output, names_one_of: &[&str]) -> String {
 // ---------------------------------------------------------------------------------------------
 // A cluster: tessera plus the stand-in API server it publishes
 
-struct Cluster {
-    api: KubeApi,
-    server: Server,
+pub(crate) struct Cluster {
+    pub(crate) api: KubeApi,
+    pub(crate) server: Server,
 }
 
-async fn cluster(env: &[(&str, &str)]) -> Cluster {
+pub(crate) async fn cluster(env: &[(&str, &str)]) -> Cluster {
     let api = KubeApi::start();
     let ca = api.ca.display().to_string();
     let mut all = vec![
@@ -361,7 +424,7 @@ impl Tally {
 }
 
 /// `kubectl get --raw /version` once.
-fn kubectl_version(home: &Home, kubectl: &str) -> Result<(), String> {
+pub(crate) fn kubectl_version(home: &Home, kubectl: &str) -> Result<(), String> {
     let out = home
         .kubectl(
             kubectl,
@@ -827,7 +890,7 @@ contexts:
 x-unknown-extension: keep me
 "#;
 
-fn names(doc: &yaml_serde::Value, list: &str) -> Vec<String> {
+pub(crate) fn names(doc: &yaml_serde::Value, list: &str) -> Vec<String> {
     doc[list]
         .as_sequence()
         .unwrap()
@@ -836,11 +899,11 @@ fn names(doc: &yaml_serde::Value, list: &str) -> Vec<String> {
         .collect()
 }
 
-fn read_yaml(path: &Path) -> yaml_serde::Value {
+pub(crate) fn read_yaml(path: &Path) -> yaml_serde::Value {
     yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn mode(path: &Path) -> u32 {
+pub(crate) fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 

@@ -20,6 +20,7 @@ mod image;
 mod keys;
 mod kube_api;
 mod kubectl;
+mod kubectl_plugin;
 mod listener_limits;
 mod login_limits;
 mod oidc_library;
