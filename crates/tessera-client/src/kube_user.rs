@@ -10,9 +10,9 @@ use base64::Engine as _;
 use tessera_oidc::ProviderMetadata;
 use yaml_serde::{Mapping, Value};
 
+use crate::browser::LoggedIn;
 use crate::cache::{self, CacheKey, TokenCache};
 use crate::invocation;
-use crate::login::LoggedIn;
 
 /// Who logged in, where: what a kubeconfig user entry names.
 #[derive(Debug)]

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+pub mod browser;
 pub mod cache;
 pub mod credential;
 pub mod invocation;

@@ -8,9 +8,9 @@
 use anyhow::{Result, bail};
 use tessera_oidc::{self as oidc, IdClaims, RelyingParty, TokenEndpoint, Tokens};
 
+use crate::browser;
 use crate::cache::{Entry, TokenCache, entry_from};
 use crate::credential::CredentialArgs;
-use crate::login;
 
 /// One login's renewal, with the cache lock held by the caller.
 pub(crate) struct Renewal<'a> {
@@ -99,7 +99,7 @@ impl Renewal<'_> {
     async fn sign_in(self) -> Result<Entry> {
         let provider = oidc::discover(&self.http, self.args.issuer()).await?;
         let rp = RelyingParty::discovered(self.http, provider, self.args.client());
-        let logged_in = login::browser_login(&rp, login::has_display()).await?;
+        let logged_in = browser::browser_login(&rp, browser::has_display()).await?;
         self.args.check_user(&logged_in.claims)?;
         let entry = entry_from(
             self.cache.key(),

@@ -290,27 +290,13 @@ fn apiserver_config(
     api_version: AuthenticationConfigVersion,
 ) -> Result<()> {
     let config = arg.load()?;
-    let issuer = config
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("https://{}", config.listen));
-    let certificate_authority = match config
-        .path
-        .parent()
-        .map(|d| d.join("ca.pem"))
-        .filter(|p| p.exists())
-    {
-        Some(ca) => {
-            let pem = std::fs::read_to_string(&ca)
-                .with_context(|| format!("cannot read {}", ca.display()))?;
-            Some((std::fs::canonicalize(&ca).unwrap_or(ca), pem))
-        }
-        None => None,
-    };
     let trust = ApiserverTrust {
-        issuer,
+        issuer: config
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", config.listen)),
         client_id: client_id.to_owned(),
-        certificate_authority,
+        certificate_authority: dev_ca(&config)?,
     };
     println!("# kube-apiserver flags (legacy form; they cannot map the session id):");
     for flag in trust.flags() {
@@ -322,11 +308,25 @@ fn apiserver_config(
          --api-version v1beta1: 1.30+). `{SESSION_ID_EXTRA}` in the user's extra names the \
          tessera session in the cluster's audit log."
     );
+    let structured = trust.authentication_configuration(api_version);
     print!(
         "{}",
-        trust
-            .authentication_configuration(api_version)
-            .context("cannot render the AuthenticationConfiguration")?
+        structured.context("cannot render the AuthenticationConfiguration")?
     );
     Ok(())
+}
+
+/// The CA `serve --dev` made next to the configuration, if any: its path and PEM.
+fn dev_ca(config: &Config) -> Result<Option<(PathBuf, String)>> {
+    let Some(ca) = config
+        .path
+        .parent()
+        .map(|d| d.join("ca.pem"))
+        .filter(|p| p.exists())
+    else {
+        return Ok(None);
+    };
+    let pem =
+        std::fs::read_to_string(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    Ok(Some((std::fs::canonicalize(&ca).unwrap_or(ca), pem)))
 }

@@ -117,6 +117,25 @@ async fn add_key(
     fresh_after: Option<UnixMillis>,
     audit: &Audit,
 ) -> Result<Option<(String, Algorithm)>, KeyError> {
+    let key = generate(alg, now).await?;
+    let kid = key.kid.clone();
+    let added = match fresh_after {
+        Some(fresh_after) => store.add_signing_key_unless_fresh(key, fresh_after).await?,
+        None => store.add_signing_key(key).await.map(|()| true)?,
+    };
+    if !added {
+        return Ok(None);
+    }
+    let event = Event::KeyRotated {
+        kid: kid.clone(),
+        alg: alg.as_str().into(),
+    };
+    audit.record(now, &event, &Subjects::default());
+    Ok(Some((kid, alg)))
+}
+
+/// A new key of `alg` with a random kid, as the store keeps it.
+async fn generate(alg: Algorithm, now: UnixMillis) -> Result<StoredKey, KeyError> {
     let random: [u8; 6] = rand::random();
     let kid = format!(
         "{}-{}",
@@ -127,32 +146,12 @@ async fn add_key(
     let (key, pkcs8) = tokio::task::spawn_blocking(move || SigningKey::generate(alg, kid))
         .await
         .map_err(|_| JwtError::KeyGeneration { alg })??;
-    let stored = StoredKey {
+    Ok(StoredKey {
         kid: key.kid().to_owned(),
         alg: alg.as_str().to_owned(),
         pkcs8,
         created_at: now,
-    };
-    match fresh_after {
-        Some(fresh_after) => {
-            if !store
-                .add_signing_key_unless_fresh(stored, fresh_after)
-                .await?
-            {
-                return Ok(None);
-            }
-        }
-        None => store.add_signing_key(stored).await?,
-    }
-    audit.record(
-        now,
-        &Event::KeyRotated {
-            kid: key.kid().to_owned(),
-            alg: alg.as_str().into(),
-        },
-        &Subjects::default(),
-    );
-    Ok(Some((key.kid().to_owned(), alg)))
+    })
 }
 
 /// Loads the keys from the store into a [`KeySet`]: the newest key of each algorithm signs,

@@ -25,15 +25,17 @@ use tessera_core::clock::{Clock, UnixMillis};
 use tessera_core::seal::Sealer;
 use tessera_store::StoreError;
 
+use self::claim::{Claim, RefreshEnd};
 use self::cookie::SessionCookie;
 pub(crate) use self::storage::SessionHome;
-use self::storage::{Claim, RefreshEnd, Storage};
+use self::storage::Storage;
 use self::timeout::Standing;
 pub(crate) use self::timeout::Timeouts;
 use super::cookie::CookieJar;
 use super::provider::{Grant, Provider, ProviderError};
 use crate::app::RequestContext;
 
+mod claim;
 mod cookie;
 mod cookie_store;
 mod server;

@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use tessera_core::clock::Clock;
 use tessera_core::seal::Sealer;
 
+use super::claim::{Claim, RefreshEnd};
 use super::cookie::SessionCookie;
-use super::storage::{Claim, RefreshEnd};
 use super::{SessionError, SessionState};
 
 /// How long a process remembers a session's newest state for requests that still carry the

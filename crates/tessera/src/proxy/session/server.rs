@@ -12,8 +12,8 @@ use tessera_core::seal::Sealer;
 use tessera_core::token::{Secret, TokenHash};
 use tessera_store::{ProxyRefreshOutcome, ProxySession, Store};
 
+use super::claim::{Claim, RefreshEnd};
 use super::cookie::SessionCookie;
-use super::storage::{Claim, RefreshEnd};
 use super::timeout::Timeouts;
 use super::{SessionError, SessionState};
 use crate::proxy::provider::{Grant, ProviderError};
