@@ -87,7 +87,8 @@ async fn kubectl_tessera_logs_in_serves_kubectl_refreshes_and_logs_out() {
     let refreshed = credential_token(&output(home.credential_with(Client::Plugin, server)).await);
     assert_ne!(refreshed, cached);
     server.verify(&refreshed, "kubernetes").await.unwrap();
-    assert_eq!(count(server, "TokenRefreshed"), 1);
+    // The audit line is written after the answer: wait for it, then exactly one.
+    assert_eq!(server.audit_events("TokenRefreshed", 1).await.len(), 1);
 
     // Logout revokes the session and deletes the cache; the next credential says how to log in.
     let file = home.cache_file();
