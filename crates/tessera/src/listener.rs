@@ -68,6 +68,22 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
 }
 
+#[cfg(test)]
+impl Limits {
+    /// Caps for a test, with every timeout one second.
+    pub(crate) fn caps(max_connections: usize, max_connections_per_ip: usize) -> Limits {
+        let second = Duration::from_secs(1);
+        Limits {
+            header_read_timeout: second,
+            idle_timeout: second,
+            tls_handshake_timeout: second,
+            body_timeout: second,
+            max_connections,
+            max_connections_per_ip,
+        }
+    }
+}
+
 /// Raises the soft open-files limit to the hard one and answers the soft limit now in force
 /// (`None`: unlimited).
 pub fn raise_open_files_limit() -> Option<u64> {
@@ -291,23 +307,11 @@ async fn accept_failed(error: &io::Error) {
 mod tests {
     use super::*;
 
-    fn limits(max_connections: usize, max_connections_per_ip: usize) -> Limits {
-        let second = Duration::from_secs(1);
-        Limits {
-            header_read_timeout: second,
-            idle_timeout: second,
-            tls_handshake_timeout: second,
-            body_timeout: second,
-            max_connections,
-            max_connections_per_ip,
-        }
-    }
-
     #[test]
     fn max_connections_is_lowered_to_fit_the_open_files() {
-        let fits = Connections::new(limits(10_000, 256), &[], Some(256));
+        let fits = Connections::new(Limits::caps(10_000, 256), &[], Some(256));
         assert_eq!(fits.limits.max_connections, 96);
-        let unlimited = Connections::new(limits(10_000, 256), &[], None);
+        let unlimited = Connections::new(Limits::caps(10_000, 256), &[], None);
         assert_eq!(unlimited.limits.max_connections, 10_000);
     }
 }

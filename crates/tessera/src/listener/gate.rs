@@ -153,21 +153,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Admitted<T> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    fn limits(max_connections: usize, max_connections_per_ip: usize) -> Limits {
-        let second = Duration::from_secs(1);
-        Limits {
-            header_read_timeout: second,
-            idle_timeout: second,
-            tls_handshake_timeout: second,
-            body_timeout: second,
-            max_connections,
-            max_connections_per_ip,
-        }
-    }
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -175,7 +161,7 @@ mod tests {
 
     #[test]
     fn one_address_is_capped_and_its_places_come_back_on_close() {
-        let gate = Arc::new(Gate::new(&limits(100, 2), &[]));
+        let gate = Arc::new(Gate::new(&Limits::caps(100, 2), &[]));
         let first = gate.admit(ip("192.0.2.1")).unwrap();
         let _second = gate.admit(ip("192.0.2.1")).unwrap();
         assert!(gate.admit(ip("192.0.2.1")).is_none());
@@ -186,7 +172,7 @@ mod tests {
 
     #[test]
     fn the_process_is_capped_across_addresses() {
-        let gate = Arc::new(Gate::new(&limits(2, 10), &[]));
+        let gate = Arc::new(Gate::new(&Limits::caps(2, 10), &[]));
         let held: Vec<_> = ["192.0.2.1", "192.0.2.2"]
             .iter()
             .map(|a| gate.admit(ip(a)).unwrap())
@@ -204,7 +190,7 @@ mod tests {
     #[test]
     fn trusted_proxies_count_only_towards_the_process_cap() {
         let trusted = ["10.0.0.0/8".parse().unwrap()];
-        let gate = Arc::new(Gate::new(&limits(3, 1), &trusted));
+        let gate = Arc::new(Gate::new(&Limits::caps(3, 1), &trusted));
         let _a = gate.admit(ip("10.1.2.3")).unwrap();
         let _b = gate.admit(ip("10.1.2.3")).unwrap();
         let _c = gate.admit(ip("10.1.2.3")).unwrap();
@@ -216,7 +202,7 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_share_their_64_and_mapped_ipv4_is_ipv4() {
-        let gate = Arc::new(Gate::new(&limits(100, 1), &[]));
+        let gate = Arc::new(Gate::new(&Limits::caps(100, 1), &[]));
         let _one = gate.admit(ip("2001:db8:1:2::1")).unwrap();
         assert!(gate.admit(ip("2001:db8:1:2:ffff::9")).is_none());
         assert!(gate.admit(ip("2001:db8:1:3::1")).is_some());

@@ -567,6 +567,20 @@ fn owned(env: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Replicas `numbers` ("replica N") on `data_dir`, all started at the same moment.
+async fn start_together(
+    numbers: std::ops::RangeInclusive<usize>,
+    data_dir: &Path,
+    env: &[(String, String)],
+    ca: &Path,
+) -> Vec<Replica> {
+    futures_util::future::join_all(numbers.map(|i| async move {
+        let name = format!("replica {i}");
+        Replica::start(&name, data_dir, env, || client(ca, false)).await
+    }))
+    .await
+}
+
 impl Cluster {
     /// `n` replicas on a fresh database behind nginx, all with issuer `https://127.0.0.1:PORT`
     /// (nginx's), started as an operator would: the first alone (it prepares the data directory,
@@ -583,13 +597,7 @@ impl Cluster {
             all.extend(owned(env));
             let mut replicas =
                 vec![Replica::start("replica 1", dir.path(), &all, || client(&ca, false)).await];
-            let others = futures_util::future::join_all((2..=n).map(|i| {
-                let name = format!("replica {i}");
-                let (all, dir, ca) = (&all, dir.path(), &ca);
-                async move { Replica::start(&name, dir, all, || client(ca, false)).await }
-            }))
-            .await;
-            replicas.extend(others);
+            replicas.extend(start_together(2..=n, dir.path(), &all, &ca).await);
             let upstreams: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
             match Nginx::start(port, &upstreams, dir.path()).await {
                 Ok(nginx) => {
@@ -629,12 +637,7 @@ impl Cluster {
             .kill();
         let mut all = storage_env(&db, PG_PORT);
         all.extend(owned(env));
-        let replicas = futures_util::future::join_all((1..=n).map(|i| {
-            let name = format!("replica {i}");
-            let (all, dir, ca) = (&all, dir.path(), &ca);
-            async move { Replica::start(&name, dir, all, || client(ca, false)).await }
-        }))
-        .await;
+        let replicas = start_together(1..=n, dir.path(), &all, &ca).await;
         Cluster {
             issuer: replicas[0].issuer.clone(),
             http: client(&ca, false),

@@ -81,18 +81,23 @@ impl Buildah {
         }
     }
 
-    /// Runs `buildah ARGS` on this storage; its standard output.
-    fn run(&self, args: &[&str]) -> String {
-        let output = Command::new(&self.binary)
+    /// `buildah ARGS` on this storage.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
             .arg("--root")
             .arg(self.storage.path().join("storage"))
             .arg("--runroot")
             .arg(self.storage.path().join("run"))
             .args(["--storage-driver", "vfs"])
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `buildah ARGS` on this storage; its standard output.
+    fn run(&self, args: &[&str]) -> String {
+        let output = self.command(args).output().unwrap();
         assert!(
             output.status.success(),
             "buildah {args:?} failed:\n{}{}",
@@ -164,13 +169,7 @@ impl Buildah {
 impl Drop for Buildah {
     fn drop(&mut self) {
         for container in self.containers.borrow().iter() {
-            let _ = Command::new(&self.binary)
-                .arg("--root")
-                .arg(self.storage.path().join("storage"))
-                .arg("--runroot")
-                .arg(self.storage.path().join("run"))
-                .args(["--storage-driver", "vfs", "rm", container])
-                .output();
+            let _ = self.command(&["rm", container]).output();
         }
     }
 }
