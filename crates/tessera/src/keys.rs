@@ -73,9 +73,11 @@ pub async fn rotate_if_due(
     let mut added = Vec::new();
     let mut algs = algs.to_vec();
     algs.dedup();
+    // One rule, read here and applied again by the store atomically: a key created after
+    // `fresh_after` is fresh; without a maximum age every key is due.
+    let fresh_after = max_age.map(|age| earlier(now, age));
     for alg in algs {
-        if is_due(newest_created(&existing, alg), max_age, now) {
-            let fresh_after = max_age.map(|age| earlier(now, age));
+        if is_due(newest_created(&existing, alg), fresh_after) {
             added.extend(add_key(store, alg, now, fresh_after, audit).await?);
         }
     }
@@ -91,12 +93,12 @@ fn newest_created(existing: &[StoredKey], alg: Algorithm) -> Option<UnixMillis> 
         .max()
 }
 
-/// Whether a key created at `newest` is due for a successor at `now`: always without a key or
-/// without a maximum age.
-fn is_due(newest: Option<UnixMillis>, max_age: Option<Duration>, now: UnixMillis) -> bool {
-    match (newest, max_age) {
+/// Whether a key created at `newest` is due for a successor: always without a key or without
+/// a maximum age (`fresh_after`), else when it is not newer than `fresh_after`.
+fn is_due(newest: Option<UnixMillis>, fresh_after: Option<UnixMillis>) -> bool {
+    match (newest, fresh_after) {
         (None, _) | (_, None) => true,
-        (Some(created), Some(age)) => now >= created.plus(age),
+        (Some(created), Some(fresh_after)) => created <= fresh_after,
     }
 }
 
