@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use tessera_core::clock::UnixMillis;
-use tessera_core::id::{SessionId, SsoId};
+use tessera_core::id::{SessionId, SsoId, Subject};
 use tessera_core::token::TokenHash;
 
 pub use model::*;
@@ -84,7 +84,7 @@ pub enum StoreError {
 
 /// Every table a snapshot holds, in the order an import fills them (a refresh token after its
 /// session).
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "secrets",
     "signing_keys",
     "sso_sessions",
@@ -92,6 +92,7 @@ pub const TABLES: [&str; 7] = [
     "sessions",
     "refresh_tokens",
     "proxy_sessions",
+    "identities",
 ];
 
 /// Copies every row of `from` into `to`, which must be empty (else
@@ -321,6 +322,31 @@ pub trait Store: Send + Sync {
 
     /// Deletes a proxy session (sign-out, timeout, refused refresh); true when it existed.
     async fn delete_proxy_session(&self, handle: TokenHash) -> Result<bool, StoreError>;
+
+    /// Stores what a connector said of a person at login, replacing what was known (a new
+    /// login clears `disabled_at` and any lease: the directory has just vouched for them).
+    async fn save_identity(&self, identity: IdentityRecord) -> Result<(), StoreError>;
+
+    /// What a connector last said of `subject`, if it ever did.
+    async fn find_identity(&self, subject: Subject) -> Result<Option<IdentityRecord>, StoreError>;
+
+    /// Claims the right to re-validate `subject` with its directory, for every replica at once:
+    /// true only for the one caller that finds it still checked at `checked_at`, not disabled,
+    /// and without an unexpired lease; it holds the lease until `lease_until`.
+    async fn claim_revalidation(
+        &self,
+        subject: Subject,
+        checked_at: UnixMillis,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends a re-validation claimed with [`Store::claim_revalidation`].
+    async fn finish_revalidation(
+        &self,
+        subject: Subject,
+        outcome: RevalidationOutcome,
+    ) -> Result<(), StoreError>;
 
     /// Reads every persisted row, in one consistent snapshot of the database (see
     /// [`Snapshot`] for its order and its memory).

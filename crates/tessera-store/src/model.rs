@@ -302,6 +302,61 @@ pub enum ProxyRefreshOutcome {
     Abandoned,
 }
 
+/// What a directory connector (LDAP, upstream OpenID Connect) last said about a person: the
+/// claims tokens carry, when the directory last confirmed them, and whether it has since said
+/// the person is gone. Local users have none: their file is their directory. Its
+/// [`fmt::Debug`] hides the sealed upstream token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// The person (`sub`), unique across connectors.
+    pub subject: Subject,
+    /// The connector they signed in through.
+    pub connector_id: String,
+    /// The claims the provider signs, as JSON (opaque to the store).
+    pub claims: String,
+    /// The last good check upstream (the login, or a re-validation).
+    pub checked_at: UnixMillis,
+    /// Until when one replica holds the right to re-validate, if one does.
+    pub check_lease_until: Option<UnixMillis>,
+    /// The upstream refresh token, sealed by the provider, if the connector keeps one.
+    pub upstream: Option<Vec<u8>>,
+    /// When the directory said the person is gone or disabled.
+    pub disabled_at: Option<UnixMillis>,
+}
+
+impl fmt::Debug for IdentityRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityRecord")
+            .field("subject", &self.subject)
+            .field("connector_id", &self.connector_id)
+            .field("claims", &self.claims)
+            .field("checked_at", &self.checked_at)
+            .field("check_lease_until", &self.check_lease_until)
+            .field("upstream", &self.upstream.as_ref().map(|_| "<sealed>"))
+            .field("disabled_at", &self.disabled_at)
+            .finish()
+    }
+}
+
+/// How a re-validation claimed with [`crate::Store::claim_revalidation`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevalidationOutcome {
+    /// The directory confirmed the person: new claims (and upstream token, when it rotated)
+    /// are stored with the time of the check; the lease is released.
+    Confirmed {
+        /// The claims as the directory now gives them.
+        claims: String,
+        /// When the directory answered.
+        checked_at: UnixMillis,
+        /// The rotated upstream refresh token, sealed; `None` keeps the stored one.
+        upstream: Option<Vec<u8>>,
+    },
+    /// The directory said the person is gone or disabled, at this time.
+    Disabled(UnixMillis),
+    /// The directory could not be asked: only the lease is released, so a later refresh retries.
+    Abandoned,
+}
+
 /// Every persisted row of a store, in a backend-neutral form: what
 /// [`crate::Store::export_snapshot`] reads and [`crate::Store::import_snapshot`] writes, so
 /// that [`crate::copy_store`] moves an installation from one backend to another.
@@ -330,6 +385,8 @@ pub struct Snapshot {
     /// `proxy_sessions`, by handle hash, refresh leases included (a copy made while a refresh
     /// is in flight keeps it held until the lease runs out, as the source would).
     pub proxy_sessions: Vec<ProxySession>,
+    /// `identities`, by subject, leases included as for proxy sessions.
+    pub identities: Vec<IdentityRecord>,
 }
 
 impl Snapshot {
@@ -343,6 +400,7 @@ impl Snapshot {
             sessions: self.sessions.len(),
             refresh_tokens: self.refresh_tokens.len(),
             proxy_sessions: self.proxy_sessions.len(),
+            identities: self.identities.len(),
         }
     }
 
@@ -369,6 +427,8 @@ pub struct CopyReport {
     pub refresh_tokens: usize,
     /// Rows of `proxy_sessions`.
     pub proxy_sessions: usize,
+    /// Rows of `identities`.
+    pub identities: usize,
 }
 
 impl CopyReport {
@@ -381,18 +441,19 @@ impl CopyReport {
             + self.sessions
             + self.refresh_tokens
             + self.proxy_sessions
+            + self.identities
     }
 }
 
 impl fmt::Display for CopyReport {
     /// One line: `5 sessions, 7 refresh tokens, 2 authorization codes, 1 SSO session, 2 signing
-    /// keys, 2 secrets, 3 proxy sessions`.
+    /// keys, 2 secrets, 3 proxy sessions, 0 directory identities`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         write!(
             f,
-            "{}, {}, {}, {}, {}, {}, {}",
+            "{}, {}, {}, {}, {}, {}, {}, {}",
             plural(self.sessions, "session", "sessions"),
             plural(self.refresh_tokens, "refresh token", "refresh tokens"),
             plural(self.auth_codes, "authorization code", "authorization codes"),
@@ -400,6 +461,11 @@ impl fmt::Display for CopyReport {
             plural(self.signing_keys, "signing key", "signing keys"),
             plural(self.secrets, "secret", "secrets"),
             plural(self.proxy_sessions, "proxy session", "proxy sessions"),
+            plural(
+                self.identities,
+                "directory identity",
+                "directory identities"
+            ),
         )
     }
 }

@@ -191,13 +191,31 @@ impl SnapshotRow for ProxySession {
     };
 }
 
+impl SnapshotRow for IdentityRecord {
+    /// As `identity_from_row` reads them (the backends' `IDENTITY_COLUMNS`).
+    const TABLE: Table = Table {
+        name: "identities",
+        what: "directory identity",
+        columns: &[
+            column("subject", Kind::Text),
+            column("connector_id", Kind::Text),
+            column("claims", Kind::Text),
+            column("checked_at", Kind::Millis),
+            column("check_lease_until", Kind::Millis),
+            column("upstream", Kind::Bytes),
+            column("disabled_at", Kind::Millis),
+        ],
+        key: "subject",
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::TABLES;
 
     /// Every description, in the order a snapshot is written.
-    const DESCRIBED: [Table; 7] = [
+    const DESCRIBED: [Table; 8] = [
         SecretRow::TABLE,
         StoredKey::TABLE,
         SsoSession::TABLE,
@@ -205,6 +223,7 @@ mod tests {
         SessionRow::TABLE,
         RefreshTokenRow::TABLE,
         ProxySession::TABLE,
+        IdentityRecord::TABLE,
     ];
 
     #[test]

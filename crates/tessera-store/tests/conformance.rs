@@ -21,10 +21,10 @@ use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::redeem::{Decision, OnReplay, RedeemPolicy, RejectReason};
 use tessera_core::token::{REFRESH_TOKEN_PREFIX, RotationKey, Secret, TokenHash};
 use tessera_store::{
-    AuthCode, CodeRedemption, CopyReport, MigrationReport, NewRefreshToken, PostgresOptions,
-    PostgresStore, ProxyRefreshOutcome, ProxySession, RedeemRequest, Redemption, RefreshTokenRow,
-    SecretRow, Session, SessionRow, SessionStart, Snapshot, SqliteStore, SsoSession, Store,
-    StoreError, StoredKey, Synchronous, copy_store, migrate_only,
+    AuthCode, CodeRedemption, CopyReport, IdentityRecord, MigrationReport, NewRefreshToken,
+    PostgresOptions, PostgresStore, ProxyRefreshOutcome, ProxySession, RedeemRequest, Redemption,
+    RefreshTokenRow, RevalidationOutcome, SecretRow, Session, SessionRow, SessionStart, Snapshot,
+    SqliteStore, SsoSession, Store, StoreError, StoredKey, Synchronous, copy_store, migrate_only,
 };
 
 /// One backend under test: a private place for data and a way to open stores on it.
@@ -74,12 +74,18 @@ macro_rules! conformance_suite {
                     an_abandoned_refresh_releases_the_lease,
                     deleting_a_proxy_session_answers_true_only_the_first_time,
                     sweep_deletes_proxy_sessions_past_their_absolute_end,
+                    a_saved_identity_is_found_as_it_was_stored,
+                    a_revalidation_is_claimed_once_and_only_against_the_last_check,
+                    a_confirmed_revalidation_stores_the_new_claims_and_keeps_the_upstream_token,
+                    a_disabled_identity_can_no_longer_be_claimed_until_the_next_login,
+                    an_abandoned_revalidation_releases_the_lease_and_keeps_the_last_check,
                 ],
                 shared: [
                     fifty_concurrent_redemptions_rotate_exactly_once,
                     fifty_concurrent_redemptions_inside_grace_converge_on_one_successor,
                     fifty_concurrent_redemptions_under_reject_policy_leave_the_session_live,
                     fifty_concurrent_refresh_claims_grant_exactly_one_lease,
+                    fifty_concurrent_revalidation_claims_grant_exactly_one_lease,
                 ],
                 backend: [
                     reopening_the_database_keeps_every_row,
@@ -90,6 +96,7 @@ macro_rules! conformance_suite {
                     replicas_finding_a_signing_key_due_at_once_add_one,
                     a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked,
                     replicas_claiming_one_refresh_at_once_grant_exactly_one_lease,
+                    replicas_claiming_one_revalidation_at_once_grant_exactly_one_lease,
                 ],
             );
         }
@@ -1287,6 +1294,202 @@ async fn replicas_claiming_one_refresh_at_once_grant_exactly_one_lease(backend: 
     race_for_a_lease(&stores, REPLICAS * RACERS_PER_REPLICA).await;
 }
 
+async fn a_saved_identity_is_found_as_it_was_stored(store: &dyn Store) {
+    let carol = identity("corp-ad:carol");
+    assert_eq!(
+        store.find_identity(carol.subject.clone()).await.unwrap(),
+        None
+    );
+    store.save_identity(carol.clone()).await.unwrap();
+    let found = store.find_identity(carol.subject.clone()).await.unwrap();
+    assert_eq!(found, Some(carol.clone()));
+    let shown = format!("{:?}", found.unwrap());
+    assert!(
+        shown.contains("<sealed>") && !shown.contains("5, 5"),
+        "{shown}"
+    );
+
+    // A new login replaces the row whole: new claims, and the directory's word again.
+    let disabled = T0.plus(Duration::from_secs(60));
+    let claimed = store.claim_revalidation(carol.subject.clone(), T0, T0, T0.plus(LEASE));
+    assert!(claimed.await.unwrap());
+    let gone = RevalidationOutcome::Disabled(disabled);
+    store
+        .finish_revalidation(carol.subject.clone(), gone)
+        .await
+        .unwrap();
+    let again = IdentityRecord {
+        claims: r#"{"preferred_username":"carol","groups":[]}"#.into(),
+        checked_at: USED,
+        upstream: None,
+        ..carol.clone()
+    };
+    store.save_identity(again.clone()).await.unwrap();
+    let found = store.find_identity(carol.subject.clone()).await.unwrap();
+    assert_eq!(found, Some(again));
+    assert_eq!(
+        store.find_identity(Subject::new("carol")).await.unwrap(),
+        None
+    );
+}
+
+async fn a_revalidation_is_claimed_once_and_only_against_the_last_check(store: &dyn Store) {
+    let carol = identity("corp-ad:carol");
+    let subject = || carol.subject.clone();
+    store.save_identity(carol.clone()).await.unwrap();
+    let now = T0.plus(Duration::from_secs(600));
+    let lease = now.plus(LEASE);
+    // Nobody claims what is not there, nor against a check that is not the last one.
+    let absent = store.claim_revalidation(Subject::new("okta:nobody"), T0, now, lease);
+    assert!(!absent.await.unwrap());
+    let stale = store.claim_revalidation(subject(), T0.plus(Duration::from_secs(1)), now, lease);
+    assert!(!stale.await.unwrap());
+    assert!(
+        store
+            .claim_revalidation(subject(), T0, now, lease)
+            .await
+            .unwrap()
+    );
+    // Held: a second claim before the lease runs out fails, one at its end succeeds.
+    let during = lease.plus(Duration::ZERO);
+    let before_end = store.claim_revalidation(subject(), T0, now, during);
+    assert!(!before_end.await.unwrap());
+    let later = lease.plus(LEASE);
+    assert!(
+        store
+            .claim_revalidation(subject(), T0, lease, later)
+            .await
+            .unwrap()
+    );
+    let found = store.find_identity(subject()).await.unwrap().unwrap();
+    assert_eq!(found.check_lease_until, Some(later));
+}
+
+async fn a_confirmed_revalidation_stores_the_new_claims_and_keeps_the_upstream_token(
+    store: &dyn Store,
+) {
+    let carol = identity("corp-ad:carol");
+    let subject = || carol.subject.clone();
+    store.save_identity(carol.clone()).await.unwrap();
+    let now = T0.plus(Duration::from_secs(600));
+    assert!(
+        store
+            .claim_revalidation(subject(), T0, now, now.plus(LEASE))
+            .await
+            .unwrap()
+    );
+    let claims = r#"{"preferred_username":"carol","groups":[]}"#.to_owned();
+    let confirmed = RevalidationOutcome::Confirmed {
+        claims: claims.clone(),
+        checked_at: now,
+        upstream: None,
+    };
+    store
+        .finish_revalidation(subject(), confirmed)
+        .await
+        .unwrap();
+    let found = store.find_identity(subject()).await.unwrap().unwrap();
+    let expected = IdentityRecord {
+        claims: claims.clone(),
+        checked_at: now,
+        ..carol.clone()
+    };
+    assert_eq!(
+        found, expected,
+        "no new upstream token keeps the stored one"
+    );
+
+    // The next check claims against the new time, and a rotated upstream token replaces it.
+    let later = now.plus(Duration::from_secs(600));
+    let old = store.claim_revalidation(subject(), T0, later, later.plus(LEASE));
+    assert!(!old.await.unwrap());
+    assert!(
+        store
+            .claim_revalidation(subject(), now, later, later.plus(LEASE))
+            .await
+            .unwrap()
+    );
+    let rotated = RevalidationOutcome::Confirmed {
+        claims,
+        checked_at: later,
+        upstream: Some(vec![6; 40]),
+    };
+    store.finish_revalidation(subject(), rotated).await.unwrap();
+    let found = store.find_identity(subject()).await.unwrap().unwrap();
+    assert_eq!(found.upstream, Some(vec![6; 40]));
+    assert_eq!((found.checked_at, found.check_lease_until), (later, None));
+}
+
+async fn a_disabled_identity_can_no_longer_be_claimed_until_the_next_login(store: &dyn Store) {
+    let carol = identity("corp-ad:carol");
+    let subject = || carol.subject.clone();
+    store.save_identity(carol.clone()).await.unwrap();
+    let now = T0.plus(Duration::from_secs(600));
+    assert!(
+        store
+            .claim_revalidation(subject(), T0, now, now.plus(LEASE))
+            .await
+            .unwrap()
+    );
+    let gone = RevalidationOutcome::Disabled(now);
+    store.finish_revalidation(subject(), gone).await.unwrap();
+    let found = store.find_identity(subject()).await.unwrap().unwrap();
+    assert_eq!(
+        (found.disabled_at, found.check_lease_until),
+        (Some(now), None)
+    );
+    let later = now.plus(LEASE);
+    let claimed = store.claim_revalidation(subject(), T0, later, later.plus(LEASE));
+    assert!(
+        !claimed.await.unwrap(),
+        "a disabled person is not checked again"
+    );
+    store.save_identity(carol.clone()).await.unwrap();
+    assert!(
+        store
+            .claim_revalidation(subject(), T0, later, later.plus(LEASE))
+            .await
+            .unwrap()
+    );
+}
+
+async fn an_abandoned_revalidation_releases_the_lease_and_keeps_the_last_check(store: &dyn Store) {
+    let carol = identity("corp-ad:carol");
+    let subject = || carol.subject.clone();
+    store.save_identity(carol.clone()).await.unwrap();
+    let now = T0.plus(Duration::from_secs(600));
+    assert!(
+        store
+            .claim_revalidation(subject(), T0, now, now.plus(LEASE))
+            .await
+            .unwrap()
+    );
+    let abandoned = RevalidationOutcome::Abandoned;
+    store
+        .finish_revalidation(subject(), abandoned)
+        .await
+        .unwrap();
+    let found = store.find_identity(subject()).await.unwrap();
+    assert_eq!(found, Some(carol.clone()));
+    // Released at once: the next refresh may try again without waiting for the lease.
+    let soon = now.plus(Duration::from_secs(1));
+    assert!(
+        store
+            .claim_revalidation(subject(), T0, soon, soon.plus(LEASE))
+            .await
+            .unwrap()
+    );
+}
+
+async fn fifty_concurrent_revalidation_claims_grant_exactly_one_lease(store: &Arc<dyn Store>) {
+    race_for_a_revalidation(std::slice::from_ref(store), RACERS).await;
+}
+
+async fn replicas_claiming_one_revalidation_at_once_grant_exactly_one_lease(backend: &dyn Backend) {
+    let stores = replicas(backend).await;
+    race_for_a_revalidation(&stores, REPLICAS * RACERS_PER_REPLICA).await;
+}
+
 async fn an_empty_store_exports_an_empty_snapshot(store: &dyn Store) {
     let snapshot = store.export_snapshot().await.unwrap();
     assert_eq!(snapshot, Snapshot::default());
@@ -1443,6 +1646,17 @@ async fn populate_for_copy(store: &dyn Store) -> CopyFixture {
     for proxy in proxy_sessions_for_copy() {
         store.create_proxy_session(proxy).await.unwrap();
     }
+    store
+        .save_identity(identity("corp-ad:carol"))
+        .await
+        .unwrap();
+    let leased = identity("okta:dave");
+    store.save_identity(leased.clone()).await.unwrap();
+    let lease = USED.plus(LEASE);
+    let claimed = store
+        .claim_revalidation(leased.subject, T0, T0, lease)
+        .await;
+    assert!(claimed.unwrap());
 
     CopyFixture {
         sso,
@@ -1477,6 +1691,7 @@ const COPIED: CopyReport = CopyReport {
     sessions: 5,
     refresh_tokens: 7,
     proxy_sessions: 2,
+    identities: 2,
 };
 
 async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: &dyn Backend) {
@@ -1488,7 +1703,7 @@ async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: 
     assert_eq!(
         report.to_string(),
         "5 sessions, 7 refresh tokens, 2 authorization codes, 1 SSO session, 2 signing keys, \
-         2 secrets, 2 proxy sessions"
+         2 secrets, 2 proxy sessions, 2 directory identities"
     );
 
     // Every row, every column, whatever the backends; the source is left as it was.
@@ -1675,13 +1890,14 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
     populate_for_copy(&*source).await;
 
     // One row of any kind is enough to refuse.
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
         ("a secret", &["secrets"]),
         ("a signing key", &["signing_keys"]),
         ("an SSO session", &["sso_sessions"]),
         ("a code", &["auth_codes"]),
         ("a session", &["sessions", "refresh_tokens"]),
         ("a proxy session", &["proxy_sessions"]),
+        ("an identity", &["identities"]),
     ];
     for (what, tables) in cases {
         let backend = fresh_target().await;
@@ -1708,6 +1924,7 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
                 .create_proxy_session(proxy_session(&secret(203), T0))
                 .await
                 .unwrap(),
+            "an identity" => target.save_identity(identity("okta:eve")).await.unwrap(),
             _ => drop(start(&*target, session("other", T0), &secret(202)).await),
         }
         let before = target.export_snapshot().await.unwrap();
@@ -1729,14 +1946,14 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
     let copied = target.export_snapshot().await.unwrap();
     let error = copy_store(&*source, &*target).await.unwrap_err();
     assert!(
-        matches!(&error, StoreError::NotEmpty { tables } if tables.len() == 7),
+        matches!(&error, StoreError::NotEmpty { tables } if tables.len() == 8),
         "{error:?}"
     );
     assert_eq!(
         error.to_string(),
         "the target database is not empty (it holds rows in secrets, signing_keys, \
-         sso_sessions, auth_codes, sessions, refresh_tokens, proxy_sessions): a copy goes only \
-         into an empty database, so nothing was written"
+         sso_sessions, auth_codes, sessions, refresh_tokens, proxy_sessions, identities): a copy \
+         goes only into an empty database, so nothing was written"
     );
     assert_eq!(target.export_snapshot().await.unwrap(), copied);
     let r = redeem(
@@ -1768,7 +1985,7 @@ mod postgres_only {
                 opened,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 2
+                    known: 3
                 })
             ),
             "{:?}",
@@ -1806,8 +2023,8 @@ mod postgres_only {
             report,
             MigrationReport {
                 found: 0,
-                applied: vec![1, 2],
-                current: 2
+                applied: vec![1, 2, 3],
+                current: 3
             }
         );
         let store = PostgresStore::connect(backend.options()).await.unwrap();
@@ -1815,9 +2032,9 @@ mod postgres_only {
         assert_eq!(
             again,
             MigrationReport {
-                found: 2,
+                found: 3,
                 applied: vec![],
-                current: 2
+                current: 3
             }
         );
     }
@@ -1837,14 +2054,17 @@ mod postgres_only {
         // Back to version 1, as the previous tessera left it.
         let mut admin = backend.admin().await;
         admin
-            .execute("DROP TABLE proxy_sessions; DELETE FROM schema_migrations WHERE version = 2")
+            .execute(
+                "DROP TABLE proxy_sessions, identities; \
+                 DELETE FROM schema_migrations WHERE version IN (2, 3)",
+            )
             .await
             .unwrap();
         let report = migrate_only(&backend.options()).await.unwrap();
         let expected = MigrationReport {
             found: 1,
-            applied: vec![2],
-            current: 2,
+            applied: vec![2, 3],
+            current: 3,
         };
         assert_eq!(report, expected);
         let store = backend.open().await;
@@ -1874,7 +2094,7 @@ mod postgres_only {
         }
         assert_eq!(
             applied,
-            vec![1, 2],
+            vec![1, 2, 3],
             "exactly one replica applied each version"
         );
         let store = backend.open().await;
@@ -2056,7 +2276,7 @@ mod sqlite_only {
                 opened,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 2
+                    known: 3
                 })
             ),
             "{:?}",
@@ -2079,8 +2299,10 @@ mod sqlite_only {
         drop(store);
         // Back to version 1, as the previous tessera left it.
         let raw = rusqlite::Connection::open(backend.path()).unwrap();
-        raw.execute_batch("DROP TABLE proxy_sessions; PRAGMA user_version = 1")
-            .unwrap();
+        raw.execute_batch(
+            "DROP TABLE proxy_sessions; DROP TABLE identities; PRAGMA user_version = 1",
+        )
+        .unwrap();
         drop(raw);
         let store = backend.open().await;
         assert_eq!(store.export_snapshot().await.unwrap(), before);
@@ -2092,7 +2314,7 @@ mod sqlite_only {
         let version: i64 = raw
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
     }
 }
 
@@ -2292,6 +2514,53 @@ async fn race_for_a_lease(stores: &[Arc<dyn Store>], racers: usize) {
     for store in stores {
         let found = store.find_proxy_session(handle).await.unwrap().unwrap();
         assert_eq!(found.refresh_lease_until, Some(lease_of(winners[0])));
+    }
+}
+
+/// What a directory said of `subject` at [`T0`], never re-validated since.
+fn identity(subject: &str) -> IdentityRecord {
+    let connector_id = subject.split(':').next().unwrap_or_default().to_owned();
+    IdentityRecord {
+        subject: Subject::new(subject),
+        connector_id,
+        claims: format!(r#"{{"preferred_username":"{subject}","groups":["k8s-dev"]}}"#),
+        checked_at: T0,
+        check_lease_until: None,
+        upstream: Some(vec![5; 40]),
+        disabled_at: None,
+    }
+}
+
+/// Saves [`identity`] `corp-ad:carol` and has `racers` tasks, spread over `stores`, claim its
+/// re-validation at the same instant: exactly one wins, and every store sees its lease.
+async fn race_for_a_revalidation(stores: &[Arc<dyn Store>], racers: usize) {
+    let carol = identity("corp-ad:carol");
+    stores[0].save_identity(carol.clone()).await.unwrap();
+    let now = T0.plus(Duration::from_secs(600));
+    let lease_of = |i: usize| now.plus(LEASE + Duration::from_millis(u64::try_from(i).unwrap()));
+    let barrier = Arc::new(tokio::sync::Barrier::new(racers));
+    let tasks: Vec<_> = (0..racers)
+        .map(|i| {
+            let store = Arc::clone(&stores[i % stores.len()]);
+            let (barrier, lease_until) = (Arc::clone(&barrier), lease_of(i));
+            let subject = carol.subject.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let claim = store.claim_revalidation(subject, T0, now, lease_until);
+                claim.await.unwrap()
+            })
+        })
+        .collect();
+    let mut won = Vec::with_capacity(racers);
+    for task in tasks {
+        won.push(task.await.unwrap());
+    }
+    let winners: Vec<usize> = (0..racers).filter(|&i| won[i]).collect();
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    for store in stores {
+        let found = store.find_identity(carol.subject.clone()).await.unwrap();
+        let lease = found.unwrap().check_lease_until;
+        assert_eq!(lease, Some(lease_of(winners[0])));
     }
 }
 

@@ -14,6 +14,7 @@ use crate::{StoreError, redact_url};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_proxy_sessions.sql"),
+    include_str!("../../migrations/postgres/0003_identities.sql"),
 ];
 
 /// Key of the advisory lock held while migrating: "tessera" in ASCII, then 1.

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 use tessera_core::clock::UnixMillis;
-use tessera_core::id::{SessionId, SsoId};
+use tessera_core::id::{SessionId, SsoId, Subject};
 use tessera_core::token::TokenHash;
 
 use crate::model::*;
@@ -44,6 +44,7 @@ use crate::{Store, StoreError, redact_url};
 
 mod code;
 mod connection;
+mod identity;
 mod key;
 mod proxy_session;
 mod reachability;
@@ -265,6 +266,34 @@ impl Store for PostgresStore {
 
     async fn delete_proxy_session(&self, handle: TokenHash) -> Result<bool, StoreError> {
         self.guarded(proxy_session::delete(&self.pool, handle))
+            .await
+    }
+
+    async fn save_identity(&self, identity: IdentityRecord) -> Result<(), StoreError> {
+        self.guarded(identity::save(&self.pool, &identity)).await
+    }
+
+    async fn find_identity(&self, subject: Subject) -> Result<Option<IdentityRecord>, StoreError> {
+        self.guarded(identity::find(&self.pool, &subject)).await
+    }
+
+    async fn claim_revalidation(
+        &self,
+        subject: Subject,
+        checked_at: UnixMillis,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let claim = identity::claim(&self.pool, &subject, checked_at, now, lease_until);
+        self.guarded(claim).await
+    }
+
+    async fn finish_revalidation(
+        &self,
+        subject: Subject,
+        outcome: RevalidationOutcome,
+    ) -> Result<(), StoreError> {
+        self.guarded(identity::finish(&self.pool, &subject, &outcome))
             .await
     }
 

@@ -71,6 +71,7 @@ async fn read_snapshot(c: &mut PgConnection) -> Result<Snapshot, StoreError> {
         sessions: read_table(c).await?,
         refresh_tokens: read_table(c).await?,
         proxy_sessions: read_table(c).await?,
+        identities: read_table(c).await?,
     })
 }
 
@@ -83,7 +84,8 @@ async fn write_snapshot(c: &mut PgConnection, snapshot: &Snapshot) -> Result<(),
     write_table(c, &snapshot.auth_codes).await?;
     write_table(c, &snapshot.sessions).await?;
     write_table(c, &snapshot.refresh_tokens).await?;
-    write_table(c, &snapshot.proxy_sessions).await
+    write_table(c, &snapshot.proxy_sessions).await?;
+    write_table(c, &snapshot.identities).await
 }
 
 /// The tables of [`TABLES`] that hold at least one row, asked in one statement.
@@ -371,6 +373,26 @@ impl PgCopy for ProxySession {
     }
 }
 
+impl PgCopy for IdentityRecord {
+    fn read(r: &PgRow) -> Result<Self, sqlx::Error> {
+        super::identity::identity_from_row(r)
+    }
+
+    fn bind<'q>(
+        insert: Query<'q, Postgres, PgArguments>,
+        batch: &'q [Self],
+    ) -> Query<'q, Postgres, PgArguments> {
+        insert
+            .bind(column(batch, |i| i.subject.as_str()))
+            .bind(column(batch, |i| i.connector_id.as_str()))
+            .bind(column(batch, |i| i.claims.as_str()))
+            .bind(column(batch, |i| i.checked_at.0))
+            .bind(column(batch, |i| millis(i.check_lease_until)))
+            .bind(column(batch, |i| i.upstream.as_deref()))
+            .bind(column(batch, |i| millis(i.disabled_at)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +424,10 @@ mod tests {
     #[test]
     fn the_descriptions_read_what_the_row_readers_expect() {
         assert_eq!(ProxySession::TABLE.column_list(), PROXY_SESSION_COLUMNS);
+        assert_eq!(
+            IdentityRecord::TABLE.column_list(),
+            crate::postgres::identity::IDENTITY_COLUMNS
+        );
         assert!(
             SessionRow::TABLE
                 .column_list()

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use rusqlite::Connection;
 use tessera_core::clock::UnixMillis;
-use tessera_core::id::{SessionId, SsoId};
+use tessera_core::id::{SessionId, SsoId, Subject};
 use tessera_core::token::TokenHash;
 
 use crate::model::*;
@@ -32,6 +32,7 @@ use crate::{Store, StoreError};
 
 mod code;
 mod connection;
+mod identity;
 mod key;
 mod proxy_session;
 mod redeem;
@@ -50,6 +51,7 @@ use row::{
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_proxy_sessions.sql"),
+    include_str!("../../migrations/sqlite/0003_identities.sql"),
 ];
 const READERS: usize = 4;
 
@@ -381,6 +383,42 @@ impl Store for SqliteStore {
     async fn delete_proxy_session(&self, handle: TokenHash) -> Result<bool, StoreError> {
         self.write("delete_proxy_session", move |c| {
             proxy_session::delete(c, handle)
+        })
+        .await
+    }
+
+    async fn save_identity(&self, identity: IdentityRecord) -> Result<(), StoreError> {
+        self.write("save_identity", move |c| {
+            identity::save(c, &identity).map_err(query("save_identity"))
+        })
+        .await
+    }
+
+    async fn find_identity(&self, subject: Subject) -> Result<Option<IdentityRecord>, StoreError> {
+        self.read("find_identity", move |c| identity::find(c, &subject))
+            .await
+    }
+
+    async fn claim_revalidation(
+        &self,
+        subject: Subject,
+        checked_at: UnixMillis,
+        now: UnixMillis,
+        lease_until: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.write("claim_revalidation", move |c| {
+            identity::claim(c, &subject, checked_at, now, lease_until)
+        })
+        .await
+    }
+
+    async fn finish_revalidation(
+        &self,
+        subject: Subject,
+        outcome: RevalidationOutcome,
+    ) -> Result<(), StoreError> {
+        self.write("finish_revalidation", move |c| {
+            identity::finish(c, &subject, &outcome)
         })
         .await
     }

@@ -10,6 +10,7 @@ use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::token::TokenHash;
 
 use super::connection::{immediate, query};
+use super::identity;
 use super::row::{
     code_from_row, hash_at, insert_code_row, insert_proxy_session, insert_session_row,
     insert_signing_key, insert_sso, proxy_session_from_row, session_from_row,
@@ -54,6 +55,7 @@ fn read_snapshot(c: &Connection) -> Result<Snapshot, StoreError> {
         sessions: read_table(c)?,
         refresh_tokens: read_table(c)?,
         proxy_sessions: read_table(c)?,
+        identities: read_table(c)?,
     })
 }
 
@@ -65,7 +67,8 @@ fn write_snapshot(c: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
     write_table(c, &snapshot.auth_codes)?;
     write_table(c, &snapshot.sessions)?;
     write_table(c, &snapshot.refresh_tokens)?;
-    write_table(c, &snapshot.proxy_sessions)
+    write_table(c, &snapshot.proxy_sessions)?;
+    write_table(c, &snapshot.identities)
 }
 
 /// The tables of [`TABLES`] that hold at least one row.
@@ -243,6 +246,16 @@ impl SqliteCopy for ProxySession {
     }
 }
 
+impl SqliteCopy for IdentityRecord {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        identity::identity_from_row(r)
+    }
+
+    fn write(&self, c: &Connection) -> rusqlite::Result<()> {
+        identity::save(c, self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +272,10 @@ mod tests {
     #[test]
     fn the_descriptions_read_what_the_row_readers_expect() {
         assert_eq!(ProxySession::TABLE.column_list(), PROXY_SESSION_COLUMNS);
+        assert_eq!(
+            IdentityRecord::TABLE.column_list(),
+            identity::IDENTITY_COLUMNS
+        );
         assert!(
             SessionRow::TABLE
                 .column_list()
