@@ -74,6 +74,15 @@ pub enum Event {
     },
     /// A token was presented for a session past its absolute end.
     SessionExpired,
+    /// A refresh checked the person with their directory again, and it confirmed them (their
+    /// groups as the directory now gives them).
+    UpstreamRevalidated,
+    /// A refresh could not confirm the person with their directory.
+    UpstreamRevalidationFailed {
+        /// Why: `not_found` or `disabled` (the session is revoked), or `unreachable` (refreshes
+        /// go on until `revalidate_max_staleness` past the last good check).
+        reason: String,
+    },
     /// A signing key was added.
     KeyRotated {
         /// The new key's id.
@@ -91,7 +100,8 @@ impl Event {
             Event::ExpiredRefreshTokenUsed { .. }
             | Event::LoginFailed { .. }
             | Event::ClientAuthenticationFailed { .. }
-            | Event::RateLimitEnded { .. } => Severity::Warning,
+            | Event::RateLimitEnded { .. }
+            | Event::UpstreamRevalidationFailed { .. } => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -102,6 +112,8 @@ impl Event {
 pub struct Subjects {
     /// The user.
     pub uid: Option<String>,
+    /// The connector the user signed in through (`local` for the users file).
+    pub connector_id: Option<String>,
     /// The session (family) id.
     pub session_id: Option<String>,
     /// The client id.

@@ -17,24 +17,39 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An HTTPS client trusting `ca_file` (PEM), or the system's roots when there is none.
 pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, Error> {
+    client_with(tls_client_config(ca_file)?)
+}
+
+/// A TLS client configuration trusting `ca_file` (PEM), or the system's roots when there is
+/// none: what the HTTPS client uses, and what other protocols to the same kind of upstream
+/// (LDAP's `ldaps://` and StartTLS) use too.
+pub fn tls_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
     let roots = match ca_file {
         Some(file) => bundle_roots(file)?,
         None => system_roots()?,
     };
-    client_trusting(roots)
+    config_trusting(roots)
 }
 
-/// An HTTPS client trusting exactly `roots`.
-pub(crate) fn client_trusting(roots: rustls::RootCertStore) -> Result<reqwest::Client, Error> {
+fn config_trusting(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::HttpClient {
             what: "TLS protocol versions",
             reason: error_chain(&e),
         })?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// An HTTPS client trusting exactly `roots`.
+#[cfg(test)]
+pub(crate) fn client_trusting(roots: rustls::RootCertStore) -> Result<reqwest::Client, Error> {
+    client_with(config_trusting(roots)?)
+}
+
+fn client_with(tls: rustls::ClientConfig) -> Result<reqwest::Client, Error> {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(REQUEST_TIMEOUT)

@@ -23,7 +23,7 @@ mod token;
 pub use authorization::{AuthorizationRequest, random_token};
 pub use discovery::{ProviderMetadata, discover};
 pub use error::{Check, Error, Rejection};
-pub use http::{get_json, http_client};
+pub use http::{get_json, http_client, tls_client_config};
 pub use id_token::{Expected, IdClaims, Verification, read_unverified_claims};
 pub use jsonwebtoken::jwk::JwkSet;
 pub use relying_party::RelyingParty;

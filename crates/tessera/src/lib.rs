@@ -5,6 +5,7 @@ pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod connector;
 pub mod dev;
 pub mod file_mode;
 pub mod http;

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::{App, AppParts};
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::connector::Connectors;
 use crate::listener::{self, Connections};
 use crate::proxy::provider::Provider;
 use crate::proxy::{self, Proxy, ProxyParts};
@@ -144,6 +145,16 @@ async fn start_app(
         Some(path) => Users::load(path).map_err(anyhow::Error::msg)?,
         None => Users::default(),
     };
+    let connectors = Connectors::new(&config.connectors, config.group_mapping.clone())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.path.display()))?;
+    if connectors.has_directories()
+        && let Some(name) = users.names().find(|name| name.contains(':'))
+    {
+        bail!(
+            "users file: user `{name}` has a `:` in their name, which with directory connectors \
+             configured is how directory people's subjects are written; rename the user"
+        );
+    }
     let audit = Audit::start(config.audit_file.as_deref())
         .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
     Ok(App::new(AppParts {
@@ -153,6 +164,7 @@ async fn start_app(
         clock,
         audit,
         users,
+        connectors,
     })
     .await?)
 }

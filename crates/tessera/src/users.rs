@@ -72,6 +72,11 @@ impl Users {
     pub fn find(&self, username: &str) -> Option<&User> {
         self.0.get(username)
     }
+
+    /// Every user name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
 }
 
 #[cfg(test)]

@@ -4,18 +4,20 @@
 
 mod request;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::token::{MAX_TOKEN_LEN, Secret};
-use tessera_store::{AuthCode, SsoSession, StoreError};
+use tessera_store::{AuthCode, IdentityRecord, SsoSession, StoreError};
 use url::Url;
 
 use super::limiter::LimitKey;
 use super::{App, AppError, RequestContext, random_id, random_secret, slow_check};
 use crate::config::Client;
+use crate::connector::{Connector, DirectoryError, Kind, Person};
 use crate::users::User;
 
 /// Lifetime of an authorization code: RFC 6749 §4.1.2 recommends at most ten minutes; a code
@@ -45,6 +47,8 @@ pub struct AuthRequest {
     pub force_login: bool,
     /// `prompt=none` forbids the form.
     pub no_prompt: bool,
+    /// `connector_id`: sign in through this connector, without the choice.
+    pub connector_id: Option<String>,
 }
 
 /// Why an authorization request fails, and how to tell the user.
@@ -66,6 +70,10 @@ pub enum LoginFailure {
     InvalidUsername,
     /// Too many failures for this user or IP; retry after this many seconds.
     RateLimited(u64),
+    /// The form names no connector, or one that is not configured, and there is a choice.
+    NoConnector,
+    /// The connector's directory could not be asked; its name, for the sentence.
+    DirectoryUnavailable(String),
     /// The store failed.
     Unavailable(AppError),
 }
@@ -86,14 +94,25 @@ impl App {
     ) -> Result<AuthRequest, AuthorizeError> {
         let (client, redirect_uri) = request::trusted_redirect(&param, |id| self.client(id))?;
         let state = param("state");
-        request::check(&param, client, &redirect_uri, state.as_deref()).map_err(|refusal| {
+        let refused = |refusal: request::Refusal| {
             AuthorizeError::Redirect(self.error_redirect(
                 &redirect_uri,
                 refusal.error,
                 refusal.description,
                 state.as_deref(),
             ))
-        })
+        };
+        let request =
+            request::check(&param, client, &redirect_uri, state.as_deref()).map_err(&refused)?;
+        if let Some(id) = &request.connector_id
+            && self.connectors.find(id).is_none()
+        {
+            return Err(refused(request::Refusal {
+                error: "invalid_request",
+                description: "connector_id names no configured connector",
+            }));
+        }
+        Ok(request)
     }
 
     /// The redirect URI with an error (RFC 6749 §4.1.2.1) and the issuer (RFC 9207).
@@ -146,21 +165,30 @@ impl App {
         Ok(sso.filter(|s| s.revoked_at.is_none() && now < s.expires_at))
     }
 
-    /// Checks a user's password, rate-limited per user and per IP: the attempt takes a slot
-    /// before the hash (see `limiter`), so racing guesses cannot exceed the limit.
+    /// Checks a person's password with the connector `connector_id` (the only one when there
+    /// is no choice), rate-limited per user and per IP: the attempt takes a slot before the
+    /// check (see `limiter`), so racing guesses cannot exceed the limit.
     pub async fn login(
         &self,
+        connector_id: Option<&str>,
         username: &str,
         password: &str,
         ctx: &RequestContext,
     ) -> Result<LoginOutcome, LoginFailure> {
         check_username(username)?;
+        let connector = self.connector_for(connector_id)?;
         let now = self.now();
         let who = Subjects {
             uid: Some(username.to_owned()),
+            connector_id: Some(connector.id.clone()),
             ..ctx.subjects()
         };
-        let keys = vec![LimitKey::user(username), LimitKey::address(&ctx.ip)];
+        // A directory's people are counted apart from local users of the same name.
+        let counted = match connector.kind {
+            Kind::Local => username.to_owned(),
+            Kind::Ldap(_) => format!("{}:{username}", connector.id),
+        };
+        let keys = vec![LimitKey::user(&counted), LimitKey::address(&ctx.ip)];
         let failed = |reason: &str| Event::LoginFailed {
             reason: reason.into(),
         };
@@ -168,25 +196,98 @@ impl App {
             .admit_audited(&self.login_limiter, keys, &failed("rate_limited"), &who)
             .await
             .map_err(LoginFailure::RateLimited)?;
-        let Some(user) = self.user_with_password(username, password).await else {
-            attempt.failed();
-            self.record(&failed("bad_credentials"), &who);
-            return Err(LoginFailure::BadCredentials);
+        let authenticated = match &connector.kind {
+            Kind::Local => self
+                .user_with_password(username, password)
+                .await
+                .map(|user| Subject::new(user.username))
+                .ok_or(DirectoryError::BadCredentials),
+            Kind::Ldap(ldap) => {
+                let person = ldap.login(username, password, self.connectors.mapping());
+                match person.await {
+                    Ok(person) => {
+                        let remembered = self.remember(&connector.id, &person, now).await;
+                        remembered.map_err(|e| LoginFailure::Unavailable(e.into()))?;
+                        Ok(person.subject)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let subject = match authenticated {
+            Ok(subject) => subject,
+            Err(DirectoryError::Unavailable(why)) => {
+                // Neither a success nor a guess: the attempt is not counted.
+                drop(attempt);
+                tracing::warn!(connector = %connector.id, reason = %why, "a login could not reach the directory");
+                self.record(&failed("directory_unavailable"), &who);
+                return Err(LoginFailure::DirectoryUnavailable(connector.name.clone()));
+            }
+            Err(refusal) => {
+                attempt.failed();
+                let reason = match refusal {
+                    DirectoryError::Disabled => "account_disabled",
+                    _ => "bad_credentials",
+                };
+                self.record(&failed(reason), &who);
+                return Err(LoginFailure::BadCredentials);
+            }
         };
         attempt.succeeded();
         let outcome = self
-            .start_sso(&user, now)
+            .start_sso(subject.clone(), now)
             .await
             .map_err(|e| LoginFailure::Unavailable(e.into()))?;
+        let who = Subjects {
+            uid: Some(subject.to_string()),
+            ..who
+        };
         self.record(&Event::LoginSucceeded, &who);
         Ok(outcome)
     }
 
+    /// The connector a login goes through: the one named, or the only one.
+    fn connector_for(&self, id: Option<&str>) -> Result<Arc<Connector>, LoginFailure> {
+        let all = self.connectors.all();
+        let found = match id {
+            Some(id) => self.connectors.find(id),
+            None if all.len() == 1 => all.first(),
+            None => None,
+        };
+        found.cloned().ok_or(LoginFailure::NoConnector)
+    }
+
+    /// Stores what the directory said of `person` at login: the claims their tokens carry until
+    /// the next re-validation. A new login clears a disabled mark: the directory just vouched.
+    async fn remember(
+        &self,
+        connector_id: &str,
+        person: &Person,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let claims = person.identity.to_json();
+        self.store
+            .save_identity(IdentityRecord {
+                subject: person.subject.clone(),
+                connector_id: connector_id.to_owned(),
+                claims,
+                checked_at: now,
+                check_lease_until: None,
+                upstream: None,
+                disabled_at: None,
+            })
+            .await
+    }
+
     /// Starts the SSO session of a login at `now`, and the handle its cookie carries.
-    async fn start_sso(&self, user: &User, now: UnixMillis) -> Result<LoginOutcome, StoreError> {
+    async fn start_sso(
+        &self,
+        subject: Subject,
+        now: UnixMillis,
+    ) -> Result<LoginOutcome, StoreError> {
         let handle = random_secret("tss1_");
         let id = SsoId::new(random_id());
-        let sso = new_sso(&handle, id, user, now, self.config.session_max_lifetime);
+        let sso = new_sso(&handle, id, subject, now, self.config.session_max_lifetime);
         self.store.create_sso(sso.clone()).await?;
         Ok(LoginOutcome { sso, handle })
     }
@@ -256,14 +357,14 @@ fn check_username(username: &str) -> Result<(), LoginFailure> {
 fn new_sso(
     handle: &Secret,
     id: SsoId,
-    user: &User,
+    subject: Subject,
     now: UnixMillis,
     lifetime: Duration,
 ) -> SsoSession {
     SsoSession {
         handle: handle.hash(),
         id,
-        subject: Subject::new(user.username.clone()),
+        subject,
         auth_time: now,
         expires_at: now.plus(lifetime),
         revoked_at: None,

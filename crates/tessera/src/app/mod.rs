@@ -4,6 +4,7 @@
 
 mod authorize;
 mod error;
+mod identity;
 mod limiter;
 mod session;
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use token::ClientCredentials;
 
 use crate::audit::Audit;
 use crate::config::{Client, Config};
+use crate::connector::Connectors;
 use crate::keys::{self, KeySet};
 use crate::metrics::Metrics;
 use crate::users::Users;
@@ -71,6 +73,8 @@ pub struct App {
     keys: RwLock<Arc<KeySet>>,
     rotation_key: RotationKey,
     users: Users,
+    /// Where people come from: the users file, directories.
+    connectors: Connectors,
     /// Failed logins per user name and per client address.
     login_limiter: Limiter,
     /// Wrong client secrets per client id and per client address.
@@ -103,6 +107,8 @@ pub struct AppParts {
     pub audit: Audit,
     /// The local users.
     pub users: Users,
+    /// The connectors built from the configuration.
+    pub connectors: Connectors,
 }
 
 /// How long an attempt waits for the attempts in flight on its keys before it is refused.
@@ -121,6 +127,7 @@ impl App {
             clock,
             audit,
             users,
+            connectors,
         } = parts;
         let key_set = keys::rotate_and_load(store.as_ref(), &config, &audit, clock.now()).await?;
         let rotation_key = rotation_key(store.as_ref()).await?;
@@ -145,6 +152,7 @@ impl App {
             keys: RwLock::new(Arc::new(key_set)),
             rotation_key,
             users,
+            connectors,
             login_limiter,
             client_limiter,
             password_gate: Arc::new(Semaphore::new(2)),

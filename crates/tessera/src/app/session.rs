@@ -9,7 +9,7 @@ use tessera_core::jwt::Expect;
 use tessera_core::token::{MAX_TOKEN_LEN, REFRESH_TOKEN_PREFIX, Secret};
 use tessera_store::{RefreshTokenInfo, Session};
 
-use super::token::{subjects, user_claims};
+use super::token::user_claims;
 use super::{App, AppError, RequestContext};
 use crate::config::Client;
 
@@ -107,11 +107,12 @@ impl App {
             .await?
             .filter(|s| is_live(s, self.now()))
             .ok_or(AppError::InvalidToken)?;
-        let user = self
-            .users
-            .find(session.subject.as_str())
-            .ok_or(AppError::InvalidToken)?;
-        let mut info = user_claims(user, &session.scope);
+        let identity = match self.identity_of(&session.subject).await {
+            Ok(identity) => identity,
+            Err(AppError::InvalidGrant { .. }) => return Err(AppError::InvalidToken),
+            Err(e) => return Err(e),
+        };
+        let mut info = user_claims(&identity, &session.scope);
         info.insert("sub".into(), json!(session.subject));
         Ok(Value::Object(info))
     }
@@ -181,7 +182,7 @@ impl App {
                 &Event::SessionRevoked {
                     reason: reason.into(),
                 },
-                &subjects(session, ctx, None),
+                &self.subjects(session, ctx, None),
             );
         }
         Ok(())

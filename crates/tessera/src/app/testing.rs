@@ -24,6 +24,7 @@ use super::token::TokenResponse;
 use super::{App, AppError, AppParts, AuthRequest, ClientCredentials, RequestContext};
 use crate::audit::Audit;
 use crate::config::{Client, Config};
+use crate::connector::Connectors;
 use crate::users::{User, Users, UsersFile};
 
 /// The issuer of every test provider.
@@ -102,6 +103,8 @@ impl TestApp {
         let audit = Audit::start(config.audit_file.as_deref()).expect("the audit log opens");
         let users = Users::load(&dir.path().join("users.yaml")).expect("the users file loads");
         let clock = Arc::new(ManualClock::at(START));
+        let connectors = Connectors::new(&config.connectors, config.group_mapping.clone())
+            .expect("the connectors start");
         let app = App::new(AppParts {
             config,
             issuer: ISSUER.into(),
@@ -109,6 +112,7 @@ impl TestApp {
             clock: Arc::clone(&clock) as _,
             audit,
             users,
+            connectors,
         })
         .await
         .expect("the test provider starts");
@@ -176,7 +180,7 @@ impl TestApp {
     pub(crate) async fn code(&self, request: &AuthRequest) -> String {
         let outcome = self
             .app
-            .login(USER, PASSWORD, &self.ctx)
+            .login(None, USER, PASSWORD, &self.ctx)
             .await
             .expect("the test user signs in");
         let location = self

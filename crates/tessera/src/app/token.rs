@@ -22,9 +22,9 @@ pub(crate) use claim::user_claims;
 use super::limiter::LimitKey;
 use super::{App, AppError, RequestContext, random_secret, slow_check};
 use crate::config::Client;
+use crate::connector::Identity;
 use crate::metrics::RefreshOutcome;
 use crate::secret;
-use crate::users::User;
 use claim::Issuance;
 use code::Presentation;
 use redemption::Verdict;
@@ -187,7 +187,7 @@ impl App {
             code_verifier,
         };
         code::check_redemption(&code, presented, now)?;
-        let user = self.user(code.subject.as_str())?;
+        let identity = self.identity_of(&code.subject).await?;
         let (session, refresh) = self.start_session(&code, now).await?;
         let issuance = Issuance {
             issuer: &self.issuer,
@@ -195,9 +195,9 @@ impl App {
             scope: &session.scope,
             now,
         };
-        let response = self.mint(issuance, user, code.nonce.as_deref(), &refresh)?;
+        let response = self.mint(issuance, &identity, code.nonce.as_deref(), &refresh)?;
         let grant_type = "authorization_code".into();
-        let who = subjects(&session, ctx, Some(code.hash));
+        let who = self.subjects(&session, ctx, Some(code.hash));
         self.record(&Event::TokenIssued { grant_type }, &who);
         Ok(response)
     }
@@ -293,7 +293,7 @@ impl App {
         let Some(session) = redemption.session else {
             return Err(self.refresh_rejected("unknown refresh token"));
         };
-        let who = subjects(&session, ctx, Some(presented.hash()));
+        let who = self.subjects(&session, ctx, Some(presented.hash()));
         let issuance = Issuance {
             issuer: &self.issuer,
             session: &session,
@@ -301,7 +301,7 @@ impl App {
             now,
         };
         let verdict = Verdict::of(redemption.decision);
-        self.carry_out(&verdict, issuance, &successor, &who)
+        self.carry_out(&verdict, issuance, &successor, &who).await
     }
 
     /// The redemption of `presented` asked of the store, under the server's policy.
@@ -331,8 +331,9 @@ impl App {
     }
 
     /// Answers what `verdict` calls for: its events and `invalid_grant`, or tokens with the
-    /// `successor` and then its events (none for an answer that could not be signed).
-    fn carry_out(
+    /// `successor` and then its events (none for an answer that could not be signed, nor for
+    /// a person their directory no longer vouches for).
+    async fn carry_out(
         &self,
         verdict: &Verdict,
         issuance: Issuance<'_>,
@@ -344,8 +345,10 @@ impl App {
             verdict.events.iter().for_each(|e| self.record(e, who));
             return Err(AppError::InvalidGrant { reason });
         }
-        let user = self.user(issuance.session.subject.as_str())?;
-        let response = self.mint(issuance, user, None, successor)?;
+        let identity = self
+            .refreshed_identity(issuance.session, who, issuance.now)
+            .await?;
+        let response = self.mint(issuance, &identity, None, successor)?;
         verdict.events.iter().for_each(|e| self.record(e, who));
         Ok(response)
     }
@@ -367,22 +370,16 @@ impl App {
             .transpose()
     }
 
-    fn user(&self, username: &str) -> Result<&User, AppError> {
-        self.users.find(username).ok_or(AppError::InvalidGrant {
-            reason: "the user no longer exists",
-        })
-    }
-
     /// Signs an id_token and an access token for `issuance` and wraps them with `refresh`.
     fn mint(
         &self,
         issuance: Issuance<'_>,
-        user: &User,
+        identity: &Identity,
         nonce: Option<&str>,
         refresh: &Secret,
     ) -> Result<TokenResponse, AppError> {
         let keys = self.keys();
-        let id = issuance.id_token(user, nonce, self.config.id_token_ttl);
+        let id = issuance.id_token(identity, nonce, self.config.id_token_ttl);
         let id_token = keys.id_signer.sign("JWT", &id)?;
         let jti: [u8; 16] = rand::random();
         let access = issuance.access_token(self.config.access_token_ttl, &hex::encode(jti));
@@ -415,17 +412,22 @@ fn narrow_scope(requested: &str, granted: &str) -> Result<String, AppError> {
         .join(" "))
 }
 
-pub(super) fn subjects(
-    session: &Session,
-    ctx: &RequestContext,
-    token: Option<TokenHash>,
-) -> Subjects {
-    Subjects {
-        uid: Some(session.subject.to_string()),
-        session_id: Some(session.id.to_string()),
-        client_id: Some(session.client_id.to_string()),
-        token_id: token.map(|t| t.token_id()),
-        ..ctx.subjects()
+impl App {
+    /// Who and where an event about `session` concerns.
+    pub(super) fn subjects(
+        &self,
+        session: &Session,
+        ctx: &RequestContext,
+        token: Option<TokenHash>,
+    ) -> Subjects {
+        Subjects {
+            uid: Some(session.subject.to_string()),
+            connector_id: self.connector_id_of(&session.subject),
+            session_id: Some(session.id.to_string()),
+            client_id: Some(session.client_id.to_string()),
+            token_id: token.map(|t| t.token_id()),
+            ..ctx.subjects()
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod audit;
 mod clients;
+mod connectors;
 mod environment;
 mod http;
 mod keys;
@@ -18,6 +19,9 @@ mod tokens;
 mod users;
 
 pub use clients::Client;
+pub use connectors::{
+    ConnectorConfig, ConnectorKind, GroupMapping, GroupSearch, LdapConfig, UserMatcher, UserSearch,
+};
 pub use kubernetes::KubeCluster;
 pub use storage::Storage;
 
@@ -84,6 +88,10 @@ struct RawConfig {
     audit: audit::RawAudit,
     clients: Vec<clients::RawClient>,
     users: users::RawUsers,
+    /// Where people come from; unset: the users file alone.
+    connectors: Option<Vec<connectors::RawConnector>>,
+    /// How every connector's groups are mapped.
+    groups: connectors::RawGroups,
     storage: storage::RawStorage,
     login: login::RawLogin,
     keys: keys::RawKeys,
@@ -124,6 +132,10 @@ pub struct Config {
     pub clients: HashMap<String, Client>,
     /// Users file.
     pub users_file: Option<PathBuf>,
+    /// The connectors, in the login page's order.
+    pub connectors: Vec<ConnectorConfig>,
+    /// The mapping applied to every connector's groups.
+    pub group_mapping: GroupMapping,
     /// Where sessions and keys live.
     pub storage: Storage,
     /// Failed logins allowed per user and per IP in a window.
@@ -223,6 +235,8 @@ struct Sections {
     keys: keys::Keys,
     audit_file: Option<PathBuf>,
     users_file: Option<PathBuf>,
+    connectors: Vec<ConnectorConfig>,
+    group_mapping: GroupMapping,
 }
 
 impl RawConfig {
@@ -240,6 +254,8 @@ impl RawConfig {
             .kubernetes
             .map(|k| kubernetes::validate(k, &clients, base))
             .transpose()?;
+        let users_file = users::validate(self.users, base);
+        let connectors = connectors::validate(self.connectors, users_file.as_deref(), base)?;
         Ok(Sections {
             listen,
             tls,
@@ -255,7 +271,9 @@ impl RawConfig {
             login: login::validate(&self.login)?,
             keys: keys::validate(&self.keys)?,
             audit_file: audit::validate(&self.audit, base),
-            users_file: users::validate(self.users, base),
+            users_file,
+            connectors,
+            group_mapping: connectors::validate_groups(self.groups)?,
         })
     }
 }
@@ -278,6 +296,8 @@ impl Sections {
             audit_file: self.audit_file,
             clients: self.clients,
             users_file: self.users_file,
+            connectors: self.connectors,
+            group_mapping: self.group_mapping,
             storage: self.storage,
             login_max_failures: self.login.max_failures,
             login_failure_window: self.login.failure_window,

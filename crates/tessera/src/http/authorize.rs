@@ -16,7 +16,7 @@ use crate::web::cookie::{cookie, set_cookie};
 use crate::web::html::{error_page, escape, hidden, page};
 
 /// The authorization request parameters the login form carries through.
-const CARRIED: [&str; 8] = [
+const CARRIED: [&str; 9] = [
     "client_id",
     "redirect_uri",
     "response_type",
@@ -25,6 +25,7 @@ const CARRIED: [&str; 8] = [
     "nonce",
     "code_challenge",
     "code_challenge_method",
+    "connector_id",
 ];
 
 pub(super) async fn authorize_get(
@@ -108,7 +109,8 @@ pub(super) async fn login(
     }
     let username = params.get("username").unwrap_or_default();
     let password = params.get("password").unwrap_or_default();
-    match app.login(username, password, &ctx).await {
+    let connector_id = params.get("connector_id");
+    match app.login(connector_id, username, password, &ctx).await {
         Ok(outcome) => signed_in(&app, &request, &outcome).await,
         Err(failure) => match Retry::after(failure) {
             Ok(retry) => retry_form(&app, &request, &headers, &retry),
@@ -180,6 +182,18 @@ impl Retry {
                 format!("User names are at most {MAX_USERNAME_LEN} bytes of printable text."),
                 None,
             ),
+            LoginFailure::NoConnector => (
+                StatusCode::BAD_REQUEST,
+                "Choose where to sign in.".to_owned(),
+                None,
+            ),
+            LoginFailure::DirectoryUnavailable(name) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{name} cannot be reached right now, so nobody can sign in with it. Try again in a minute; if it lasts, tell your administrator."
+                ),
+                None,
+            ),
             LoginFailure::RateLimited(seconds) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("Too many failed sign-ins. Try again in {seconds} seconds."),
@@ -216,10 +230,15 @@ fn login_form(
 ) -> Response {
     let csrf = csrf_token(headers);
     let action = format!("{}/login", issuer_path(&app.issuer));
+    let connectors: Vec<(&str, &str)> = app
+        .connectors()
+        .iter()
+        .map(|c| (c.id.as_str(), c.name.as_str()))
+        .collect();
     let mut response = page(
         status,
         "Sign in",
-        &form_body(request, &action, &csrf, error),
+        &form_body(request, &action, &csrf, error, &connectors),
     );
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -240,6 +259,7 @@ fn carried(request: &AuthRequest) -> impl Iterator<Item = (&'static str, &str)> 
         request.nonce.as_deref(),
         request.code_challenge.as_deref(),
         request.code_challenge.as_ref().map(|_| "S256"),
+        request.connector_id.as_deref(),
     ];
     CARRIED
         .into_iter()
@@ -247,23 +267,58 @@ fn carried(request: &AuthRequest) -> impl Iterator<Item = (&'static str, &str)> 
         .filter_map(|(name, value)| value.map(|v| (name, v)))
 }
 
-/// The form's markup: the error (escaped), the carried request, the CSRF token, the fields.
-fn form_body(request: &AuthRequest, action: &str, csrf: &str, error: Option<&str>) -> String {
-    let mut fields: String = carried(request)
+/// The form's markup: the error (escaped), then one form per connector offered (the one the
+/// request names, else every configured one), each carrying the request, the CSRF token and,
+/// when there is a choice, its connector's id.
+fn form_body(
+    request: &AuthRequest,
+    action: &str,
+    csrf: &str,
+    error: Option<&str>,
+    connectors: &[(&str, &str)],
+) -> String {
+    let mut carried_fields: String = carried(request)
         .map(|(name, value)| hidden(name, value))
         .collect();
-    fields.push_str(&hidden("csrf", csrf));
+    carried_fields.push_str(&hidden("csrf", csrf));
     let error = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
+    let offered: Vec<&(&str, &str)> = match request.connector_id.as_deref() {
+        Some(chosen) => connectors.iter().filter(|(id, _)| *id == chosen).collect(),
+        None => connectors.iter().collect(),
+    };
+    let choice = offered.len() > 1;
+    let forms: String = offered
+        .iter()
+        .enumerate()
+        .map(|(n, (id, name))| {
+            let mut fields = carried_fields.clone();
+            let heading = if choice {
+                fields.push_str(&hidden("connector_id", id));
+                format!("<h2>{}</h2>", escape(name))
+            } else {
+                String::new()
+            };
+            let autofocus = if n == 0 { " autofocus" } else { "" };
+            format!(
+                "<section>{heading}<form method=\"post\" action=\"{action}\">{fields}\
+                 <label for=\"username-{n}\">User name</label><input id=\"username-{n}\" name=\"username\" autocomplete=\"username\" required{autofocus}>\
+                 <label for=\"password-{n}\">Password</label><input id=\"password-{n}\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+                 <button type=\"submit\">Sign in</button></form></section>",
+                action = escape(action),
+            )
+        })
+        .collect();
+    let through = match offered.as_slice() {
+        [(_, name)] if connectors.len() > 1 || request.connector_id.is_some() => {
+            format!(" with <strong>{}</strong>", escape(name))
+        }
+        _ => String::new(),
+    };
     format!(
-        "{error}<p>to continue to <strong>{client}</strong></p>\
-         <form method=\"post\" action=\"{action}\">{fields}\
-         <label for=\"username\">User name</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
-         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>",
+        "{error}<p>to continue to <strong>{client}</strong>{through}</p>{forms}",
         client = escape(request.client_id.as_str()),
-        action = escape(action),
     )
 }
 

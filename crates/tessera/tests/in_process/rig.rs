@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tessera::app::{App, AppParts};
 use tessera::audit::Audit;
 use tessera::config::Config;
+use tessera::connector::Connectors;
 use tessera::proxy::provider::Provider;
 use tessera::proxy::{Proxy, ProxyParts};
 use tessera::users::Users;
@@ -111,6 +112,7 @@ impl Rig {
         let audit = Audit::start(Some(&audit_file)).unwrap();
         let clock = Arc::new(ManualClock::at(SystemClock.now()));
         let users = Users::load(&config.users_file.clone().unwrap()).unwrap();
+        let connectors = Connectors::new(&config.connectors, config.group_mapping.clone()).unwrap();
         let app = Arc::new(
             App::new(AppParts {
                 config,
@@ -119,6 +121,7 @@ impl Rig {
                 clock: clock.clone(),
                 audit: audit.clone(),
                 users,
+                connectors,
             })
             .await
             .unwrap(),

@@ -21,11 +21,11 @@ const MAX_STATE_LEN: usize = 2048;
 /// A parameter refused after the redirect URI is trusted: an RFC 6749 §4.1.2.1 error code and
 /// its description, for the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Refusal {
+pub(crate) struct Refusal {
     /// The `error` code.
-    pub(super) error: &'static str,
+    pub(crate) error: &'static str,
     /// The `error_description`.
-    pub(super) description: &'static str,
+    pub(crate) description: &'static str,
 }
 
 /// The client the request names and the redirect URI registered for it; anything else is a
@@ -76,6 +76,7 @@ pub(super) fn check(
         code_challenge,
         force_login: prompt.split(' ').any(|p| p == "login"),
         no_prompt: prompt.split(' ').any(|p| p == "none"),
+        connector_id: param("connector_id"),
     })
 }
 

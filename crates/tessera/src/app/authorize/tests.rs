@@ -56,17 +56,11 @@ fn a_user_name_is_refused_when_too_long_or_not_printable() {
 #[test]
 fn an_sso_session_lasts_the_session_lifetime_from_the_sign_in() {
     let handle = Secret::from_random("tss1_", [3; 32]);
-    let user = User {
-        username: "dev".into(),
-        password_hash: String::new(),
-        email: None,
-        groups: vec![],
-    };
     let now = UnixMillis(5_000);
     let sso = new_sso(
         &handle,
         SsoId::new("x"),
-        &user,
+        Subject::new("dev"),
         now,
         Duration::from_secs(60),
     );
@@ -87,7 +81,7 @@ fn confidential_clients_need_the_exact_uri() {
 #[tokio::test]
 async fn a_login_starts_an_sso_session_that_lasts_the_session_lifetime() {
     let t = TestApp::start().await;
-    let outcome = t.app.login(USER, PASSWORD, &t.ctx).await.unwrap();
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
     let found = t.app.sso_session(Some(outcome.handle.expose())).await;
     assert_eq!(found.unwrap().as_ref(), Some(&outcome.sso));
     assert_eq!(outcome.sso.subject, Subject::new(USER));
@@ -113,7 +107,7 @@ async fn a_login_starts_an_sso_session_that_lasts_the_session_lifetime() {
 async fn a_wrong_password_and_an_unknown_user_both_fail_as_bad_credentials() {
     let t = TestApp::start().await;
     for (user, password) in [(USER, "wrong"), ("nobody", PASSWORD)] {
-        let failed = t.app.login(user, password, &t.ctx).await;
+        let failed = t.app.login(None, user, password, &t.ctx).await;
         assert!(
             matches!(failed, Err(LoginFailure::BadCredentials)),
             "{user}: {:?}",
@@ -130,22 +124,22 @@ async fn a_wrong_password_and_an_unknown_user_both_fail_as_bad_credentials() {
 async fn an_unprintable_user_name_is_refused_before_it_is_counted_or_logged() {
     let t = TestApp::start_with(&[("TESSERA_LOGIN__MAX_FAILURES", "1")]).await;
     for _ in 0..3 {
-        let refused = t.app.login("dev\u{0}", PASSWORD, &t.ctx).await;
+        let refused = t.app.login(None, "dev\u{0}", PASSWORD, &t.ctx).await;
         assert!(matches!(refused, Err(LoginFailure::InvalidUsername)));
     }
     assert_eq!(t.audit().len(), 0);
-    assert!(t.app.login(USER, PASSWORD, &t.ctx).await.is_ok());
+    assert!(t.app.login(None, USER, PASSWORD, &t.ctx).await.is_ok());
 }
 
 #[tokio::test]
 async fn failed_logins_are_limited_until_the_window_is_over() {
     let t = TestApp::start_with(&[("TESSERA_LOGIN__MAX_FAILURES", "2")]).await;
     for _ in 0..2 {
-        let failed = t.app.login(USER, "wrong", &t.ctx).await;
+        let failed = t.app.login(None, USER, "wrong", &t.ctx).await;
         assert!(matches!(failed, Err(LoginFailure::BadCredentials)));
     }
     for password in ["wrong", PASSWORD] {
-        let limited = t.app.login(USER, password, &t.ctx).await;
+        let limited = t.app.login(None, USER, password, &t.ctx).await;
         assert!(
             matches!(limited, Err(LoginFailure::RateLimited(301))),
             "even the right password waits: {:?}",
@@ -159,7 +153,7 @@ async fn failed_logins_are_limited_until_the_window_is_over() {
         "one line for the first refusal of the window"
     );
     t.advance(Duration::from_secs(5 * 60));
-    assert!(t.app.login(USER, PASSWORD, &t.ctx).await.is_ok());
+    assert!(t.app.login(None, USER, PASSWORD, &t.ctx).await.is_ok());
 }
 
 #[tokio::test]
@@ -199,7 +193,7 @@ async fn an_error_after_the_redirect_is_trusted_goes_back_with_state_and_issuer(
 async fn a_code_goes_to_the_redirect_uri_with_state_and_issuer_and_remembers_the_request() {
     let t = TestApp::start().await;
     let request = t.request(PUBLIC_CLIENT, "openid groups");
-    let outcome = t.app.login(USER, PASSWORD, &t.ctx).await.unwrap();
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
     let location = t.app.issue_code(&request, &outcome.sso).await.unwrap();
     assert!(location.starts_with(PUBLIC_REDIRECT), "{location}");
     assert_eq!(

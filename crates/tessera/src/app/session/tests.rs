@@ -254,7 +254,7 @@ async fn userinfo_answers_the_scopes_claims_while_the_access_token_lives() {
 #[tokio::test]
 async fn logout_ends_the_sso_session_and_every_session_started_from_it() {
     let t = TestApp::start().await;
-    let outcome = t.app.login(USER, PASSWORD, &t.ctx).await.unwrap();
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
     let mut issued = Vec::new();
     for client in [PUBLIC_CLIENT, CONFIDENTIAL_CLIENT] {
         let request = t.request(client, "openid");

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use tessera_core::clock::UnixMillis;
 use tessera_store::Session;
 
-use crate::users::User;
+use crate::connector::Identity;
 
 /// One issuance of tokens: who issues them, for which session and scope, and when.
 #[derive(Clone, Copy, Debug)]
@@ -29,12 +29,12 @@ impl Issuance<'_> {
     /// on the code exchange only (DESIGN.md: `nonce (code exchange only)`).
     pub(super) fn id_token(
         &self,
-        user: &User,
+        identity: &Identity,
         nonce: Option<&str>,
         ttl: Duration,
     ) -> Map<String, Value> {
         let session = self.session;
-        let mut id = user_claims(user, self.scope);
+        let mut id = user_claims(identity, self.scope);
         id.insert("iss".into(), json!(self.issuer));
         id.insert("sub".into(), json!(session.subject));
         id.insert("aud".into(), json!(session.client_id));
@@ -67,21 +67,23 @@ impl Issuance<'_> {
     }
 }
 
-/// The user's claims that the granted scope releases (OpenID Connect Core §5.4).
-pub(crate) fn user_claims(user: &User, scope: &str) -> Map<String, Value> {
+/// The person's claims that the granted scope releases (OpenID Connect Core §5.4).
+pub(crate) fn user_claims(identity: &Identity, scope: &str) -> Map<String, Value> {
     let mut claims = Map::new();
     let has = |s: &str| scope.split(' ').any(|g| g == s);
     if has("profile") {
-        claims.insert("preferred_username".into(), json!(user.username));
-        claims.insert("name".into(), json!(user.username));
+        claims.insert("preferred_username".into(), json!(identity.username));
+        let name = identity.name.as_ref().unwrap_or(&identity.username);
+        claims.insert("name".into(), json!(name));
     }
-    if let Some(email) = user.email.as_ref().filter(|_| has("email")) {
+    if let Some(email) = identity.email.as_ref().filter(|_| has("email")) {
         claims.insert("email".into(), json!(email));
-        // Local users' addresses are set by the administrator.
+        // Addresses come from the administrator's users file or the company's directory,
+        // never from the person themselves.
         claims.insert("email_verified".into(), json!(true));
     }
     if has("groups") {
-        claims.insert("groups".into(), json!(user.groups));
+        claims.insert("groups".into(), json!(identity.groups));
     }
     claims
 }
@@ -92,10 +94,10 @@ mod tests {
 
     use super::*;
 
-    fn user(email: Option<&str>) -> User {
-        User {
+    fn user(email: Option<&str>) -> Identity {
+        Identity {
             username: "dev".into(),
-            password_hash: String::new(),
+            name: None,
             email: email.map(str::to_owned),
             groups: vec!["dev".into(), "ops".into()],
         }

@@ -89,7 +89,8 @@ async fn the_form_carries_a_request_that_validates_into_the_same_request() {
         })
         .unwrap();
     assert_eq!(format!("{again:?}"), format!("{request:?}"));
-    let body = form_body(&request, "/login", "c5rf", Some("<b>bad</b>"));
+    let local = [("local", "Local account")];
+    let body = form_body(&request, "/login", "c5rf", Some("<b>bad</b>"), &local);
     assert!(body.contains("<p class=\"error\" role=\"alert\">&lt;b&gt;bad&lt;/b&gt;</p>"));
     assert!(body.contains("<input type=\"hidden\" name=\"csrf\" value=\"c5rf\">"));
     assert!(body.contains("<input type=\"hidden\" name=\"state\" value=\"af0ifjsldkj\">"));
@@ -165,7 +166,7 @@ async fn authorize_shows_the_form_with_a_csrf_cookie_and_a_login_redirects_with_
 #[tokio::test]
 async fn with_an_sso_cookie_authorize_redirects_at_once_unless_a_login_is_forced() {
     let t = TestApp::start().await;
-    let outcome = t.app.login(USER, PASSWORD, &t.ctx).await.unwrap();
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
     let cookie = format!("tessera_sso={}", outcome.handle.expose());
     let uri = format!("/authorize?{}", authorize_query(""));
     let answer = t

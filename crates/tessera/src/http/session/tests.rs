@@ -113,7 +113,7 @@ fn the_post_logout_destination_is_a_page_a_registered_redirect_or_refused() {
 #[tokio::test]
 async fn logout_without_proof_asks_first_and_the_rp_of_this_sign_in_needs_no_question() {
     let t = TestApp::start().await;
-    let outcome = t.app.login(USER, PASSWORD, &t.ctx).await.unwrap();
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
     let location = t
         .app
         .issue_code(&t.request(CONFIDENTIAL_CLIENT, "openid"), &outcome.sso)

@@ -1,0 +1,469 @@
+//! The `connectors:` and `groups:` sections: where people come from (the local users file, an
+//! LDAP directory or Active Directory), and how the groups they bring are mapped.
+//!
+//! Without a `connectors:` section the users file is the one, implicit `local` connector, as it
+//! always was.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use url::Url;
+
+use super::{Invalid, duration};
+
+/// One entry of `connectors:`, told apart by its `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub(super) enum RawConnector {
+    /// The users file (`users.file`).
+    Local(RawLocal),
+    /// An LDAP directory or Active Directory.
+    Ldap(Box<RawLdap>),
+    /// An upstream OpenID Connect provider.
+    Oidc(RawOidc),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLocal {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Only its id is read: the `oidc` type is refused with a sentence until it is supported.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawOidc {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLdap {
+    /// Stable id: part of every person's `sub`, session and audit line.
+    id: String,
+    /// Shown on the login page.
+    #[serde(default)]
+    name: Option<String>,
+    /// `ldaps://host:636`, or `ldap://host:389` with `start_tls: true`.
+    url: String,
+    #[serde(default)]
+    start_tls: bool,
+    /// PEM bundle the directory's certificate must chain to; unset: the system's roots.
+    #[serde(default)]
+    certificate_authority: Option<PathBuf>,
+    /// The service account that searches for people and groups.
+    bind_dn: String,
+    /// A file holding its password (readable by tessera's user only).
+    bind_password_file: PathBuf,
+    user_search: RawUserSearch,
+    #[serde(default)]
+    group_search: Option<RawGroupSearch>,
+    /// How long one connection, bind or search may take.
+    #[serde(default = "default_timeout")]
+    timeout: String,
+    #[serde(default = "default_revalidate_interval")]
+    revalidate_interval: String,
+    #[serde(default = "default_revalidate_max_staleness")]
+    revalidate_max_staleness: String,
+}
+
+fn default_timeout() -> String {
+    "5s".into()
+}
+
+fn default_revalidate_interval() -> String {
+    "5m".into()
+}
+
+fn default_revalidate_max_staleness() -> String {
+    "15m".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserSearch {
+    base_dn: String,
+    #[serde(default = "default_user_filter")]
+    filter: String,
+    #[serde(default = "default_username_attribute")]
+    username_attribute: String,
+    /// Unset: the entry's DN, which changes when the person is moved or renamed.
+    #[serde(default)]
+    id_attribute: Option<String>,
+    #[serde(default = "default_email_attribute")]
+    email_attribute: String,
+    #[serde(default = "default_name_attribute")]
+    name_attribute: String,
+}
+
+fn default_user_filter() -> String {
+    "(objectClass=person)".into()
+}
+
+fn default_username_attribute() -> String {
+    "uid".into()
+}
+
+fn default_email_attribute() -> String {
+    "mail".into()
+}
+
+fn default_name_attribute() -> String {
+    "cn".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroupSearch {
+    base_dn: String,
+    #[serde(default = "default_group_filter")]
+    filter: String,
+    user_matchers: Vec<RawUserMatcher>,
+    #[serde(default = "default_group_name_attribute")]
+    name_attribute: String,
+}
+
+fn default_group_filter() -> String {
+    "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=group))".into()
+}
+
+fn default_group_name_attribute() -> String {
+    "cn".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserMatcher {
+    user_attribute: String,
+    group_attribute: String,
+}
+
+/// The `groups:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawGroups {
+    /// Put before every kept name, e.g. `corp:`.
+    prefix: String,
+    /// Regexes on the renamed names; when set, a group none of them matches is dropped.
+    include: Vec<String>,
+    /// Directory name → name in tokens.
+    rename: HashMap<String, String>,
+}
+
+/// A validated connector.
+#[derive(Clone, Debug)]
+pub struct ConnectorConfig {
+    /// Its id.
+    pub id: String,
+    /// What the login page shows.
+    pub name: String,
+    /// How it authenticates.
+    pub kind: ConnectorKind,
+}
+
+/// The kinds of connector.
+#[derive(Clone, Debug)]
+pub enum ConnectorKind {
+    /// The users file.
+    Local,
+    /// An LDAP directory.
+    Ldap(Box<LdapConfig>),
+}
+
+/// A validated `type: ldap` connector.
+#[derive(Clone, Debug)]
+pub struct LdapConfig {
+    /// `ldaps://` or `ldap://` (then with StartTLS).
+    pub url: Url,
+    /// Upgrade an `ldap://` connection with StartTLS.
+    pub start_tls: bool,
+    /// The CA bundle, if not the system's roots.
+    pub certificate_authority: Option<PathBuf>,
+    /// The service account's DN.
+    pub bind_dn: String,
+    /// The file holding its password, read at start.
+    pub bind_password_file: PathBuf,
+    /// How people are found.
+    pub user_search: UserSearch,
+    /// How their groups are found, if they are.
+    pub group_search: Option<GroupSearch>,
+    /// The bound on each connection, bind and search.
+    pub timeout: Duration,
+    /// How old the last check of a person may be before a refresh checks again.
+    pub revalidate_interval: Duration,
+    /// How long past the last good check refreshes go on while the directory is unreachable.
+    pub revalidate_max_staleness: Duration,
+}
+
+/// `user_search`.
+#[derive(Clone, Debug)]
+pub struct UserSearch {
+    /// Where people are.
+    pub base_dn: String,
+    /// Which entries are people.
+    pub filter: String,
+    /// What they type at the login form.
+    pub username_attribute: String,
+    /// Their stable id; `None` is the entry's DN.
+    pub id_attribute: Option<String>,
+    /// Their e-mail address.
+    pub email_attribute: String,
+    /// Their display name.
+    pub name_attribute: String,
+}
+
+/// `group_search`.
+#[derive(Clone, Debug)]
+pub struct GroupSearch {
+    /// Where groups are.
+    pub base_dn: String,
+    /// Which entries are groups.
+    pub filter: String,
+    /// How a person is matched to groups, tried in order and combined.
+    pub user_matchers: Vec<UserMatcher>,
+    /// The group's name.
+    pub name_attribute: String,
+}
+
+/// One way to find a person's groups: a group belongs to the person when the group's
+/// `group_attribute` holds a value of the person's `user_attribute`. `distinguishedName` on
+/// either side means the entry's DN, whether or not the server stores it as an attribute.
+#[derive(Clone, Debug)]
+pub struct UserMatcher {
+    /// On the person's entry (`distinguishedName`, `memberOf`, `uid`, …).
+    pub user_attribute: String,
+    /// On the group's entry (`member`, `memberUid`, `distinguishedName`, …).
+    pub group_attribute: String,
+}
+
+/// The validated `groups:` section.
+#[derive(Clone, Debug, Default)]
+pub struct GroupMapping {
+    /// Put before every kept name.
+    pub prefix: String,
+    /// When not empty, only names matching one of these are kept.
+    pub include: Vec<Regex>,
+    /// Renames applied first.
+    pub rename: HashMap<String, String>,
+}
+
+/// The connectors, in the order the login page lists them. Without a `connectors:` section:
+/// the implicit `local` connector.
+pub(super) fn validate(
+    raw: Option<Vec<RawConnector>>,
+    users_file: Option<&Path>,
+    base: &Path,
+) -> Result<Vec<ConnectorConfig>, Invalid> {
+    let Some(raw) = raw else {
+        return Ok(vec![ConnectorConfig {
+            id: "local".into(),
+            name: "Local account".into(),
+            kind: ConnectorKind::Local,
+        }]);
+    };
+    if raw.is_empty() {
+        return Err((
+            "connectors".into(),
+            "is empty: list at least one connector, or remove the key to use users.file".into(),
+        ));
+    }
+    let mut connectors: Vec<ConnectorConfig> = Vec::with_capacity(raw.len());
+    for (i, c) in raw.into_iter().enumerate() {
+        let key = format!("connectors[{i}]");
+        let connector =
+            connector(c, users_file, base).map_err(|(under, m)| (format!("{key}{under}"), m))?;
+        if connectors.iter().any(|known| known.id == connector.id) {
+            return Err((
+                format!("{key}.id"),
+                format!("connector id `{}` appears twice", connector.id),
+            ));
+        }
+        connectors.push(connector);
+    }
+    Ok(connectors)
+}
+
+/// One connector; an error's key is the part under `connectors[i]`.
+fn connector(
+    raw: RawConnector,
+    users_file: Option<&Path>,
+    base: &Path,
+) -> Result<ConnectorConfig, Invalid> {
+    let (id, name, kind) = match raw {
+        RawConnector::Local(local) => {
+            if users_file.is_none() {
+                return Err((
+                    ".type".into(),
+                    "a `local` connector needs users.file to be set".into(),
+                ));
+            }
+            (local.id, local.name, ConnectorKind::Local)
+        }
+        RawConnector::Ldap(ldap_raw) => {
+            let id = ldap_raw.id.clone();
+            let name = ldap_raw.name.clone();
+            let ldap = ldap(*ldap_raw, base)?;
+            (id, name, ConnectorKind::Ldap(Box::new(ldap)))
+        }
+        RawConnector::Oidc(oidc) => {
+            return Err((
+                ".type".into(),
+                format!(
+                    "connector `{}`: `oidc` connectors are not supported by this version of \
+                     tessera yet; use `ldap` or `local`",
+                    oidc.id
+                ),
+            ));
+        }
+    };
+    check_id(&id)?;
+    Ok(ConnectorConfig {
+        name: name.unwrap_or_else(|| id.clone()),
+        id,
+        kind,
+    })
+}
+
+/// Ids go into every `sub` (`<id>:<person>`), so they are short and carry no `:`.
+fn check_id(id: &str) -> Result<(), Invalid> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            ".id".into(),
+            format!("`{id}` is not a connector id: use 1 to 64 letters, digits, `-`, `_` or `.`"),
+        ))
+    }
+}
+
+fn ldap(raw: RawLdap, base: &Path) -> Result<LdapConfig, Invalid> {
+    let url = Url::parse(&raw.url).map_err(|e| (".url".to_owned(), format!("{e}")))?;
+    match (url.scheme(), raw.start_tls) {
+        ("ldaps", false) | ("ldap", true) => {}
+        ("ldaps", true) => {
+            return Err((
+                ".start_tls".into(),
+                "an ldaps:// URL is already TLS; remove start_tls or use ldap://".into(),
+            ));
+        }
+        ("ldap", false) => {
+            return Err((
+                ".url".into(),
+                "ldap:// without `start_tls: true` would send passwords in clear text; use \
+                 ldaps:// or set start_tls: true"
+                    .into(),
+            ));
+        }
+        _ => {
+            return Err((
+                ".url".into(),
+                format!("`{}` is not an ldaps:// or ldap:// URL", raw.url),
+            ));
+        }
+    }
+    if url.host_str().is_none() {
+        return Err((".url".into(), format!("`{}` names no host", raw.url)));
+    }
+    let check_dn = |key: &str, dn: &str| {
+        if dn.trim().is_empty() {
+            Err((key.to_owned(), "must not be empty".to_owned()))
+        } else {
+            Ok(())
+        }
+    };
+    check_dn(".bind_dn", &raw.bind_dn)?;
+    check_dn(".user_search.base_dn", &raw.user_search.base_dn)?;
+    let user_search = UserSearch {
+        base_dn: raw.user_search.base_dn,
+        filter: filter(".user_search.filter", raw.user_search.filter)?,
+        username_attribute: raw.user_search.username_attribute,
+        id_attribute: raw.user_search.id_attribute,
+        email_attribute: raw.user_search.email_attribute,
+        name_attribute: raw.user_search.name_attribute,
+    };
+    let group_search = raw
+        .group_search
+        .map(|g| {
+            check_dn(".group_search.base_dn", &g.base_dn)?;
+            if g.user_matchers.is_empty() {
+                return Err((
+                    ".group_search.user_matchers".to_owned(),
+                    "must list at least one {user_attribute, group_attribute}".to_owned(),
+                ));
+            }
+            Ok(GroupSearch {
+                base_dn: g.base_dn,
+                filter: filter(".group_search.filter", g.filter)?,
+                user_matchers: g
+                    .user_matchers
+                    .into_iter()
+                    .map(|m| UserMatcher {
+                        user_attribute: m.user_attribute,
+                        group_attribute: m.group_attribute,
+                    })
+                    .collect(),
+                name_attribute: g.name_attribute,
+            })
+        })
+        .transpose()?;
+    let revalidate_interval = duration(".revalidate_interval", &raw.revalidate_interval)?;
+    let revalidate_max_staleness =
+        duration(".revalidate_max_staleness", &raw.revalidate_max_staleness)?;
+    if revalidate_max_staleness < revalidate_interval {
+        return Err((
+            ".revalidate_max_staleness".into(),
+            "must be at least revalidate_interval".into(),
+        ));
+    }
+    Ok(LdapConfig {
+        url,
+        start_tls: raw.start_tls,
+        certificate_authority: raw.certificate_authority.map(|p| base.join(p)),
+        bind_dn: raw.bind_dn,
+        bind_password_file: base.join(raw.bind_password_file),
+        user_search,
+        group_search,
+        timeout: duration(".timeout", &raw.timeout)?,
+        revalidate_interval,
+        revalidate_max_staleness,
+    })
+}
+
+/// A search filter from the file: parenthesised, so it can be combined with `(&…)`.
+fn filter(key: &str, text: String) -> Result<String, Invalid> {
+    let text = text.trim().to_owned();
+    if text.starts_with('(') && text.ends_with(')') {
+        Ok(text)
+    } else {
+        Err((
+            key.to_owned(),
+            format!("`{text}` is not an LDAP filter in parentheses, like (objectClass=person)"),
+        ))
+    }
+}
+
+/// The validated `groups:` section.
+pub(super) fn validate_groups(raw: RawGroups) -> Result<GroupMapping, Invalid> {
+    let include = raw
+        .include
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Regex::new(text).map_err(|e| (format!("groups.include[{i}]"), e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(GroupMapping {
+        prefix: raw.prefix,
+        include,
+        rename: raw.rename,
+    })
+}
