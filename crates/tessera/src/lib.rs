@@ -16,6 +16,7 @@ mod path;
 pub mod proxy;
 pub mod secret;
 pub mod serve;
+pub mod shutdown;
 pub mod storage;
 pub mod tls;
 pub mod users;
