@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::cluster::signal;
 use crate::listener_limits::{proxy_address, read_until_closed, tls_connect};
+use crate::proxy_external::StandaloneProxy;
 use crate::support::{Server, client, text};
 use crate::upstream::Upstream;
 
@@ -185,6 +186,49 @@ async fn when_the_grace_runs_out_open_connections_are_cut_and_counted_and_the_ex
     read_until_closed(&mut provider).await;
 }
 
+#[tokio::test]
+async fn the_standalone_proxy_answers_while_it_drains_and_exits_0() {
+    // In front of a provider it never needs to reach: `/oauth2/auth` without a cookie answers
+    // 401 by itself.
+    let mut proxy = StandaloneProxy::start(
+        "proxy:
+  listen: 127.0.0.1:0
+  routes: [{upstream: 'http://127.0.0.1:9'}]
+  session: {store: cookie}
+  cookie: {secret: 'KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio='}
+  provider: {issuer: 'https://127.0.0.1:9', client_id: rp, client_secret: s}
+http:
+  shutdown_grace: 4s
+",
+    );
+    let http = cleartext_client();
+    let auth = format!("{}/oauth2/auth", proxy.url);
+    assert_eq!(
+        http.get(&auth).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    signal("-TERM", proxy.pid());
+    // Until the signal is handled answers keep their connection; after it, new connections
+    // are still served, each answer closing its own.
+    let mut draining = false;
+    for _ in 0..500 {
+        let response = http.get(&auth).send().await.expect("still accepting");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        if response
+            .headers()
+            .get(reqwest::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+        {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(draining, "no answer said `Connection: close`");
+    let status = proxy.exited().await;
+    assert!(status.success(), "tessera proxy exited with {status}");
+}
+
 /// How a refresh chain ended.
 struct ChainEnd {
     /// The last refresh token the chain was given.
@@ -242,6 +286,20 @@ async fn refresh_chain(
         }
         answered.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// A client for the proxy's cleartext HTTP (reqwest wants a TLS set-up all the same).
+fn cleartext_client() -> reqwest::Client {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
 }
 
 /// The audit log's `token_id` of a token: the first 16 hex digits of its SHA-256.
