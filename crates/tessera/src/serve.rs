@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::listener::{self, Connections};
 use crate::proxy::provider::Provider;
 use crate::proxy::{self, Proxy, ProxyParts};
-use crate::shutdown::{self, Signals};
+use crate::shutdown;
 use crate::users::Users;
 use crate::{dev, http, tls};
 
@@ -61,12 +61,8 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         None => None,
     };
     spawn_maintenance(Arc::clone(&app));
-    let signals = Signals::install().context("cannot listen for SIGTERM")?;
-    tokio::spawn(shutdown::on_signals(
-        signals,
-        shutdown.clone(),
-        app.config.shutdown_grace,
-    ));
+    shutdown::stop_on_signals(&shutdown, app.config.shutdown_grace)
+        .context("cannot listen for SIGTERM")?;
     announce(address, &app.issuer, setup.as_ref());
     let mut cut = connections
         .serve(

@@ -81,16 +81,23 @@ impl Shutdown {
     }
 }
 
-/// The stop signals, listened for from the moment this is installed: a signal that comes
-/// before is not missed, nor does it kill the process by its default action.
-pub struct Signals {
+/// Listens for SIGTERM (the kubelet, systemd) and SIGINT (Ctrl-C) from now on, so that a
+/// signal sent as soon as the process has announced itself is not missed, and takes `shutdown`
+/// through its phases in the background when one comes, `grace` being `http.shutdown_grace`.
+pub fn stop_on_signals(shutdown: &Shutdown, grace: Duration) -> std::io::Result<()> {
+    let signals = Signals::install()?;
+    tokio::spawn(on_signals(signals, shutdown.clone(), grace));
+    Ok(())
+}
+
+/// The stop signals, listened for from the moment this is installed.
+struct Signals {
     terminate: Signal,
     interrupt: Signal,
 }
 
 impl Signals {
-    /// Listens for SIGTERM (the kubelet, systemd) and SIGINT (Ctrl-C).
-    pub fn install() -> std::io::Result<Signals> {
+    fn install() -> std::io::Result<Signals> {
         Ok(Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
@@ -106,9 +113,8 @@ impl Signals {
     }
 }
 
-/// Takes `shutdown` through its phases when the first signal comes, `grace` being
-/// `http.shutdown_grace`; a second signal cuts at once.
-pub async fn on_signals(mut signals: Signals, shutdown: Shutdown, grace: Duration) {
+/// Takes `shutdown` through its phases when the first signal comes; a second one cuts at once.
+async fn on_signals(mut signals: Signals, shutdown: Shutdown, grace: Duration) {
     let first = signals.next().await;
     let accepting = grace / 2;
     tracing::info!(

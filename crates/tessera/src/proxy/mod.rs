@@ -36,7 +36,7 @@ use crate::config::proxy::{ExternalProvider, ProxyConfig, Route, SessionStore};
 use crate::config::{Client, Config};
 use crate::listener::Connections;
 use crate::path::{self, UnsafePath};
-use crate::shutdown::{self, Shutdown, Signals};
+use crate::shutdown::{self, Shutdown};
 
 /// Name of the stored secret that seals proxy sessions when no `proxy.cookie.secret` is set.
 const COOKIE_KEY_SECRET: &str = "proxy_cookie_key";
@@ -167,12 +167,8 @@ pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<
     })
     .await?;
     let shutdown = Shutdown::default();
-    let signals = Signals::install().context("cannot listen for SIGTERM")?;
-    tokio::spawn(shutdown::on_signals(
-        signals,
-        shutdown.clone(),
-        config.shutdown_grace,
-    ));
+    shutdown::stop_on_signals(&shutdown, config.shutdown_grace)
+        .context("cannot listen for SIGTERM")?;
     println!("proxy listening on http://{}", listeners.local_addr());
     let cut = listeners
         .serve(Arc::new(proxy), connections, shutdown)

@@ -187,6 +187,26 @@ async fn when_the_grace_runs_out_open_connections_are_cut_and_counted_and_the_ex
 }
 
 #[tokio::test]
+async fn a_second_signal_cuts_at_once_what_a_long_grace_would_wait_for() {
+    let mut server = Server::start_with(&[("TESSERA_HTTP__SHUTDOWN_GRACE", "10m")]).await;
+    let mut held = tls_connect(&server, false).await;
+    held.write_all(
+        b"POST /token HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\n\
+          Content-Length: 1000\r\n\r\ngrant_type=",
+    )
+    .await
+    .unwrap();
+    held.flush().await.unwrap();
+    signal("-TERM", server.pid());
+    signal("-INT", server.pid());
+    // Within `exited`'s minute only if the second signal cut the ten-minute grace short.
+    let status = server.exited().await;
+    assert!(status.success(), "tessera exited with {status}");
+    read_until_closed(&mut held).await;
+}
+
+#[tokio::test]
 async fn the_standalone_proxy_answers_while_it_drains_and_exits_0() {
     // In front of a provider it never needs to reach: `/oauth2/auth` without a cookie answers
     // 401 by itself.
