@@ -17,6 +17,7 @@ mod path;
 pub mod proxy;
 pub mod secret;
 pub mod serve;
+pub mod shutdown;
 pub mod storage;
 pub mod tls;
 pub mod users;

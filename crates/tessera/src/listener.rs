@@ -39,13 +39,14 @@ mod gate;
 use self::activity::{Activity, Tracked, TrackedAnswer};
 use self::deadline::DeadlineBody;
 use self::gate::{Admitted, Gate};
+use crate::shutdown::{Phase, Shutdown};
 
 /// Open files kept for everything but client connections: the store, logs, listening sockets,
 /// the runtime.
 const RESERVED_FILES: u64 = 64;
 
-/// How long a connection told to close (idle, or the server stopping) may take to finish what
-/// it has in flight.
+/// How long an idle connection told to close may take to finish what it has in flight (when the
+/// process stops, `http.shutdown_grace` bounds it instead).
 const GRACE: Duration = Duration::from_secs(10);
 
 /// How long accepting pauses after an error other than a client's reset (such as `EMFILE`).
@@ -147,21 +148,23 @@ impl Connections {
     }
 
     /// Accepts connections on `listener` (through TLS when `tls` is set) and serves `router`
-    /// on them, each request carrying `ConnectInfo(info(peer))`, until `shutdown` resolves;
-    /// then lets the open connections finish for at most `GRACE` (10 s).
+    /// on them, each request carrying `ConnectInfo(info(peer))`, until `shutdown` reaches
+    /// [`Phase::Closing`]; then lets the open connections finish what they have in flight
+    /// until [`Phase::Cut`]. Answers how many were still open then (and so cut).
     pub async fn serve<C>(
         &self,
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
         router: Router,
         info: fn(SocketAddr) -> C,
-        shutdown: impl Future<Output = ()>,
-    ) where
+        shutdown: &Shutdown,
+    ) -> usize
+    where
         C: Clone + Send + Sync + 'static,
     {
         let (stop, stopping) = watch::channel(());
-        let mut shutdown = std::pin::pin!(shutdown);
-        while let Some((tcp, peer)) = accept(&listener, &mut shutdown).await {
+        let mut closing = std::pin::pin!(shutdown.reached(Phase::Closing));
+        while let Some((tcp, peer)) = accept(&listener, &mut closing).await {
             let Some(io) = self.admit(tcp, peer) else {
                 continue;
             };
@@ -170,13 +173,17 @@ impl Connections {
                 router: router.clone(),
                 info: info(peer),
                 stopping: stopping.clone(),
+                shutdown: shutdown.clone(),
             };
             tokio::spawn(connection.run(io, tls.clone()));
         }
         drop(listener);
         drop(stopping);
         stop.send_replace(());
-        let _ = tokio::time::timeout(GRACE, stop.closed()).await;
+        tokio::select! {
+            () = stop.closed() => 0,
+            () = shutdown.reached(Phase::Cut) => stop.receiver_count(),
+        }
     }
 
     /// A place in the [`Gate`] for a connection from `peer`, or `None` (the connection is
@@ -201,7 +208,9 @@ struct Connection<C> {
     connections: Connections,
     router: Router,
     info: C,
+    /// Holds a place in `serve`'s count of open connections until the connection ends.
     stopping: watch::Receiver<()>,
+    shutdown: Shutdown,
 }
 
 impl<C: Clone + Send + Sync + 'static> Connection<C> {
@@ -228,22 +237,31 @@ impl<C: Clone + Send + Sync + 'static> Connection<C> {
             info: self.info,
             activity: Arc::clone(&activity),
             body_timeout: limits.body_timeout,
+            shutdown: self.shutdown,
         };
         let http = Arc::clone(&self.connections.http);
         let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
-        tokio::select! {
+        let stopping = tokio::select! {
             outcome = connection.as_mut() => {
                 if let Err(e) = outcome {
                     tracing::debug!(error = %e, "connection ended");
                 }
                 return;
             }
-            () = activity.idle(&limits) => tracing::debug!("idle connection: closing"),
-            _ = self.stopping.changed() => {}
-        }
+            () = activity.idle(&limits) => {
+                tracing::debug!("idle connection: closing");
+                false
+            }
+            _ = self.stopping.changed() => true,
+        };
         connection.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(GRACE, connection).await;
+        if stopping {
+            // Bounded by the process: its shutdown cuts what is left at `http.shutdown_grace`.
+            let _ = connection.await;
+        } else {
+            let _ = tokio::time::timeout(GRACE, connection).await;
+        }
     }
 }
 
@@ -253,6 +271,7 @@ struct ConnectionService<C> {
     info: C,
     activity: Arc<Activity>,
     body_timeout: Duration,
+    shutdown: Shutdown,
 }
 
 impl<C: Clone + Send + Sync + 'static> hyper::service::Service<Request<Incoming>>
@@ -264,11 +283,15 @@ impl<C: Clone + Send + Sync + 'static> hyper::service::Service<Request<Incoming>
 
     fn call(&self, request: Request<Incoming>) -> TrackedAnswer {
         let in_flight = self.activity.start();
+        // HTTP/2 has no `Connection` header (RFC 9113 §8.2.2): its connections get GOAWAY when
+        // the listeners close.
+        let shutdown =
+            (request.version() <= hyper::Version::HTTP_11).then(|| self.shutdown.clone());
         let mut request = request.map(|body| Body::new(DeadlineBody::new(body, self.body_timeout)));
         request
             .extensions_mut()
             .insert(ConnectInfo(self.info.clone()));
-        TrackedAnswer::new(self.router.clone().call(request), in_flight)
+        TrackedAnswer::new(self.router.clone().call(request), in_flight, shutdown)
     }
 }
 

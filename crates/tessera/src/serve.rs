@@ -1,5 +1,6 @@
 //! `tessera serve`: load the configuration (preparing a dev data directory first with
-//! `--dev`), open the store, build the [`App`], and serve HTTPS until SIGTERM or Ctrl-C.
+//! `--dev`), open the store, build the [`App`], and serve HTTPS until SIGTERM or Ctrl-C has
+//! drained the connections (see [`crate::shutdown`]); then flush the audit log.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tessera_core::clock::{Clock, SystemClock};
 use tessera_store::Store;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, AppParts};
@@ -18,6 +20,7 @@ use crate::connector::Connectors;
 use crate::listener::{self, Connections};
 use crate::proxy::provider::Provider;
 use crate::proxy::{self, Proxy, ProxyParts};
+use crate::shutdown;
 use crate::users::Users;
 use crate::{dev, http, tls};
 
@@ -51,20 +54,33 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let store = crate::storage::open(&config.storage).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = Arc::new(start_app(config, address, Arc::clone(&store), Arc::clone(&clock)).await?);
-    if let Some(listener) = proxy_listener {
-        spawn_proxy(&app, listener, store, clock, connections.clone()).await?;
-    }
+    let shutdown = app.shutdown.clone();
+    let proxy = match proxy_listener {
+        Some(listener) => {
+            Some(spawn_proxy(&app, listener, store, clock, connections.clone()).await?)
+        }
+        None => None,
+    };
     spawn_maintenance(Arc::clone(&app));
+    shutdown::stop_on_signals(&shutdown, app.config.shutdown_grace)
+        .context("cannot listen for SIGTERM")?;
     announce(address, &app.issuer, setup.as_ref());
-    connections
+    let mut cut = connections
         .serve(
             tokio::net::TcpListener::from_std(listener)?,
             Some(TlsAcceptor::from(tls)),
-            http::router(app),
+            http::router(Arc::clone(&app)),
             |peer: SocketAddr| peer,
-            shutdown_signal(),
+            &shutdown,
         )
         .await;
+    if let Some(proxy) = proxy {
+        // The proxy drains on the same timeline, so this waits no longer than the grace.
+        cut += proxy.await.unwrap_or(0);
+    }
+    shutdown::report(cut);
+    // Every answered request recorded its events before its answer was sent or dropped.
+    app.audit.flush();
     Ok(())
 }
 
@@ -170,16 +186,17 @@ async fn start_app(
 }
 
 /// Serves the proxy on `listener` in the background, its provider this process's `app` or the
-/// configured external one.
+/// configured external one, until the app's shutdown has drained it; the task answers how many
+/// of its connections were cut.
 async fn spawn_proxy(
     app: &Arc<App>,
     listener: proxy::Listeners,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     connections: Connections,
-) -> Result<()> {
+) -> Result<JoinHandle<usize>> {
     let Some(proxy_config) = app.config.proxy.clone() else {
-        return Ok(());
+        bail!("the proxy's sockets are bound only when `proxy:` is configured");
     };
     let provider = match proxy_config.provider.clone() {
         Some(external) => Provider::remote(external)?,
@@ -196,12 +213,16 @@ async fn spawn_proxy(
     })
     .await?;
     println!("proxy listening on http://{}", listener.local_addr());
-    tokio::spawn(async move {
-        if let Err(e) = listener.serve(Arc::new(proxy), connections).await {
-            tracing::error!(error = %e, "the proxy stopped");
+    let shutdown = app.shutdown.clone();
+    Ok(tokio::spawn(async move {
+        match listener.serve(Arc::new(proxy), connections, shutdown).await {
+            Ok(cut) => cut,
+            Err(e) => {
+                tracing::error!(error = %e, "the proxy stopped");
+                0
+            }
         }
-    });
-    Ok(())
+    }))
 }
 
 /// The stable start-up lines scripts rely on, then the dev hints.
@@ -271,21 +292,5 @@ async fn sweep(app: Arc<App>) {
             Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }

@@ -31,6 +31,7 @@ use crate::config::{Client, Config};
 use crate::connector::Connectors;
 use crate::keys::{self, KeySet};
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 use crate::users::Users;
 use limiter::{CAPACITY, ClosedWindow, LimitKey, Limiter};
 use token::VerifiedSecrets;
@@ -68,6 +69,8 @@ pub struct App {
     pub audit: Audit,
     /// The metrics.
     pub metrics: Metrics,
+    /// How far the process is on its way out (`/readyz` fails once it is draining).
+    pub shutdown: Shutdown,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     keys: RwLock<Arc<KeySet>>,
@@ -147,6 +150,7 @@ impl App {
             issuer,
             audit,
             metrics: Metrics::new(),
+            shutdown: Shutdown::default(),
             store,
             clock,
             keys: RwLock::new(Arc::new(key_set)),

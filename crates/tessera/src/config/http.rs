@@ -1,9 +1,11 @@
 //! The `http:` section: trusted proxies, and the timeouts and connection caps of both
 //! listeners.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::{Invalid, parse_duration};
+use super::{Invalid, duration, parse_duration};
 use crate::listener::Limits;
 
 /// Both listeners: the provider's (HTTPS) and the proxy's (HTTP).
@@ -27,6 +29,10 @@ pub(super) struct RawHttp {
     /// Most connections open at once from one client address (IPv6: one /64);
     /// `trusted_proxies` are exempt.
     max_connections_per_ip: usize,
+    /// On SIGTERM or SIGINT: how long the process may take to stop. `/readyz` fails at once,
+    /// new connections are still taken for the first half, and what is in flight when this
+    /// runs out is cut.
+    shutdown_grace: String,
 }
 
 impl Default for RawHttp {
@@ -39,6 +45,7 @@ impl Default for RawHttp {
             body_timeout: "30s".into(),
             max_connections: 10_000,
             max_connections_per_ip: 256,
+            shutdown_grace: "20s".into(),
         }
     }
 }
@@ -47,12 +54,14 @@ impl Default for RawHttp {
 pub(super) struct Http {
     pub(super) trusted_proxies: Vec<ipnet::IpNet>,
     pub(super) limits: Limits,
+    pub(super) shutdown_grace: Duration,
 }
 
 pub(super) fn validate(raw: &RawHttp) -> Result<Http, Invalid> {
     Ok(Http {
         trusted_proxies: trusted_proxies(&raw.trusted_proxies)?,
         limits: limits(raw)?,
+        shutdown_grace: duration("http.shutdown_grace", &raw.shutdown_grace)?,
     })
 }
 

@@ -152,6 +152,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Timeouts and connection caps of both listeners.
     pub limits: Limits,
+    /// How long a stopping process may take to drain its connections (`http.shutdown_grace`).
+    pub shutdown_grace: Duration,
     /// The authenticating reverse proxy, if configured.
     pub proxy: Option<ProxyConfig>,
 }
@@ -306,6 +308,7 @@ impl Sections {
             kubernetes: self.kubernetes,
             trusted_proxies: self.http.trusted_proxies,
             limits: self.http.limits,
+            shutdown_grace: self.http.shutdown_grace,
             proxy: self.proxy,
         }
     }
@@ -508,9 +511,11 @@ mod tests {
         assert_eq!(c.limits.body_timeout, Duration::from_secs(30));
         assert_eq!(c.limits.max_connections, 10_000);
         assert_eq!(c.limits.max_connections_per_ip, 256);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(20));
         let c = load(
             "http:\n  idle_timeout: 5m\n",
             &[
+                ("TESSERA_HTTP__SHUTDOWN_GRACE", "45s"),
                 ("TESSERA_HTTP__HEADER_READ_TIMEOUT", "500ms"),
                 ("TESSERA_HTTP__MAX_CONNECTIONS_PER_IP", "8"),
             ],
@@ -519,6 +524,7 @@ mod tests {
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.limits.header_read_timeout, Duration::from_millis(500));
         assert_eq!(c.limits.max_connections_per_ip, 8);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(45));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Operational endpoints: liveness, readiness (the store answers) and Prometheus metrics.
+//! Operational endpoints: liveness, readiness (the store answers and the process is not
+//! stopping) and Prometheus metrics.
 
 use std::sync::Arc;
 
@@ -14,6 +15,10 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
+    // Before the store: a stopping replica is unready however healthy its database is.
+    if app.shutdown.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
     if app.ready().await {
         "ready\n".into_response()
     } else {

@@ -1,5 +1,6 @@
 //! What a connection is doing, for the idle watch: the requests in flight, each until its
-//! answer's body is sent (or dropped).
+//! answer's body is sent (or dropped). A process shutting down closes HTTP/1 connections after
+//! their current answer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,8 +12,10 @@ use std::task::{Context, Poll, ready};
 use axum::body::{Body, HttpBody};
 use http_body::{Frame, SizeHint};
 use hyper::Response;
+use hyper::header::{self, HeaderValue};
 
 use super::Limits;
+use crate::shutdown::Shutdown;
 
 /// What a connection is doing, for the idle watch: requests in flight, and a count of requests
 /// started and finished that moves whenever anything happens.
@@ -65,6 +68,8 @@ pin_project_lite::pin_project! {
         #[pin]
         answer: axum::routing::future::RouteFuture<Infallible>,
         in_flight: Option<InFlight>,
+        // Set for HTTP/1 requests: a process shutting down asks the client to close.
+        shutdown: Option<Shutdown>,
     }
 }
 
@@ -73,7 +78,14 @@ impl Future for TrackedAnswer {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = ready!(this.answer.poll(cx));
+        let Ok(mut response) = ready!(this.answer.poll(cx));
+        if this.shutdown.as_ref().is_some_and(Shutdown::is_draining) {
+            // Not over an upgrade's `Connection: upgrade`: the websocket is already promised.
+            response
+                .headers_mut()
+                .entry(header::CONNECTION)
+                .or_insert(HeaderValue::from_static("close"));
+        }
         let in_flight = this.in_flight.take();
         Poll::Ready(Ok(response.map(|body| Tracked {
             body,
@@ -112,14 +124,17 @@ impl<B: HttpBody> HttpBody for Tracked<B> {
 }
 
 impl TrackedAnswer {
-    /// The router's `answer` to a request that is `in_flight`.
+    /// The router's `answer` to a request that is `in_flight`, closing its connection after
+    /// it once `shutdown` (if given) is draining.
     pub(super) fn new(
         answer: axum::routing::future::RouteFuture<Infallible>,
         in_flight: InFlight,
+        shutdown: Option<Shutdown>,
     ) -> TrackedAnswer {
         TrackedAnswer {
             answer,
             in_flight: Some(in_flight),
+            shutdown,
         }
     }
 }

@@ -16,6 +16,7 @@ use socket2::{Domain, Socket, Type};
 use super::caller::Peer;
 use super::{Proxy, router};
 use crate::listener::Connections;
+use crate::shutdown::Shutdown;
 
 /// Connections the kernel queues for a socket before the proxy accepts them.
 const BACKLOG: i32 = 1024;
@@ -57,13 +58,21 @@ impl Listeners {
     }
 
     /// Serves `proxy` on every socket (HTTP/1.1 and HTTP/2 cleartext), each on its own thread,
-    /// under the timeouts and caps of `connections`, until one of them fails.
-    pub async fn serve(self, proxy: Arc<Proxy>, connections: Connections) -> Result<()> {
-        let (failed, mut failures) = tokio::sync::mpsc::channel(self.sockets.len());
+    /// under the timeouts and caps of `connections`, until `shutdown` has drained them all;
+    /// answers how many connections were cut, or the first thread's failure.
+    pub async fn serve(
+        self,
+        proxy: Arc<Proxy>,
+        connections: Connections,
+        shutdown: Shutdown,
+    ) -> Result<usize> {
+        let threads = self.sockets.len();
+        let (ended, mut endings) = tokio::sync::mpsc::channel(threads);
         for (i, socket) in self.sockets.into_iter().enumerate() {
             let proxy = Arc::clone(&proxy);
             let connections = connections.clone();
-            let failed = failed.clone();
+            let shutdown = shutdown.clone();
+            let ended = ended.clone();
             std::thread::Builder::new()
                 .name(format!("tessera-proxy-{i}"))
                 .spawn(move || {
@@ -72,39 +81,44 @@ impl Listeners {
                         .build()
                         .context("cannot start the proxy's runtime")
                         .and_then(|runtime| {
-                            runtime.block_on(serve_socket(socket, proxy, connections))
+                            runtime.block_on(serve_socket(socket, proxy, connections, shutdown))
                         });
-                    let error = outcome.err().unwrap_or_else(|| anyhow::anyhow!("it ended"));
                     // Nobody listens any more only when the process is ending.
-                    let _ = failed.blocking_send(error);
+                    let _ = ended.blocking_send(outcome);
                 })
                 .context("cannot start a proxy thread")?;
         }
-        drop(failed);
-        match failures.recv().await {
-            Some(error) => Err(error.context("a proxy thread stopped")),
-            None => anyhow::bail!("every proxy thread stopped"),
+        drop(ended);
+        let mut cut = 0;
+        for _ in 0..threads {
+            match endings.recv().await {
+                Some(Ok(n)) => cut += n,
+                Some(Err(error)) => return Err(error.context("a proxy thread stopped")),
+                None => anyhow::bail!("a proxy thread stopped"),
+            }
         }
+        Ok(cut)
     }
 }
 
-/// One socket's connections, on the current thread's runtime; accepting never stops.
+/// One socket's connections, on the current thread's runtime, until `shutdown` has drained
+/// them; answers how many were cut.
 async fn serve_socket(
     socket: TcpListener,
     proxy: Arc<Proxy>,
     connections: Connections,
-) -> Result<()> {
+    shutdown: Shutdown,
+) -> Result<usize> {
     let listener = tokio::net::TcpListener::from_std(socket)?;
-    connections
+    Ok(connections
         .serve(
             listener,
             None,
             router(proxy),
             |peer: SocketAddr| Peer::new(peer.ip()),
-            std::future::pending(),
+            &shutdown,
         )
-        .await;
-    Ok(())
+        .await)
 }
 
 /// A non-blocking listening socket that later sockets of this user may share the port with

@@ -36,6 +36,7 @@ use crate::config::proxy::{ExternalProvider, ProxyConfig, Route, SessionStore};
 use crate::config::{Client, Config};
 use crate::listener::Connections;
 use crate::path::{self, UnsafePath};
+use crate::shutdown::{self, Shutdown};
 
 /// Name of the stored secret that seals proxy sessions when no `proxy.cookie.secret` is set.
 const COOKIE_KEY_SECRET: &str = "proxy_cookie_key";
@@ -165,8 +166,15 @@ pub async fn run_standalone(config_path: &Path, listen: Option<&str>) -> Result<
         trusted_proxies: config.trusted_proxies,
     })
     .await?;
+    let shutdown = Shutdown::default();
+    shutdown::stop_on_signals(&shutdown, config.shutdown_grace)
+        .context("cannot listen for SIGTERM")?;
     println!("proxy listening on http://{}", listeners.local_addr());
-    listeners.serve(Arc::new(proxy), connections).await
+    let cut = listeners
+        .serve(Arc::new(proxy), connections, shutdown)
+        .await?;
+    shutdown::report(cut);
+    Ok(())
 }
 
 /// What `tessera proxy` runs on: the file (with `TESSERA_*` overrides), its `proxy:` section

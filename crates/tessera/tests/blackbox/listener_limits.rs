@@ -184,11 +184,11 @@ async fn start_proxy_with(upstream: &Upstream, env: &[(&str, &str)]) -> Server {
     crate::proxy::start_proxy(upstream, env).await
 }
 
-fn provider_address(server: &Server) -> SocketAddr {
+pub fn provider_address(server: &Server) -> SocketAddr {
     address_of(&server.issuer)
 }
 
-fn proxy_address(server: &Server) -> SocketAddr {
+pub fn proxy_address(server: &Server) -> SocketAddr {
     address_of(server.proxy.as_ref().expect("a proxy is configured"))
 }
 
@@ -198,7 +198,7 @@ fn address_of(url: &str) -> SocketAddr {
 
 /// Reads until the server closes the connection (EOF or a reset) and answers what it sent;
 /// panics if it is still open after [`CLOSE_BOUND`].
-async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> String {
+pub async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> String {
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
     let outcome = tokio::time::timeout(CLOSE_BOUND, async {
@@ -246,7 +246,7 @@ async fn wait_until_closed(streams: &[TcpStream], count: usize) {
 }
 
 /// A TLS connection to the provider with the handshake done, ALPN `h2` or `http/1.1`.
-async fn tls_connect(server: &Server, h2: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
+pub async fn tls_connect(server: &Server, h2: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
     let pem = std::fs::read(&server.ca).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {

@@ -33,4 +33,5 @@ mod proxy_hostile;
 mod proxy_limits;
 mod replicas;
 mod rotation;
+mod shutdown;
 mod storage_copy;

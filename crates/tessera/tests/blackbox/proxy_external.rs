@@ -30,6 +30,23 @@ impl Drop for StandaloneProxy {
 }
 
 impl StandaloneProxy {
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit and answers how; panics if it is still running after a
+    /// minute (a bound for a hung process, not a timing assertion).
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        for _ in 0..1200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("tessera proxy did not exit within a minute");
+    }
+
     pub fn start(yaml: &str) -> StandaloneProxy {
         StandaloneProxy::start_under(&[], yaml)
     }

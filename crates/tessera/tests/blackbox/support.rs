@@ -21,6 +21,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 /// A running `tessera serve --dev`.
 pub struct Server {
     child: Child,
+    /// What the server wrote to stderr so far, line by line (also echoed to the test's).
+    log: Arc<std::sync::Mutex<Vec<String>>>,
     pub dir: tempfile::TempDir,
     pub issuer: String,
     /// `http://ADDR` of the authenticating proxy, when the configuration has a `proxy:` section.
@@ -62,7 +64,7 @@ impl Server {
             .env("TESSERA_DEV_PASSWORD", PASSWORD)
             .env("TESSERA_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         for (k, v) in env {
             command.env(k, v);
         }
@@ -72,6 +74,15 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = lines_tx.send(line);
+            }
+        });
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let kept = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                kept.lock().unwrap().push(line);
             }
         });
         let (mut issuer, mut proxy) = (None, None);
@@ -94,6 +105,7 @@ impl Server {
         let http = client(&ca, false);
         let server = Server {
             child,
+            log,
             dir,
             issuer,
             proxy,
@@ -241,6 +253,28 @@ impl Server {
             .into_iter()
             .filter(|e| e["event"] == kind)
             .collect()
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the server has written to stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit and answers how; panics if it is still running after a
+    /// minute (a bound for a hung process, not a timing assertion).
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        for _ in 0..1200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("tessera did not exit within a minute");
     }
 
     /// Stops the server and hands back its data directory, for a restart.
