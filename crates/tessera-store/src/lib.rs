@@ -19,7 +19,9 @@ use tessera_core::id::{SessionId, SsoId, Subject};
 use tessera_core::token::TokenHash;
 
 pub use model::*;
-pub use postgres::{MigrationReport, PostgresOptions, PostgresStore, migrate_only};
+pub use postgres::{
+    MigrationReport, PostgresOptions, PostgresStore, PostgresTls, RootCert, SslMode, migrate_only,
+};
 pub use sqlite::{SqliteStore, Synchronous};
 
 /// Failures of the storage layer.
@@ -61,6 +63,14 @@ pub enum StoreError {
         /// The backend's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The TLS connection to PostgreSQL failed (a certificate its `sslrootcert` does not
+    /// trust, a host name the certificate does not hold, a server without TLS): one sentence
+    /// that names the `storage.url` parameter to fix. Answered like [`StoreError::Unavailable`].
+    #[error("{reason}")]
+    Tls {
+        /// The sentence.
+        reason: String,
     },
     /// A stored row does not decode.
     #[error("a stored {what} is corrupt")]

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use tessera_store::{PostgresStore, SqliteStore, Store, Synchronous};
+use anyhow::Result;
+use tessera_store::{PostgresStore, SqliteStore, Store, StoreError, Synchronous};
 
 use crate::config::Storage;
 
@@ -12,11 +12,12 @@ use crate::config::Storage;
 pub async fn open(storage: &Storage) -> Result<Arc<dyn Store>> {
     Ok(match storage {
         Storage::Sqlite { path, synchronous } => Arc::new(open_sqlite(path, *synchronous)?),
-        Storage::Postgres(options) => Arc::new(
-            PostgresStore::connect(options.clone())
-                .await
-                .context("cannot open the PostgreSQL store")?,
-        ),
+        Storage::Postgres(options) => match PostgresStore::connect(options.clone()).await {
+            Ok(store) => Arc::new(store),
+            // Already the one sentence that names the setting to fix.
+            Err(e @ StoreError::Tls { .. }) => return Err(e.into()),
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot open the PostgreSQL store")),
+        },
     })
 }
 

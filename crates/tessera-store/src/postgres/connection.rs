@@ -6,9 +6,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor, Row};
 
+use super::tls::{self, PostgresTls, TlsContext};
 use crate::{StoreError, redact_url};
 
 const MIGRATIONS: &[&str] = &[
@@ -80,7 +81,29 @@ pub async fn migrate_only(options: &PostgresOptions) -> Result<MigrationReport, 
     let pool = pool(options, &location)?;
     let report = run_migrations(&pool, options.schema.as_deref(), &location).await;
     pool.close().await;
-    report
+    report.map_err(|e| match tls_context(options) {
+        Some(context) => context.explain(e),
+        None => e,
+    })
+}
+
+impl PostgresOptions {
+    /// The URL's TLS settings (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`), or the one
+    /// sentence that says why tessera refuses them.
+    pub fn tls(&self) -> Result<PostgresTls, String> {
+        tls::split(&self.url).map(|(_, settings)| settings)
+    }
+}
+
+/// What explains a failed TLS handshake to this database; `None` when the options do not
+/// parse (opening reports that).
+pub(super) fn tls_context(options: &PostgresOptions) -> Option<TlsContext> {
+    let (connect, tls) = connect_options(options).ok()?;
+    Some(TlsContext {
+        tls,
+        host: connect.get_host().to_owned(),
+        port: connect.get_port(),
+    })
 }
 
 /// A lazy pool: connections open on demand, each set up by `after_connect`.
@@ -89,7 +112,7 @@ pub(super) fn pool(options: &PostgresOptions, location: &str) -> Result<PgPool, 
         location: location.to_owned(),
         source,
     };
-    let connect = connect_options(options).map_err(open_error)?;
+    let (connect, _) = connect_options(options).map_err(open_error)?;
     let setup: Arc<str> = session_setup(options.schema.as_deref())
         .map_err(open_error)?
         .into();
@@ -103,29 +126,20 @@ pub(super) fn pool(options: &PostgresOptions, location: &str) -> Result<PgPool, 
         .connect_lazy_with(connect))
 }
 
-/// The URL's connection options with the configured password and tessera's application name;
-/// a URL asking for TLS is refused, since this build cannot honour it.
-fn connect_options(
+/// The URL's connection options with its TLS settings (see [`tls`](super::tls)), the
+/// configured password and tessera's application name.
+pub(super) fn connect_options(
     options: &PostgresOptions,
-) -> Result<PgConnectOptions, Box<dyn std::error::Error + Send + Sync>> {
-    let mut connect = PgConnectOptions::from_str(&options.url)?;
+) -> Result<(PgConnectOptions, PostgresTls), Box<dyn std::error::Error + Send + Sync>> {
+    let (url, settings) = tls::split(&options.url)?;
+    let mut connect = tls::apply(PgConnectOptions::from_str(&url)?, &settings);
     if let Some(password) = &options.password {
         connect = connect.password(password);
     }
     if connect.get_application_name().is_none() {
         connect = connect.application_name("tessera");
     }
-    if matches!(
-        connect.get_ssl_mode(),
-        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
-    ) {
-        return Err(
-            "this tessera is built without TLS for PostgreSQL, so it cannot honour the \
-                    sslmode the URL asks for"
-                .into(),
-        );
-    }
-    Ok(connect)
+    Ok((connect, settings))
 }
 
 /// What every new connection runs first: READ COMMITTED whatever the server's default, and the

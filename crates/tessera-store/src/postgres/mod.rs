@@ -54,11 +54,14 @@ mod session;
 mod snapshot;
 mod sso;
 mod sweep;
+mod tls;
 
 pub use connection::{MigrationReport, PostgresOptions, migrate_only};
-use connection::{pool, query, run_migrations};
+use connection::{pool, query, run_migrations, tls_context};
 use reachability::Reachability;
 use redeem::redeem_in_transaction;
+use tls::TlsContext;
+pub use tls::{PostgresTls, RootCert, SslMode};
 
 /// The PostgreSQL store: a pool of connections; cheap to clone.
 #[derive(Clone)]
@@ -67,6 +70,8 @@ pub struct PostgresStore {
     reachability: Arc<Reachability>,
     location: String,
     schema: Option<String>,
+    /// Turns a failed TLS handshake into the sentence that names the setting to fix.
+    tls: Option<Arc<TlsContext>>,
 }
 
 impl PostgresStore {
@@ -74,9 +79,10 @@ impl PostgresStore {
     pub async fn connect(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         let location = redact_url(&options.url);
         let pool = pool(&options, &location)?;
+        let tls = tls_context(&options).map(Arc::new);
         if let Err(e) = run_migrations(&pool, options.schema.as_deref(), &location).await {
             pool.close().await;
-            return Err(e);
+            return Err(explain(tls.as_deref(), e));
         }
         let reachability = Reachability::new(&pool.connect_options());
         Ok(PostgresStore {
@@ -84,13 +90,16 @@ impl PostgresStore {
             reachability: Arc::new(reachability),
             location,
             schema: options.schema,
+            tls,
         })
     }
 
     /// Brings the schema up to date, one replica at a time (an advisory lock), and refuses a
     /// database newer than this binary with [`StoreError::SchemaTooNew`].
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
-        run_migrations(&self.pool, self.schema.as_deref(), &self.location).await
+        run_migrations(&self.pool, self.schema.as_deref(), &self.location)
+            .await
+            .map_err(|e| explain(self.tls.as_deref(), e))
     }
 
     /// Closes every connection; operations after this fail with [`StoreError::Unavailable`].
@@ -105,7 +114,18 @@ impl PostgresStore {
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.reachability.guard(operation).await
+        self.reachability
+            .guard(operation)
+            .await
+            .map_err(|e| explain(self.tls.as_deref(), e))
+    }
+}
+
+/// `e`, as the sentence naming the TLS setting to fix when it is a failed TLS handshake.
+fn explain(tls: Option<&TlsContext>, e: StoreError) -> StoreError {
+    match tls {
+        Some(tls) => tls.explain(e),
+        None => e,
     }
 }
 

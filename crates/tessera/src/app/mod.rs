@@ -198,10 +198,19 @@ impl App {
     /// second by default, so a store that hangs must count as down before that, not after the
     /// pool's `connect_timeout`.
     pub async fn ready(&self) -> bool {
-        matches!(
-            tokio::time::timeout(READY_BOUND, self.store.ping()).await,
-            Ok(Ok(()))
-        )
+        match tokio::time::timeout(READY_BOUND, self.store.ping()).await {
+            Ok(Ok(())) => true,
+            // The reason goes to the log: the probe's answer says only "unavailable".
+            Ok(Err(e)) => {
+                tracing::warn!(reason = %e, "not ready");
+                false
+            }
+            Err(_) => {
+                let reason = format!("the store did not answer within {READY_BOUND:?}");
+                tracing::warn!(%reason, "not ready");
+                false
+            }
+        }
     }
 
     /// The Prometheus text of the metrics, with active sessions counted at most every

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tessera_store::{PostgresOptions, StorageUrl, Synchronous};
+use tessera_store::{PostgresOptions, PostgresTls, StorageUrl, Synchronous};
 
 use super::{Invalid, parse_duration};
 
@@ -80,14 +80,37 @@ pub(super) fn validate(
         StorageUrl::Postgres(url) => {
             let password = password(raw.password_file, base, env)?;
             let (max_connections, connect_timeout) = pool(&raw.pool)?;
-            Ok(Storage::Postgres(PostgresOptions {
+            let options = PostgresOptions {
                 password,
                 max_connections,
                 connect_timeout,
                 ..PostgresOptions::new(url)
-            }))
+            };
+            let tls = options.tls().map_err(|m| ("storage.url".to_owned(), m))?;
+            tls_files(&tls).map_err(|m| ("storage.url".to_owned(), m))?;
+            Ok(Storage::Postgres(options))
         }
     }
+}
+
+/// Checks at start what libpq checks at connect: every file the TLS parameters name can be
+/// read, and `sslkey` is private to tessera's user (a root-owned key may be group-readable,
+/// as libpq allows and the kubelet mounts Secrets).
+fn tls_files(tls: &PostgresTls) -> Result<(), String> {
+    for (parameter, file) in tls.files() {
+        let shown = file.display();
+        if let Err(e) = std::fs::File::open(file) {
+            return Err(format!(
+                "{parameter}={shown} cannot be read ({e}); put the file there or correct the \
+                 path"
+            ));
+        }
+        if parameter == "sslkey" {
+            crate::file_mode::require_private(&[file])
+                .map_err(|e| format!("sslkey: {e} (libpq refuses such a key too)"))?;
+        }
+    }
+    Ok(())
 }
 
 fn synchronous(text: &str) -> Result<Synchronous, Invalid> {

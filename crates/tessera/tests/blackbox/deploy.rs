@@ -166,6 +166,62 @@ fn ha_runs_three_spread_replicas_on_postgresql_from_a_secret_with_a_disruption_b
     );
 }
 
+/// The storage URL the ha overlay's install steps give (its kustomization's comment, and the
+/// README's the same) verifies the server's certificate and name against a CA file the pod
+/// mounts read-only from the ConfigMap those steps create.
+#[test]
+fn ha_speaks_tls_to_postgresql_verifying_the_server_against_a_mounted_ca() {
+    let docs = documents(&kustomize(&manifests().join("overlays/ha")));
+    let pod = &only(&docs, "Deployment")["spec"]["template"]["spec"];
+    let instructions =
+        std::fs::read_to_string(manifests().join("overlays/ha/kustomization.yaml")).unwrap();
+    let readme = std::fs::read_to_string(manifests().join("../../README.md")).unwrap();
+    let url = quoted_after(&instructions, "--from-literal=url='");
+    assert_eq!(
+        quoted_after(&readme, "--from-literal=url='"),
+        url,
+        "the README installs the same URL"
+    );
+    let configmap = "kubectl -n tessera create configmap tessera-postgres-ca --from-file=ca.crt=";
+    assert!(instructions.contains(configmap) && readme.contains(configmap));
+    let query = url.split_once('?').expect("the URL has TLS parameters").1;
+    let parameters: Vec<(&str, &str)> =
+        query.split('&').filter_map(|p| p.split_once('=')).collect();
+    assert!(parameters.contains(&("sslmode", "verify-full")), "{url}");
+    let root = parameters
+        .iter()
+        .find(|(name, _)| *name == "sslrootcert")
+        .unwrap_or_else(|| panic!("no sslrootcert in {url}"))
+        .1;
+    assert_eq!(root, "/etc/tessera/postgres-ca/ca.crt");
+    let (directory, file) = root.rsplit_once('/').unwrap();
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == directory)
+        .unwrap_or_else(|| panic!("nothing is mounted at {directory}"));
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(
+        volume["configMap"]["name"], "tessera-postgres-ca",
+        "{volume}"
+    );
+    assert_eq!(file, "ca.crt", "the key the ConfigMap is created with");
+}
+
+/// The text between `prefix` and the next `'`.
+fn quoted_after<'a>(text: &'a str, prefix: &str) -> &'a str {
+    let start = text.find(prefix).unwrap_or_else(|| panic!("no {prefix:?}")) + prefix.len();
+    let end = text[start..].find('\'').unwrap() + start;
+    &text[start..end]
+}
+
 #[test]
 fn the_service_monitor_example_scrapes_the_service_that_the_overlays_make() {
     let example =

@@ -24,6 +24,7 @@ mod kubectl_plugin;
 mod listener_limits;
 mod login_limits;
 mod oidc_library;
+mod postgres_tls;
 mod provider_hardening;
 mod proxy;
 mod proxy_chromium;
