@@ -57,7 +57,7 @@ fn capture(
 }
 
 /// A child process, ended by its PID when dropped; what it printed is shown if a test failed.
-struct Process {
+pub struct Process {
     name: String,
     child: Mutex<Child>,
     output: Output,
@@ -66,7 +66,27 @@ struct Process {
 }
 
 impl Process {
-    fn pid(&self) -> u32 {
+    /// Spawns `command` (no stdin) keeping the last lines it prints on stdout and stderr;
+    /// dropping it sends SIGKILL.
+    pub fn spawn(name: String, command: &mut Command) -> Process {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        let output = Output::default();
+        capture(child.stdout.take().unwrap(), Arc::clone(&output), None);
+        capture(child.stderr.take().unwrap(), Arc::clone(&output), None);
+        Process {
+            name,
+            child: Mutex::new(child),
+            output,
+            graceful: false,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
         self.lock().id()
     }
 
@@ -77,18 +97,19 @@ impl Process {
     }
 
     /// Whether it has exited (and how).
-    fn exited(&self) -> Option<std::process::ExitStatus> {
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
         self.lock().try_wait().ok().flatten()
     }
 
     /// SIGKILL, then reap.
-    fn kill(&self) {
+    pub fn kill(&self) {
         let mut child = self.lock();
         let _ = child.kill();
         let _ = child.wait();
     }
 
-    fn output(&self) -> String {
+    /// The last lines it printed.
+    pub fn output(&self) -> String {
         self.output
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -473,27 +494,18 @@ http {{
         );
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, config).unwrap();
-        let mut child = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf)
-            .args(["-e", "stderr"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nginx starts");
-        let output = Output::default();
-        capture(child.stdout.take().unwrap(), Arc::clone(&output), None);
-        capture(child.stderr.take().unwrap(), Arc::clone(&output), None);
+        let mut process = Process::spawn(
+            format!("nginx on port {port}"),
+            Command::new(nginx_binary())
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf)
+                .args(["-e", "stderr"]),
+        );
+        process.graceful = true;
         let nginx = Nginx {
-            process: Process {
-                name: format!("nginx on port {port}"),
-                child: Mutex::new(child),
-                output,
-                graceful: true,
-            },
+            process,
             port,
             url: url.to_owned(),
             dir,

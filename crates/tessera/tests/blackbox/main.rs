@@ -7,6 +7,7 @@
 
 mod browser;
 mod cluster;
+mod ldap;
 mod python;
 mod support;
 mod upstream;
@@ -21,6 +22,7 @@ mod keys;
 mod kube_api;
 mod kubectl;
 mod kubectl_plugin;
+mod ldap_directory;
 mod listener_limits;
 mod login_limits;
 mod oidc_library;
