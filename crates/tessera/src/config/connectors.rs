@@ -384,7 +384,7 @@ fn ldap(raw: RawLdap, base: &Path) -> Result<LdapConfig, Invalid> {
     check_dn(".user_search.base_dn", &raw.user_search.base_dn)?;
     let user_search = UserSearch {
         base_dn: raw.user_search.base_dn,
-        filter: filter(".user_search.filter", raw.user_search.filter)?,
+        filter: filter(".user_search.filter", &raw.user_search.filter)?,
         username_attribute: raw.user_search.username_attribute,
         id_attribute: raw.user_search.id_attribute,
         email_attribute: raw.user_search.email_attribute,
@@ -402,7 +402,7 @@ fn ldap(raw: RawLdap, base: &Path) -> Result<LdapConfig, Invalid> {
             }
             Ok(GroupSearch {
                 base_dn: g.base_dn,
-                filter: filter(".group_search.filter", g.filter)?,
+                filter: filter(".group_search.filter", &g.filter)?,
                 user_matchers: g
                     .user_matchers
                     .into_iter()
@@ -439,7 +439,7 @@ fn ldap(raw: RawLdap, base: &Path) -> Result<LdapConfig, Invalid> {
 }
 
 /// A search filter from the file: parenthesised, so it can be combined with `(&…)`.
-fn filter(key: &str, text: String) -> Result<String, Invalid> {
+fn filter(key: &str, text: &str) -> Result<String, Invalid> {
     let text = text.trim().to_owned();
     if text.starts_with('(') && text.ends_with(')') {
         Ok(text)

@@ -379,6 +379,7 @@ fn disabled(entry: &SearchEntry) -> bool {
         .is_some_and(|flags| flags & ACCOUNT_DISABLED != 0)
 }
 
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` hands it
 fn io(e: ldap3::LdapError) -> DirectoryError {
     DirectoryError::Unavailable(format!("the directory connection failed: {e}"))
 }

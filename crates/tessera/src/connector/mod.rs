@@ -115,7 +115,7 @@ pub enum Kind {
     /// Against the users file.
     Local,
     /// Against an LDAP directory.
-    Ldap(Ldap),
+    Ldap(Box<Ldap>),
 }
 
 /// The connectors, in the login page's order, and the group mapping they share.
@@ -134,9 +134,9 @@ impl Connectors {
             .map(|c| {
                 let kind = match &c.kind {
                     ConnectorKind::Local => Kind::Local,
-                    ConnectorKind::Ldap(ldap) => Kind::Ldap(
+                    ConnectorKind::Ldap(ldap) => Kind::Ldap(Box::new(
                         Ldap::new(&c.id, ldap).map_err(|e| format!("connector `{}`: {e}", c.id))?,
-                    ),
+                    )),
                 };
                 Ok(Arc::new(Connector {
                     id: c.id.clone(),
