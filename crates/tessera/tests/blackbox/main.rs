@@ -23,6 +23,7 @@ mod kube_api;
 mod kubectl;
 mod kubectl_plugin;
 mod ldap_directory;
+mod ldap_login;
 mod listener_limits;
 mod login_limits;
 mod oidc_library;
