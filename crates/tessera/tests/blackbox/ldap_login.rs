@@ -104,7 +104,9 @@ async fn tokens(server: &Server, connector: &str, username: &str, password: &str
 
 fn groups(id_token: &Value) -> Vec<String> {
     let list = id_token["groups"].as_array().cloned().unwrap_or_default();
-    list.iter().map(|g| g.as_str().unwrap().to_owned()).collect()
+    list.iter()
+        .map(|g| g.as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,10 +128,17 @@ async fn a_directory_person_signs_in_at_the_form_and_their_groups_reach_the_id_t
     let id = claims(&text(&alice, "id_token"));
     let sub = id["sub"].as_str().unwrap();
     assert!(sub.starts_with("corp:"), "{id}");
-    assert_ne!(sub, "corp:alice", "the subject is the directory's id, not the name");
+    assert_ne!(
+        sub, "corp:alice",
+        "the subject is the directory's id, not the name"
+    );
     assert_eq!(id["preferred_username"], "alice");
     assert_eq!(id["email"], "alice@corp.example");
-    assert_eq!(groups(&id), ["k8s-admins", "k8s-dev"], "staff is not included");
+    assert_eq!(
+        groups(&id),
+        ["k8s-admins", "k8s-dev"],
+        "staff is not included"
+    );
 
     // The same person again: the same subject.
     let again = tokens(&server, "corp", "alice", ALICE_PASSWORD).await;
