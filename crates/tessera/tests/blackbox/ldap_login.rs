@@ -62,7 +62,7 @@ async fn sign_in(
     password: &str,
 ) -> reqwest::Response {
     let browser = server.new_browser();
-    let page = server.authorize_raw(&browser, &auth.query()).await;
+    let page = server.authorize_raw(&browser, &auth.pairs()).await;
     assert_eq!(page.status(), StatusCode::OK, "the login page is shown");
     let html = page.text().await.unwrap();
     let form = connector_form(&html, connector);
@@ -117,7 +117,7 @@ async fn a_directory_person_signs_in_at_the_form_and_their_groups_reach_the_id_t
     // The page offers every connector, each by the name the company gave it.
     let browser = server.new_browser();
     let page = server
-        .authorize_raw(&browser, &AuthParams::kubernetes().query())
+        .authorize_raw(&browser, &AuthParams::kubernetes().pairs())
         .await;
     let html = page.text().await.unwrap();
     for name in ["Corporate LDAP", "Corporate AD", "Break-glass account"] {
@@ -217,7 +217,7 @@ async fn wrong_or_empty_passwords_and_filter_injection_sign_nobody_in() {
     assert!(!server.log().iter().any(|l| l.contains(ALICE_PASSWORD)));
 
     // Unknown connectors are refused at /authorize, before any form.
-    let mut query = auth.query();
+    let mut query = auth.pairs();
     query.push(("connector_id", "nowhere".into()));
     let refused = server.authorize_raw(&server.new_browser(), &query).await;
     assert!(refused.status().is_redirection());
