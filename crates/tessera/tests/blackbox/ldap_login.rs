@@ -18,7 +18,7 @@ use crate::support::{
 /// The connectors of these tests: OpenLDAP people (`member` on groups) over LDAPS, Active
 /// Directory-like people (`memberOf`, `sAMAccountName`, `objectGUID`) over StartTLS, and the
 /// users file.
-fn connectors(directory: &Directory, revalidate: &str, staleness: &str) -> String {
+pub(crate) fn connectors(directory: &Directory, revalidate: &str, staleness: &str) -> String {
     let common = format!(
         "    certificate_authority: {ca}\n    bind_dn: \"{bind}\"\n    bind_password_file: {pw}\n\
          \x20   timeout: 2s\n    revalidate_interval: {revalidate}\n    revalidate_max_staleness: {staleness}\n",
@@ -45,12 +45,22 @@ fn connectors(directory: &Directory, revalidate: &str, staleness: &str) -> Strin
 
 /// `tessera serve --dev` with [`connectors`] added to its configuration.
 async fn server_with(directory: &Directory, revalidate: &str, staleness: &str) -> Server {
+    server_with_env(directory, revalidate, staleness, &[]).await
+}
+
+/// [`server_with`], with `TESSERA_*` overrides.
+pub(crate) async fn server_with_env(
+    directory: &Directory,
+    revalidate: &str,
+    staleness: &str,
+    env: &[(&str, &str)],
+) -> Server {
     let dir = Server::start().await.stop();
     let config = dir.path().join("tessera.yaml");
     let mut yaml = std::fs::read_to_string(&config).unwrap();
     yaml.push_str(&connectors(directory, revalidate, staleness));
     std::fs::write(&config, yaml).unwrap();
-    Server::start_in(dir, &[]).await
+    Server::start_in(dir, env).await
 }
 
 /// Shows the login page in a fresh browser and submits the form of `connector`.

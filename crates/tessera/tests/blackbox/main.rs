@@ -21,6 +21,7 @@ mod image;
 mod keys;
 mod kube_api;
 mod kubectl;
+mod kubectl_connector;
 mod kubectl_plugin;
 mod ldap_directory;
 mod ldap_login;
