@@ -13,6 +13,7 @@ mod support;
 mod upstream;
 
 mod bad_input;
+mod connector_chromium;
 mod deploy;
 mod endpoints;
 mod file_modes;
