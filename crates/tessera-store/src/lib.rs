@@ -234,6 +234,10 @@ pub trait Store: Send + Sync {
     /// Finds a browser SSO session by the hash of its cookie handle.
     async fn find_sso(&self, handle: TokenHash) -> Result<Option<SsoSession>, StoreError>;
 
+    /// Records that the SSO session `handle` answered an authorization request at `now`, its
+    /// idle clock's new start; never moves it backward.
+    async fn touch_sso(&self, handle: TokenHash, now: UnixMillis) -> Result<(), StoreError>;
+
     /// Revokes an SSO session and every session started from it; returns those sessions.
     async fn revoke_sso(
         &self,

@@ -44,6 +44,8 @@ pub struct SsoSession {
     pub subject: Subject,
     /// When the user authenticated.
     pub auth_time: UnixMillis,
+    /// When it last answered an authorization request (the sign-in, or a silent answer).
+    pub last_used_at: UnixMillis,
     /// When it ends.
     pub expires_at: UnixMillis,
     /// When it was revoked, if it was.

@@ -106,6 +106,7 @@ impl SnapshotRow for SsoSession {
             column("auth_time", Kind::Millis),
             column("expires_at", Kind::Millis),
             column("revoked_at", Kind::Millis),
+            column("last_used_at", Kind::Millis),
         ],
         key: "handle_hash",
     };

@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
                     signing_keys_come_back_oldest_first,
                     a_signing_key_is_added_only_when_no_fresh_one_exists,
                     revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them,
+                    touching_an_sso_session_moves_its_idle_clock_forward_only,
                     a_code_is_claimed_once_then_reported_as_used,
                     first_redemption_rotates_and_stores_the_successor,
                     successor_never_outlives_its_session,
@@ -379,6 +380,27 @@ async fn a_signing_key_is_added_only_when_no_fresh_one_exists(store: &dyn Store)
     assert_eq!(kids, ["first", "due", "es"]);
 }
 
+async fn touching_an_sso_session_moves_its_idle_clock_forward_only(store: &dyn Store) {
+    let sso = SsoSession {
+        handle: secret(100).hash(),
+        id: SsoId::new("sso-1"),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        last_used_at: T0,
+        expires_at: T0.plus(LIFETIME),
+        revoked_at: None,
+    };
+    store.create_sso(sso.clone()).await.unwrap();
+    let later = T0.plus(Duration::from_secs(600));
+    store.touch_sso(sso.handle, later).await.unwrap();
+    store.touch_sso(sso.handle, USED).await.unwrap();
+    let found = store.find_sso(sso.handle).await.unwrap().unwrap();
+    assert_eq!(found.last_used_at, later);
+    assert_eq!((found.auth_time, found.expires_at), (T0, T0.plus(LIFETIME)));
+    // An unknown handle is nothing to touch.
+    store.touch_sso(secret(101).hash(), later).await.unwrap();
+}
+
 async fn revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them(store: &dyn Store) {
     let handle = secret(100);
     let sso = SsoSession {
@@ -386,6 +408,7 @@ async fn revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them(
         id: SsoId::new("sso-1"),
         subject: Subject::new("alice"),
         auth_time: T0,
+        last_used_at: T0,
         expires_at: T0.plus(LIFETIME),
         revoked_at: None,
     };
@@ -772,6 +795,7 @@ async fn sweep_deletes_what_can_never_be_used_again(store: &dyn Store) {
         id: SsoId::new("sso-old"),
         subject: Subject::new("alice"),
         auth_time: T0,
+        last_used_at: T0,
         expires_at: T0.plus(Duration::from_secs(60)),
         revoked_at: None,
     };
@@ -1601,6 +1625,7 @@ async fn populate_for_copy(store: &dyn Store) -> CopyFixture {
         id: SsoId::new("sso-1"),
         subject: Subject::new("alice"),
         auth_time: T0,
+        last_used_at: T0,
         expires_at: T0.plus(LIFETIME),
         revoked_at: None,
     };
@@ -1911,6 +1936,7 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
                     id: SsoId::new("sso-other"),
                     subject: Subject::new("bob"),
                     auth_time: T0,
+                    last_used_at: T0,
                     expires_at: T0.plus(LIFETIME),
                     revoked_at: None,
                 })
@@ -1985,7 +2011,7 @@ mod postgres_only {
                 opened,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 3
+                    known: 4
                 })
             ),
             "{:?}",
@@ -2023,8 +2049,8 @@ mod postgres_only {
             report,
             MigrationReport {
                 found: 0,
-                applied: vec![1, 2, 3],
-                current: 3
+                applied: vec![1, 2, 3, 4],
+                current: 4
             }
         );
         let store = PostgresStore::connect(backend.options()).await.unwrap();
@@ -2032,9 +2058,9 @@ mod postgres_only {
         assert_eq!(
             again,
             MigrationReport {
-                found: 3,
+                found: 4,
                 applied: vec![],
-                current: 3
+                current: 4
             }
         );
     }
@@ -2056,15 +2082,16 @@ mod postgres_only {
         admin
             .execute(
                 "DROP TABLE proxy_sessions, identities; \
-                 DELETE FROM schema_migrations WHERE version IN (2, 3)",
+                 ALTER TABLE sso_sessions DROP COLUMN last_used_at; \
+                 DELETE FROM schema_migrations WHERE version IN (2, 3, 4)",
             )
             .await
             .unwrap();
         let report = migrate_only(&backend.options()).await.unwrap();
         let expected = MigrationReport {
             found: 1,
-            applied: vec![2, 3],
-            current: 3,
+            applied: vec![2, 3, 4],
+            current: 4,
         };
         assert_eq!(report, expected);
         let store = backend.open().await;
@@ -2094,7 +2121,7 @@ mod postgres_only {
         }
         assert_eq!(
             applied,
-            vec![1, 2, 3],
+            vec![1, 2, 3, 4],
             "exactly one replica applied each version"
         );
         let store = backend.open().await;
@@ -2276,7 +2303,7 @@ mod sqlite_only {
                 opened,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 3
+                    known: 4
                 })
             ),
             "{:?}",
@@ -2300,7 +2327,8 @@ mod sqlite_only {
         // Back to version 1, as the previous tessera left it.
         let raw = rusqlite::Connection::open(backend.path()).unwrap();
         raw.execute_batch(
-            "DROP TABLE proxy_sessions; DROP TABLE identities; PRAGMA user_version = 1",
+            "DROP TABLE proxy_sessions; DROP TABLE identities; \
+             ALTER TABLE sso_sessions DROP COLUMN last_used_at; PRAGMA user_version = 1",
         )
         .unwrap();
         drop(raw);
@@ -2314,7 +2342,7 @@ mod sqlite_only {
         let version: i64 = raw
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
     }
 }
 

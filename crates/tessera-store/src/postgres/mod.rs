@@ -170,6 +170,10 @@ impl Store for PostgresStore {
         self.guarded(sso::find(&self.pool, handle)).await
     }
 
+    async fn touch_sso(&self, handle: TokenHash, now: UnixMillis) -> Result<(), StoreError> {
+        self.guarded(sso::touch(&self.pool, handle, now)).await
+    }
+
     async fn revoke_sso(
         &self,
         id: SsoId,

@@ -245,6 +245,7 @@ impl PgCopy for SsoSession {
             auth_time: UnixMillis(r.try_get(3)?),
             expires_at: UnixMillis(r.try_get(4)?),
             revoked_at: r.try_get::<Option<i64>, _>(5)?.map(UnixMillis),
+            last_used_at: UnixMillis(r.try_get(6)?),
         })
     }
 
@@ -259,6 +260,7 @@ impl PgCopy for SsoSession {
             .bind(column(batch, |s| s.auth_time.0))
             .bind(column(batch, |s| s.expires_at.0))
             .bind(column(batch, |s| millis(s.revoked_at)))
+            .bind(column(batch, |s| s.last_used_at.0))
     }
 }
 
@@ -407,8 +409,8 @@ mod tests {
         );
         assert_eq!(
             select(&SsoSession::TABLE),
-            "SELECT handle_hash, id, subject, auth_time, expires_at, revoked_at FROM sso_sessions \
-             ORDER BY handle_hash"
+            "SELECT handle_hash, id, subject, auth_time, expires_at, revoked_at, last_used_at \
+             FROM sso_sessions ORDER BY handle_hash"
         );
     }
 

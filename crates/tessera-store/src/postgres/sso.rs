@@ -13,8 +13,9 @@ use crate::model::SsoSession;
 
 pub(super) async fn create(pool: &PgPool, sso: &SsoSession) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO sso_sessions (handle_hash, id, subject, auth_time, expires_at, revoked_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO sso_sessions
+         (handle_hash, id, subject, auth_time, expires_at, revoked_at, last_used_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&sso.handle.0[..])
     .bind(sso.id.as_str())
@@ -22,6 +23,7 @@ pub(super) async fn create(pool: &PgPool, sso: &SsoSession) -> Result<(), StoreE
     .bind(sso.auth_time.0)
     .bind(sso.expires_at.0)
     .bind(sso.revoked_at.map(|t| t.0))
+    .bind(sso.last_used_at.0)
     .execute(pool)
     .await
     .map(drop)
@@ -34,7 +36,7 @@ pub(super) async fn find(
 ) -> Result<Option<SsoSession>, StoreError> {
     let op = "find_sso";
     let row = sqlx::query(
-        "SELECT id, subject, auth_time, expires_at, revoked_at FROM sso_sessions
+        "SELECT id, subject, auth_time, expires_at, revoked_at, last_used_at FROM sso_sessions
          WHERE handle_hash = $1",
     )
     .bind(&handle.0[..])
@@ -49,10 +51,27 @@ pub(super) async fn find(
             auth_time: UnixMillis(r.try_get(2)?),
             expires_at: UnixMillis(r.try_get(3)?),
             revoked_at: r.try_get::<Option<i64>, _>(4)?.map(UnixMillis),
+            last_used_at: UnixMillis(r.try_get(5)?),
         })
     })
     .transpose()
     .map_err(query(op))
+}
+
+pub(super) async fn touch(
+    pool: &PgPool,
+    handle: TokenHash,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sso_sessions SET last_used_at = $2 WHERE handle_hash = $1 AND last_used_at < $2",
+    )
+    .bind(&handle.0[..])
+    .bind(now.0)
+    .execute(pool)
+    .await
+    .map(drop)
+    .map_err(query("touch_sso"))
 }
 
 /// Revokes the SSO session and, in the same transaction, every live session started from it;

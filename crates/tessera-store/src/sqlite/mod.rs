@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_proxy_sessions.sql"),
     include_str!("../../migrations/sqlite/0003_identities.sql"),
+    include_str!("../../migrations/sqlite/0004_sso_last_used.sql"),
 ];
 const READERS: usize = 4;
 
@@ -234,6 +235,11 @@ impl Store for SqliteStore {
 
     async fn find_sso(&self, handle: TokenHash) -> Result<Option<SsoSession>, StoreError> {
         self.read("find_sso", move |c| sso::find(c, handle)).await
+    }
+
+    async fn touch_sso(&self, handle: TokenHash, now: UnixMillis) -> Result<(), StoreError> {
+        self.write("touch_sso", move |c| sso::touch(c, handle, now))
+            .await
     }
 
     async fn revoke_sso(

@@ -41,8 +41,9 @@ pub(super) fn insert_signing_key(c: &Connection, key: &StoredKey) -> rusqlite::R
 
 pub(super) fn insert_sso(c: &Connection, sso: &SsoSession) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "INSERT INTO sso_sessions (handle_hash, id, subject, auth_time, expires_at, revoked_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO sso_sessions
+         (handle_hash, id, subject, auth_time, expires_at, revoked_at, last_used_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         sso.handle.to_hex(),
@@ -51,6 +52,7 @@ pub(super) fn insert_sso(c: &Connection, sso: &SsoSession) -> rusqlite::Result<(
         sso.auth_time.0,
         sso.expires_at.0,
         sso.revoked_at.map(|t| t.0),
+        sso.last_used_at.0,
     ])
     .map(drop)
 }

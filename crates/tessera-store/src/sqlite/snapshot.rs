@@ -165,6 +165,7 @@ impl SqliteCopy for SsoSession {
             auth_time: UnixMillis(r.get(3)?),
             expires_at: UnixMillis(r.get(4)?),
             revoked_at: r.get::<_, Option<i64>>(5)?.map(UnixMillis),
+            last_used_at: UnixMillis(r.get(6)?),
         })
     }
 

@@ -12,7 +12,8 @@ use crate::model::SsoSession;
 
 pub(super) fn find(c: &Connection, handle: TokenHash) -> Result<Option<SsoSession>, StoreError> {
     c.prepare_cached(
-        "SELECT id, subject, auth_time, expires_at, revoked_at FROM sso_sessions WHERE handle_hash = ?1",
+        "SELECT id, subject, auth_time, expires_at, revoked_at, last_used_at FROM sso_sessions
+         WHERE handle_hash = ?1",
     )
     .and_then(|mut s| {
         s.query_row([handle.to_hex()], |r| {
@@ -23,11 +24,21 @@ pub(super) fn find(c: &Connection, handle: TokenHash) -> Result<Option<SsoSessio
                 auth_time: UnixMillis(r.get(2)?),
                 expires_at: UnixMillis(r.get(3)?),
                 revoked_at: r.get::<_, Option<i64>>(4)?.map(UnixMillis),
+                last_used_at: UnixMillis(r.get(5)?),
             })
         })
         .optional()
     })
     .map_err(query("find_sso"))
+}
+
+pub(super) fn touch(c: &Connection, handle: TokenHash, now: UnixMillis) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE sso_sessions SET last_used_at = ?2 WHERE handle_hash = ?1 AND last_used_at < ?2",
+    )
+    .and_then(|mut s| s.execute(params![handle.to_hex(), now.0]))
+    .map(drop)
+    .map_err(query("touch_sso"))
 }
 
 /// Revokes the SSO session and, in the same transaction, every live session started from it;

@@ -169,13 +169,28 @@ impl App {
 
     /// Whether `sso` may answer `request` without the form: not when `prompt=login` asks for
     /// one, nor when the sign-in is older than `max_age` seconds (OpenID Connect Core
-    /// §3.1.2.1; `max_age=0` is a fresh sign-in every time).
+    /// §3.1.2.1; `max_age=0` is a fresh sign-in every time), nor when the SSO session went
+    /// unused longer than the client's `max_idle` or `session.sso_idle_timeout`.
     pub fn answers_silently(&self, sso: &SsoSession, request: &AuthRequest) -> bool {
-        let recent = |max_age: u64| {
-            let age = self.now().millis_since(sso.auth_time);
-            max_age > 0 && u64::try_from(age).unwrap_or(0) <= max_age.saturating_mul(1000)
+        let now = self.now();
+        let within = |since: UnixMillis, limit: Duration| {
+            u64::try_from(now.millis_since(since)).unwrap_or(0)
+                <= u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)
         };
-        !request.force_login && request.max_age.is_none_or(recent)
+        let recent =
+            |max_age: u64| max_age > 0 && within(sso.auth_time, Duration::from_secs(max_age));
+        let idle_limit = self
+            .client(request.client_id.as_str())
+            .and_then(|c| c.max_idle)
+            .unwrap_or(self.config.sso_idle_timeout);
+        !request.force_login
+            && request.max_age.is_none_or(recent)
+            && within(sso.last_used_at, idle_limit)
+    }
+
+    /// Restarts `sso`'s idle clock: it just answered an authorization request.
+    pub async fn touch_sso(&self, sso: &SsoSession) -> Result<(), AppError> {
+        Ok(self.store.touch_sso(sso.handle, self.now()).await?)
     }
 
     /// Checks a person's password with the connector `connector_id` (the only one when there
@@ -379,6 +394,7 @@ fn new_sso(
         id,
         subject,
         auth_time: now,
+        last_used_at: now,
         expires_at: now.plus(lifetime),
         revoked_at: None,
     }

@@ -352,7 +352,7 @@ fn write_config(dir: &Path, env: &[(&str, &str)]) -> Config {
          \x20 - id: {PUBLIC_CLIENT}\n    public: true\n    redirect_uris: [\"{PUBLIC_REDIRECT}\"]\n\
          \x20 - id: {CONFIDENTIAL_CLIENT}\n    secret_hash: \"{secret_hash}\"\n    \
          redirect_uris: [\"{CONFIDENTIAL_REDIRECT}\"]\n    \
-         post_logout_redirect_uris: [\"{POST_LOGOUT_REDIRECT}\"]\n"
+         post_logout_redirect_uris: [\"{POST_LOGOUT_REDIRECT}\"]\n    max_idle: 5m\n"
     );
     let path = dir.join("tessera.yaml");
     write_private(&path, &yaml);

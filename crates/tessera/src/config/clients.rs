@@ -24,6 +24,9 @@ pub(super) struct RawClient {
     /// Where RP-initiated logout may send the browser afterwards.
     #[serde(default)]
     post_logout_redirect_uris: Vec<String>,
+    /// This client's own SSO idle timeout, instead of `session.sso_idle_timeout`.
+    #[serde(default)]
+    max_idle: Option<String>,
 }
 
 /// A registered client.
@@ -39,6 +42,8 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     /// Registered post-logout redirect URIs.
     pub post_logout_redirect_uris: Vec<String>,
+    /// Its SSO idle timeout, if it has its own.
+    pub max_idle: Option<std::time::Duration>,
 }
 
 /// The clients by id; errors name the client's index (`clients[i]`).
@@ -79,7 +84,13 @@ fn client(c: RawClient) -> Result<Client, Invalid> {
     for uri in c.redirect_uris.iter().chain(&c.post_logout_redirect_uris) {
         check_redirect_uri(uri).map_err(bad)?;
     }
+    let max_idle = c
+        .max_idle
+        .as_deref()
+        .map(|text| super::duration(".max_idle", text))
+        .transpose()?;
     Ok(Client {
+        max_idle,
         id: ClientId::new(c.id),
         public: c.public,
         secret_hash: c.secret_hash,

@@ -130,6 +130,8 @@ pub struct Config {
     pub policy: RedeemPolicy,
     /// Absolute session lifetime.
     pub session_max_lifetime: Duration,
+    /// How long an SSO session may go unused and still answer `/authorize` silently.
+    pub sso_idle_timeout: Duration,
     /// Audit output: `None` is stdout.
     pub audit_file: Option<PathBuf>,
     /// Clients by id.
@@ -238,7 +240,7 @@ struct Sections {
     kubernetes: Option<KubeCluster>,
     http: http::Http,
     proxy: Option<ProxyConfig>,
-    session_max_lifetime: Duration,
+    session: session::SessionLimits,
     login: login::Login,
     keys: keys::Keys,
     audit_file: Option<PathBuf>,
@@ -276,7 +278,7 @@ impl RawConfig {
             kubernetes,
             http: http::validate(&self.http)?,
             proxy: self.proxy.map(|p| proxy::validate(p, base)).transpose()?,
-            session_max_lifetime: session::validate(&self.session)?,
+            session: session::validate(&self.session)?,
             login: login::validate(&self.login)?,
             keys: keys::validate(&self.keys)?,
             audit_file: audit::validate(&self.audit, base),
@@ -302,7 +304,8 @@ impl Sections {
             access_token_alg: self.tokens.access_token_alg,
             refresh_ttl: self.refresh_token.ttl,
             policy: self.refresh_token.policy,
-            session_max_lifetime: self.session_max_lifetime,
+            session_max_lifetime: self.session.max_lifetime,
+            sso_idle_timeout: self.session.sso_idle_timeout,
             audit_file: self.audit_file,
             clients: self.clients,
             users_file: self.users_file,

@@ -1,4 +1,4 @@
-//! The `session:` section: how long a login lasts.
+//! The `session:` section: how long a login lasts, and how long its SSO session may go unused.
 
 use std::time::Duration;
 
@@ -11,17 +11,28 @@ use super::{Invalid, duration};
 pub(super) struct RawSession {
     /// Absolute lifetime of a login (and of the SSO cookie).
     max_lifetime: String,
+    /// An SSO session not used this long no longer answers `/authorize` silently.
+    sso_idle_timeout: String,
 }
 
 impl Default for RawSession {
     fn default() -> Self {
         RawSession {
             max_lifetime: "12h".into(),
+            sso_idle_timeout: "30m".into(),
         }
     }
 }
 
-/// The session's absolute lifetime.
-pub(super) fn validate(raw: &RawSession) -> Result<Duration, Invalid> {
-    duration("session.max_lifetime", &raw.max_lifetime)
+/// The validated `session:` section.
+pub(super) struct SessionLimits {
+    pub(super) max_lifetime: Duration,
+    pub(super) sso_idle_timeout: Duration,
+}
+
+pub(super) fn validate(raw: &RawSession) -> Result<SessionLimits, Invalid> {
+    Ok(SessionLimits {
+        max_lifetime: duration("session.max_lifetime", &raw.max_lifetime)?,
+        sso_idle_timeout: duration("session.sso_idle_timeout", &raw.sso_idle_timeout)?,
+    })
 }

@@ -74,6 +74,7 @@ async fn authorize(
         .await?
         .filter(|sso| app.answers_silently(sso, &request));
     if let Some(sso) = sso {
+        app.touch_sso(&sso).await?;
         let location = app.issue_code(&request, &sso).await?;
         return Ok(Redirect::to(&location).into_response());
     }

@@ -336,5 +336,6 @@ pub fn local_client_registration(redirect_uris: Vec<String>) -> Client {
         secret_hash: Some(crate::secret::sha256_secret_hash(&hex::encode(secret))),
         redirect_uris,
         post_logout_redirect_uris: Vec::new(),
+        max_idle: None,
     }
 }

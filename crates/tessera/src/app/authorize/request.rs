@@ -177,6 +177,7 @@ mod tests {
             secret_hash: None,
             redirect_uris: vec!["http://127.0.0.1/callback".into()],
             post_logout_redirect_uris: vec![],
+            max_idle: None,
         }
     }
 

@@ -19,6 +19,7 @@ fn client(public: bool) -> Client {
             "https://app.example/cb".into(),
         ],
         post_logout_redirect_uris: vec![],
+        max_idle: None,
     }
 }
 

@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 
 use super::{Retry, carried, form_body};
 use crate::app::testing::{
-    Answer, ISSUER, PASSWORD, PUBLIC_CLIENT, PUBLIC_REDIRECT, TestApp, USER, VERIFIER, query_value,
-    request,
+    Answer, CONFIDENTIAL_CLIENT, CONFIDENTIAL_REDIRECT, ISSUER, PASSWORD, PUBLIC_CLIENT,
+    PUBLIC_REDIRECT, TestApp, USER, VERIFIER, query_value, request,
 };
 use crate::app::{AppError, LoginFailure};
 
@@ -221,6 +221,62 @@ async fn max_age_lets_only_a_recent_enough_sign_in_answer_silently() {
         query_value(location, "error").as_deref(),
         Some("invalid_request")
     );
+}
+
+/// Issue 13: an SSO session unused for `session.sso_idle_timeout` (30m) no longer answers
+/// silently; every silent answer restarts its idle clock.
+#[tokio::test]
+async fn an_sso_session_idle_past_its_timeout_shows_the_form_and_each_use_renews_it() {
+    let t = TestApp::start().await;
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
+    let cookie = format!("tessera_sso={}", outcome.handle.expose());
+    let uri = format!("/authorize?{}", authorize_query(""));
+    let ask = || t.send(request("GET", &uri, &[("cookie", &cookie)], None));
+    for _ in 0..3 {
+        t.advance(std::time::Duration::from_secs(29 * 60));
+        assert_eq!(ask().await.status, StatusCode::SEE_OTHER, "used within 30m");
+    }
+    t.advance(std::time::Duration::from_secs(30 * 60 + 1));
+    let form = ask().await;
+    assert_eq!(form.status, StatusCode::OK, "idle past 30m: the form");
+}
+
+/// A client's own `max_idle` (`demo`: 5m) replaces `session.sso_idle_timeout` for its requests;
+/// the timeout itself is configurable.
+#[tokio::test]
+async fn a_clients_max_idle_replaces_the_sso_idle_timeout_for_it() {
+    let t = TestApp::start().await;
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
+    let cookie = format!("tessera_sso={}", outcome.handle.expose());
+    t.advance(std::time::Duration::from_secs(6 * 60));
+    let redirect: String =
+        url::form_urlencoded::byte_serialize(CONFIDENTIAL_REDIRECT.as_bytes()).collect();
+    let demo = format!(
+        "/authorize?client_id={CONFIDENTIAL_CLIENT}&redirect_uri={redirect}&response_type=code\
+         &scope=openid&state=st"
+    );
+    let answer = t
+        .send(request("GET", &demo, &[("cookie", &cookie)], None))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "idle past demo's 5m");
+    let uri = format!("/authorize?{}", authorize_query(""));
+    let answer = t
+        .send(request("GET", &uri, &[("cookie", &cookie)], None))
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SEE_OTHER,
+        "kubernetes: within 30m"
+    );
+
+    let t = TestApp::start_with(&[("TESSERA_SESSION__SSO_IDLE_TIMEOUT", "2m")]).await;
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
+    let cookie = format!("tessera_sso={}", outcome.handle.expose());
+    t.advance(std::time::Duration::from_secs(3 * 60));
+    let answer = t
+        .send(request("GET", &uri, &[("cookie", &cookie)], None))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "idle past the configured 2m");
 }
 
 #[tokio::test]
