@@ -20,7 +20,8 @@ mod users;
 
 pub use clients::Client;
 pub use connectors::{
-    ConnectorConfig, ConnectorKind, GroupMapping, GroupSearch, LdapConfig, UserMatcher, UserSearch,
+    ClaimNames, ConnectorConfig, ConnectorKind, GroupMapping, GroupSearch, LdapConfig, OidcConfig,
+    UserMatcher, UserSearch,
 };
 pub use kubernetes::KubeCluster;
 pub use storage::Storage;

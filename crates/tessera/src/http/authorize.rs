@@ -15,6 +15,9 @@ use crate::app::{
 use crate::web::cookie::{cookie, set_cookie};
 use crate::web::html::{error_page, escape, hidden, page};
 
+mod upstream;
+pub(super) use upstream::{upstream_callback, upstream_start};
+
 /// The authorization request parameters the login form carries through.
 const CARRIED: [&str; 9] = [
     "client_id",
@@ -235,10 +238,11 @@ fn login_form(
         .iter()
         .map(|c| (c.id.as_str(), c.name.as_str()))
         .collect();
+    let buttons = upstream::buttons(app);
     let mut response = page(
         status,
         "Sign in",
-        &form_body(request, &action, &csrf, error, &connectors),
+        &form_body(request, &action, &csrf, error, &connectors, &buttons),
     );
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -269,13 +273,15 @@ fn carried(request: &AuthRequest) -> impl Iterator<Item = (&'static str, &str)> 
 
 /// The form's markup: the error (escaped), then one form per connector offered (the one the
 /// request names, else every configured one), each carrying the request, the CSRF token and,
-/// when there is a choice, its connector's id.
+/// when there is a choice, its connector's id. A connector in `buttons` (an upstream provider,
+/// with the URL its login starts at) is a button, not a password form.
 fn form_body(
     request: &AuthRequest,
     action: &str,
     csrf: &str,
     error: Option<&str>,
     connectors: &[(&str, &str)],
+    buttons: &[(&str, String)],
 ) -> String {
     let mut carried_fields: String = carried(request)
         .map(|(name, value)| hidden(name, value))
@@ -300,6 +306,9 @@ fn form_body(
             } else {
                 String::new()
             };
+            if let Some((_, start)) = buttons.iter().find(|(b, _)| b == id) {
+                return upstream::button(&heading, start, &fields, name);
+            }
             let autofocus = if n == 0 { " autofocus" } else { "" };
             format!(
                 "<section>{heading}<form method=\"post\" action=\"{action}\">{fields}\
