@@ -609,3 +609,72 @@ pub(super) fn validate_groups(raw: RawGroups) -> Result<GroupMapping, Invalid> {
         rename: raw.rename,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic is how a test reports failure
+mod tests {
+    use super::super::Config;
+
+    /// Loads `yaml` from a private file; the error's text when it is refused.
+    fn refusal(yaml: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        match Config::load(&path, &[]) {
+            Ok(_) => panic!("accepted: {yaml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const LDAP: &str = "connectors:\n  - id: corp\n    type: ldap\n    url: ldaps://dc1:636\n\
+                        \x20   bind_dn: cn=tessera\n    bind_password_file: pw\n\
+                        \x20   user_search: {base_dn: \"ou=People\"}\n";
+
+    #[test]
+    fn without_connectors_the_users_file_is_the_one_local_connector() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.yaml");
+        std::fs::write(&path, "users:\n  file: users.yaml\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = Config::load(&path, &[]).unwrap();
+        let ids: Vec<&str> = config.connectors.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["local"]);
+    }
+
+    #[test]
+    fn a_cleartext_or_malformed_ldap_connector_is_refused_naming_the_key() {
+        let plain = LDAP.replace("ldaps://dc1:636", "ldap://dc1:389");
+        let said = refusal(&plain);
+        assert!(
+            said.contains("`connectors[0].url`") && said.contains("clear text"),
+            "{said}"
+        );
+        let both = LDAP.replace("bind_dn:", "start_tls: true\n    bind_dn:");
+        assert!(refusal(&both).contains("`connectors[0].start_tls`"));
+        let filter = LDAP.replace("base_dn: \"ou=People\"", "base_dn: x, filter: uid=x");
+        assert!(refusal(&filter).contains("`connectors[0].user_search.filter`"));
+        let stale = LDAP.to_owned() + "    revalidate_interval: 20m\n";
+        assert!(refusal(&stale).contains("`connectors[0].revalidate_max_staleness`"));
+        let twice = LDAP.to_owned() + &LDAP.replace("connectors:\n", "");
+        assert!(refusal(&twice).contains("connector id `corp` appears twice"));
+        let bad_id = LDAP.replace("id: corp", "id: \"corp:ad\"");
+        assert!(refusal(&bad_id).contains("is not a connector id"));
+        let unknown = LDAP.replace("bind_dn:", "bind_pasword: x\n    bind_dn:");
+        assert!(
+            refusal(&unknown).contains("bind_pasword"),
+            "{}",
+            refusal(&unknown)
+        );
+    }
+
+    #[test]
+    fn a_local_connector_needs_the_users_file_and_regexes_must_compile() {
+        let local = "connectors:\n  - id: local\n    type: local\n";
+        assert!(refusal(local).contains("needs users.file"));
+        let regex = "groups:\n  include: [\"^k8s-(\"]\n";
+        assert!(refusal(regex).contains("`groups.include[0]`"));
+    }
+}

@@ -2,6 +2,7 @@
 //! both membership styles, Active Directory's binary ids and disabled flag, refusals that create
 //! nothing, and the re-validation on refresh that keeps the directory in charge.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -45,12 +46,22 @@ fn connectors(directory: &Directory, revalidate: &str, staleness: &str) -> Strin
 
 /// `tessera serve --dev` with [`connectors`] added to its configuration.
 async fn server_with(directory: &Directory, revalidate: &str, staleness: &str) -> Server {
+    server_with_env(directory, revalidate, staleness, &[]).await
+}
+
+/// [`server_with`], with `TESSERA_*` overrides.
+async fn server_with_env(
+    directory: &Directory,
+    revalidate: &str,
+    staleness: &str,
+    env: &[(&str, &str)],
+) -> Server {
     let dir = Server::start().await.stop();
     let config = dir.path().join("tessera.yaml");
     let mut yaml = std::fs::read_to_string(&config).unwrap();
     yaml.push_str(&connectors(directory, revalidate, staleness));
     std::fs::write(&config, yaml).unwrap();
-    Server::start_in(dir, &[]).await
+    Server::start_in(dir, env).await
 }
 
 /// Shows the login page in a fresh browser and submits the form of `connector`.
@@ -61,8 +72,27 @@ async fn sign_in(
     username: &str,
     password: &str,
 ) -> reqwest::Response {
-    let browser = server.new_browser();
-    let page = server.authorize_raw(&browser, &auth.query()).await;
+    sign_in_from(
+        server,
+        &server.new_browser(),
+        auth,
+        connector,
+        username,
+        password,
+    )
+    .await
+}
+
+/// [`sign_in`] from `browser`.
+async fn sign_in_from(
+    server: &Server,
+    browser: &reqwest::Client,
+    auth: &AuthParams<'_>,
+    connector: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    let page = server.authorize_raw(browser, &auth.pairs()).await;
     assert_eq!(page.status(), StatusCode::OK, "the login page is shown");
     let html = page.text().await.unwrap();
     let form = connector_form(&html, connector);
@@ -104,7 +134,9 @@ async fn tokens(server: &Server, connector: &str, username: &str, password: &str
 
 fn groups(id_token: &Value) -> Vec<String> {
     let list = id_token["groups"].as_array().cloned().unwrap_or_default();
-    list.iter().map(|g| g.as_str().unwrap().to_owned()).collect()
+    list.iter()
+        .map(|g| g.as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +147,7 @@ async fn a_directory_person_signs_in_at_the_form_and_their_groups_reach_the_id_t
     // The page offers every connector, each by the name the company gave it.
     let browser = server.new_browser();
     let page = server
-        .authorize_raw(&browser, &AuthParams::kubernetes().query())
+        .authorize_raw(&browser, &AuthParams::kubernetes().pairs())
         .await;
     let html = page.text().await.unwrap();
     for name in ["Corporate LDAP", "Corporate AD", "Break-glass account"] {
@@ -126,10 +158,17 @@ async fn a_directory_person_signs_in_at_the_form_and_their_groups_reach_the_id_t
     let id = claims(&text(&alice, "id_token"));
     let sub = id["sub"].as_str().unwrap();
     assert!(sub.starts_with("corp:"), "{id}");
-    assert_ne!(sub, "corp:alice", "the subject is the directory's id, not the name");
+    assert_ne!(
+        sub, "corp:alice",
+        "the subject is the directory's id, not the name"
+    );
     assert_eq!(id["preferred_username"], "alice");
     assert_eq!(id["email"], "alice@corp.example");
-    assert_eq!(groups(&id), ["k8s-admins", "k8s-dev"], "staff is not included");
+    assert_eq!(
+        groups(&id),
+        ["k8s-admins", "k8s-dev"],
+        "staff is not included"
+    );
 
     // The same person again: the same subject.
     let again = tokens(&server, "corp", "alice", ALICE_PASSWORD).await;
@@ -189,8 +228,10 @@ async fn wrong_or_empty_passwords_and_filter_injection_sign_nobody_in() {
         ("*)(|(uid=*", ALICE_PASSWORD),
         ("nobody", "nobody-password"),
     ];
-    for (username, password) in attempts {
-        let answer = sign_in(&server, &auth, "corp", username, password).await;
+    for (n, (username, password)) in (10u8..).zip(attempts) {
+        // Each from an address of its own, so the per-address login limit does not answer.
+        let browser = server.browser_from(IpAddr::from([127, 0, 0, n]));
+        let answer = sign_in_from(&server, &browser, &auth, "corp", username, password).await;
         assert_eq!(
             answer.status(),
             StatusCode::UNAUTHORIZED,
@@ -208,7 +249,7 @@ async fn wrong_or_empty_passwords_and_filter_injection_sign_nobody_in() {
     assert!(!server.log().iter().any(|l| l.contains(ALICE_PASSWORD)));
 
     // Unknown connectors are refused at /authorize, before any form.
-    let mut query = auth.query();
+    let mut query = auth.pairs();
     query.push(("connector_id", "nowhere".into()));
     let refused = server.authorize_raw(&server.new_browser(), &query).await;
     assert!(refused.status().is_redirection());
@@ -273,4 +314,30 @@ async fn an_unreachable_directory_is_a_sentence_on_the_form_and_tolerated_until_
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
     directory.resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_racing_one_refresh_token_check_the_directory_once() {
+    let directory = Directory::start().await;
+    let grace = [("TESSERA_REFRESH_TOKEN__GRACE_PERIOD_MILLIS", "10000")];
+    let server = server_with_env(&directory, "1s", "10s", &grace).await;
+    let alice = tokens(&server, "corp", "alice", ALICE_PASSWORD).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // kubectl, k9s and helm refreshing the same cached token at once, past the interval.
+    let token = text(&alice, "refresh_token");
+    let racers = (0..8).map(|_| server.refresh(&token));
+    let answers = futures_util::future::join_all(racers).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+    }
+    server.audit_events("TokenRefreshed", 1).await;
+    server.audit_events("UpstreamRevalidated", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let checks = server
+        .audit()
+        .into_iter()
+        .filter(|l| l["event"] == "UpstreamRevalidated")
+        .count();
+    assert_eq!(checks, 1, "one check for eight racing refreshes");
 }
