@@ -138,14 +138,16 @@ impl App {
             }
             Kind::Oidc(oidc) => {
                 let upstream = record.upstream.as_deref();
-                Ok(
-                    match self.recheck_upstream(oidc, subject, upstream).await? {
-                        Some((found, sealed)) => {
-                            (Recheck::Confirmed(found.person.identity), sealed)
-                        }
-                        None => (Recheck::Gone("upstream_refresh_rejected"), None),
-                    },
-                )
+                let Some((found, sealed)) = self.recheck_upstream(oidc, subject, upstream).await?
+                else {
+                    return Ok((Recheck::Gone("upstream_refresh_rejected"), None));
+                };
+                // Without a new id_token, what the upstream said last stands.
+                let identity = match found {
+                    Some(identity) => identity,
+                    None => claims_of(record).map_err(|e| ("unreachable", e.to_string()))?,
+                };
+                Ok((Recheck::Confirmed(identity), Some(sealed)))
             }
             Kind::Local => Err(("unreachable", "the users file has no directory".into())),
         }

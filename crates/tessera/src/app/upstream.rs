@@ -22,7 +22,7 @@ use tessera_oidc as oidc;
 use tessera_store::{Store, StoreError};
 
 use super::{App, AppError, LoginOutcome, RequestContext};
-use crate::connector::{Connector, Kind, Oidc, Upstream};
+use crate::connector::{Connector, Identity, Kind, Oidc, Upstream};
 
 /// The cookie carrying a login under way at an upstream provider.
 pub const UPSTREAM_LOGIN_COOKIE: &str = "tessera_upstream_login";
@@ -229,10 +229,18 @@ impl App {
             )
             .await;
         let upstream = finished.map_err(|e| self.upstream_failed(&connector, &e, ctx))?;
-        let sealed = self
-            .seal_grant(&upstream)
-            .map_err(UpstreamFailure::Internal)?;
-        let Upstream { person, .. } = upstream;
+        let Upstream {
+            person,
+            sub,
+            refresh_token,
+        } = upstream;
+        let sealed = match refresh_token {
+            Some(token) => Some(
+                self.seal_grant(person.subject.as_str(), sub, token)
+                    .map_err(UpstreamFailure::Internal)?,
+            ),
+            None => None,
+        };
         let internal = |e: StoreError| UpstreamFailure::Internal(e.into());
         self.remember(&connector.id, &person, now, sealed)
             .await
@@ -294,36 +302,35 @@ impl App {
         }
     }
 
-    /// The person's upstream grant, sealed for the store; `None` when the upstream sent no
-    /// refresh token (no `offline_access`).
-    pub(super) fn seal_grant(&self, upstream: &Upstream) -> Result<Option<Vec<u8>>, AppError> {
-        let Some(refresh_token) = &upstream.refresh_token else {
-            return Ok(None);
-        };
-        let grant = UpstreamGrant {
-            sub: upstream.sub.clone(),
-            refresh_token: refresh_token.clone(),
-        };
+    /// A person's upstream grant, sealed for the store and bound to their `subject`.
+    fn seal_grant(
+        &self,
+        subject: &str,
+        sub: String,
+        refresh_token: String,
+    ) -> Result<Vec<u8>, AppError> {
+        let grant = UpstreamGrant { sub, refresh_token };
         let plain =
             serde_json::to_vec(&grant).map_err(|e| AppError::InvalidRequest(e.to_string()))?;
-        let aad = grant_aad(upstream.person.subject.as_str());
         let sealed = self
             .upstream_sealer
-            .seal(&plain, &aad)
+            .seal(&plain, &grant_aad(subject))
             .map_err(|e| AppError::InvalidRequest(e.to_string()))?;
-        Ok(Some(sealed.into_bytes()))
+        Ok(sealed.into_bytes())
     }
 
     /// Re-validates a person of an `oidc` connector: redeems their sealed upstream refresh
-    /// token. `Ok(None)`: the upstream refused it (`invalid_grant`), or refused the id_token
-    /// it answered with. `Err`: it could not be asked (the reason for the audit, the detail
-    /// for the log).
+    /// token. `Ok(Some)`: the upstream still vouches for them; their claims as its new id_token
+    /// says (`None` when it sent none: the stored ones stand), and the grant sealed again with
+    /// the rotated token. `Ok(None)`: the upstream refused the token (`invalid_grant`) or the
+    /// id_token it answered with. `Err`: it could not be asked (the reason for the audit, the
+    /// detail for the log).
     pub(super) async fn recheck_upstream(
         &self,
         oidc: &Oidc,
         subject: &str,
         sealed: Option<&[u8]>,
-    ) -> Result<Option<(Upstream, Option<Vec<u8>>)>, (&'static str, String)> {
+    ) -> Result<Option<(Option<Identity>, Vec<u8>)>, (&'static str, String)> {
         let grant = sealed
             .and_then(|s| std::str::from_utf8(s).ok())
             .and_then(|s| self.upstream_sealer.open(s, &grant_aad(subject)).ok())
@@ -339,13 +346,13 @@ impl App {
             .recheck(&grant.refresh_token, &grant.sub, mapping)
             .await
         {
-            Ok(mut upstream) => {
+            Ok((person, rotated)) => {
                 // A provider that does not rotate answers no new token: the old one stays good.
-                upstream.refresh_token = upstream.refresh_token.or(Some(grant.refresh_token));
+                let refresh_token = rotated.unwrap_or(grant.refresh_token);
                 let sealed = self
-                    .seal_grant(&upstream)
+                    .seal_grant(subject, grant.sub, refresh_token)
                     .map_err(|e| ("seal_failed", e.to_string()))?;
-                Ok(Some((upstream, sealed)))
+                Ok(Some((person.map(|p| p.identity), sealed)))
             }
             Err(e) if e.is_refusal() => {
                 tracing::warn!(reason = %e, "the upstream refused a person's refresh token");

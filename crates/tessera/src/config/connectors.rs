@@ -677,4 +677,50 @@ mod tests {
         let regex = "groups:\n  include: [\"^k8s-(\"]\n";
         assert!(refusal(regex).contains("`groups.include[0]`"));
     }
+
+    const OIDC: &str = "connectors:\n  - id: okta\n    type: oidc\n    issuer: https://corp.okta.example/\n\
+                        \x20   client_id: tessera\n    client_secret_file: okta-secret\n";
+
+    #[test]
+    fn an_oidc_connector_has_the_documented_defaults() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.yaml");
+        std::fs::write(&path, OIDC).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = Config::load(&path, &[]).unwrap();
+        let super::ConnectorKind::Oidc(oidc) = &config.connectors[0].kind else {
+            panic!("an oidc connector");
+        };
+        assert_eq!(
+            oidc.issuer, "https://corp.okta.example",
+            "no trailing slash"
+        );
+        assert_eq!(oidc.client_secret_file, dir.path().join("okta-secret"));
+        assert_eq!(
+            oidc.scopes,
+            ["openid", "profile", "email", "groups", "offline_access"]
+        );
+        assert_eq!(oidc.claims.username, "preferred_username");
+        assert_eq!(oidc.claims.groups, "groups");
+        assert_eq!(oidc.revalidate_interval.as_secs(), 300);
+        assert_eq!(oidc.revalidate_max_staleness.as_secs(), 900);
+        assert_eq!(config.connectors[0].name, "okta");
+    }
+
+    #[test]
+    fn an_oidc_connector_without_https_or_openid_is_refused_naming_the_key() {
+        let http = OIDC.replace("https://corp", "http://corp");
+        assert!(refusal(&http).contains("`connectors[0].issuer`"));
+        let scopes = OIDC.to_owned() + "    scopes: [profile, offline_access]\n";
+        let said = refusal(&scopes);
+        assert!(
+            said.contains("`connectors[0].scopes`") && said.contains("openid"),
+            "{said}"
+        );
+        let unknown = OIDC.to_owned() + "    claims: {user: upn}\n";
+        assert!(refusal(&unknown).contains("user"));
+        let no_secret = OIDC.replace("    client_secret_file: okta-secret\n", "");
+        assert!(refusal(&no_secret).contains("client_secret_file"));
+    }
 }

@@ -119,24 +119,25 @@ impl Oidc {
     }
 
     /// Redeems the upstream refresh token of the person whose upstream subject is
-    /// `upstream_sub`: the upstream still vouches for them (and says who they are now), or
-    /// answers `invalid_grant` ([`oidc::Error::InvalidGrant`]).
+    /// `upstream_sub`: the upstream still vouches for them, or answers `invalid_grant`
+    /// ([`oidc::Error::InvalidGrant`]). The person as the new id_token says, when the upstream
+    /// sent one (it must name the same subject), and the next refresh token, when it rotated.
     pub async fn recheck(
         &self,
         refresh_token: &str,
         upstream_sub: &str,
         mapping: &GroupMapping,
-    ) -> Result<Upstream, oidc::Error> {
-        let tokens = self.rp.refresh(refresh_token).await?;
-        let claims = self
-            .rp
-            .verify_id_token(&tokens.id_token, Expected::Subject(upstream_sub))
-            .await?;
-        Ok(Upstream {
-            person: self.person(&claims, mapping),
-            sub: claims.sub,
-            refresh_token: tokens.refresh_token,
-        })
+    ) -> Result<(Option<Person>, Option<String>), oidc::Error> {
+        let renewed = self.rp.renew(refresh_token).await?;
+        let person = match &renewed.id_token {
+            Some(id_token) => {
+                let expected = Expected::Subject(upstream_sub);
+                let claims = self.rp.verify_id_token(id_token, expected).await?;
+                Some(self.person(&claims, mapping))
+            }
+            None => None,
+        };
+        Ok((person, renewed.refresh_token))
     }
 
     /// The person a verified id_token names, with its claims mapped per `claims:`.

@@ -11,6 +11,7 @@ use super::form::{Form, Params};
 use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path};
 use crate::app::{
     App, AppError, AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN,
+    RequestContext,
 };
 use crate::web::cookie::{cookie, set_cookie};
 use crate::web::html::{error_page, escape, hidden, page};
@@ -34,10 +35,13 @@ const CARRIED: [&str; 9] = [
 pub(super) async fn authorize_get(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    Ctx(ctx): Ctx,
     RawQuery(query): RawQuery,
 ) -> Response {
     match Params::parse(query.unwrap_or_default().as_bytes()) {
-        Ok(params) => authorize(&app, &headers, &params).await.into_response(),
+        Ok(params) => authorize(&app, &headers, &params, &ctx)
+            .await
+            .into_response(),
         Err(_) => error_page(
             StatusCode::BAD_REQUEST,
             "The authorization request is malformed or repeats a parameter.",
@@ -48,10 +52,13 @@ pub(super) async fn authorize_get(
 pub(super) async fn authorize_post(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    Ctx(ctx): Ctx,
     form: Result<Form, OAuthError>,
 ) -> Response {
     match form {
-        Ok(Form(params)) => authorize(&app, &headers, &params).await.into_response(),
+        Ok(Form(params)) => authorize(&app, &headers, &params, &ctx)
+            .await
+            .into_response(),
         Err(e) => error_page(
             e.status(),
             "The authorization request is malformed or repeats a parameter.",
@@ -65,6 +72,7 @@ async fn authorize(
     app: &App,
     headers: &HeaderMap,
     params: &Params,
+    ctx: &RequestContext,
 ) -> Result<Response, OAuthError> {
     let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
         Ok(request) => request,
@@ -89,6 +97,9 @@ async fn authorize(
             request.state.as_deref(),
         );
         return Ok(Redirect::to(&location).into_response());
+    }
+    if let Some(upstream) = upstream::direct(app, &request, ctx).await {
+        return Ok(upstream);
     }
     Ok(login_form(app, &request, headers, StatusCode::OK, None))
 }

@@ -155,6 +155,25 @@ async fn a_person_signs_in_at_the_upstream_and_tessera_names_them_by_connector_a
     assert_eq!(id["sub"], "okta:bob-0001");
     assert_eq!(groups(&id), ["k8s-ops"]);
 
+    // `connector_id=okta` makes the choice: straight to the upstream, without a page.
+    let (browser, _) = browser(&server, &upstream);
+    let auth = AuthParams::kubernetes();
+    let mut query = auth.query();
+    query.push(("connector_id", "okta".into()));
+    let direct = server.authorize_raw(&browser, &query).await;
+    assert_eq!(direct.status(), StatusCode::SEE_OTHER);
+    let to = location(&direct);
+    assert!(
+        to.starts_with(&format!("{}/auth?", upstream.issuer)),
+        "{to}"
+    );
+    let redirect_uri = crate::support::query_param(&to, "redirect_uri").unwrap();
+    assert_eq!(redirect_uri, server.url("/callback/okta"));
+    assert_eq!(
+        crate::support::query_param(&to, "code_challenge_method").unwrap(),
+        "S256"
+    );
+
     let logins = server.audit_events("LoginSucceeded", 2).await;
     assert_eq!(logins[0]["connector_id"], "okta");
     assert_eq!(logins[0]["uid"], "okta:alice-0001");
@@ -170,9 +189,13 @@ async fn refreshes_past_revalidate_interval_redeem_the_upstream_token_until_the_
     let server = server_with(&upstream, "1s", "10s").await;
     let alice = tokens(&server, &upstream).await;
 
-    // Twice past the interval: the second redeems the token the first got in rotation.
+    // Twice past the interval: the second redeems the token the first got in rotation, and its
+    // answer has no id_token, so the claims of the first stand.
     let mut refresh_token = text(&alice, "refresh_token");
     for round in 1..=2 {
+        if round == 2 {
+            upstream.drop_next_id_token().await;
+        }
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let (status, refreshed) = server.refresh(&refresh_token).await;
         assert_eq!(status, StatusCode::OK, "round {round}: {refreshed}");

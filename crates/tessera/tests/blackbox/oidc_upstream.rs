@@ -103,6 +103,12 @@ impl OidcProvider {
         self.hook(&[("with", how)], "/test/tamper").await;
     }
 
+    /// The next token answer comes without an id_token (OpenID Connect Core §12.2 allows it
+    /// for a refresh).
+    pub async fn drop_next_id_token(&self) {
+        self.hook(&[("with", "drop")], "/test/tamper").await;
+    }
+
     /// Ends every grant of `account`: their refresh tokens answer `invalid_grant` from now.
     pub async fn revoke_grants_of(&self, account: &str) {
         self.hook(&[("account", account)], "/test/revoke").await;

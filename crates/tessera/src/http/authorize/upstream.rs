@@ -13,7 +13,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use super::super::form::{Form, Params};
 use super::super::{Ctx, OAuthError, csrf_matches, issuer_path};
 use super::{Retry, authorize_error, carried, retry_form, signed_in};
-use crate::app::{App, Callback, UPSTREAM_LOGIN_COOKIE, UPSTREAM_LOGIN_TTL, UpstreamFailure};
+use crate::app::{
+    App, AuthRequest, Callback, RequestContext, UPSTREAM_LOGIN_COOKIE, UPSTREAM_LOGIN_TTL,
+    UpstreamFailure,
+};
 use crate::connector::Kind;
 use crate::web::cookie::{cookie, set_cookie};
 use crate::web::html::{error_page, escape};
@@ -58,10 +61,42 @@ pub(in crate::http) async fn upstream_start(
     if !csrf_matches(&headers, params.get("csrf")) {
         return retry_form(&app, &request, &headers, &Retry::expired_form());
     }
+    to_upstream(&app, &connector_id, &request, &ctx).await
+}
+
+/// When the request's choice is an `oidc` connector (it names one with `connector_id`, or one
+/// is all there is), the browser goes straight upstream, without a page. No CSRF token is needed
+/// here: a login another site starts in this browser can only end in this browser's own session
+/// at the upstream, as the callback takes only the state of this browser's cookie.
+pub(super) async fn direct(
+    app: &App,
+    request: &AuthRequest,
+    ctx: &RequestContext,
+) -> Option<Response> {
+    let all = app.connectors();
+    let chosen = match request.connector_id.as_deref() {
+        Some(id) => all.iter().find(|c| c.id == id),
+        None if all.len() == 1 => all.first(),
+        None => None,
+    }?;
+    if !matches!(chosen.kind, Kind::Oidc(_)) {
+        return None;
+    }
+    Some(to_upstream(app, &chosen.id, request, ctx).await)
+}
+
+/// Starts the login at `connector_id` for `request`: the redirect upstream with the login's
+/// cookie, or the page saying why not.
+async fn to_upstream(
+    app: &App,
+    connector_id: &str,
+    request: &AuthRequest,
+    ctx: &RequestContext,
+) -> Response {
     let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(carried(&request))
+        .extend_pairs(carried(request))
         .finish();
-    match app.start_upstream_login(&connector_id, query, &ctx).await {
+    match app.start_upstream_login(connector_id, query, ctx).await {
         Ok(start) => {
             let mut response = Redirect::to(&start.location).into_response();
             let max_age = i64::try_from(UPSTREAM_LOGIN_TTL.as_secs()).unwrap_or(600);
@@ -108,7 +143,7 @@ async fn callback(
     app: &App,
     connector_id: &str,
     headers: &HeaderMap,
-    ctx: &crate::app::RequestContext,
+    ctx: &RequestContext,
     query: Option<String>,
 ) -> Response {
     let Ok(params) = Params::parse(query.unwrap_or_default().as_bytes()) else {

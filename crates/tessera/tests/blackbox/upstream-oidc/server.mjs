@@ -14,8 +14,9 @@
 //   POST /test/client?redirect_uri=URI   registers tessera's callback and starts serving
 //   POST /test/next?account=NAME     the next sign-ins are NAME's
 //   POST /test/next?deny=1           the next sign-in is refused (access_denied)
-//   POST /test/tamper?with=aud|nonce|none   the next token answer's id_token is re-signed with
-//                                    a wrong audience or nonce, or sent unsigned (alg none)
+//   POST /test/tamper?with=aud|nonce|none|drop   the next token answer's id_token is re-signed
+//                                    with a wrong audience or nonce, sent unsigned (alg none), or
+//                                    left out (as providers may in a refresh's answer)
 //   POST /test/revoke?account=NAME   ends every grant of NAME: their refresh tokens die
 import { generateKeyPairSync, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -95,6 +96,11 @@ provider.use(async (ctx, next) => {
   if (ctx.path !== '/token' || !tamperNext || !ctx.body?.id_token) return;
   const how = tamperNext;
   tamperNext = null;
+  if (how === 'drop') {
+    const { id_token: _dropped, ...rest } = ctx.body;
+    ctx.body = rest;
+    return;
+  }
   const [, payload] = ctx.body.id_token.split('.');
   const claims = JSON.parse(Buffer.from(payload, 'base64url').toString());
   if (how === 'aud') claims.aud = 'someone-else';
