@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::clock::UnixMillis;
-use tessera_core::seal::Sealer;
+use tessera_core::seal::{SealError, Sealer};
 use tessera_core::token::constant_time_eq;
 use tessera_oidc as oidc;
 use tessera_store::{Store, StoreError};
@@ -158,12 +158,9 @@ impl App {
             )
             .await
             .map_err(|e| self.upstream_failed(&connector, &e, ctx))?;
-        let plain = serde_json::to_vec(&pending)
-            .map_err(|e| UpstreamFailure::Internal(AppError::InvalidRequest(e.to_string())))?;
         let cookie = self
-            .upstream_sealer
-            .seal(&plain, UPSTREAM_LOGIN_COOKIE.as_bytes())
-            .map_err(|e| UpstreamFailure::Internal(AppError::InvalidRequest(e.to_string())))?;
+            .seal_json(&pending, UPSTREAM_LOGIN_COOKIE.as_bytes())
+            .map_err(UpstreamFailure::Internal)?;
         Ok(UpstreamStart { location, cookie })
     }
 
@@ -310,13 +307,15 @@ impl App {
         refresh_token: String,
     ) -> Result<Vec<u8>, AppError> {
         let grant = UpstreamGrant { sub, refresh_token };
-        let plain =
-            serde_json::to_vec(&grant).map_err(|e| AppError::InvalidRequest(e.to_string()))?;
-        let sealed = self
-            .upstream_sealer
-            .seal(&plain, &grant_aad(subject))
-            .map_err(|e| AppError::InvalidRequest(e.to_string()))?;
-        Ok(sealed.into_bytes())
+        Ok(self.seal_json(&grant, &grant_aad(subject))?.into_bytes())
+    }
+
+    /// `value` as JSON, sealed and bound to `aad`.
+    fn seal_json(&self, value: &impl Serialize, aad: &[u8]) -> Result<String, AppError> {
+        // Only strings and numbers: JSON serialisation cannot fail; were it to, it is as much a
+        // fault as a failed seal.
+        let plain = serde_json::to_vec(value).map_err(|_| SealError::Sealing)?;
+        Ok(self.upstream_sealer.seal(&plain, aad)?)
     }
 
     /// Re-validates a person of an `oidc` connector: redeems their sealed upstream refresh

@@ -290,6 +290,8 @@ async fn refusals_bad_state_replayed_codes_and_forged_id_tokens_each_show_a_page
         assert!(!server.signed_in(&browser).await, "{how}: no session");
     }
 
+    // The audit log is written behind the answers: wait for every failure's line.
+    let failed = server.audit_events("LoginFailed", 7).await;
     let audit = server.audit();
     let succeeded = audit
         .iter()
@@ -299,9 +301,8 @@ async fn refusals_bad_state_replayed_codes_and_forged_id_tokens_each_show_a_page
         succeeded, 1,
         "only the first use of the replayed code: {audit:?}"
     );
-    let reasons: Vec<&str> = audit
+    let reasons: Vec<&str> = failed
         .iter()
-        .filter(|l| l["event"] == "LoginFailed")
         .map(|l| l["reason"].as_str().unwrap())
         .collect();
     assert_eq!(
