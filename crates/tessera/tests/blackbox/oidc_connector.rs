@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
+use crate::cluster::free_port;
 use crate::oidc_upstream::{CLIENT_SECRET, OidcProvider};
 use crate::support::{
     AuthParams, Server, claims, client_builder, code_from, hidden_fields, location, text,
@@ -17,6 +18,18 @@ use crate::support::{
 
 /// `tessera serve --dev` with an `oidc` connector `okta` at `upstream` and the users file.
 async fn server_with(upstream: &OidcProvider, revalidate: &str, staleness: &str) -> Server {
+    let server = server_at(upstream, &upstream.issuer, revalidate, staleness).await;
+    upstream.register(&server, "okta").await;
+    server
+}
+
+/// The same, with the connector's issuer `issuer` (the upstream's CA and secret still).
+async fn server_at(
+    upstream: &OidcProvider,
+    issuer: &str,
+    revalidate: &str,
+    staleness: &str,
+) -> Server {
     let dir = Server::start().await.stop();
     let config = dir.path().join("tessera.yaml");
     let mut yaml = std::fs::read_to_string(&config).unwrap();
@@ -28,14 +41,11 @@ async fn server_with(upstream: &OidcProvider, revalidate: &str, staleness: &str)
          \x20   revalidate_interval: {revalidate}\n    revalidate_max_staleness: {staleness}\n\
          \x20 - id: local\n    type: local\n    name: Break-glass account\n\
          groups:\n  include: [\"^k8s-\", \"^cluster-admins$\"]\n  rename: {{\"Okta Admins\": cluster-admins}}\n",
-        issuer = upstream.issuer,
         secret = upstream.client_secret_file().display(),
         ca = upstream.ca_file().display(),
     ));
     std::fs::write(&config, yaml).unwrap();
-    let server = Server::start_in(dir, &[]).await;
-    upstream.register(&server, "okta").await;
-    server
+    Server::start_in(dir, &[]).await
 }
 
 /// A browser trusting tessera's and the upstream's CAs, with a cookie jar the test can read.
@@ -323,4 +333,41 @@ async fn refusals_bad_state_replayed_codes_and_forged_id_tokens_each_show_a_page
         assert!(!written.contains(secret));
         assert!(!server.log().iter().any(|l| l.contains(secret)));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_a_sentence_at_the_button_and_tolerated_until_max_staleness() {
+    let upstream = OidcProvider::start().await;
+
+    // Nothing listens where this connector's issuer points: the button says so, with 503.
+    let nowhere = format!("https://127.0.0.1:{}", free_port());
+    let server = server_at(&upstream, &nowhere, "5m", "15m").await;
+    let (browser_a, _) = browser(&server, &upstream);
+    let auth = AuthParams::kubernetes();
+    let mut query = auth.query();
+    query.push(("connector_id", "okta".into()));
+    let answer = server.authorize_raw(&browser_a, &query).await;
+    page_says(
+        answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Okta cannot be reached right now",
+    )
+    .await;
+    let failed = server.audit_events("LoginFailed", 1).await;
+    assert_eq!(failed[0]["reason"], "upstream_unavailable");
+    drop(server);
+
+    // Signed in, then the upstream goes away: refreshes go on until revalidate_max_staleness.
+    let server = server_with(&upstream, "1s", "4s").await;
+    let alice = tokens(&server, &upstream).await;
+    upstream.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, refreshed) = server.refresh(&text(&alice, "refresh_token")).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let failed = server.audit_events("UpstreamRevalidationFailed", 1).await;
+    assert_eq!(failed[0]["reason"], "unreachable");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, body) = server.refresh(&text(&refreshed, "refresh_token")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
 }

@@ -68,6 +68,11 @@ impl OidcProvider {
         }
     }
 
+    /// Kills the provider (by its PID): from now on it refuses connections.
+    pub fn stop(&self) {
+        self.process.kill();
+    }
+
     /// The CA its certificate chains to.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
