@@ -51,70 +51,71 @@ const server = https.createServer(
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const issuer = `https://127.0.0.1:${server.address().port}`;
 
+// Starts the provider, with tessera's callback as the client's one redirect URI.
 function start(redirectUri) {
-provider = new Provider(issuer, {
-  clients: [{
-    client_id: 'tessera',
-    client_secret: clientSecret,
-    redirect_uris: [redirectUri],
-    grant_types: ['authorization_code', 'refresh_token'],
-    response_types: ['code'],
-    token_endpoint_auth_method: 'client_secret_basic',
-    id_token_signed_response_alg: 'RS256',
-  }],
-  jwks: { keys: [signingJwk] },
-  claims: {
-    openid: ['sub'],
-    profile: ['name', 'preferred_username'],
-    email: ['email'],
-    groups: ['groups'],
-  },
-  scopes: ['openid', 'offline_access', 'profile', 'email', 'groups'],
-  conformIdTokenClaims: false,
-  // The subject is the account id, `NAME-0001`: not the name people type.
-  findAccount: async (_ctx, id) => {
-    const name = id.replace(/-0001$/, '');
-    const account = ACCOUNTS[name];
-    if (!account) return undefined;
-    return {
-      accountId: id,
-      claims: async () => ({ sub: id, preferred_username: name, ...account }),
-    };
-  },
-  features: { devInteractions: { enabled: false }, revocation: { enabled: true } },
-  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
-  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
-  expiresWithSession: async () => false,
-  rotateRefreshToken: true,
-  pkce: { required: () => true },
-  cookies: { keys: ['a test cookie key that is long enough'] },
-});
+  provider = new Provider(issuer, {
+    clients: [{
+      client_id: 'tessera',
+      client_secret: clientSecret,
+      redirect_uris: [redirectUri],
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+      id_token_signed_response_alg: 'RS256',
+    }],
+    jwks: { keys: [signingJwk] },
+    claims: {
+      openid: ['sub'],
+      profile: ['name', 'preferred_username'],
+      email: ['email'],
+      groups: ['groups'],
+    },
+    scopes: ['openid', 'offline_access', 'profile', 'email', 'groups'],
+    conformIdTokenClaims: false,
+    // The subject is the account id, `NAME-0001`: not the name people type.
+    findAccount: async (_ctx, id) => {
+      const name = id.replace(/-0001$/, '');
+      const account = ACCOUNTS[name];
+      if (!account) return undefined;
+      return {
+        accountId: id,
+        claims: async () => ({ sub: id, preferred_username: name, ...account }),
+      };
+    },
+    features: { devInteractions: { enabled: false }, revocation: { enabled: true } },
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    expiresWithSession: async () => false,
+    rotateRefreshToken: true,
+    pkce: { required: () => true },
+    cookies: { keys: ['a test cookie key that is long enough'] },
+  });
 
-// The test's `/test/tamper`: re-signs the id_token of the next token answer, wrong.
-provider.use(async (ctx, next) => {
-  await next();
-  if (ctx.path !== '/token' || !tamperNext || !ctx.body?.id_token) return;
-  const how = tamperNext;
-  tamperNext = null;
-  if (how === 'drop') {
-    const { id_token: _dropped, ...rest } = ctx.body;
-    ctx.body = rest;
-    return;
-  }
-  const [, payload] = ctx.body.id_token.split('.');
-  const claims = JSON.parse(Buffer.from(payload, 'base64url').toString());
-  if (how === 'aud') claims.aud = 'someone-else';
-  if (how === 'nonce') claims.nonce = 'not-the-nonce-of-this-login';
-  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
-  if (how === 'none') {
-    ctx.body = { ...ctx.body, id_token: `${b64({ alg: 'none', typ: 'JWT', kid: signingJwk.kid })}.${b64(claims)}.` };
-    return;
-  }
-  const input = `${b64({ alg: 'RS256', typ: 'JWT', kid: signingJwk.kid })}.${b64(claims)}`;
-  const signature = sign('sha256', Buffer.from(input), privateKey).toString('base64url');
-  ctx.body = { ...ctx.body, id_token: `${input}.${signature}` };
-});
-callback = provider.callback();
+  // The test's `/test/tamper`: re-signs the id_token of the next token answer, wrong.
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.path !== '/token' || !tamperNext || !ctx.body?.id_token) return;
+    const how = tamperNext;
+    tamperNext = null;
+    if (how === 'drop') {
+      const { id_token: _dropped, ...rest } = ctx.body;
+      ctx.body = rest;
+      return;
+    }
+    const [, payload] = ctx.body.id_token.split('.');
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString());
+    if (how === 'aud') claims.aud = 'someone-else';
+    if (how === 'nonce') claims.nonce = 'not-the-nonce-of-this-login';
+    const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+    if (how === 'none') {
+      ctx.body = { ...ctx.body, id_token: `${b64({ alg: 'none', typ: 'JWT', kid: signingJwk.kid })}.${b64(claims)}.` };
+      return;
+    }
+    const input = `${b64({ alg: 'RS256', typ: 'JWT', kid: signingJwk.kid })}.${b64(claims)}`;
+    const signature = sign('sha256', Buffer.from(input), privateKey).toString('base64url');
+    ctx.body = { ...ctx.body, id_token: `${input}.${signature}` };
+  });
+  callback = provider.callback();
 }
 
 // Sign-in and consent without a person: the account named by /test/next, all scopes granted.
