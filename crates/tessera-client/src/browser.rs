@@ -26,8 +26,14 @@ pub struct LoggedIn {
 }
 
 /// Runs the authorization code flow: prints (and, when there is a display, opens) the
-/// authorization URL and waits for the browser to come back to a loopback listener.
-pub async fn browser_login(rp: &RelyingParty, open_browser: bool) -> Result<LoggedIn> {
+/// authorization URL and waits for the browser to come back to a loopback listener. A
+/// `connector` (a tessera connector's id) goes along as `connector_id`, which makes the login
+/// page show that connector's form only.
+pub async fn browser_login(
+    rp: &RelyingParty,
+    connector: Option<&str>,
+    open_browser: bool,
+) -> Result<LoggedIn> {
     let provider = rp.metadata().await?;
     let redirect = LoopbackRedirect::bind().await?;
     let redirect_uri = redirect.uri();
@@ -35,7 +41,7 @@ pub async fn browser_login(rp: &RelyingParty, open_browser: bool) -> Result<Logg
     let nonce = oidc::random_token();
     let verifier = oidc::random_token();
     let challenge = tessera_core::pkce::s256_challenge(&verifier);
-    let url = AuthorizationRequest {
+    let mut url = AuthorizationRequest {
         client_id: &rp.client().id,
         redirect_uri: &redirect_uri,
         scope: SCOPES,
@@ -44,6 +50,9 @@ pub async fn browser_login(rp: &RelyingParty, open_browser: bool) -> Result<Logg
         code_challenge: &challenge,
     }
     .url(&provider.authorization_endpoint)?;
+    if let Some(connector) = connector {
+        url.query_pairs_mut().append_pair("connector_id", connector);
+    }
     if open_browser && open_in_browser(url.as_str()) {
         eprintln!("Opened a browser to sign in. If it did not open, visit:\n\n    {url}\n");
     } else {

@@ -30,6 +30,9 @@ pub struct CredentialArgs {
     /// PEM CA bundle to trust for the issuer; default: the system's roots.
     #[arg(long)]
     pub(crate) certificate_authority: Option<PathBuf>,
+    /// The server's connector to sign in through when a new login is needed.
+    #[arg(long, value_name = "ID")]
+    pub(crate) connector: Option<String>,
     /// How long to wait for another process's refresh, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = tessera_core::duration::parse_duration)]
     pub(crate) lock_timeout: Duration,
@@ -57,15 +60,14 @@ impl CredentialArgs {
 
     /// The command that starts a new session, for error messages.
     pub(crate) fn login_hint(&self) -> String {
-        match &self.certificate_authority {
-            Some(ca) => format!(
-                "{} login --issuer {} --certificate-authority {}",
-                invocation::command(),
-                self.issuer(),
-                ca.display()
-            ),
-            None => format!("{} login --issuer {}", invocation::command(), self.issuer()),
+        let mut hint = format!("{} login --issuer {}", invocation::command(), self.issuer());
+        if let Some(ca) = &self.certificate_authority {
+            hint.push_str(&format!(" --certificate-authority {}", ca.display()));
         }
+        if let Some(connector) = &self.connector {
+            hint.push_str(&format!(" --connector {connector}"));
+        }
+        hint
     }
 
     /// The HTTPS client for the issuer.
@@ -216,6 +218,32 @@ fn rfc3339(at: UnixMillis) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_hint_repeats_the_ca_and_the_connector_of_the_entry() {
+        let mut args = CredentialArgs {
+            issuer: "https://tessera.example/".into(),
+            client_id: "kubernetes".into(),
+            user: "alice".into(),
+            certificate_authority: None,
+            connector: None,
+            lock_timeout: Duration::from_secs(30),
+        };
+        let command = invocation::command();
+        assert_eq!(
+            args.login_hint(),
+            format!("{command} login --issuer https://tessera.example")
+        );
+        args.certificate_authority = Some("/etc/tessera/ca.pem".into());
+        args.connector = Some("corp".into());
+        assert_eq!(
+            args.login_hint(),
+            format!(
+                "{command} login --issuer https://tessera.example \
+                 --certificate-authority /etc/tessera/ca.pem --connector corp"
+            )
+        );
+    }
 
     #[test]
     fn the_answer_is_v1_unless_kubectl_asks_for_v1beta1() {

@@ -25,6 +25,8 @@ pub(crate) struct KubeUser<'a> {
     pub(crate) username: String,
     /// The CA bundle to trust for the issuer, as an absolute path.
     pub(crate) ca_file: Option<&'a Path>,
+    /// The server's connector the person signed in through, if they chose one.
+    pub(crate) connector: Option<&'a str>,
 }
 
 impl KubeUser<'_> {
@@ -81,7 +83,8 @@ impl KubeUser<'_> {
         Ok(user)
     }
 
-    /// `credential --issuer … --client-id … --user … [--certificate-authority …]`.
+    /// `credential --issuer … --client-id … --user … [--certificate-authority …]
+    /// [--connector …]`.
     fn credential_args(&self) -> Vec<Value> {
         let mut args: Vec<Value> = [
             "credential",
@@ -100,6 +103,9 @@ impl KubeUser<'_> {
                 "--certificate-authority".into(),
                 ca.display().to_string().into(),
             ]);
+        }
+        if let Some(connector) = self.connector {
+            args.extend(["--connector".into(), connector.into()]);
         }
         args
     }
@@ -140,6 +146,7 @@ mod tests {
             client_id: "kubernetes",
             username: "dev".into(),
             ca_file: Some(Path::new("/etc/tessera/ca.pem")),
+            connector: Some("corp"),
         };
         let entry = user.exec().unwrap();
         let exec = &entry["exec"];
@@ -165,10 +172,38 @@ mod tests {
                 "--user",
                 "dev",
                 "--certificate-authority",
-                "/etc/tessera/ca.pem"
+                "/etc/tessera/ca.pem",
+                "--connector",
+                "corp"
             ]
         );
         assert_eq!(exec["interactiveMode"], "IfAvailable");
         assert_eq!(exec["provideClusterInfo"], false);
+    }
+
+    #[test]
+    fn the_connector_written_into_the_exec_entry_reaches_the_credential_command() {
+        #[derive(clap::Parser)]
+        #[command(no_binary_name = true)]
+        enum Line {
+            Credential(crate::credential::CredentialArgs),
+        }
+        let user = |connector| KubeUser {
+            issuer: "https://tessera.example",
+            client_id: "kubernetes",
+            username: "alice".into(),
+            ca_file: None,
+            connector,
+        };
+        for connector in [Some("corp"), None] {
+            let args: Vec<String> = user(connector)
+                .credential_args()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect();
+            let Line::Credential(parsed) = <Line as clap::Parser>::try_parse_from(&args).unwrap();
+            assert_eq!(parsed.connector.as_deref(), connector, "{args:?}");
+            assert_eq!(parsed.user, "alice");
+        }
     }
 }

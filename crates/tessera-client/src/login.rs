@@ -35,6 +35,10 @@ pub struct LoginArgs {
     /// Write the context but do not make it the current one.
     #[arg(long)]
     no_set_context: bool,
+    /// Sign in through this connector of the server (its `id` in `connectors:`), skipping the
+    /// choice on the login page; kept in the kubeconfig for the logins `credential` starts.
+    #[arg(long, value_name = "ID")]
+    connector: Option<String>,
     /// Print the login URL instead of opening a browser.
     #[arg(long)]
     no_browser: bool,
@@ -134,12 +138,14 @@ pub async fn login(args: &LoginArgs) -> Result<()> {
     let provider = oidc::discover(&http, &issuer).await?;
     let cluster: Cluster = oidc::get_json(&http, &format!("{issuer}/kube/cluster")).await?;
     let rp = RelyingParty::discovered(http, provider, oidc::Client::public(&cluster.client_id));
-    let logged_in = browser_login(&rp, !args.no_browser && has_display()).await?;
+    let connector = args.connector.as_deref();
+    let logged_in = browser_login(&rp, connector, !args.no_browser && has_display()).await?;
     let kube_user = KubeUser {
         issuer: &issuer,
         client_id: &cluster.client_id,
         username: logged_in.claims.username().to_owned(),
         ca_file: ca_file.as_deref(),
+        connector,
     };
     let user = match cache_dir {
         Some(dir) => kube_user.cached(&dir, rp.metadata().await?, logged_in)?,

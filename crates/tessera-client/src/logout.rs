@@ -81,6 +81,8 @@ impl LogoutArgs {
                 client_id: client_id.clone(),
                 user: self.user.clone(),
                 certificate_authority: self.certificate_authority.clone(),
+                // Logging out signs nobody in.
+                connector: None,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
             }),
             _ => credential_of_context(self),

@@ -99,7 +99,8 @@ impl Renewal<'_> {
     async fn sign_in(self) -> Result<Entry> {
         let provider = oidc::discover(&self.http, self.args.issuer()).await?;
         let rp = RelyingParty::discovered(self.http, provider, self.args.client());
-        let logged_in = browser::browser_login(&rp, browser::has_display()).await?;
+        let connector = self.args.connector.as_deref();
+        let logged_in = browser::browser_login(&rp, connector, browser::has_display()).await?;
         self.args.check_user(&logged_in.claims)?;
         let entry = entry_from(
             self.cache.key(),

@@ -17,6 +17,7 @@ mod storage;
 mod tls;
 mod tokens;
 mod users;
+mod web;
 
 pub use clients::Client;
 pub use connectors::{
@@ -25,6 +26,7 @@ pub use connectors::{
 };
 pub use kubernetes::KubeCluster;
 pub use storage::Storage;
+pub use web::{Logo, Web};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -98,6 +100,8 @@ struct RawConfig {
     keys: keys::RawKeys,
     kubernetes: Option<kubernetes::RawKubernetes>,
     http: http::RawHttp,
+    /// The name and logo on the pages people sign in and out at.
+    web: web::RawWeb,
     /// The authenticating reverse proxy (optional).
     proxy: Option<proxy::RawProxy>,
 }
@@ -157,6 +161,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The authenticating reverse proxy, if configured.
     pub proxy: Option<ProxyConfig>,
+    /// The name and logo on the provider's pages.
+    pub web: Web,
 }
 
 impl Config {
@@ -240,6 +246,7 @@ struct Sections {
     users_file: Option<PathBuf>,
     connectors: Vec<ConnectorConfig>,
     group_mapping: GroupMapping,
+    web: Web,
 }
 
 impl RawConfig {
@@ -277,6 +284,7 @@ impl RawConfig {
             users_file,
             connectors,
             group_mapping: connectors::validate_groups(self.groups)?,
+            web: web::validate(self.web, base)?,
         })
     }
 }
@@ -311,6 +319,7 @@ impl Sections {
             limits: self.http.limits,
             shutdown_grace: self.http.shutdown_grace,
             proxy: self.proxy,
+            web: self.web,
         }
     }
 }

@@ -8,13 +8,15 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::form::{Form, Params};
-use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path};
+use super::{
+    CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path, theme,
+};
 use crate::app::{
     App, AppError, AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN,
     RequestContext,
 };
 use crate::web::cookie::{cookie, set_cookie};
-use crate::web::html::{error_page, escape, hidden, page};
+use crate::web::html::{escape, hidden};
 
 mod upstream;
 pub(super) use upstream::{upstream_callback, upstream_start};
@@ -42,7 +44,7 @@ pub(super) async fn authorize_get(
         Ok(params) => authorize(&app, &headers, &params, &ctx)
             .await
             .into_response(),
-        Err(_) => error_page(
+        Err(_) => theme(&app).error_page(
             StatusCode::BAD_REQUEST,
             "The authorization request is malformed or repeats a parameter.",
         ),
@@ -59,7 +61,7 @@ pub(super) async fn authorize_post(
         Ok(Form(params)) => authorize(&app, &headers, &params, &ctx)
             .await
             .into_response(),
-        Err(e) => error_page(
+        Err(e) => theme(&app).error_page(
             e.status(),
             "The authorization request is malformed or repeats a parameter.",
         ),
@@ -76,7 +78,7 @@ async fn authorize(
 ) -> Result<Response, OAuthError> {
     let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
         Ok(request) => request,
-        Err(e) => return Ok(authorize_error(e)),
+        Err(e) => return Ok(authorize_error(app, e)),
     };
     let sso = match request.force_login {
         true => None,
@@ -112,11 +114,14 @@ pub(super) async fn login(
 ) -> Response {
     let params = match form {
         Ok(Form(params)) => params,
-        Err(e) => return error_page(e.status(), "The login form was malformed or too large."),
+        Err(e) => {
+            return theme(&app)
+                .error_page(e.status(), "The login form was malformed or too large.");
+        }
     };
     let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
         Ok(request) => request,
-        Err(e) => return authorize_error(e),
+        Err(e) => return authorize_error(&app, e),
     };
     if !csrf_matches(&headers, params.get("csrf")) {
         return retry_form(&app, &request, &headers, &Retry::expired_form());
@@ -155,9 +160,9 @@ async fn signed_in(app: &App, request: &AuthRequest, outcome: &LoginOutcome) -> 
     response
 }
 
-fn authorize_error(e: AuthorizeError) -> Response {
+fn authorize_error(app: &App, e: AuthorizeError) -> Response {
     match e {
-        AuthorizeError::Page(message) => error_page(StatusCode::BAD_REQUEST, &message),
+        AuthorizeError::Page(message) => theme(app).error_page(StatusCode::BAD_REQUEST, &message),
         AuthorizeError::Redirect(location) => Redirect::to(&location).into_response(),
     }
 }
@@ -250,7 +255,7 @@ fn login_form(
         .map(|c| (c.id.as_str(), c.name.as_str()))
         .collect();
     let buttons = upstream::buttons(app);
-    let mut response = page(
+    let mut response = theme(app).page(
         status,
         "Sign in",
         &form_body(request, &action, &csrf, error, &connectors, &buttons),

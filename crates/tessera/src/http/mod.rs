@@ -6,6 +6,7 @@ mod authorize;
 mod discovery;
 mod error;
 mod form;
+mod logo;
 mod ops;
 mod session;
 mod token;
@@ -25,6 +26,7 @@ use tessera_core::clock::monotonic_now;
 use crate::app::{App, RequestContext};
 use crate::web::OAuthError;
 use crate::web::cookie::cookie;
+use crate::web::html::Theme;
 use crate::web::requester::{client_ip, user_agent};
 
 /// Name of the browser single-sign-on cookie.
@@ -62,6 +64,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/logout",
             get(session::logout_get).post(session::logout_post),
         )
+        .route(logo::PATH, get(logo::logo))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -93,6 +96,18 @@ async fn harden(request: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     response
+}
+
+/// The name and logo of the provider's pages (`web:`).
+fn theme(app: &App) -> Theme<'_> {
+    let web = &app.config.web;
+    Theme {
+        title: &web.title,
+        logo_url: web
+            .logo
+            .as_ref()
+            .map(|_| format!("{}{}", issuer_path(&app.issuer), logo::PATH)),
+    }
 }
 
 /// The path part of the issuer (`""` for a bare origin).

@@ -9,10 +9,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use tessera_core::id::{ClientId, SessionId, SsoId};
 
 use super::form::{Form, Params};
-use super::{CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path};
+use super::{
+    CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path, theme,
+};
 use crate::app::{App, AppError, LogoutHint, RequestContext};
 use crate::web::cookie::{cookie, set_cookie};
-use crate::web::html::{error_page, escape, hidden, page};
+use crate::web::html::{escape, hidden};
 use crate::web::no_store;
 
 pub(super) async fn userinfo(
@@ -42,7 +44,9 @@ pub(super) async fn logout_get(
         Ok(params) => logout(&app, &headers, &ctx, &params, false)
             .await
             .into_response(),
-        Err(_) => error_page(StatusCode::BAD_REQUEST, "The logout request is malformed."),
+        Err(_) => {
+            theme(&app).error_page(StatusCode::BAD_REQUEST, "The logout request is malformed.")
+        }
     }
 }
 
@@ -54,7 +58,10 @@ pub(super) async fn logout_post(
 ) -> Response {
     let params = match form {
         Ok(Form(params)) => params,
-        Err(e) => return error_page(e.status(), "The logout request is malformed or too large."),
+        Err(e) => {
+            let message = "The logout request is malformed or too large.";
+            return theme(&app).error_page(e.status(), message);
+        }
     };
     let confirmed = csrf_matches(&headers, params.get("csrf"));
     logout(&app, &headers, &ctx, &params, confirmed)
@@ -75,7 +82,7 @@ async fn logout(
     let hint = params.get("id_token_hint").and_then(|t| app.logout_hint(t));
     let after = post_logout(app, hint.as_ref(), params);
     if after == PostLogout::Unregistered {
-        return Ok(error_page(
+        return Ok(theme(app).error_page(
             StatusCode::BAD_REQUEST,
             "The post_logout_redirect_uri is not registered for this client.",
         ));
@@ -163,7 +170,7 @@ async fn proves_this_sign_in(
 fn signed_out(app: &App, after: PostLogout) -> Response {
     let mut response = match after {
         PostLogout::Redirect(location) => Redirect::to(&location).into_response(),
-        _ => page(StatusCode::OK, "Signed out", "<p>You are signed out.</p>"),
+        _ => theme(app).page(StatusCode::OK, "Signed out", "<p>You are signed out.</p>"),
     };
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -190,7 +197,7 @@ fn confirmation(app: &App, headers: &HeaderMap, params: &Params) -> Response {
          <form method=\"post\" action=\"{}\">{fields}<button type=\"submit\">Sign out</button></form>",
         escape(&format!("{}/logout", issuer_path(&app.issuer)))
     );
-    let mut response = page(StatusCode::OK, "Sign out", &body);
+    let mut response = theme(app).page(StatusCode::OK, "Sign out", &body);
     response.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(CSRF_COOKIE, &csrf, &issuer_path(&app.issuer), None, 3600),

@@ -178,7 +178,8 @@ fn sign_out_confirmation(target: &str) -> Response {
          <button type=\"submit\">Sign out</button></form>",
         html::hidden("rd", target)
     );
-    html::page(StatusCode::OK, "Sign out", &body)
+    // The proxy may run alone, without the provider's `web:` section and its logo route.
+    html::Theme::PLAIN.page(StatusCode::OK, "Sign out", &body)
 }
 
 /// `GET /oauth2/userinfo`: the user as JSON, as oauth2-proxy answers it.

@@ -6,7 +6,8 @@
 //! (`--ignore-certificate-errors-spki-list`), not every certificate. Each [`Browser`] has its own
 //! chromedriver on a free loopback port and its own profile and HOME; dropping it ends the
 //! session, then kills chromedriver and every process below it by PID, so no browser outlives
-//! its test.
+//! its test. When the test fails, the drop first keeps a screenshot of the current tab in
+//! `target/tmp/screenshots/` and says where.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -110,11 +111,17 @@ impl Browser {
     /// as pressing its submit button would (validation, submit event). chromedriver holds the
     /// next command until the navigation this starts has loaded.
     pub async fn fill_and_submit(&self, field_values: &[(&str, &str)]) {
+        self.fill_and_submit_within("", field_values).await;
+    }
+
+    /// [`Browser::fill_and_submit`] with the inputs inside the element `scope` selects (CSS),
+    /// for a page with several forms.
+    pub async fn fill_and_submit_within(&self, scope: &str, field_values: &[(&str, &str)]) {
         let mut first = None;
         for (name, value) in field_values {
             let input = self
                 .client
-                .find(Locator::Css(&format!("input[name=\"{name}\"]")))
+                .find(Locator::Css(&format!("{scope} input[name=\"{name}\"]")))
                 .await
                 .unwrap_or_else(|e| panic!("no input named {name}: {e}"));
             input.clear().await.unwrap();
@@ -182,6 +189,9 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // The fantoccini client needs the test's runtime, which is busy running this drop: end
         // the session with a plain request instead, so chromedriver closes Chromium cleanly.
+        if std::thread::panicking() {
+            self.keep_screenshot();
+        }
         let _ = request(self.port, "DELETE", &format!("/session/{}", self.session));
         let mut below = Vec::new();
         let mut parents = vec![self.chromedriver.id()];
@@ -199,6 +209,32 @@ impl Drop for Browser {
             let log = std::fs::read_to_string(self.dir.path().join("chromedriver.log"))
                 .unwrap_or_default();
             eprintln!("---- chromedriver printed:\n{log}\n----");
+        }
+    }
+}
+
+impl Browser {
+    /// Writes the current tab as a PNG under `target/tmp/screenshots/`, named after the test
+    /// (libtest names each test's thread after it), and prints the path.
+    fn keep_screenshot(&self) {
+        let path = format!("/session/{}/screenshot", self.session);
+        let png = request(self.port, "GET", &path).ok().and_then(|body| {
+            let answer: Value = serde_json::from_str(&body).ok()?;
+            STANDARD.decode(answer["value"].as_str()?).ok()
+        });
+        let Some(png) = png else {
+            eprintln!("---- no screenshot: chromedriver did not send one");
+            return;
+        };
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("browser")
+            .replace("::", "-");
+        let file = dir.join(format!("{test}-{}.png", std::process::id()));
+        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, png)) {
+            Ok(()) => eprintln!("---- screenshot of the failing page: {}", file.display()),
+            Err(e) => eprintln!("---- cannot keep the screenshot {}: {e}", file.display()),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! self-signed certificate (kubectl sends credentials only over TLS), accepting a request only
 //! with `Authorization: Bearer <id_token>` that verifies against tessera's JWKS for the issuer,
 //! audience `kubernetes` and `exp` with no leeway, as the real API server's OIDC authenticator
-//! does. It counts what it accepted and refused.
+//! does. It counts what it accepted and refused, and answers `kubectl auth whoami` with the
+//! token's `sub` and `groups`, as an API server started with `--oidc-username-claim=sub
+//! --oidc-username-prefix=- --oidc-groups-claim=groups` would.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -126,25 +128,49 @@ impl KubeApi {
 
 async fn serve(State(state): State<Arc<ApiState>>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
-    if let Err(why) = authenticate(&state, &request) {
-        state.refused.fetch_add(1, Ordering::SeqCst);
-        let mut kept = state.refusals.lock().unwrap();
-        if kept.len() < KEPT_REFUSALS {
-            kept.push(format!("{path}: {why}"));
-        }
-        let status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": "Unauthorized",
-            "reason": "Unauthorized",
-            "code": 401,
-        });
-        return (StatusCode::UNAUTHORIZED, axum::Json(status)).into_response();
-    }
+    let claims = match authenticate(&state, &request) {
+        Ok(claims) => claims,
+        Err(why) => return refuse(&state, &path, &why),
+    };
     state.accepted.fetch_add(1, Ordering::SeqCst);
     match path.as_str() {
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews" => {
+            let mut groups = claims["groups"].as_array().cloned().unwrap_or_default();
+            groups.push("system:authenticated".into());
+            axum::Json(json!({
+                "kind": "SelfSubjectReview",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": null},
+                "status": {"userInfo": {"username": claims["sub"], "groups": groups}},
+            }))
+            .into_response()
+        }
+        _ => answer(&path),
+    }
+}
+
+/// 401, keeping the reason for failure messages.
+fn refuse(state: &ApiState, path: &str, why: &str) -> Response {
+    state.refused.fetch_add(1, Ordering::SeqCst);
+    let mut kept = state.refusals.lock().unwrap();
+    if kept.len() < KEPT_REFUSALS {
+        kept.push(format!("{path}: {why}"));
+    }
+    let status = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Unauthorized",
+        "reason": "Unauthorized",
+        "code": 401,
+    });
+    (StatusCode::UNAUTHORIZED, axum::Json(status)).into_response()
+}
+
+/// The discovery documents kubectl reads, and 404 for anything else.
+fn answer(path: &str) -> Response {
+    match path {
         "/version" => axum::Json(json!({
             "major": "1",
             "minor": "32",
@@ -187,7 +213,7 @@ async fn serve(State(state): State<Arc<ApiState>>, request: Request) -> Response
 
 /// The API server's OIDC check: a bearer JWT signed by a JWKS key, for the issuer and the
 /// `kubernetes` audience, not expired, with zero leeway.
-fn authenticate(state: &ApiState, request: &Request) -> Result<(), String> {
+fn authenticate(state: &ApiState, request: &Request) -> Result<Value, String> {
     let header = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -221,5 +247,5 @@ fn authenticate(state: &ApiState, request: &Request) -> Result<(), String> {
     if now > exp_millis {
         return Err(format!("expired {} ms ago", now - exp_millis));
     }
-    Ok(())
+    Ok(claims)
 }

@@ -232,6 +232,8 @@ impl Home {
 pub(crate) struct Finished {
     pub(crate) success: bool,
     pub(crate) stderr: String,
+    /// The authorization URL it printed.
+    pub(crate) url: Option<String>,
 }
 
 /// `tessera login --no-browser …`, signing in through the login form like a browser.
@@ -256,6 +258,18 @@ pub(crate) async fn login_with(
     home: &Home,
     extra: &[&str],
     in_browser: impl FnOnce(),
+) -> Finished {
+    login_as(client, server, home, extra, in_browser, ("dev", PASSWORD)).await
+}
+
+/// [`login_with`], signing in with `(username, password)` at the form the page shows.
+pub(crate) async fn login_as(
+    client: Client,
+    server: &Server,
+    home: &Home,
+    extra: &[&str],
+    in_browser: impl FnOnce(),
+    (username, password): (&str, &str),
 ) -> Finished {
     let mut command = home.client(
         client,
@@ -284,9 +298,9 @@ pub(crate) async fn login_with(
             break;
         }
     }
-    if let Some(url) = url {
+    if let Some(url) = &url {
         in_browser();
-        sign_in(server, &url).await;
+        sign_in_as(server, url, username, password).await;
     }
     let status = child.wait(Duration::from_secs(60)).await;
     while let Some(line) = lines.recv().await {
@@ -295,18 +309,24 @@ pub(crate) async fn login_with(
     Finished {
         success: status.success(),
         stderr: stderr.join("\n"),
+        url,
     }
 }
 
 /// A browser opening the login URL, signing in as `dev`, and following the redirect to the
 /// loopback listener of `tessera login`.
 pub(crate) async fn sign_in(server: &Server, url: &str) {
+    sign_in_as(server, url, "dev", PASSWORD).await;
+}
+
+/// [`sign_in`] as `username`, at a page that shows one form.
+pub(crate) async fn sign_in_as(server: &Server, url: &str, username: &str, password: &str) {
     let browser = server.new_browser();
     let form = browser.get(url).send().await.unwrap();
     assert_eq!(form.status(), StatusCode::OK, "the login form is shown");
     let mut fields = hidden_fields(&form.text().await.unwrap());
-    fields.push(("username".into(), "dev".into()));
-    fields.push(("password".into(), PASSWORD.into()));
+    fields.push(("username".into(), username.into()));
+    fields.push(("password".into(), password.into()));
     let answer = browser
         .post(server.url("/login"))
         .form(&fields)

@@ -19,7 +19,7 @@ use crate::support::{
 /// The connectors of these tests: OpenLDAP people (`member` on groups) over LDAPS, Active
 /// Directory-like people (`memberOf`, `sAMAccountName`, `objectGUID`) over StartTLS, and the
 /// users file.
-fn connectors(directory: &Directory, revalidate: &str, staleness: &str) -> String {
+pub(crate) fn connectors(directory: &Directory, revalidate: &str, staleness: &str) -> String {
     let common = format!(
         "    certificate_authority: {ca}\n    bind_dn: \"{bind}\"\n    bind_password_file: {pw}\n\
          \x20   timeout: 2s\n    revalidate_interval: {revalidate}\n    revalidate_max_staleness: {staleness}\n",
@@ -50,7 +50,7 @@ async fn server_with(directory: &Directory, revalidate: &str, staleness: &str) -
 }
 
 /// [`server_with`], with `TESSERA_*` overrides.
-async fn server_with_env(
+pub(crate) async fn server_with_env(
     directory: &Directory,
     revalidate: &str,
     staleness: &str,

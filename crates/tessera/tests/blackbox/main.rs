@@ -14,6 +14,7 @@ mod support;
 mod upstream;
 
 mod bad_input;
+mod connector_chromium;
 mod deploy;
 mod endpoints;
 mod file_modes;
@@ -22,6 +23,7 @@ mod image;
 mod keys;
 mod kube_api;
 mod kubectl;
+mod kubectl_connector;
 mod kubectl_plugin;
 mod ldap_directory;
 mod ldap_login;

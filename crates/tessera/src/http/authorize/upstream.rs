@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::super::form::{Form, Params};
-use super::super::{Ctx, OAuthError, csrf_matches, issuer_path};
+use super::super::{Ctx, OAuthError, csrf_matches, issuer_path, theme};
 use super::{Retry, authorize_error, carried, retry_form, signed_in};
 use crate::app::{
     App, AuthRequest, Callback, RequestContext, UPSTREAM_LOGIN_COOKIE, UPSTREAM_LOGIN_TTL,
@@ -19,7 +19,7 @@ use crate::app::{
 };
 use crate::connector::Kind;
 use crate::web::cookie::{cookie, set_cookie};
-use crate::web::html::{error_page, escape};
+use crate::web::html::escape;
 
 /// The `oidc` connectors' ids, each with the URL its button posts to.
 pub(super) fn buttons(app: &App) -> Vec<(&str, String)> {
@@ -52,11 +52,14 @@ pub(in crate::http) async fn upstream_start(
 ) -> Response {
     let params = match form {
         Ok(Form(params)) => params,
-        Err(e) => return error_page(e.status(), "The sign-in form was malformed or too large."),
+        Err(e) => {
+            let message = "The sign-in form was malformed or too large.";
+            return theme(&app).error_page(e.status(), message);
+        }
     };
     let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
         Ok(request) => request,
-        Err(e) => return authorize_error(e),
+        Err(e) => return authorize_error(&app, e),
     };
     if !csrf_matches(&headers, params.get("csrf")) {
         return retry_form(&app, &request, &headers, &Retry::expired_form());
@@ -112,7 +115,7 @@ async fn to_upstream(
             );
             response
         }
-        Err(failure) => failure_page(failure),
+        Err(failure) => failure_page(app, failure),
     }
 }
 
@@ -147,7 +150,7 @@ async fn callback(
     query: Option<String>,
 ) -> Response {
     let Ok(params) = Params::parse(query.unwrap_or_default().as_bytes()) else {
-        return error_page(
+        return theme(app).error_page(
             StatusCode::BAD_REQUEST,
             "The answer of the sign-in service is malformed or repeats a parameter.",
         );
@@ -163,22 +166,22 @@ async fn callback(
         .await
     {
         Ok(signed) => signed,
-        Err(failure) => return failure_page(failure),
+        Err(failure) => return failure_page(app, failure),
     };
     let Ok(carried) = Params::parse(signed.request.as_bytes()) else {
-        return error_page(
+        return theme(app).error_page(
             StatusCode::BAD_REQUEST,
             "The authorization request is malformed or repeats a parameter.",
         );
     };
     match app.validate_authorization(|name| carried.get(name).map(str::to_owned)) {
         Ok(request) => signed_in(app, &request, &signed.outcome).await,
-        Err(e) => authorize_error(e),
+        Err(e) => authorize_error(app, e),
     }
 }
 
 /// The page for a login that did not start or finish: a sentence, never a secret.
-fn failure_page(failure: UpstreamFailure) -> Response {
+fn failure_page(app: &App, failure: UpstreamFailure) -> Response {
     let (status, message) = match failure {
         UpstreamFailure::Internal(e) => return OAuthError::from(e).into_response(),
         UpstreamFailure::UnknownConnector => (
@@ -213,5 +216,5 @@ fn failure_page(failure: UpstreamFailure) -> Response {
             ),
         ),
     };
-    error_page(status, &message)
+    theme(app).error_page(status, &message)
 }
