@@ -59,6 +59,9 @@ pub(super) struct RawOidc {
     /// Which id_token claims carry what.
     #[serde(default)]
     claims: RawClaims,
+    /// How long one step at the upstream (discovery, keys, a code or a refresh) may take.
+    #[serde(default = "default_timeout")]
+    timeout: String,
     #[serde(default = "default_revalidate_interval")]
     revalidate_interval: String,
     #[serde(default = "default_revalidate_max_staleness")]
@@ -243,6 +246,8 @@ pub struct OidcConfig {
     pub scopes: Vec<String>,
     /// Which id_token claims carry what.
     pub claims: ClaimNames,
+    /// The bound on each step of a login or a re-validation at the upstream.
+    pub timeout: Duration,
     /// How old the last check of a person may be before a refresh checks again.
     pub revalidate_interval: Duration,
     /// How long past the last good check refreshes go on while the upstream is unreachable.
@@ -562,6 +567,7 @@ fn oidc(raw: RawOidc, base: &Path) -> Result<OidcConfig, Invalid> {
             groups: raw.claims.groups,
             name: raw.claims.name,
         },
+        timeout: duration(".timeout", &raw.timeout)?,
         revalidate_interval,
         revalidate_max_staleness,
     })
@@ -703,6 +709,7 @@ mod tests {
         );
         assert_eq!(oidc.claims.username, "preferred_username");
         assert_eq!(oidc.claims.groups, "groups");
+        assert_eq!(oidc.timeout.as_secs(), 5);
         assert_eq!(oidc.revalidate_interval.as_secs(), 300);
         assert_eq!(oidc.revalidate_max_staleness.as_secs(), 900);
         assert_eq!(config.connectors[0].name, "okta");

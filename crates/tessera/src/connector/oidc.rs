@@ -20,9 +20,11 @@ use crate::config::{ClaimNames, GroupMapping, OidcConfig};
 #[derive(Debug)]
 pub struct Oidc {
     connector_id: String,
+    issuer: String,
     rp: RelyingParty,
     scope: String,
     claims: ClaimNames,
+    timeout: Duration,
     revalidate_interval: Duration,
     revalidate_max_staleness: Duration,
 }
@@ -37,10 +39,6 @@ pub struct Upstream {
     /// The upstream's (new) refresh token, if it sent one.
     pub refresh_token: Option<String>,
 }
-
-/// How long one request to the upstream may take in a re-validation: the relying party's own
-/// bound per request (30 s) times the requests one may make (metadata, token, keys).
-const REVALIDATION_BOUND: Duration = Duration::from_secs(90);
 
 impl Oidc {
     /// Builds the connector: reads the client secret (a private file) and the CA bundle, so a
@@ -57,9 +55,11 @@ impl Oidc {
         };
         Ok(Oidc {
             connector_id: connector_id.to_owned(),
+            issuer: config.issuer.clone(),
             rp: RelyingParty::new(http, config.issuer.clone(), client),
             scope: config.scopes.join(" "),
             claims: config.claims.clone(),
+            timeout: config.timeout,
             revalidate_interval: config.revalidate_interval,
             revalidate_max_staleness: config.revalidate_max_staleness,
         })
@@ -70,9 +70,26 @@ impl Oidc {
         (self.revalidate_interval, self.revalidate_max_staleness)
     }
 
-    /// The bound on one re-validation, for the lease that keeps other replicas from asking too.
+    /// The bound on one step at the upstream (a login's start, its callback, a re-validation),
+    /// also the lease that keeps other replicas from asking at the same time.
     pub fn timeout(&self) -> Duration {
-        REVALIDATION_BOUND
+        self.timeout
+    }
+
+    /// `step`, or [`oidc::Error::Unreachable`] when the upstream takes longer than `timeout`:
+    /// a slow upstream is a sentence on a page or a tolerated re-validation, never a hang.
+    async fn bounded<T>(
+        &self,
+        step: impl Future<Output = Result<T, oidc::Error>>,
+    ) -> Result<T, oidc::Error> {
+        tokio::time::timeout(self.timeout, step)
+            .await
+            .unwrap_or_else(|_| {
+                Err(oidc::Error::Unreachable {
+                    url: self.issuer.clone(),
+                    reason: format!("no answer within {:?}", self.timeout),
+                })
+            })
     }
 
     /// Where to send the browser to sign in at the upstream.
@@ -83,7 +100,7 @@ impl Oidc {
         nonce: &str,
         verifier: &str,
     ) -> Result<String, oidc::Error> {
-        let metadata = self.rp.metadata().await?;
+        let metadata = self.bounded(self.rp.metadata()).await?;
         let challenge = tessera_core::pkce::s256_challenge(verifier);
         let request = AuthorizationRequest {
             client_id: &self.rp.client().id,
@@ -106,16 +123,19 @@ impl Oidc {
         nonce: &str,
         mapping: &GroupMapping,
     ) -> Result<Upstream, oidc::Error> {
-        let tokens = self.rp.exchange_code(code, redirect_uri, verifier).await?;
-        let claims = self
-            .rp
-            .verify_id_token(&tokens.id_token, Expected::Nonce(nonce))
-            .await?;
-        Ok(Upstream {
-            person: self.person(&claims, mapping),
-            sub: claims.sub,
-            refresh_token: tokens.refresh_token,
+        self.bounded(async {
+            let tokens = self.rp.exchange_code(code, redirect_uri, verifier).await?;
+            let claims = self
+                .rp
+                .verify_id_token(&tokens.id_token, Expected::Nonce(nonce))
+                .await?;
+            Ok(Upstream {
+                person: self.person(&claims, mapping),
+                sub: claims.sub,
+                refresh_token: tokens.refresh_token,
+            })
         })
+        .await
     }
 
     /// Redeems the upstream refresh token of the person whose upstream subject is
@@ -128,16 +148,21 @@ impl Oidc {
         upstream_sub: &str,
         mapping: &GroupMapping,
     ) -> Result<(Option<Person>, Option<String>), oidc::Error> {
-        let renewed = self.rp.renew(refresh_token).await?;
-        let person = match &renewed.id_token {
-            Some(id_token) => {
-                let expected = Expected::Subject(upstream_sub);
-                let claims = self.rp.verify_id_token(id_token, expected).await?;
-                Some(self.person(&claims, mapping))
-            }
-            None => None,
-        };
-        Ok((person, renewed.refresh_token))
+        // Bounded like a login, with a cost: an upstream that rotated the token but answered
+        // too late leaves tessera with the spent one, and the session ends at the next check.
+        self.bounded(async {
+            let renewed = self.rp.renew(refresh_token).await?;
+            let person = match &renewed.id_token {
+                Some(id_token) => {
+                    let expected = Expected::Subject(upstream_sub);
+                    let claims = self.rp.verify_id_token(id_token, expected).await?;
+                    Some(self.person(&claims, mapping))
+                }
+                None => None,
+            };
+            Ok((person, renewed.refresh_token))
+        })
+        .await
     }
 
     /// The person a verified id_token names, with its claims mapped per `claims:`.

@@ -30,6 +30,8 @@ async fn server_at(
     revalidate: &str,
     staleness: &str,
 ) -> Server {
+    // Short enough for a stalled upstream to fail a check well inside revalidate_max_staleness.
+    let timeout = "1s";
     let dir = Server::start().await.stop();
     let config = dir.path().join("tessera.yaml");
     let mut yaml = std::fs::read_to_string(&config).unwrap();
@@ -38,6 +40,7 @@ async fn server_at(
          \x20 - id: okta\n    type: oidc\n    name: Okta\n    issuer: {issuer}\n\
          \x20   client_id: tessera\n    client_secret_file: {secret}\n\
          \x20   certificate_authority: {ca}\n\
+         \x20   timeout: {timeout}\n\
          \x20   revalidate_interval: {revalidate}\n    revalidate_max_staleness: {staleness}\n\
          \x20 - id: local\n    type: local\n    name: Break-glass account\n\
          groups:\n  include: [\"^k8s-\", \"^cluster-admins$\"]\n  rename: {{\"Okta Admins\": cluster-admins}}\n",
@@ -357,15 +360,17 @@ async fn an_unreachable_upstream_is_a_sentence_at_the_button_and_tolerated_until
     assert_eq!(failed[0]["reason"], "upstream_unavailable");
     drop(server);
 
-    // Signed in, then the upstream goes away: refreshes go on until revalidate_max_staleness.
+    // Signed in, then the upstream stalls (the check gives up after `timeout`), then goes away:
+    // refreshes go on until revalidate_max_staleness.
     let server = server_with(&upstream, "1s", "4s").await;
     let alice = tokens(&server, &upstream).await;
-    upstream.stop();
+    upstream.stall_next_token_request().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, refreshed) = server.refresh(&text(&alice, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     let failed = server.audit_events("UpstreamRevalidationFailed", 1).await;
     assert_eq!(failed[0]["reason"], "unreachable");
+    upstream.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, body) = server.refresh(&text(&refreshed, "refresh_token")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

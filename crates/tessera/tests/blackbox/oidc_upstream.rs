@@ -114,6 +114,11 @@ impl OidcProvider {
         self.hook(&[("with", "drop")], "/test/tamper").await;
     }
 
+    /// The next token request gets no answer (for 30 s).
+    pub async fn stall_next_token_request(&self) {
+        self.hook(&[], "/test/stall").await;
+    }
+
     /// Ends every grant of `account`: their refresh tokens answer `invalid_grant` from now.
     pub async fn revoke_grants_of(&self, account: &str) {
         self.hook(&[("account", account)], "/test/revoke").await;

@@ -17,6 +17,7 @@
 //   POST /test/tamper?with=aud|nonce|none|drop   the next token answer's id_token is re-signed
 //                                    with a wrong audience or nonce, sent unsigned (alg none), or
 //                                    left out (as providers may in a refresh's answer)
+//   POST /test/stall                 the next token request gets no answer for 30 s
 //   POST /test/revoke?account=NAME   ends every grant of NAME: their refresh tokens die
 import { generateKeyPairSync, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -40,6 +41,7 @@ const signingJwk = { ...privateKey.export({ format: 'jwk' }), kid: 'upstream-rs2
 let nextAccount = 'alice';
 let denyNext = false;
 let tamperNext = null;
+let stallNext = false;
 const grantsOf = new Map();
 
 let provider = null;
@@ -93,6 +95,10 @@ function start(redirectUri) {
 
   // The test's `/test/tamper`: re-signs the id_token of the next token answer, wrong.
   provider.use(async (ctx, next) => {
+    if (ctx.path === '/token' && stallNext) {
+      stallNext = false;
+      await new Promise((resolve) => { setTimeout(resolve, 30000); });
+    }
     await next();
     if (ctx.path !== '/token' || !tamperNext || !ctx.body?.id_token) return;
     const how = tamperNext;
@@ -153,6 +159,8 @@ async function testHook(req, res, url) {
   } else if (url.pathname === '/test/next') {
     if (q.get('account')) nextAccount = q.get('account');
     if (q.get('deny')) denyNext = true;
+  } else if (url.pathname === '/test/stall') {
+    stallNext = true;
   } else if (url.pathname === '/test/tamper') {
     tamperNext = q.get('with');
   } else if (url.pathname === '/test/revoke') {
