@@ -1,6 +1,8 @@
 //! `tessera logout`: revokes the cached refresh token at the provider (RFC 7009), which ends
-//! its session, and deletes the cache entry. The login is named directly, or through the
-//! kubeconfig context whose exec entry runs `credential`.
+//! its session, and deletes the cache entry. The login is named through the kubeconfig context
+//! whose exec entry runs `credential`, or by its issuer (and client, and user): then every
+//! login cached for what is named ends, and naming one that is not cached is an error, never a
+//! success that leaves a session alive.
 
 use std::path::PathBuf;
 
@@ -8,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tessera_oidc::RevocationEndpoint;
 
-use crate::cache::{CacheError, DEFAULT_LOCK_TIMEOUT, Entry};
+use crate::cache::{self, CacheError, CacheKey, DEFAULT_LOCK_TIMEOUT, Entry};
 use crate::credential::CredentialArgs;
 use crate::invocation;
 use crate::kubeconfig::{self, Kubeconfig};
@@ -22,15 +24,16 @@ pub struct LogoutArgs {
     /// Kubeconfig to read the context from; default: KUBECONFIG's first file, else ~/.kube/config.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Name the login directly instead of through a context.
-    #[arg(long, requires = "client_id")]
+    /// Name the login by its issuer instead of through a context: every login cached for it
+    /// ends (narrowed by --client-id and --user).
+    #[arg(long)]
     issuer: Option<String>,
-    /// With --issuer: the client id.
+    /// With --issuer: only the logins of this client id.
     #[arg(long, requires = "issuer")]
     client_id: Option<String>,
-    /// With --issuer: the user.
-    #[arg(long, requires = "issuer", default_value = "")]
-    user: String,
+    /// With --issuer: only the login of this user.
+    #[arg(long, requires = "issuer")]
+    user: Option<String>,
     /// With --issuer: PEM CA bundle to trust for the issuer.
     #[arg(long, requires = "issuer")]
     certificate_authority: Option<PathBuf>,
@@ -43,9 +46,59 @@ enum ExecLine {
     Credential(CredentialArgs),
 }
 
-/// Revokes the cached refresh token at the provider and deletes the cache entry.
+/// Revokes the cached refresh token(s) at the provider and deletes the cache entries.
 pub async fn logout(args: &LogoutArgs) -> Result<()> {
-    let credential = args.login()?;
+    let Some(issuer) = &args.issuer else {
+        return end_login(&credential_of_context(args)?, true).await;
+    };
+    let issuer = issuer.trim_end_matches('/');
+    let dir = cache::default_dir()
+        .context("no cache directory: set HOME, XDG_CACHE_HOME or TESSERA_CACHE_DIR")?;
+    let logins: Vec<CacheKey> = cache::cached_keys(&dir)?
+        .into_iter()
+        .filter(|key| key.issuer.trim_end_matches('/') == issuer)
+        .filter(|key| args.client_id.as_ref().is_none_or(|c| *c == key.client_id))
+        .filter(|key| args.user.as_ref().is_none_or(|u| *u == key.user))
+        .collect();
+    if logins.is_empty() {
+        bail!(
+            "no login to {issuer}{} is cached in {}, so nothing was revoked; check the issuer, or name the login's kubeconfig context with `{} logout --context NAME`",
+            narrowed(args),
+            dir.display(),
+            invocation::command()
+        );
+    }
+    for key in logins {
+        let credential = CredentialArgs {
+            issuer: key.issuer,
+            client_id: key.client_id,
+            user: key.user,
+            certificate_authority: args.certificate_authority.clone(),
+            // Logging out signs nobody in.
+            connector: None,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        };
+        end_login(&credential, false).await?;
+    }
+    Ok(())
+}
+
+/// ` (client C, user U)` for what `--client-id` and `--user` narrowed the logins to.
+fn narrowed(args: &LogoutArgs) -> String {
+    let parts: Vec<String> = [("client", &args.client_id), ("user", &args.user)]
+        .into_iter()
+        .filter_map(|(what, value)| value.as_ref().map(|v| format!("{what} {v}")))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// Revokes one login's refresh token and deletes its cache entry. `absent_is_fine`: a login
+/// named through a context may have nothing cached (never logged in, or logged out already).
+async fn end_login(credential: &CredentialArgs, absent_is_fine: bool) -> Result<()> {
     let cache = credential.cache()?;
     let _lock = cache.lock(credential.lock_timeout)?;
     let entry = match cache.read() {
@@ -55,39 +108,31 @@ pub async fn logout(args: &LogoutArgs) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     if let Some(entry) = &entry {
-        revoke(&credential, entry).await?;
+        revoke(credential, entry).await?;
     }
     cache.remove()?;
     match entry {
         Some(_) => eprintln!(
-            "Logged out of {}: the session is revoked and {} deleted.",
+            "Logged out of {}{}: the session is revoked and {} deleted.",
             credential.issuer(),
+            if credential.user.is_empty() {
+                String::new()
+            } else {
+                format!(" as {}", credential.user)
+            },
             cache.path().display()
         ),
-        None => eprintln!(
+        None if absent_is_fine => eprintln!(
             "No cached login for {}; nothing to revoke.",
             credential.issuer()
         ),
+        None => bail!(
+            "the cached login to {} could not be read, so its session could not be revoked; its file {} is deleted",
+            credential.issuer(),
+            cache.path().display()
+        ),
     }
     Ok(())
-}
-
-impl LogoutArgs {
-    /// The login to end: named by the options, or by the context's exec entry.
-    fn login(&self) -> Result<CredentialArgs> {
-        match (&self.issuer, &self.client_id) {
-            (Some(issuer), Some(client_id)) => Ok(CredentialArgs {
-                issuer: issuer.clone(),
-                client_id: client_id.clone(),
-                user: self.user.clone(),
-                certificate_authority: self.certificate_authority.clone(),
-                // Logging out signs nobody in.
-                connector: None,
-                lock_timeout: DEFAULT_LOCK_TIMEOUT,
-            }),
-            _ => credential_of_context(self),
-        }
-    }
 }
 
 /// Revokes `entry`'s refresh token, if it has one and its provider a revocation endpoint.

@@ -242,6 +242,45 @@ fn check_dir(dir: &Path, mode: u32, owner: u32, me: u32) -> Result<(), CacheErro
     Ok(())
 }
 
+/// The keys of every readable cache entry in `dir` (none when `dir` does not exist), once `dir`
+/// passes [`require_private_dir`]: how `tessera logout --issuer` finds the logins it ends.
+pub fn cached_keys(dir: &Path) -> Result<Vec<CacheKey>, CacheError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(reason) => {
+            return Err(CacheError::Io {
+                action: "list",
+                path: dir.to_owned(),
+                reason,
+            });
+        }
+    };
+    require_private_dir(dir)?;
+    let mut keys = Vec::new();
+    for file in entries.flatten() {
+        let path = file.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        // Another version or a broken file is nobody's login to end here.
+        let Some(entry) = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Entry>(&bytes).ok())
+            .filter(|e| e.version == CACHE_VERSION)
+        else {
+            continue;
+        };
+        keys.push(CacheKey {
+            issuer: entry.issuer,
+            client_id: entry.client_id,
+            user: entry.user,
+        });
+    }
+    keys.sort_by(|a, b| (&a.client_id, &a.user).cmp(&(&b.client_id, &b.user)));
+    Ok(keys)
+}
+
 impl TokenCache {
     /// The cache file of `key` in `dir`, once `dir` passes [`require_private_dir`]. The name is a
     /// hash of the key, so two issuers or clients never share a file and the name leaks nothing.

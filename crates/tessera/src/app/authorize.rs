@@ -49,6 +49,8 @@ pub struct AuthRequest {
     pub no_prompt: bool,
     /// `connector_id`: sign in through this connector, without the choice.
     pub connector_id: Option<String>,
+    /// `max_age`: an SSO session older than this many seconds does not answer silently.
+    pub max_age: Option<u64>,
 }
 
 /// Why an authorization request fails, and how to tell the user.
@@ -163,6 +165,17 @@ impl App {
             .find_sso(Secret::from_presented(handle).hash())
             .await?;
         Ok(sso.filter(|s| s.revoked_at.is_none() && now < s.expires_at))
+    }
+
+    /// Whether `sso` may answer `request` without the form: not when `prompt=login` asks for
+    /// one, nor when the sign-in is older than `max_age` seconds (OpenID Connect Core
+    /// §3.1.2.1; `max_age=0` is a fresh sign-in every time).
+    pub fn answers_silently(&self, sso: &SsoSession, request: &AuthRequest) -> bool {
+        let recent = |max_age: u64| {
+            let age = self.now().millis_since(sso.auth_time);
+            max_age > 0 && u64::try_from(age).unwrap_or(0) <= max_age.saturating_mul(1000)
+        };
+        !request.force_login && request.max_age.is_none_or(recent)
     }
 
     /// Checks a person's password with the connector `connector_id` (the only one when there

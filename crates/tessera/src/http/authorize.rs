@@ -80,13 +80,10 @@ async fn authorize(
         Ok(request) => request,
         Err(e) => return Ok(authorize_error(app, e)),
     };
-    let sso = match request.force_login {
-        true => None,
-        false => {
-            app.sso_session(cookie(headers, SSO_COOKIE).as_deref())
-                .await?
-        }
-    };
+    let sso = app
+        .sso_session(cookie(headers, SSO_COOKIE).as_deref())
+        .await?
+        .filter(|sso| app.answers_silently(sso, &request));
     if let Some(sso) = sso {
         let location = app.issue_code(&request, &sso).await?;
         return Ok(Redirect::to(&location).into_response());

@@ -1152,6 +1152,51 @@ async fn logout_revokes_the_refresh_token_and_deletes_the_cache() {
     assert_logout_ends_the_login(&server, &home, logout).await;
 }
 
+/// Issue 13, fault 3: `tessera logout --issuer URL` after `tessera login --issuer URL` said
+/// "No cached login …; nothing to revoke." and exited 0 while the login lived on, because the
+/// cache is keyed by user and `--user` defaulted to empty. Naming only the issuer (and, or not,
+/// the client) ends every login cached for it; naming nothing that is cached is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_naming_only_the_issuer_ends_the_login_made_for_it() {
+    let server = Server::start().await;
+    let home = Home::new();
+    let mut logout = home.tessera(&[
+        "logout",
+        "--issuer",
+        &server.issuer,
+        "--certificate-authority",
+    ]);
+    logout.arg(&server.ca);
+    assert_logout_ends_the_login(&server, &home, logout).await;
+
+    let mut logout = home.tessera(&[
+        "logout",
+        "--issuer",
+        &server.issuer,
+        "--client-id",
+        "kubernetes",
+        "--certificate-authority",
+    ]);
+    logout.arg(&server.ca);
+    assert_logout_ends_the_login(&server, &home, logout).await;
+
+    // Nothing cached for it any more: not a success.
+    let mut again = home.tessera(&[
+        "logout",
+        "--issuer",
+        &server.issuer,
+        "--certificate-authority",
+    ]);
+    again.arg(&server.ca);
+    let out = output(again).await;
+    assert!(
+        !out.status.success(),
+        "a logout that found nothing succeeded"
+    );
+    let said = assert_one_clear_error(&out, &["nothing was revoked"]);
+    assert!(said.contains(&server.issuer), "{said}");
+}
+
 /// Logs in, runs `logout`, and checks that the refresh token is revoked at the server, the
 /// cache file is gone, and `tessera credential` then names `tessera login`.
 async fn assert_logout_ends_the_login(server: &Server, home: &Home, logout: Command) {

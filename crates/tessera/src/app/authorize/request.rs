@@ -65,6 +65,7 @@ pub(super) fn check(
         client.public,
     )?;
     let prompt = param("prompt").unwrap_or_default();
+    let max_age = max_age(param("max_age").as_deref())?;
     let nonce = param("nonce");
     check_state_and_nonce(state, nonce.as_deref())?;
     Ok(AuthRequest {
@@ -77,7 +78,19 @@ pub(super) fn check(
         force_login: prompt.split(' ').any(|p| p == "login"),
         no_prompt: prompt.split(' ').any(|p| p == "none"),
         connector_id: param("connector_id"),
+        max_age,
     })
+}
+
+/// `max_age` (OpenID Connect Core §3.1.2.1): whole seconds, 0 included.
+fn max_age(text: Option<&str>) -> Result<Option<u64>, Refusal> {
+    match text {
+        None => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(|_| Refusal {
+            error: "invalid_request",
+            description: "max_age must be a whole number of seconds",
+        }),
+    }
 }
 
 fn refuse(error: &'static str, description: &'static str) -> Result<(), Refusal> {

@@ -191,6 +191,38 @@ async fn with_an_sso_cookie_authorize_redirects_at_once_unless_a_login_is_forced
     assert_eq!(query_value(location, "state").as_deref(), Some("st"));
 }
 
+/// OpenID Connect Core §3.1.2.1: `max_age` asks for a sign-in no older than that many seconds;
+/// an SSO session that is older shows the form instead of answering silently.
+#[tokio::test]
+async fn max_age_lets_only_a_recent_enough_sign_in_answer_silently() {
+    let t = TestApp::start().await;
+    let outcome = t.app.login(None, USER, PASSWORD, &t.ctx).await.unwrap();
+    let cookie = format!("tessera_sso={}", outcome.handle.expose());
+    t.advance(std::time::Duration::from_secs(120));
+    let ask = |max_age: &str| {
+        let uri = format!(
+            "/authorize?{}",
+            authorize_query(&format!("&max_age={max_age}"))
+        );
+        t.send(request("GET", &uri, &[("cookie", &cookie)], None))
+    };
+    assert_eq!(ask("3600").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(ask("120").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(ask("119").await.status, StatusCode::OK, "too old: the form");
+    assert_eq!(
+        ask("0").await.status,
+        StatusCode::OK,
+        "max_age=0: always the form"
+    );
+    let refused = ask("soon").await;
+    assert_eq!(refused.status, StatusCode::SEE_OTHER);
+    let location = refused.header("location").unwrap();
+    assert_eq!(
+        query_value(location, "error").as_deref(),
+        Some("invalid_request")
+    );
+}
+
 #[tokio::test]
 async fn too_many_failed_sign_ins_show_the_form_with_429_and_retry_after() {
     let t = TestApp::start_with(&[("TESSERA_LOGIN__MAX_FAILURES", "1")]).await;
