@@ -28,7 +28,9 @@ pub enum Event {
     /// A login attempt failed.
     LoginFailed {
         /// Why: `bad_credentials`, or `rate_limited` (the first refusal of a limited window;
-        /// the others are counted in [`Event::RateLimitEnded`]).
+        /// the others are counted in [`Event::RateLimitEnded`]); at an upstream provider
+        /// `upstream_refused`, `bad_state`, `no_code`, `upstream_rejected` or
+        /// `upstream_unavailable`.
         reason: String,
     },
     /// A client presented a wrong secret at the token, revocation or introspection endpoint.
@@ -79,8 +81,9 @@ pub enum Event {
     UpstreamRevalidated,
     /// A refresh could not confirm the person with their directory.
     UpstreamRevalidationFailed {
-        /// Why: `not_found` or `disabled` (the session is revoked), or `unreachable` (refreshes
-        /// go on until `revalidate_max_staleness` past the last good check).
+        /// Why: `not_found`, `disabled` or `upstream_refresh_rejected` (the session is revoked),
+        /// or `unreachable` or `no_upstream_refresh_token` (refreshes go on until
+        /// `revalidate_max_staleness` past the last good check).
         reason: String,
     },
     /// A signing key was added.

@@ -28,5 +28,5 @@ pub use id_token::{Expected, IdClaims, Verification, read_unverified_claims};
 pub use jsonwebtoken::jwk::JwkSet;
 pub use relying_party::RelyingParty;
 pub use token::{
-    Client, ClientAuthentication, ClientSecret, RevocationEndpoint, TokenEndpoint, Tokens,
+    Client, ClientAuthentication, ClientSecret, Renewed, RevocationEndpoint, TokenEndpoint, Tokens,
 };

@@ -13,7 +13,7 @@ use crate::Error;
 use crate::discovery::{ProviderMetadata, discover};
 use crate::http::get_json;
 use crate::id_token::{Expected, IdClaims, Verification};
-use crate::token::{Client, RevocationEndpoint, TokenEndpoint, Tokens};
+use crate::token::{Client, Renewed, RevocationEndpoint, TokenEndpoint, Tokens};
 
 /// One client at one OpenID Connect provider.
 #[derive(Debug)]
@@ -86,6 +86,13 @@ impl RelyingParty {
     pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, Error> {
         let metadata = self.metadata().await?;
         self.token_endpoint(metadata).refresh(refresh_token).await
+    }
+
+    /// Redeems a refresh token, accepting an answer without an id_token (OpenID Connect Core
+    /// §12.2); verify the id_token, when there is one, against the session's subject.
+    pub async fn renew(&self, refresh_token: &str) -> Result<Renewed, Error> {
+        let metadata = self.metadata().await?;
+        self.token_endpoint(metadata).renew(refresh_token).await
     }
 
     /// Revokes a refresh token; a provider without a revocation endpoint has nothing to call,

@@ -9,6 +9,7 @@
 use base64::Engine as _;
 use reqwest::StatusCode;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::Error;
@@ -121,6 +122,29 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// What a refresh answered where the id_token is optional: OpenID Connect Core §12.2 lets a
+/// provider leave it out of a refresh's answer.
+#[derive(Clone, Deserialize)]
+pub struct Renewed {
+    /// The new id_token, if the provider sent one.
+    #[serde(default)]
+    pub id_token: Option<String>,
+    /// The next refresh token; `None` when the provider does not rotate.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+/// The tokens are left out, as for [`Tokens`].
+impl std::fmt::Debug for Renewed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Renewed")
+            .field("id_token", &redacted(&self.id_token))
+            .field("refresh_token", &redacted(&self.refresh_token))
+            .finish()
+    }
+}
+
 /// The provider's token endpoint, called as one client.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenEndpoint<'a> {
@@ -158,7 +182,23 @@ impl TokenEndpoint<'_> {
         .await
     }
 
+    /// Redeems a refresh token (RFC 6749 §6), accepting an answer without an id_token.
+    pub async fn renew(&self, refresh_token: &str) -> Result<Renewed, Error> {
+        let form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        self.request_as(form).await
+    }
+
     async fn request(&self, form: Vec<(&'static str, &str)>) -> Result<Tokens, Error> {
+        self.request_as(form).await
+    }
+
+    async fn request_as<T: DeserializeOwned>(
+        &self,
+        form: Vec<(&'static str, &str)>,
+    ) -> Result<T, Error> {
         let post = self.client.post(self.http, self.url, form);
         let (status, body) = answer(post, self.url).await?;
         token_answer(self.url, status, &body)
@@ -166,7 +206,11 @@ impl TokenEndpoint<'_> {
 }
 
 /// Reads a token endpoint's answer: the tokens, `invalid_grant`, or another failure.
-fn token_answer(url: &str, status: StatusCode, body: &[u8]) -> Result<Tokens, Error> {
+fn token_answer<T: DeserializeOwned>(
+    url: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<T, Error> {
     if status.is_success() {
         return serde_json::from_slice(body).map_err(|e| Error::NoIdToken {
             url: url.to_owned(),
@@ -287,23 +331,33 @@ mod tests {
 
     #[test]
     fn token_answers_are_read_as_tokens_invalid_grant_or_a_failure() {
-        let ok = token_answer(URL, StatusCode::OK, br#"{"id_token":"a.b.c"}"#).unwrap();
+        let ok: Tokens = token_answer(URL, StatusCode::OK, br#"{"id_token":"a.b.c"}"#).unwrap();
         assert_eq!(ok.id_token, "a.b.c");
         assert_eq!(ok.refresh_token, None);
         let spent = br#"{"error":"invalid_grant","error_description":"spent"}"#;
         assert_eq!(
-            token_answer(URL, StatusCode::BAD_REQUEST, spent).unwrap_err(),
+            token_answer::<Tokens>(URL, StatusCode::BAD_REQUEST, spent).unwrap_err(),
             Error::InvalidGrant {
                 description: "invalid_grant: spent".into()
             }
         );
-        let busy = token_answer(URL, StatusCode::SERVICE_UNAVAILABLE, b"busy").unwrap_err();
+        let busy =
+            token_answer::<Tokens>(URL, StatusCode::SERVICE_UNAVAILABLE, b"busy").unwrap_err();
         assert_eq!(
             busy.to_string(),
             format!("{URL} answered 503 Service Unavailable: busy")
         );
         assert!(!busy.is_refusal());
-        let no_id_token = token_answer(URL, StatusCode::OK, br#"{"access_token":"x"}"#);
+        let no_id_token = token_answer::<Tokens>(URL, StatusCode::OK, br#"{"access_token":"x"}"#);
         assert!(matches!(no_id_token, Err(Error::NoIdToken { .. })));
+        // A refresh may come without an id_token (OpenID Connect Core §12.2).
+        let renewed: Renewed = token_answer(
+            URL,
+            StatusCode::OK,
+            br#"{"access_token":"x","refresh_token":"r2"}"#,
+        )
+        .unwrap();
+        assert_eq!(renewed.id_token, None);
+        assert_eq!(renewed.refresh_token.as_deref(), Some("r2"));
     }
 }

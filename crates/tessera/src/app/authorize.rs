@@ -214,7 +214,7 @@ impl App {
         // A directory's people are counted apart from local users of the same name.
         let counted = match connector.kind {
             Kind::Local => username.to_owned(),
-            Kind::Ldap(_) => format!("{}:{username}", connector.id),
+            Kind::Ldap(_) | Kind::Oidc(_) => format!("{}:{username}", connector.id),
         };
         let keys = vec![LimitKey::user(&counted), LimitKey::address(&ctx.ip)];
         let failed = |reason: &str| Event::LoginFailed {
@@ -234,13 +234,15 @@ impl App {
                 let person = ldap.login(username, password, self.connectors.mapping());
                 match person.await {
                     Ok(person) => {
-                        let remembered = self.remember(&connector.id, &person, now).await;
+                        let remembered = self.remember(&connector.id, &person, now, None).await;
                         remembered.map_err(|e| LoginFailure::Unavailable(e.into()))?;
                         Ok(person.subject)
                     }
                     Err(e) => Err(e),
                 }
             }
+            // Its people sign in at the upstream, through the login page's button.
+            Kind::Oidc(_) => return Err(LoginFailure::NoConnector),
         };
         let subject = match authenticated {
             Ok(subject) => subject,
@@ -262,10 +264,20 @@ impl App {
             }
         };
         attempt.succeeded();
-        let outcome = self
-            .start_sso(subject.clone(), now)
+        self.start_session_of(subject, now, who)
             .await
-            .map_err(|e| LoginFailure::Unavailable(e.into()))?;
+            .map_err(|e| LoginFailure::Unavailable(e.into()))
+    }
+
+    /// The end of every successful login, whatever the connector: the SSO session, and the
+    /// audit line naming who signed in.
+    pub(super) async fn start_session_of(
+        &self,
+        subject: Subject,
+        now: UnixMillis,
+        who: Subjects,
+    ) -> Result<LoginOutcome, StoreError> {
+        let outcome = self.start_sso(subject.clone(), now).await?;
         let who = Subjects {
             uid: Some(subject.to_string()),
             ..who
@@ -286,12 +298,15 @@ impl App {
     }
 
     /// Stores what the directory said of `person` at login: the claims their tokens carry until
-    /// the next re-validation. A new login clears a disabled mark: the directory just vouched.
-    async fn remember(
+    /// the next re-validation, and the upstream refresh token (sealed) that re-validation
+    /// redeems, if the connector has one. A new login clears a disabled mark: the directory
+    /// just vouched.
+    pub(super) async fn remember(
         &self,
         connector_id: &str,
         person: &Person,
         now: UnixMillis,
+        upstream: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
         let claims = person.identity.to_json();
         self.store
@@ -301,7 +316,7 @@ impl App {
                 claims,
                 checked_at: now,
                 check_lease_until: None,
-                upstream: None,
+                upstream,
                 disabled_at: None,
             })
             .await

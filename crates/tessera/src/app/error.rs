@@ -46,4 +46,7 @@ pub enum AppError {
     /// Signing failed (`server_error`).
     #[error("signing failed: {0}")]
     Signing(#[from] tessera_core::jwt::JwtError),
+    /// Sealing an upstream secret failed (`server_error`).
+    #[error("sealing failed: {0}")]
+    Sealing(#[from] tessera_core::seal::SealError),
 }

@@ -57,10 +57,12 @@ impl App {
         if now.millis_since(record.checked_at) < millis(interval) {
             return claims_of(&record);
         }
-        let Kind::Ldap(ldap) = &connector.kind else {
-            return claims_of(&record);
+        let timeout = match &connector.kind {
+            Kind::Ldap(ldap) => ldap.timeout(),
+            Kind::Oidc(oidc) => oidc.timeout(),
+            Kind::Local => return claims_of(&record),
         };
-        let lease_until = now.plus(ldap.timeout() + LEASE_MARGIN);
+        let lease_until = now.plus(timeout + LEASE_MARGIN);
         let subject = record.subject.clone();
         let claimed = self
             .store
@@ -74,24 +76,21 @@ impl App {
             })?;
             return within_staleness(&latest, now, max_staleness);
         }
-        let username = claims_of(&record)?.username;
-        let mapping = self.connectors.mapping();
-        let recheck = ldap.recheck(&username, subject.as_str(), mapping).await;
         let failed = |reason: &str| Event::UpstreamRevalidationFailed {
             reason: reason.into(),
         };
-        match recheck {
-            Ok(Recheck::Confirmed(identity)) => {
+        match self.recheck(&connector, &record).await {
+            Ok((Recheck::Confirmed(identity), upstream)) => {
                 let confirmed = RevalidationOutcome::Confirmed {
                     claims: identity.to_json(),
                     checked_at: now,
-                    upstream: None,
+                    upstream,
                 };
                 self.store.finish_revalidation(subject, confirmed).await?;
                 self.record(&Event::UpstreamRevalidated, who);
                 Ok(identity)
             }
-            Ok(Recheck::Gone(reason)) => {
+            Ok((Recheck::Gone(reason), _)) => {
                 let gone = RevalidationOutcome::Disabled(now);
                 self.store.finish_revalidation(subject, gone).await?;
                 self.record(&failed(reason), who);
@@ -107,13 +106,50 @@ impl App {
                     reason: "the directory no longer vouches for this person",
                 })
             }
-            Err(e) => {
+            Err((reason, e)) => {
                 tracing::warn!(connector = %connector.id, reason = %e, "a refresh could not re-validate its person with the directory");
                 let abandoned = RevalidationOutcome::Abandoned;
                 self.store.finish_revalidation(subject, abandoned).await?;
-                self.record(&failed("unreachable"), who);
+                self.record(&failed(reason), who);
                 within_staleness(&record, now, max_staleness)
             }
+        }
+    }
+
+    /// Asks `record`'s connector about its person again: what it says now, and for an upstream
+    /// provider the rotated refresh token, sealed. `Err`: it could not be asked (the reason for
+    /// the audit, the detail for the log).
+    async fn recheck(
+        &self,
+        connector: &Connector,
+        record: &IdentityRecord,
+    ) -> Result<(Recheck, Option<Vec<u8>>), (&'static str, String)> {
+        let mapping = self.connectors.mapping();
+        let subject = record.subject.as_str();
+        match &connector.kind {
+            Kind::Ldap(ldap) => {
+                let username = claims_of(record)
+                    .map_err(|e| ("unreachable", e.to_string()))?
+                    .username;
+                let recheck = ldap.recheck(&username, subject, mapping).await;
+                recheck
+                    .map(|r| (r, None))
+                    .map_err(|e| ("unreachable", e.to_string()))
+            }
+            Kind::Oidc(oidc) => {
+                let upstream = record.upstream.as_deref();
+                let Some((found, sealed)) = self.recheck_upstream(oidc, subject, upstream).await?
+                else {
+                    return Ok((Recheck::Gone("upstream_refresh_rejected"), None));
+                };
+                // Without a new id_token, what the upstream said last stands.
+                let identity = match found {
+                    Some(identity) => identity,
+                    None => claims_of(record).map_err(|e| ("unreachable", e.to_string()))?,
+                };
+                Ok((Recheck::Confirmed(identity), Some(sealed)))
+            }
+            Kind::Local => Err(("unreachable", "the users file has no directory".into())),
         }
     }
 

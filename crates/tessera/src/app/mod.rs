@@ -11,6 +11,7 @@ mod session;
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 pub(crate) mod testing;
 mod token;
+mod upstream;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -25,6 +26,10 @@ pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX
 pub use error::AppError;
 pub use session::LogoutHint;
 pub use token::ClientCredentials;
+pub use upstream::{
+    Callback, UPSTREAM_LOGIN_COOKIE, UPSTREAM_LOGIN_TTL, UpstreamFailure, UpstreamSignedIn,
+    UpstreamStart,
+};
 
 use crate::audit::Audit;
 use crate::config::{Client, Config};
@@ -78,6 +83,8 @@ pub struct App {
     users: Users,
     /// Where people come from: the users file, directories.
     connectors: Connectors,
+    /// Seals upstream refresh tokens and the logins under way at upstream providers.
+    upstream_sealer: tessera_core::seal::Sealer,
     /// Failed logins per user name and per client address.
     login_limiter: Limiter,
     /// Wrong client secrets per client id and per client address.
@@ -134,6 +141,7 @@ impl App {
         } = parts;
         let key_set = keys::rotate_and_load(store.as_ref(), &config, &audit, clock.now()).await?;
         let rotation_key = rotation_key(store.as_ref()).await?;
+        let upstream_sealer = upstream::upstream_sealer(store.as_ref()).await?;
         let dummy_password_hash = dummy_password_hash()?;
         // Client secrets share the login limits, with counters of their own.
         let limiter = |name| {
@@ -157,6 +165,7 @@ impl App {
             rotation_key,
             users,
             connectors,
+            upstream_sealer,
             login_limiter,
             client_limiter,
             password_gate: Arc::new(Semaphore::new(2)),

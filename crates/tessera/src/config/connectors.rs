@@ -1,5 +1,5 @@
 //! The `connectors:` and `groups:` sections: where people come from (the local users file, an
-//! LDAP directory or Active Directory), and how the groups they bring are mapped.
+//! LDAP directory or Active Directory, an upstream OpenID Connect provider), and how the groups they bring are mapped.
 //!
 //! Without a `connectors:` section the users file is the one, implicit `local` connector, as it
 //! always was.
@@ -23,7 +23,7 @@ pub(super) enum RawConnector {
     /// An LDAP directory or Active Directory.
     Ldap(Box<RawLdap>),
     /// An upstream OpenID Connect provider.
-    Oidc(RawOidc),
+    Oidc(Box<RawOidc>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,10 +34,65 @@ pub(super) struct RawLocal {
     name: Option<String>,
 }
 
-/// Only its id is read: the `oidc` type is refused with a sentence until it is supported.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawOidc {
+    /// Stable id: part of every person's `sub`, session and audit line, and of the callback
+    /// URL the upstream must register (`{issuer}/callback/{id}`).
     id: String,
+    /// Shown on the login page's button.
+    #[serde(default)]
+    name: Option<String>,
+    /// The upstream's issuer URL (https://), as its discovery document states it.
+    issuer: String,
+    /// tessera's client id at the upstream.
+    client_id: String,
+    /// A file holding the client secret (readable by tessera's user only).
+    client_secret_file: PathBuf,
+    /// PEM bundle the upstream's certificate must chain to; unset: the system's roots.
+    #[serde(default)]
+    certificate_authority: Option<PathBuf>,
+    /// The scopes asked for; `openid` is required, `offline_access` brings the refresh token
+    /// that re-validation redeems.
+    #[serde(default = "default_scopes")]
+    scopes: Vec<String>,
+    /// Which id_token claims carry what.
+    #[serde(default)]
+    claims: RawClaims,
+    /// How long one step at the upstream (discovery, keys, a code or a refresh) may take.
+    #[serde(default = "default_timeout")]
+    timeout: String,
+    #[serde(default = "default_revalidate_interval")]
+    revalidate_interval: String,
+    #[serde(default = "default_revalidate_max_staleness")]
+    revalidate_max_staleness: String,
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "profile", "email", "groups", "offline_access"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// `claims:` of an `oidc` connector: the id_token claim read for each of tessera's claims.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawClaims {
+    username: String,
+    email: String,
+    groups: String,
+    name: String,
+}
+
+impl Default for RawClaims {
+    fn default() -> RawClaims {
+        RawClaims {
+            username: "preferred_username".into(),
+            email: "email".into(),
+            groups: "groups".into(),
+            name: "name".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +227,44 @@ pub enum ConnectorKind {
     Local,
     /// An LDAP directory.
     Ldap(Box<LdapConfig>),
+    /// An upstream OpenID Connect provider.
+    Oidc(Box<OidcConfig>),
+}
+
+/// A validated `type: oidc` connector.
+#[derive(Clone, Debug)]
+pub struct OidcConfig {
+    /// The upstream's issuer, without a trailing `/`.
+    pub issuer: String,
+    /// tessera's client id there.
+    pub client_id: String,
+    /// The file holding the client secret, read at start.
+    pub client_secret_file: PathBuf,
+    /// The CA bundle, if not the system's roots.
+    pub certificate_authority: Option<PathBuf>,
+    /// The scopes asked for, `openid` among them.
+    pub scopes: Vec<String>,
+    /// Which id_token claims carry what.
+    pub claims: ClaimNames,
+    /// The bound on each step of a login or a re-validation at the upstream.
+    pub timeout: Duration,
+    /// How old the last check of a person may be before a refresh checks again.
+    pub revalidate_interval: Duration,
+    /// How long past the last good check refreshes go on while the upstream is unreachable.
+    pub revalidate_max_staleness: Duration,
+}
+
+/// The id_token claims an `oidc` connector reads.
+#[derive(Clone, Debug)]
+pub struct ClaimNames {
+    /// `preferred_username` in tessera's tokens.
+    pub username: String,
+    /// `email`.
+    pub email: String,
+    /// `groups` (a list of strings, or one string).
+    pub groups: String,
+    /// `name`.
+    pub name: String,
 }
 
 /// A validated `type: ldap` connector.
@@ -309,15 +402,11 @@ fn connector(
             let ldap = ldap(*ldap_raw, base)?;
             (id, name, ConnectorKind::Ldap(Box::new(ldap)))
         }
-        RawConnector::Oidc(oidc) => {
-            return Err((
-                ".type".into(),
-                format!(
-                    "connector `{}`: `oidc` connectors are not supported by this version of \
-                     tessera yet; use `ldap` or `local`",
-                    oidc.id
-                ),
-            ));
+        RawConnector::Oidc(oidc_raw) => {
+            let id = oidc_raw.id.clone();
+            let name = oidc_raw.name.clone();
+            let oidc = oidc(*oidc_raw, base)?;
+            (id, name, ConnectorKind::Oidc(Box::new(oidc)))
         }
     };
     check_id(&id)?;
@@ -415,15 +504,8 @@ fn ldap(raw: RawLdap, base: &Path) -> Result<LdapConfig, Invalid> {
             })
         })
         .transpose()?;
-    let revalidate_interval = duration(".revalidate_interval", &raw.revalidate_interval)?;
-    let revalidate_max_staleness =
-        duration(".revalidate_max_staleness", &raw.revalidate_max_staleness)?;
-    if revalidate_max_staleness < revalidate_interval {
-        return Err((
-            ".revalidate_max_staleness".into(),
-            "must be at least revalidate_interval".into(),
-        ));
-    }
+    let (revalidate_interval, revalidate_max_staleness) =
+        revalidation(&raw.revalidate_interval, &raw.revalidate_max_staleness)?;
     Ok(LdapConfig {
         url,
         start_tls: raw.start_tls,
@@ -436,6 +518,72 @@ fn ldap(raw: RawLdap, base: &Path) -> Result<LdapConfig, Invalid> {
         revalidate_interval,
         revalidate_max_staleness,
     })
+}
+
+fn oidc(raw: RawOidc, base: &Path) -> Result<OidcConfig, Invalid> {
+    let issuer = raw.issuer.trim_end_matches('/').to_owned();
+    let url = Url::parse(&issuer).map_err(|e| (".issuer".to_owned(), format!("{e}")))?;
+    if url.scheme() != "https" || url.host_str().is_none() {
+        return Err((
+            ".issuer".into(),
+            format!("`{}` is not an https:// URL", raw.issuer),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err((
+            ".issuer".into(),
+            "an issuer has no query or fragment (OpenID Connect Discovery §2)".into(),
+        ));
+    }
+    if raw.client_id.is_empty() {
+        return Err((".client_id".into(), "must not be empty".into()));
+    }
+    if !raw.scopes.iter().any(|s| s == "openid") {
+        return Err((
+            ".scopes".into(),
+            "must include `openid`; add `offline_access` too, or re-validation has no refresh \
+             token to redeem"
+                .into(),
+        ));
+    }
+    if let Some(bad) = raw
+        .scopes
+        .iter()
+        .find(|s| s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err((".scopes".into(), format!("`{bad}` is not a scope")));
+    }
+    let (revalidate_interval, revalidate_max_staleness) =
+        revalidation(&raw.revalidate_interval, &raw.revalidate_max_staleness)?;
+    Ok(OidcConfig {
+        issuer,
+        client_id: raw.client_id,
+        client_secret_file: base.join(raw.client_secret_file),
+        certificate_authority: raw.certificate_authority.map(|p| base.join(p)),
+        scopes: raw.scopes,
+        claims: ClaimNames {
+            username: raw.claims.username,
+            email: raw.claims.email,
+            groups: raw.claims.groups,
+            name: raw.claims.name,
+        },
+        timeout: duration(".timeout", &raw.timeout)?,
+        revalidate_interval,
+        revalidate_max_staleness,
+    })
+}
+
+/// `revalidate_interval` and `revalidate_max_staleness`, the second at least the first.
+fn revalidation(interval: &str, max_staleness: &str) -> Result<(Duration, Duration), Invalid> {
+    let interval = duration(".revalidate_interval", interval)?;
+    let max_staleness = duration(".revalidate_max_staleness", max_staleness)?;
+    if max_staleness < interval {
+        return Err((
+            ".revalidate_max_staleness".into(),
+            "must be at least revalidate_interval".into(),
+        ));
+    }
+    Ok((interval, max_staleness))
 }
 
 /// A search filter from the file: parenthesised, so it can be combined with `(&…)`.
@@ -534,5 +682,52 @@ mod tests {
         assert!(refusal(local).contains("needs users.file"));
         let regex = "groups:\n  include: [\"^k8s-(\"]\n";
         assert!(refusal(regex).contains("`groups.include[0]`"));
+    }
+
+    const OIDC: &str = "connectors:\n  - id: okta\n    type: oidc\n    issuer: https://corp.okta.example/\n\
+                        \x20   client_id: tessera\n    client_secret_file: okta-secret\n";
+
+    #[test]
+    fn an_oidc_connector_has_the_documented_defaults() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.yaml");
+        std::fs::write(&path, OIDC).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = Config::load(&path, &[]).unwrap();
+        let super::ConnectorKind::Oidc(oidc) = &config.connectors[0].kind else {
+            panic!("an oidc connector");
+        };
+        assert_eq!(
+            oidc.issuer, "https://corp.okta.example",
+            "no trailing slash"
+        );
+        assert_eq!(oidc.client_secret_file, dir.path().join("okta-secret"));
+        assert_eq!(
+            oidc.scopes,
+            ["openid", "profile", "email", "groups", "offline_access"]
+        );
+        assert_eq!(oidc.claims.username, "preferred_username");
+        assert_eq!(oidc.claims.groups, "groups");
+        assert_eq!(oidc.timeout.as_secs(), 5);
+        assert_eq!(oidc.revalidate_interval.as_secs(), 300);
+        assert_eq!(oidc.revalidate_max_staleness.as_secs(), 900);
+        assert_eq!(config.connectors[0].name, "okta");
+    }
+
+    #[test]
+    fn an_oidc_connector_without_https_or_openid_is_refused_naming_the_key() {
+        let http = OIDC.replace("https://corp", "http://corp");
+        assert!(refusal(&http).contains("`connectors[0].issuer`"));
+        let scopes = OIDC.to_owned() + "    scopes: [profile, offline_access]\n";
+        let said = refusal(&scopes);
+        assert!(
+            said.contains("`connectors[0].scopes`") && said.contains("openid"),
+            "{said}"
+        );
+        let unknown = OIDC.to_owned() + "    claims: {user: upn}\n";
+        assert!(refusal(&unknown).contains("user"));
+        let no_secret = OIDC.replace("    client_secret_file: okta-secret\n", "");
+        assert!(refusal(&no_secret).contains("client_secret_file"));
     }
 }

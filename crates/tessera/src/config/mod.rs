@@ -21,7 +21,8 @@ mod web;
 
 pub use clients::Client;
 pub use connectors::{
-    ConnectorConfig, ConnectorKind, GroupMapping, GroupSearch, LdapConfig, UserMatcher, UserSearch,
+    ClaimNames, ConnectorConfig, ConnectorKind, GroupMapping, GroupSearch, LdapConfig, OidcConfig,
+    UserMatcher, UserSearch,
 };
 pub use kubernetes::KubeCluster;
 pub use storage::Storage;

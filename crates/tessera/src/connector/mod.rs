@@ -1,5 +1,5 @@
 //! Where people come from: the connectors of the `connectors:` section (the users file, an LDAP
-//! directory), what they say about a person ([`Identity`]), and the subject (`sub`) that names
+//! directory, an upstream OpenID Connect provider), what they say about a person ([`Identity`]), and the subject (`sub`) that names
 //! that person in every token.
 //!
 //! `sub`: a local user's is their user name, as it always was (so existing RBAC bindings and
@@ -10,6 +10,7 @@
 
 mod groups;
 mod ldap;
+mod oidc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::id::Subject;
 
 pub use self::ldap::Ldap;
+pub use self::oidc::{Oidc, Upstream};
 use crate::config::{ConnectorConfig, ConnectorKind, GroupMapping};
 use crate::users::User;
 
@@ -116,6 +118,8 @@ pub enum Kind {
     Local,
     /// Against an LDAP directory.
     Ldap(Box<Ldap>),
+    /// At an upstream OpenID Connect provider, through the browser.
+    Oidc(Box<Oidc>),
 }
 
 /// The connectors, in the login page's order, and the group mapping they share.
@@ -136,6 +140,9 @@ impl Connectors {
                     ConnectorKind::Local => Kind::Local,
                     ConnectorKind::Ldap(ldap) => Kind::Ldap(Box::new(
                         Ldap::new(&c.id, ldap).map_err(|e| format!("connector `{}`: {e}", c.id))?,
+                    )),
+                    ConnectorKind::Oidc(oidc) => Kind::Oidc(Box::new(
+                        Oidc::new(&c.id, oidc).map_err(|e| format!("connector `{}`: {e}", c.id))?,
                     )),
                 };
                 Ok(Arc::new(Connector {
@@ -192,6 +199,7 @@ impl Connector {
         match &self.kind {
             Kind::Local => None,
             Kind::Ldap(ldap) => Some(ldap.revalidation()),
+            Kind::Oidc(oidc) => Some(oidc.revalidation()),
         }
     }
 }

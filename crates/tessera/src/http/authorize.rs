@@ -13,9 +13,13 @@ use super::{
 };
 use crate::app::{
     App, AppError, AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN,
+    RequestContext,
 };
 use crate::web::cookie::{cookie, set_cookie};
 use crate::web::html::{escape, hidden};
+
+mod upstream;
+pub(super) use upstream::{upstream_callback, upstream_start};
 
 /// The authorization request parameters the login form carries through.
 const CARRIED: [&str; 9] = [
@@ -33,10 +37,13 @@ const CARRIED: [&str; 9] = [
 pub(super) async fn authorize_get(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    Ctx(ctx): Ctx,
     RawQuery(query): RawQuery,
 ) -> Response {
     match Params::parse(query.unwrap_or_default().as_bytes()) {
-        Ok(params) => authorize(&app, &headers, &params).await.into_response(),
+        Ok(params) => authorize(&app, &headers, &params, &ctx)
+            .await
+            .into_response(),
         Err(_) => theme(&app).error_page(
             StatusCode::BAD_REQUEST,
             "The authorization request is malformed or repeats a parameter.",
@@ -47,10 +54,13 @@ pub(super) async fn authorize_get(
 pub(super) async fn authorize_post(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    Ctx(ctx): Ctx,
     form: Result<Form, OAuthError>,
 ) -> Response {
     match form {
-        Ok(Form(params)) => authorize(&app, &headers, &params).await.into_response(),
+        Ok(Form(params)) => authorize(&app, &headers, &params, &ctx)
+            .await
+            .into_response(),
         Err(e) => theme(&app).error_page(
             e.status(),
             "The authorization request is malformed or repeats a parameter.",
@@ -64,6 +74,7 @@ async fn authorize(
     app: &App,
     headers: &HeaderMap,
     params: &Params,
+    ctx: &RequestContext,
 ) -> Result<Response, OAuthError> {
     let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
         Ok(request) => request,
@@ -86,6 +97,9 @@ async fn authorize(
             request.state.as_deref(),
         );
         return Ok(Redirect::to(&location).into_response());
+    }
+    if let Some(upstream) = upstream::direct(app, &request, ctx).await {
+        return Ok(upstream);
     }
     Ok(login_form(app, &request, headers, StatusCode::OK, None))
 }
@@ -238,10 +252,11 @@ fn login_form(
         .iter()
         .map(|c| (c.id.as_str(), c.name.as_str()))
         .collect();
+    let buttons = upstream::buttons(app);
     let mut response = theme(app).page(
         status,
         "Sign in",
-        &form_body(request, &action, &csrf, error, &connectors),
+        &form_body(request, &action, &csrf, error, &connectors, &buttons),
     );
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -272,13 +287,15 @@ fn carried(request: &AuthRequest) -> impl Iterator<Item = (&'static str, &str)> 
 
 /// The form's markup: the error (escaped), then one form per connector offered (the one the
 /// request names, else every configured one), each carrying the request, the CSRF token and,
-/// when there is a choice, its connector's id.
+/// when there is a choice, its connector's id. A connector in `buttons` (an upstream provider,
+/// with the URL its login starts at) is a button, not a password form.
 fn form_body(
     request: &AuthRequest,
     action: &str,
     csrf: &str,
     error: Option<&str>,
     connectors: &[(&str, &str)],
+    buttons: &[(&str, String)],
 ) -> String {
     let mut carried_fields: String = carried(request)
         .map(|(name, value)| hidden(name, value))
@@ -303,6 +320,9 @@ fn form_body(
             } else {
                 String::new()
             };
+            if let Some((_, start)) = buttons.iter().find(|(b, _)| b == id) {
+                return upstream::button(&heading, start, &fields, name);
+            }
             let autofocus = if n == 0 { " autofocus" } else { "" };
             format!(
                 "<section>{heading}<form method=\"post\" action=\"{action}\">{fields}\

@@ -85,7 +85,9 @@ fn verdict(e: &AppError) -> Verdict {
             Some(BEARER_CHALLENGE),
         ),
         AppError::Store(_) => Verdict::Fault(&STORAGE),
-        AppError::Keys(_) | AppError::Signing(_) => Verdict::Fault(&INTERNAL),
+        AppError::Keys(_) | AppError::Signing(_) | AppError::Sealing(_) => {
+            Verdict::Fault(&INTERNAL)
+        }
     }
 }
 

@@ -48,6 +48,14 @@ pub fn router(app: Arc<App>) -> Router {
             get(authorize::authorize_get).post(authorize::authorize_post),
         )
         .route("/login", post(authorize::login))
+        .route(
+            "/connector/{connector_id}/start",
+            post(authorize::upstream_start),
+        )
+        .route(
+            "/callback/{connector_id}",
+            get(authorize::upstream_callback),
+        )
         .route("/token", post(token::token).fallback(post_only))
         .route("/revoke", post(token::revoke).fallback(post_only))
         .route("/introspect", post(token::introspect).fallback(post_only))

@@ -8,6 +8,7 @@
 mod browser;
 mod cluster;
 mod ldap;
+mod oidc_upstream;
 mod python;
 mod support;
 mod upstream;
@@ -28,6 +29,7 @@ mod ldap_directory;
 mod ldap_login;
 mod listener_limits;
 mod login_limits;
+mod oidc_connector;
 mod oidc_library;
 mod postgres_tls;
 mod provider_hardening;

@@ -311,7 +311,7 @@ impl AuthParams<'static> {
 }
 
 impl AuthParams<'_> {
-    fn query(&self) -> Vec<(&str, String)> {
+    pub fn query(&self) -> Vec<(&str, String)> {
         vec![
             ("client_id", self.client_id.to_owned()),
             ("redirect_uri", self.redirect_uri.to_owned()),

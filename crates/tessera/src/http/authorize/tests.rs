@@ -90,7 +90,7 @@ async fn the_form_carries_a_request_that_validates_into_the_same_request() {
         .unwrap();
     assert_eq!(format!("{again:?}"), format!("{request:?}"));
     let local = [("local", "Local account")];
-    let body = form_body(&request, "/login", "c5rf", Some("<b>bad</b>"), &local);
+    let body = form_body(&request, "/login", "c5rf", Some("<b>bad</b>"), &local, &[]);
     assert!(body.contains("<p class=\"error\" role=\"alert\">&lt;b&gt;bad&lt;/b&gt;</p>"));
     assert!(body.contains("<input type=\"hidden\" name=\"csrf\" value=\"c5rf\">"));
     assert!(body.contains("<input type=\"hidden\" name=\"state\" value=\"af0ifjsldkj\">"));
