@@ -44,6 +44,13 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium that trusts the key of the certificate in
     /// `trusted_server_cert_pem` (e.g. the provider's `server.pem`) and no other untrusted one.
     pub async fn start(trusted_server_cert_pem: Option<&Path>) -> Browser {
+        let trusted: Vec<&Path> = trusted_server_cert_pem.into_iter().collect();
+        Browser::start_trusting(&trusted).await
+    }
+
+    /// [`Browser::start`] trusting the keys of several servers' certificates (tessera's and an
+    /// upstream provider's).
+    pub async fn start_trusting(trusted_server_certs_pem: &[&Path]) -> Browser {
         let (chromium, chromedriver) = chromium_binaries();
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec![
@@ -58,10 +65,14 @@ impl Browser {
             "--disable-dev-shm-usage".to_owned(),
             format!("--user-data-dir={}", dir.path().join("profile").display()),
         ];
-        if let Some(pem) = trusted_server_cert_pem {
+        if !trusted_server_certs_pem.is_empty() {
+            let keys: Vec<String> = trusted_server_certs_pem
+                .iter()
+                .map(|pem| spki_sha256(pem))
+                .collect();
             args.push(format!(
                 "--ignore-certificate-errors-spki-list={}",
-                spki_sha256(pem)
+                keys.join(",")
             ));
         }
         let capabilities = json!({

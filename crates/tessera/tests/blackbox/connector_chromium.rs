@@ -1,12 +1,14 @@
 //! Issue 16's login page as a person meets it, in real headless Chromium: the company's title and
 //! logo (`web.title`, `web.logo`) above one form per connector, a sign-in through the directory's
-//! form, and one through the break-glass form in a fresh browser.
+//! form, one through the break-glass form in a fresh browser, and one through an upstream
+//! OpenID Connect provider's button.
 
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
 use crate::ldap::{ALICE_PASSWORD, Directory};
 use crate::ldap_login::server_with_env;
+use crate::oidc_upstream::OidcProvider;
 use crate::support::{AuthParams, PASSWORD, Server, claims, code_from, query_param, text};
 
 /// A title with markup in it: the page must show it as text.
@@ -109,4 +111,42 @@ async fn chromium_shows_the_company_login_page_and_signs_in_through_the_director
     let dev = id_token_of(&server, &browser, &auth).await;
     assert_eq!(dev["preferred_username"], "dev", "{dev}");
     assert!(!dev["sub"].as_str().unwrap().starts_with("corp:"), "{dev}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_signs_in_through_the_upstream_providers_button() {
+    let upstream = OidcProvider::start().await;
+    let server = crate::oidc_connector::server_with(&upstream, "5m", "15m").await;
+    let auth = AuthParams::kubernetes();
+    let upstream_cert = upstream.ca_file().with_file_name("server.pem");
+    let tessera_cert = server.dir.path().join("server.pem");
+    let browser = Browser::start_trusting(&[&tessera_cert, &upstream_cert]).await;
+    browser.goto(&login_url(&server, &auth)).await;
+    let buttons = browser
+        .run_js(
+            "return [...document.querySelectorAll('form button')].map(b => b.textContent);",
+            vec![],
+        )
+        .await;
+    assert!(
+        buttons.to_string().contains("Sign in with Okta"),
+        "{buttons}"
+    );
+    // Press the upstream's button: to the upstream, which signs alice in at once, and back.
+    browser
+        .run_js(
+            "[...document.querySelectorAll('form button')]
+               .find(b => b.textContent.includes('Okta')).click();",
+            vec![],
+        )
+        .await;
+    for _ in 0..100 {
+        if browser.current_url().await.starts_with(auth.redirect_uri) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let alice = id_token_of(&server, &browser, &auth).await;
+    assert_eq!(alice["sub"], "okta:alice-0001", "{alice}");
+    assert_eq!(alice["preferred_username"], "alice");
 }

@@ -17,7 +17,11 @@ use crate::support::{
 };
 
 /// `tessera serve --dev` with an `oidc` connector `okta` at `upstream` and the users file.
-async fn server_with(upstream: &OidcProvider, revalidate: &str, staleness: &str) -> Server {
+pub(crate) async fn server_with(
+    upstream: &OidcProvider,
+    revalidate: &str,
+    staleness: &str,
+) -> Server {
     let server = server_at(upstream, &upstream.issuer, revalidate, staleness).await;
     upstream.register(&server, "okta").await;
     server
