@@ -9,7 +9,7 @@ use crate::StoreError;
 /// Rows of each kind one transaction deletes at most. SQLite has one writer: a sweep of a
 /// million ended sessions in one transaction would hold every refresh behind it for seconds;
 /// in batches, the writer takes the refreshes queued meanwhile between two batches.
-pub(super) const SWEEP_BATCH: usize = 256;
+pub(super) const SWEEP_BATCH: usize = 64;
 
 /// The ended sessions of one batch (their tokens go first, by their session index). Revoked
 /// sessions are kept until their absolute end, so a replay of their tokens is still recognised
