@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
                     count_active_sessions_skips_revoked_and_ended_ones,
                     a_store_that_answers_answers_ping,
                     sweep_deletes_what_can_never_be_used_again,
+                    a_sweep_of_many_batches_deletes_everything_due_and_nothing_else,
                     an_empty_store_exports_an_empty_snapshot,
                     an_import_that_fails_half_way_writes_nothing,
                     a_proxy_session_is_found_as_it_was_stored,
@@ -816,6 +817,50 @@ async fn sweep_deletes_what_can_never_be_used_again(store: &dyn Store) {
     assert!(
         store
             .find_refresh_token(secret(3).hash())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.sweep(now).await.unwrap(), 0);
+}
+
+/// More ended sessions than one sweep transaction takes (the backends sweep in batches, so a
+/// large sweep never holds refreshes behind it for long).
+async fn a_sweep_of_many_batches_deletes_everything_due_and_nothing_else(store: &dyn Store) {
+    const ENDED: u16 = 600;
+    let token = |i: u16| {
+        let mut bytes = [0xEE; 32];
+        bytes[..2].copy_from_slice(&i.to_le_bytes());
+        Secret::from_random(REFRESH_TOKEN_PREFIX, bytes)
+    };
+    for i in 0..ENDED {
+        let ended = Session {
+            absolute_end: T0.plus(Duration::from_secs(60)),
+            ..session(&format!("ended-{i}"), T0)
+        };
+        start(store, ended, &token(i)).await;
+    }
+    start(store, session("live", T0), &token(ENDED)).await;
+
+    let now = T0.plus(Duration::from_secs(60));
+    assert_eq!(store.sweep(now).await.unwrap(), 2 * u64::from(ENDED));
+    for i in [0, ENDED / 2, ENDED - 1] {
+        assert_eq!(
+            store
+                .find_session(sid(&format!("ended-{i}")))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store.find_refresh_token(token(i).hash()).await.unwrap(),
+            None
+        );
+    }
+    assert!(store.find_session(sid("live")).await.unwrap().is_some());
+    assert!(
+        store
+            .find_refresh_token(token(ENDED).hash())
             .await
             .unwrap()
             .is_some()

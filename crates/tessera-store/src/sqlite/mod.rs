@@ -331,7 +331,17 @@ impl Store for SqliteStore {
     }
 
     async fn sweep(&self, now: UnixMillis) -> Result<u64, StoreError> {
-        self.write("sweep", move |c| sweep::sweep(c, now)).await
+        // One write job per batch: the refreshes queued behind a batch go before the next one.
+        let mut removed = 0;
+        loop {
+            let batch = self
+                .write("sweep", move |c| sweep::sweep_batch(c, now))
+                .await?;
+            removed += batch.removed;
+            if !batch.more {
+                return Ok(removed);
+            }
+        }
     }
 
     async fn create_proxy_session(&self, session: ProxySession) -> Result<(), StoreError> {

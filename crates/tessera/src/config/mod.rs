@@ -434,6 +434,16 @@ mod tests {
         assert_eq!(c.policy.grace_period, Duration::ZERO);
         assert_eq!(c.policy.on_replay, OnReplay::RevokeSession);
         assert_eq!(c.signing_alg, Algorithm::RS256);
+        assert_eq!(c.access_token_alg, Algorithm::ES256);
+    }
+
+    #[test]
+    fn access_tokens_take_the_id_tokens_algorithm_when_it_is_already_cheap_or_rs256_when_asked() {
+        let eddsa = load("tokens: {signing_alg: EdDSA}\n", &[]).unwrap();
+        assert_eq!(eddsa.access_token_alg, Algorithm::EdDSA);
+        let rs256 = load("tokens: {access_token_alg: RS256}\n", &[]).unwrap();
+        assert_eq!(rs256.signing_alg, Algorithm::RS256);
+        assert_eq!(rs256.access_token_alg, Algorithm::RS256);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! JWKS keeping the previous key, and the other signing algorithms, all verified with an
 //! independent JWT implementation (`jsonwebtoken`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -19,8 +19,9 @@ fn kids(jwks: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Runs `tessera keys rotate` on the server's data directory and returns the new key's id.
-fn rotate(server: &Server) -> String {
+/// Runs `tessera keys rotate` on the server's data directory and returns the new keys' ids by
+/// algorithm: one RS256 key for id_tokens and one ES256 key for access tokens by default.
+fn rotate(server: &Server) -> BTreeMap<String, String> {
     let output = server.run_cli(&["keys", "rotate"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -28,12 +29,20 @@ fn rotate(server: &Server) -> String {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let added: Vec<&str> = stdout
+    let added: BTreeMap<String, String> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("added signing key "))
+        .map(|l| {
+            let (kid, alg) = l.split_once(' ').unwrap();
+            (alg.trim_matches(['(', ')']).to_owned(), kid.to_owned())
+        })
         .collect();
-    assert_eq!(added.len(), 1, "{stdout}");
-    added[0].split(' ').next().unwrap().to_owned()
+    assert_eq!(
+        added.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ES256", "RS256"],
+        "{stdout}"
+    );
+    added
 }
 
 /// Polls /jwks until it publishes exactly `expected` (the server re-reads keys every second).
@@ -51,40 +60,66 @@ async fn wait_for_jwks(server: &Server, expected: &BTreeSet<String>) -> Value {
     );
 }
 
+/// The kid of each token of a token answer.
+fn token_kids(answer: &Value) -> [String; 2] {
+    ["id_token", "access_token"].map(|field| text(&jwt_header(&text(answer, field)), "kid"))
+}
+
 #[tokio::test]
 async fn after_keys_rotate_new_tokens_use_the_new_key_and_old_tokens_still_verify() {
     let server = Server::start_with(&[("TESSERA_KEYS__RELOAD_INTERVAL", "1s")]).await;
     let before = server.kubernetes_tokens().await;
     let old_id_token = text(&before, "id_token");
-    let old_kid = text(&jwt_header(&old_id_token), "kid");
+    let [old_id, old_access] = token_kids(&before);
     assert_eq!(
         kids(&server.jwks().await),
-        BTreeSet::from([old_kid.clone()])
+        BTreeSet::from([old_id.clone(), old_access.clone()])
     );
 
-    let new_kid = rotate(&server);
-    assert_ne!(new_kid, old_kid);
-    let jwks = wait_for_jwks(&server, &BTreeSet::from([old_kid.clone(), new_kid.clone()])).await;
+    let added = rotate(&server);
+    let (new_id, new_access) = (added["RS256"].clone(), added["ES256"].clone());
+    assert_ne!(new_id, old_id);
+    assert_ne!(new_access, old_access);
+    let jwks = wait_for_jwks(
+        &server,
+        &BTreeSet::from([
+            old_id.clone(),
+            old_access.clone(),
+            new_id.clone(),
+            new_access.clone(),
+        ]),
+    )
+    .await;
 
     let (status, after) = server.refresh(&text(&before, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(token_kids(&after), [new_id.clone(), new_access.clone()]);
     for field in ["id_token", "access_token"] {
-        let token = text(&after, field);
-        assert_eq!(jwt_header(&token)["kid"], new_kid.as_str(), "{field}");
-        verify_jwt(&jwks, &token, &server.issuer, "kubernetes").unwrap();
+        verify_jwt(&jwks, &text(&after, field), &server.issuer, "kubernetes").unwrap();
     }
     let old = verify_jwt(&jwks, &old_id_token, &server.issuer, "kubernetes").unwrap();
     assert_eq!(old["sub"], "dev");
-    let rotated = server.audit_events("KeyRotated", 2).await;
-    assert!(
-        rotated.iter().any(|e| e["kid"] == new_kid.as_str()),
-        "{rotated:?}"
-    );
+    let rotated = server.audit_events("KeyRotated", 4).await;
+    for kid in [&new_id, &new_access] {
+        assert!(
+            rotated.iter().any(|e| e["kid"] == kid.as_str()),
+            "{rotated:?}"
+        );
+    }
 
     // Only the current key and its predecessor are published: a second rotation retires the
-    // first key, and tokens signed with it stop verifying.
+    // first keys, and tokens signed with them stop verifying.
     let newest = rotate(&server);
-    let jwks = wait_for_jwks(&server, &BTreeSet::from([new_kid.clone(), newest.clone()])).await;
+    let jwks = wait_for_jwks(
+        &server,
+        &BTreeSet::from([
+            new_id.clone(),
+            new_access.clone(),
+            newest["RS256"].clone(),
+            newest["ES256"].clone(),
+        ]),
+    )
+    .await;
     assert!(verify_jwt(&jwks, &old_id_token, &server.issuer, "kubernetes").is_err());
     verify_jwt(
         &jwks,
@@ -134,8 +169,8 @@ async fn eddsa_tokens_verify_against_the_jwks() {
 }
 
 #[tokio::test]
-async fn a_cheaper_access_token_algorithm_is_published_and_verifies_too() {
-    let server = Server::start_with(&[("TESSERA_TOKENS__ACCESS_TOKEN_ALG", "ES256")]).await;
+async fn by_default_access_tokens_are_es256_beside_rs256_id_tokens_and_both_verify() {
+    let server = Server::start().await;
     let jwks = server.jwks().await;
     let algs: BTreeSet<&str> = jwks["keys"]
         .as_array()
@@ -145,11 +180,40 @@ async fn a_cheaper_access_token_algorithm_is_published_and_verifies_too() {
         .collect();
     assert_eq!(algs, BTreeSet::from(["RS256", "ES256"]));
     let tokens = server.kubernetes_tokens().await;
-    let id_token = text(&tokens, "id_token");
-    let access_token = text(&tokens, "access_token");
-    assert_eq!(jwt_header(&id_token)["alg"], "RS256");
-    assert_eq!(jwt_header(&access_token)["alg"], "ES256");
-    assert_eq!(jwt_header(&access_token)["typ"], "at+jwt");
-    verify_jwt(&jwks, &id_token, &server.issuer, "kubernetes").unwrap();
-    verify_jwt(&jwks, &access_token, &server.issuer, "kubernetes").unwrap();
+    let (status, refreshed) = server.refresh(&text(&tokens, "refresh_token")).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    for answer in [&tokens, &refreshed] {
+        let id_token = text(answer, "id_token");
+        let access_token = text(answer, "access_token");
+        assert_eq!(jwt_header(&id_token)["alg"], "RS256");
+        assert_eq!(jwt_header(&access_token)["alg"], "ES256");
+        assert_eq!(jwt_header(&access_token)["typ"], "at+jwt");
+        verify_jwt(&jwks, &id_token, &server.issuer, "kubernetes").unwrap();
+        verify_jwt(&jwks, &access_token, &server.issuer, "kubernetes").unwrap();
+    }
+    // /userinfo verifies the ES256 access token with its own key.
+    let userinfo = server
+        .http
+        .get(server.url("/userinfo"))
+        .bearer_auth(text(&refreshed, "access_token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(userinfo.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn access_token_alg_rs256_signs_both_tokens_with_the_one_rsa_key() {
+    let server = Server::start_with(&[("TESSERA_TOKENS__ACCESS_TOKEN_ALG", "RS256")]).await;
+    let jwks = server.jwks().await;
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{jwks}");
+    assert_eq!(keys[0]["alg"], "RS256");
+    let tokens = server.kubernetes_tokens().await;
+    for field in ["id_token", "access_token"] {
+        let token = text(&tokens, field);
+        assert_eq!(jwt_header(&token)["alg"], "RS256", "{field}");
+        assert_eq!(jwt_header(&token)["kid"], keys[0]["kid"], "{field}");
+        verify_jwt(&jwks, &token, &server.issuer, "kubernetes").unwrap();
+    }
 }
