@@ -19,7 +19,8 @@
 //! no two concurrent refreshes share a person's lease. Rounds interleave the configurations (a
 //! round runs every C for every configuration) and the table reports medians over the rounds;
 //! the count of `UpstreamRevalidated` audit lines in a window, per refresh, shows how many
-//! refreshes actually asked the directory.
+//! refreshes actually asked the directory, and the CPU time of the server under test and of
+//! slapd in the window (from `/proc`), per refresh, what a re-validation costs beside its wait.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
@@ -186,6 +187,10 @@ struct Window {
     p99_ms: f64,
     /// `UpstreamRevalidated` lines the server's audit log gained in the window.
     revalidated: u64,
+    /// CPU time of the server under test in the window.
+    server_cpu_ms: f64,
+    /// CPU time of slapd in the window.
+    slapd_cpu_ms: f64,
 }
 
 impl Window {
@@ -238,16 +243,20 @@ async fn run(options: &Options) -> Result<Vec<Window>> {
                 } else {
                     &mut lazy
                 };
-                let window =
-                    run_window(server, &pools[setup.index()], setup, concurrency, options).await?;
+                let pools = &pools[setup.index()];
+                let slapd = directory.child.id();
+                let window = run_window(server, slapd, pools, setup, concurrency, options).await?;
+                let refreshes = window.refreshes.max(1) as f64;
                 println!(
-                    "round {round}, C={concurrency}, {}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.2} re-validations per refresh",
+                    "round {round}, C={concurrency}, {}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, {:.2} re-validations per refresh, CPU ms per refresh: tessera {:.2}, slapd {:.2}",
                     setup.name(),
                     window.per_second(),
                     window.p50_ms,
                     window.p99_ms,
                     window.errors,
-                    window.revalidated as f64 / window.refreshes.max(1) as f64
+                    window.revalidated as f64 / refreshes,
+                    window.server_cpu_ms / refreshes,
+                    window.slapd_cpu_ms / refreshes,
                 );
                 directory.check_alive()?;
                 lazy.check_alive()?;
@@ -918,6 +927,7 @@ struct ChainReport {
 /// C chains of refreshes on `setup`'s sessions for the warm-up, then the measured span.
 async fn run_window(
     server: &mut Server,
+    slapd: u32,
     pool: &Arc<Mutex<Vec<String>>>,
     setup: Setup,
     concurrency: usize,
@@ -937,8 +947,12 @@ async fn run_window(
     }
     tokio::time::sleep_until(span.start.into()).await;
     server.revalidations_since_last()?;
+    let (server_stat, slapd_stat) = (proc_stat(server.child.id()), proc_stat(slapd));
+    let (server_before, slapd_before) = (cpu_ms(&server_stat)?, cpu_ms(&slapd_stat)?);
     tokio::time::sleep_until(span.end.into()).await;
     let revalidated = server.revalidations_since_last()?;
+    let server_cpu_ms = cpu_ms(&server_stat)? - server_before;
+    let slapd_cpu_ms = cpu_ms(&slapd_stat)? - slapd_before;
     let mut latencies = Vec::new();
     let mut errors = 0;
     while let Some(report) = chains.join_next().await {
@@ -966,7 +980,31 @@ async fn run_window(
         p50_ms: percentile_ms(0.50),
         p99_ms: percentile_ms(0.99),
         revalidated,
+        server_cpu_ms,
+        slapd_cpu_ms,
     })
+}
+
+fn proc_stat(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/stat"))
+}
+
+/// User plus system CPU time of a process (all its threads), from `/proc/PID/stat`.
+fn cpu_ms(stat: &Path) -> Result<f64> {
+    let text =
+        std::fs::read_to_string(stat).with_context(|| format!("cannot read {}", stat.display()))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .ok_or_else(|| anyhow!("{} is not a stat file", stat.display()))?;
+    let ticks = |i: usize| -> Result<f64> {
+        let field = fields
+            .get(i)
+            .ok_or_else(|| anyhow!("short {}", stat.display()))?;
+        Ok(field.parse::<u64>()? as f64)
+    };
+    Ok((ticks(11)? + ticks(12)?) * 1000.0 / bench_support::clock_ticks_per_second())
 }
 
 /// Refresh, take the new refresh token, repeat, until the span ends. A failed refresh may have
@@ -1049,9 +1087,9 @@ fn print_table(options: &Options, windows: &[Window]) {
     );
     println!();
     println!(
-        "| C | configuration | refreshes/s | p50 ms | p99 ms | errors | re-validations per refresh | refreshes/s ÷ local |"
+        "| C | configuration | refreshes/s | p50 ms | p99 ms | errors | re-validations per refresh | tessera CPU ms/refresh | slapd CPU ms/refresh | refreshes/s ÷ local |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &concurrency in &options.concurrency {
         let of = |setup: Setup| -> Vec<&Window> {
             windows
@@ -1063,8 +1101,15 @@ fn print_table(options: &Options, windows: &[Window]) {
         let local = rate(Setup::Local);
         for setup in SETUPS {
             let mine = of(setup);
+            let per_refresh = |cpu: fn(&Window) -> f64| {
+                median(
+                    mine.iter()
+                        .map(|w| cpu(w) / w.refreshes.max(1) as f64)
+                        .collect(),
+                )
+            };
             println!(
-                "| {concurrency} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                "| {concurrency} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 setup.name(),
                 rate(setup),
                 median(mine.iter().map(|w| w.p50_ms).collect()),
@@ -1075,6 +1120,8 @@ fn print_table(options: &Options, windows: &[Window]) {
                         .map(|w| w.revalidated as f64 / w.refreshes.max(1) as f64)
                         .collect()
                 ),
+                per_refresh(|w| w.server_cpu_ms),
+                per_refresh(|w| w.slapd_cpu_ms),
                 rate(setup) / local,
             );
         }
