@@ -43,6 +43,19 @@ impl App {
         token: &str,
         ctx: &RequestContext,
     ) -> Result<(), AppError> {
+        self.revoke_because(client, token, ctx, "revocation_endpoint")
+            .await
+    }
+
+    /// [`App::revoke`] for a caller of this process that knows why (the proxy's timeouts):
+    /// `reason` goes into the `SessionRevoked` audit line.
+    pub async fn revoke_because(
+        &self,
+        client: &Client,
+        token: &str,
+        ctx: &RequestContext,
+        reason: &str,
+    ) -> Result<(), AppError> {
         if token.len() > MAX_TOKEN_LEN {
             return Ok(());
         }
@@ -61,8 +74,7 @@ impl App {
             }
         };
         if let Some(session) = session {
-            self.end_session(&session, "revocation_endpoint", ctx)
-                .await?;
+            self.end_session(&session, reason, ctx).await?;
         }
         Ok(())
     }

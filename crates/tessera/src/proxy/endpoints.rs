@@ -22,7 +22,7 @@ use super::caller::Caller;
 use super::forward::{Origin, forward};
 use super::identity::{in_groups, strip_claims};
 use super::login::{CallbackQuery, LOGIN_TTL, LoginCookies, LoginState, Returning};
-use super::session::{Current, Lookup, SessionError, SessionState};
+use super::session::{Current, Lookup, SessionError, SessionState, Timeout};
 use crate::app::RequestContext;
 use crate::config::proxy::Route;
 use crate::path::{self, UnsafePath};
@@ -324,6 +324,10 @@ fn navigates(request: &Request) -> bool {
             .is_some_and(|accept| accept.contains("text/html"))
 }
 
+/// The reason this process's provider audits for a sign-out at the proxy: the proxy revokes as
+/// any client would at the revocation endpoint (an external provider hears exactly that).
+const SIGN_OUT: &str = "revocation_endpoint";
+
 impl Proxy {
     /// The route for `request`, whose target becomes its normal form; or why it has none.
     fn route_request(&self, origin: &Origin, request: &mut Request) -> Result<&Route, Unroutable> {
@@ -348,8 +352,12 @@ impl Proxy {
         let current = match lookup.map_err(NoSession::Failed)? {
             Lookup::Live(current) => current,
             Lookup::Missing { set_cookies } => return Err(NoSession::SignedOut(set_cookies)),
-            Lookup::TimedOut { state, set_cookies } => {
-                self.revoke_later(&state, ctx.clone());
+            Lookup::TimedOut {
+                state,
+                timeout,
+                set_cookies,
+            } => {
+                self.revoke_later(&state, timeout, ctx.clone());
                 return Err(NoSession::SignedOut(set_cookies));
             }
         };
@@ -393,8 +401,12 @@ impl Proxy {
                 Ok(cookies) => cookies,
                 Err(e) => return e.into_response(),
             },
-            Ok(Lookup::TimedOut { state, set_cookies }) => {
-                self.revoke_later(&state, ctx);
+            Ok(Lookup::TimedOut {
+                state,
+                timeout,
+                set_cookies,
+            }) => {
+                self.revoke_later(&state, timeout, ctx);
                 set_cookies
             }
             Ok(Lookup::Missing { .. }) => self.sessions.clear_all(headers),
@@ -412,7 +424,7 @@ impl Proxy {
     ) -> Result<Vec<HeaderValue>, SessionError> {
         let cookies = self.sessions.forget(state, headers).await?;
         if let Some(token) = &state.grant.refresh_token
-            && let Err(e) = self.provider.revoke(token, ctx).await
+            && let Err(e) = self.provider.revoke(token, ctx, SIGN_OUT).await
         {
             tracing::warn!(error = %e, "sign-out could not revoke the session at the provider");
         }
@@ -420,14 +432,14 @@ impl Proxy {
     }
 
     /// Revokes a timed-out session's refresh token at the provider, without holding up the
-    /// answer.
-    fn revoke_later(self: &Arc<Self>, state: &SessionState, ctx: RequestContext) {
+    /// answer; the provider's audit line names the timeout.
+    fn revoke_later(self: &Arc<Self>, state: &SessionState, timeout: Timeout, ctx: RequestContext) {
         let Some(token) = state.grant.refresh_token.clone() else {
             return;
         };
         let proxy = Arc::clone(self);
         tokio::spawn(async move {
-            if let Err(e) = proxy.provider.revoke(&token, &ctx).await {
+            if let Err(e) = proxy.provider.revoke(&token, &ctx, timeout.reason()).await {
                 tracing::warn!(error = %e, "cannot revoke a timed-out session at the provider");
             }
         });

@@ -220,16 +220,18 @@ impl Provider {
         Ok(grant)
     }
 
-    /// Revokes a refresh token, which ends its session at the provider (RFC 7009).
+    /// Revokes a refresh token, which ends its session at the provider (RFC 7009). `reason`
+    /// is what this process's own provider audits; an external one hears only RFC 7009.
     pub async fn revoke(
         &self,
         refresh_token: &str,
         ctx: &RequestContext,
+        reason: &'static str,
     ) -> Result<(), ProviderError> {
         match self {
             Provider::Local { app } => {
                 let client = local_client(app)?;
-                app.revoke(client, refresh_token, ctx)
+                app.revoke_because(client, refresh_token, ctx, reason)
                     .await
                     .map_err(app_error)
             }

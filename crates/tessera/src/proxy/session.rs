@@ -30,7 +30,7 @@ use self::cookie::SessionCookie;
 pub(crate) use self::storage::SessionHome;
 use self::storage::Storage;
 use self::timeout::Standing;
-pub(crate) use self::timeout::Timeouts;
+pub(crate) use self::timeout::{Timeout, Timeouts};
 use super::cookie::CookieJar;
 use super::provider::{Grant, Provider, ProviderError};
 use crate::app::RequestContext;
@@ -136,6 +136,8 @@ pub(crate) enum Lookup {
     TimedOut {
         /// The ended session.
         state: SessionState,
+        /// Which timeout ended it.
+        timeout: Timeout,
         /// Cookie clearings.
         set_cookies: Vec<HeaderValue>,
     },
@@ -209,9 +211,13 @@ impl Sessions {
             return Ok(Lookup::Missing { set_cookies });
         };
         let set_cookies = match self.timeouts.standing(&state, now) {
-            Standing::TimedOut => {
+            Standing::TimedOut(timeout) => {
                 let set_cookies = self.forget(&state, request).await?;
-                return Ok(Lookup::TimedOut { state, set_cookies });
+                return Ok(Lookup::TimedOut {
+                    state,
+                    timeout,
+                    set_cookies,
+                });
             }
             Standing::DueForTouch => {
                 state.last_seen_at = now;

@@ -156,6 +156,7 @@ async fn an_idle_session_goes_back_to_login_in_both_stores() {
             1,
             "{store}: the idle session is revoked at the provider too"
         );
+        assert_eq!(revoked[0]["reason"], "idle_timeout", "{store}");
     }
 }
 
@@ -196,6 +197,7 @@ async fn a_busy_session_ends_at_its_absolute_timeout_in_both_stores() {
         );
         let revoked = rig.audit_events_once("SessionRevoked", 1).await;
         assert_eq!(revoked.len(), 1, "{store}: revoked at the provider too");
+        assert_eq!(revoked[0]["reason"], "absolute_timeout", "{store}");
     }
 }
 

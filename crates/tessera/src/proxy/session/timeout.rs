@@ -27,7 +27,26 @@ pub(super) enum Standing {
     /// Within both timeouts; the request is to be recorded as its last activity.
     DueForTouch,
     /// Past its idle or absolute timeout: it ends now.
-    TimedOut,
+    TimedOut(Timeout),
+}
+
+/// Which timeout ended a session: each has its own revocation reason in the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    /// Unused for `idle_timeout`.
+    Idle,
+    /// Past `absolute_timeout` since the login.
+    Absolute,
+}
+
+impl Timeout {
+    /// The `reason` of the `SessionRevoked` line the provider writes for it.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Timeout::Idle => "idle_timeout",
+            Timeout::Absolute => "absolute_timeout",
+        }
+    }
 }
 
 impl Timeouts {
@@ -38,8 +57,10 @@ impl Timeouts {
 
     /// What `state` is at `now`.
     pub(super) fn standing(&self, state: &SessionState, now: UnixMillis) -> Standing {
-        if now >= state.absolute_end || now >= state.last_seen_at.plus(self.idle) {
-            Standing::TimedOut
+        if now >= state.absolute_end {
+            Standing::TimedOut(Timeout::Absolute)
+        } else if now >= state.last_seen_at.plus(self.idle) {
+            Standing::TimedOut(Timeout::Idle)
         } else if now >= state.last_seen_at.plus(touch_granularity(self.idle)) {
             Standing::DueForTouch
         } else {
@@ -106,11 +127,11 @@ mod tests {
             (30, 0, 1, Standing::Live),
             (30, 0, 3, Standing::DueForTouch),
             (30, 0, 29, Standing::DueForTouch),
-            (30, 0, 30, Standing::TimedOut),
+            (30, 0, 30, Standing::TimedOut(Timeout::Idle)),
             (900, 0, 59, Standing::Live),
             (900, 0, 60, Standing::DueForTouch),
             (900, 95, 99, Standing::Live),
-            (900, 95, 100, Standing::TimedOut),
+            (900, 95, 100, Standing::TimedOut(Timeout::Absolute)),
         ];
         for (idle, seen, now, standing) in table {
             let state = session(seen, 0, 1_000);
