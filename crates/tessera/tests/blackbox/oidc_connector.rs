@@ -76,7 +76,7 @@ fn browser(
 /// redirects (its sign-in and consent finish at once) until it sends the browser back to
 /// tessera: the callback URL, not yet visited.
 async fn to_callback(server: &Server, browser: &reqwest::Client, auth: &AuthParams<'_>) -> String {
-    let page = server.authorize_raw(browser, &auth.query()).await;
+    let page = server.authorize_raw(browser, &auth.pairs()).await;
     assert_eq!(page.status(), StatusCode::OK, "the login page is shown");
     let html = page.text().await.unwrap();
     let start = server.url("/connector/okta/start");
@@ -175,7 +175,7 @@ async fn a_person_signs_in_at_the_upstream_and_tessera_names_them_by_connector_a
     // `connector_id=okta` makes the choice: straight to the upstream, without a page.
     let (browser, _) = browser(&server, &upstream);
     let auth = AuthParams::kubernetes();
-    let mut query = auth.query();
+    let mut query = auth.pairs();
     query.push(("connector_id", "okta".into()));
     let direct = server.authorize_raw(&browser, &query).await;
     assert_eq!(direct.status(), StatusCode::SEE_OTHER);
@@ -351,7 +351,7 @@ async fn an_unreachable_upstream_is_a_sentence_at_the_button_and_tolerated_until
     let server = server_at(&upstream, &nowhere, "5m", "15m").await;
     let (browser_a, _) = browser(&server, &upstream);
     let auth = AuthParams::kubernetes();
-    let mut query = auth.query();
+    let mut query = auth.pairs();
     query.push(("connector_id", "okta".into()));
     let answer = server.authorize_raw(&browser_a, &query).await;
     page_says(

@@ -146,7 +146,7 @@ impl Server {
         let response = self
             .browser
             .get(self.url("/authorize"))
-            .query(&auth.query())
+            .query(&auth.pairs())
             .send()
             .await
             .unwrap();
@@ -307,21 +307,6 @@ impl AuthParams<'static> {
             state: "state-123",
             nonce: "nonce-456",
         }
-    }
-}
-
-impl AuthParams<'_> {
-    pub fn query(&self) -> Vec<(&str, String)> {
-        vec![
-            ("client_id", self.client_id.to_owned()),
-            ("redirect_uri", self.redirect_uri.to_owned()),
-            ("response_type", "code".to_owned()),
-            ("scope", self.scope.to_owned()),
-            ("state", self.state.to_owned()),
-            ("nonce", self.nonce.to_owned()),
-            ("code_challenge", challenge(self.verifier)),
-            ("code_challenge_method", "S256".to_owned()),
-        ]
     }
 }
 
@@ -708,7 +693,7 @@ impl Server {
         username: &str,
         password: &str,
     ) -> reqwest::Response {
-        let response = self.authorize_raw(browser, &auth.query()).await;
+        let response = self.authorize_raw(browser, &auth.pairs()).await;
         assert_eq!(response.status(), StatusCode::OK, "the login form is shown");
         let mut form = hidden_fields(&response.text().await.unwrap());
         form.push(("username".into(), username.into()));
