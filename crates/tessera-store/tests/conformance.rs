@@ -2565,16 +2565,38 @@ async fn race_for_a_lease(stores: &[Arc<dyn Store>], racers: usize) {
         .await
         .unwrap();
     let now = T0.plus(Duration::from_secs(60));
+    let claim = move |store: Arc<dyn Store>, lease_until| async move {
+        let claim = store.claim_proxy_refresh(handle, T0, now, lease_until);
+        claim.await.unwrap()
+    };
+    let winner = race_for_one_lease(stores, racers, now, claim).await;
+    for store in stores {
+        let found = store.find_proxy_session(handle).await.unwrap().unwrap();
+        assert_eq!(found.refresh_lease_until, Some(winner));
+    }
+}
+
+/// Has `racers` tasks, spread over `stores`, run `claim(store, lease_until)` at the same
+/// instant, each with a lease of its own ending after `now`: exactly one wins; its lease.
+async fn race_for_one_lease<F, Fut>(
+    stores: &[Arc<dyn Store>],
+    racers: usize,
+    now: UnixMillis,
+    claim: F,
+) -> UnixMillis
+where
+    F: Fn(Arc<dyn Store>, UnixMillis) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let lease_of = |i: usize| now.plus(LEASE + Duration::from_millis(u64::try_from(i).unwrap()));
     let barrier = Arc::new(tokio::sync::Barrier::new(racers));
     let tasks: Vec<_> = (0..racers)
         .map(|i| {
             let store = Arc::clone(&stores[i % stores.len()]);
-            let (barrier, lease_until) = (Arc::clone(&barrier), lease_of(i));
+            let (barrier, lease_until, claim) = (Arc::clone(&barrier), lease_of(i), claim.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                let claim = store.claim_proxy_refresh(handle, T0, now, lease_until);
-                claim.await.unwrap()
+                claim(store, lease_until).await
             })
         })
         .collect();
@@ -2584,10 +2606,7 @@ async fn race_for_a_lease(stores: &[Arc<dyn Store>], racers: usize) {
     }
     let winners: Vec<usize> = (0..racers).filter(|&i| won[i]).collect();
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
-    for store in stores {
-        let found = store.find_proxy_session(handle).await.unwrap().unwrap();
-        assert_eq!(found.refresh_lease_until, Some(lease_of(winners[0])));
-    }
+    lease_of(winners[0])
 }
 
 /// What a directory said of `subject` at [`T0`], never re-validated since.
@@ -2610,30 +2629,18 @@ async fn race_for_a_revalidation(stores: &[Arc<dyn Store>], racers: usize) {
     let carol = identity("corp-ad:carol");
     stores[0].save_identity(carol.clone()).await.unwrap();
     let now = T0.plus(Duration::from_secs(600));
-    let lease_of = |i: usize| now.plus(LEASE + Duration::from_millis(u64::try_from(i).unwrap()));
-    let barrier = Arc::new(tokio::sync::Barrier::new(racers));
-    let tasks: Vec<_> = (0..racers)
-        .map(|i| {
-            let store = Arc::clone(&stores[i % stores.len()]);
-            let (barrier, lease_until) = (Arc::clone(&barrier), lease_of(i));
-            let subject = carol.subject.clone();
-            tokio::spawn(async move {
-                barrier.wait().await;
-                let claim = store.claim_revalidation(subject, T0, now, lease_until);
-                claim.await.unwrap()
-            })
-        })
-        .collect();
-    let mut won = Vec::with_capacity(racers);
-    for task in tasks {
-        won.push(task.await.unwrap());
-    }
-    let winners: Vec<usize> = (0..racers).filter(|&i| won[i]).collect();
-    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let subject = carol.subject.clone();
+    let claim = move |store: Arc<dyn Store>, lease_until| {
+        let subject = subject.clone();
+        async move {
+            let claim = store.claim_revalidation(subject, T0, now, lease_until);
+            claim.await.unwrap()
+        }
+    };
+    let winner = race_for_one_lease(stores, racers, now, claim).await;
     for store in stores {
         let found = store.find_identity(carol.subject.clone()).await.unwrap();
-        let lease = found.unwrap().check_lease_until;
-        assert_eq!(lease, Some(lease_of(winners[0])));
+        assert_eq!(found.unwrap().check_lease_until, Some(winner));
     }
 }
 
