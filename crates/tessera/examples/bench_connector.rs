@@ -31,14 +31,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use base64::engine::general_purpose::STANDARD;
 use tessera_core::clock::monotonic_now;
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
+#[path = "bench_support/code_flow.rs"]
+mod code_flow;
 use bench_support::{default_tessera, hidden_fields, tls_trusting, warn_if_busy};
+use code_flow::{CLIENT_ID, auth_query, code_from, exchange_at, location, token_request};
 
 const USAGE: &str = "\
 usage: bench_connector [--people N] [--duration SECS] [--warmup SECS] [--concurrency 8,64]
@@ -53,9 +54,6 @@ usage: bench_connector [--people N] [--duration SECS] [--warmup SECS] [--concurr
   --tessera PATH      the server binary (default: target/release/tessera beside this example)";
 
 const DEV_PASSWORD: &str = "bench password, not a secret";
-const VERIFIER: &str = "bench-verifier-that-is-long-enough-for-rfc-7636-section-4-1";
-const REDIRECT_URI: &str = "http://127.0.0.1:41234/callback";
-const CLIENT_ID: &str = "kubernetes";
 
 const SUFFIX: &str = "dc=corp,dc=example";
 const PEOPLE: &str = "ou=People,dc=corp,dc=example";
@@ -773,7 +771,7 @@ async fn mint_local(server: &Server, count: usize) -> Result<Vec<String>> {
     let browser = server.client(true)?;
     let first = sign_in(server, &browser, "local", "dev", DEV_PASSWORD).await?;
     let token_url = server.token_url()?;
-    let mut tokens = vec![exchange(&browser, &token_url, &first).await?];
+    let mut tokens = vec![exchange_at(&browser, &token_url, &first).await?];
     while tokens.len() < count {
         let response = browser
             .get(server.url("/authorize"))
@@ -781,7 +779,7 @@ async fn mint_local(server: &Server, count: usize) -> Result<Vec<String>> {
             .send()
             .await?;
         let code = code_from(&location(&response)?)?;
-        tokens.push(exchange(&browser, &token_url, &code).await?);
+        tokens.push(exchange_at(&browser, &token_url, &code).await?);
     }
     Ok(tokens)
 }
@@ -797,7 +795,7 @@ async fn mint_person(server: &Server, i: usize) -> Result<String> {
         &person_password(i),
     )
     .await?;
-    exchange(&browser, &server.token_url()?, &code).await
+    exchange_at(&browser, &server.token_url()?, &code).await
 }
 
 /// `/authorize`, the form of `connector` on the login page, and the code from the final
@@ -836,78 +834,6 @@ async fn sign_in(
         .await?;
     code_from(&location(&response)?)
         .with_context(|| format!("signing in {username} through {connector}"))
-}
-
-/// The refresh token of a code exchange with PKCE.
-async fn exchange(
-    client: &reqwest::Client,
-    token_url: &reqwest::Url,
-    code: &str,
-) -> Result<String> {
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("redirect_uri", REDIRECT_URI),
-        ("client_id", CLIENT_ID),
-        ("code_verifier", VERIFIER),
-    ];
-    token_request(client, token_url, &form).await
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    refresh_token: String,
-}
-
-/// POSTs to `/token`; the answer's refresh token, or why there is none.
-async fn token_request(
-    client: &reqwest::Client,
-    token_url: &reqwest::Url,
-    form: &[(&str, &str)],
-) -> Result<String> {
-    let response = client.post(token_url.clone()).form(form).send().await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    if !status.is_success() {
-        bail!(
-            "/token answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    Ok(serde_json::from_slice::<TokenAnswer>(&body)?.refresh_token)
-}
-
-fn auth_query() -> [(&'static str, String); 8] {
-    [
-        ("client_id", CLIENT_ID.into()),
-        ("redirect_uri", REDIRECT_URI.into()),
-        ("response_type", "code".into()),
-        ("scope", "openid profile email groups".into()),
-        ("state", "bench-state".into()),
-        ("nonce", "bench-nonce".into()),
-        (
-            "code_challenge",
-            URL_SAFE_NO_PAD.encode(Sha256::digest(VERIFIER.as_bytes())),
-        ),
-        ("code_challenge_method", "S256".into()),
-    ]
-}
-
-fn location(response: &reqwest::Response) -> Result<String> {
-    Ok(response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .ok_or_else(|| anyhow!("expected a redirect, got {}", response.status()))?
-        .to_str()?
-        .to_owned())
-}
-
-fn code_from(location: &str) -> Result<String> {
-    url::Url::parse(location)?
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .ok_or_else(|| anyhow!("no code in {location}"))
 }
 
 /// When refreshes count: one that starts and ends inside the span.

@@ -39,19 +39,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tessera_core::clock::{Clock, SystemClock, monotonic_now};
 use tessera_core::jwt::{Algorithm, SigningKey};
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
+#[path = "bench_support/code_flow.rs"]
+mod code_flow;
 use bench_support::{
     clock_ticks_per_second, cores, default_tessera, hidden_fields, machine_cpu_ms, tls_trusting,
     warn_if_busy,
+};
+use code_flow::{
+    CLIENT_ID, REDIRECT_URI, auth_query, code_from, exchange_at, location, token_request,
 };
 
 const USAGE: &str = "\
@@ -88,9 +89,6 @@ usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurr
   --tessera PATH      the server binary (default: target/release/tessera beside this example)";
 
 const PASSWORD: &str = "bench password, not a secret";
-const VERIFIER: &str = "bench-verifier-that-is-long-enough-for-rfc-7636-section-4-1";
-const REDIRECT_URI: &str = "http://127.0.0.1:41234/callback";
-const CLIENT_ID: &str = "kubernetes";
 /// Concurrent code exchanges while minting sessions.
 const MINTERS: usize = 8;
 
@@ -844,78 +842,6 @@ async fn password_login(server: &Server, browser: &reqwest::Client) -> Result<St
 
 async fn exchange(server: &Server, client: &reqwest::Client, code: &str) -> Result<String> {
     exchange_at(client, &server.token_url()?, code).await
-}
-
-/// The refresh token of a code exchange with PKCE.
-async fn exchange_at(
-    client: &reqwest::Client,
-    token_url: &reqwest::Url,
-    code: &str,
-) -> Result<String> {
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("redirect_uri", REDIRECT_URI),
-        ("client_id", CLIENT_ID),
-        ("code_verifier", VERIFIER),
-    ];
-    token_request(client, token_url, &form).await
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    refresh_token: String,
-}
-
-/// POSTs to `/token`; the answer's refresh token, or why there is none.
-async fn token_request(
-    client: &reqwest::Client,
-    token_url: &reqwest::Url,
-    form: &[(&str, &str)],
-) -> Result<String> {
-    let response = client.post(token_url.clone()).form(form).send().await?;
-    let status = response.status();
-    let body = response.bytes().await?;
-    if !status.is_success() {
-        bail!(
-            "/token answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    Ok(serde_json::from_slice::<TokenAnswer>(&body)?.refresh_token)
-}
-
-fn auth_query() -> [(&'static str, String); 8] {
-    [
-        ("client_id", CLIENT_ID.into()),
-        ("redirect_uri", REDIRECT_URI.into()),
-        ("response_type", "code".into()),
-        ("scope", "openid profile email groups".into()),
-        ("state", "bench-state".into()),
-        ("nonce", "bench-nonce".into()),
-        (
-            "code_challenge",
-            URL_SAFE_NO_PAD.encode(Sha256::digest(VERIFIER.as_bytes())),
-        ),
-        ("code_challenge_method", "S256".into()),
-    ]
-}
-
-fn location(response: &reqwest::Response) -> Result<String> {
-    Ok(response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .ok_or_else(|| anyhow!("expected a redirect, got {}", response.status()))?
-        .to_str()?
-        .to_owned())
-}
-
-fn code_from(location: &str) -> Result<String> {
-    url::Url::parse(location)?
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .ok_or_else(|| anyhow!("no code in {location}"))
 }
 
 /// The measured window of one level; a refresh counts when it starts and ends inside it.
