@@ -71,7 +71,9 @@ pub enum Event {
     },
     /// A session was revoked.
     SessionRevoked {
-        /// Why: `replay`, `revocation_endpoint`, `logout`, `code_reuse`, `admin`.
+        /// Why: `replay`, `revocation_endpoint`, `logout`, `code_reuse`, `idle_timeout`,
+        /// `absolute_timeout`, `user_ended` (the account page), `sign_out_everywhere`, `admin`,
+        /// `user_disabled`, `user_removed` (gone from the users file), `upstream_revalidation`.
         reason: String,
     },
     /// A token was presented for a session past its absolute end.
@@ -127,6 +129,11 @@ pub struct Subjects {
     pub user_agent: Option<String>,
     /// The first 16 hex digits of the presented token's SHA-256.
     pub token_id: Option<String>,
+    /// The admin who acted (`SessionRevoked` with `reason: admin`, a disabled person): their
+    /// `sub` for the admin API, `cli` for `tessera sessions` and `tessera users`. Absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_uid: Option<String>,
 }
 
 #[derive(Serialize)]

@@ -94,7 +94,7 @@ pub enum StoreError {
 
 /// Every table a snapshot holds, in the order an import fills them (a refresh token after its
 /// session).
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "secrets",
     "signing_keys",
     "sso_sessions",
@@ -103,6 +103,7 @@ pub const TABLES: [&str; 8] = [
     "refresh_tokens",
     "proxy_sessions",
     "identities",
+    "disabled_users",
 ];
 
 /// Copies every row of `from` into `to`, which must be empty (else
@@ -238,13 +239,11 @@ pub trait Store: Send + Sync {
     /// idle clock's new start; never moves it backward.
     async fn touch_sso(&self, handle: TokenHash, now: UnixMillis) -> Result<(), StoreError>;
 
-    /// Revokes an SSO session and every session started from it; returns those sessions.
-    async fn revoke_sso(
-        &self,
-        id: SsoId,
-        now: UnixMillis,
-        reason: &str,
-    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Ends an SSO session, so it answers no authorization request again; `true` when it was
+    /// live until now. The sessions started from it live on: a browser signing out ends its own
+    /// app's session (see [`Store::revoke_session`]), not the person's kubectl sessions; only
+    /// [`Store::revoke_sessions`] and [`Store::disable_user`] end those.
+    async fn end_sso(&self, id: SsoId, now: UnixMillis) -> Result<bool, StoreError>;
 
     /// Stores an authorization code.
     async fn insert_code(&self, code: AuthCode) -> Result<(), StoreError>;
@@ -264,6 +263,7 @@ pub trait Store: Send + Sync {
         &self,
         session: Session,
         first: NewRefreshToken,
+        started_from: Origin,
     ) -> Result<SessionStart, StoreError>;
 
     /// Redeems a refresh token (DESIGN.md "Redeeming a refresh token"), in one transaction.
@@ -278,13 +278,47 @@ pub trait Store: Send + Sync {
     /// Finds a session.
     async fn find_session(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
 
-    /// Revokes a session; `true` when it was live until now.
+    /// Revokes a session, and deletes the proxy sessions holding its tokens; `true` when it was
+    /// live until now.
     async fn revoke_session(
         &self,
         id: SessionId,
         now: UnixMillis,
         reason: &str,
     ) -> Result<bool, StoreError>;
+
+    /// The live sessions `filter` names (neither revoked, nor past their absolute end, nor with
+    /// every refresh token expired), in id order after `after`, at most `limit`.
+    async fn list_sessions(
+        &self,
+        filter: SessionFilter,
+        now: UnixMillis,
+        after: Option<SessionId>,
+        limit: u32,
+    ) -> Result<SessionPage, StoreError>;
+
+    /// Revokes, in one transaction, every live session `filter` names and deletes the proxy
+    /// sessions holding their tokens; when the filter names a person and no client, their SSO
+    /// sessions end too (nothing signs them in silently again). An empty filter revokes nothing.
+    async fn revoke_sessions(
+        &self,
+        filter: SessionFilter,
+        now: UnixMillis,
+        reason: &str,
+    ) -> Result<Ended, StoreError>;
+
+    /// Disables a person, in one transaction: records `user` (keeping an earlier record), and
+    /// ends every session and SSO session they have (`reason` `user_disabled`).
+    async fn disable_user(&self, user: DisabledUser) -> Result<Ended, StoreError>;
+
+    /// Enables a disabled person again; whether they were disabled.
+    async fn enable_user(&self, subject: Subject) -> Result<bool, StoreError>;
+
+    /// Whether, since when and by whom a person is disabled.
+    async fn find_disabled_user(
+        &self,
+        subject: Subject,
+    ) -> Result<Option<DisabledUser>, StoreError>;
 
     /// Whether the database answers at all (`SELECT 1`): readiness, which must stay cheap however
     /// many rows there are.

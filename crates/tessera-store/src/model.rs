@@ -174,6 +174,8 @@ pub struct RedeemRequest {
     pub client_id: ClientId,
     /// The request's source IP.
     pub ip: String,
+    /// The request's `User-Agent` (empty when it sent none): the account page's "last use".
+    pub user_agent: String,
     /// The time of the request.
     pub now: UnixMillis,
     /// The server's refresh policy.
@@ -222,13 +224,106 @@ pub struct AuthCodeRow {
     pub used_at: Option<UnixMillis>,
 }
 
-/// A row of `sessions`: the session and why it was revoked, if it was.
+/// A row of `sessions`: the session, why it was revoked, if it was, and where it started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRow {
     /// The session.
     pub session: Session,
     /// Why it was revoked (`admin`, `replay`, `sign_out`, `code_reuse`, …).
     pub revoked_reason: Option<String>,
+    /// Where it started (none for sessions stored before schema 5, and for the revoked
+    /// placeholders of reused codes).
+    pub started_from: Option<Origin>,
+}
+
+/// Where a request came from, as a person recognises it on the account page: its address and
+/// its `User-Agent`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The source IP (the client's, as the listener resolved it behind trusted proxies).
+    pub ip: String,
+    /// The `User-Agent` header, empty when none was sent.
+    pub user_agent: String,
+}
+
+/// One use of a session: when, and from where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionUse {
+    /// When.
+    pub at: UnixMillis,
+    /// From where (empty for uses recorded before schema 5).
+    pub from: Origin,
+}
+
+/// A live session as listings show it (account page, `tessera sessions list`, the admin API).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedSession {
+    /// The session.
+    pub session: Session,
+    /// Its start: the code exchange.
+    pub first_use: SessionUse,
+    /// Its latest refresh, or its start when it was never refreshed.
+    pub last_use: SessionUse,
+    /// When it ends unless refreshed: its live refresh token's expiry, or its absolute end if
+    /// that comes first.
+    pub expires_at: UnixMillis,
+}
+
+/// Which live sessions a listing or a revocation concerns; every field narrows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Only this person's.
+    pub subject: Option<Subject>,
+    /// Only this client's.
+    pub client_id: Option<ClientId>,
+}
+
+/// One page of a listing, in session id order (stable as sessions come and go).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionPage {
+    /// The sessions, at most the page's limit.
+    pub sessions: Vec<ListedSession>,
+    /// The id to list after for the next page, when there may be more.
+    pub next_after: Option<SessionId>,
+}
+
+impl SessionPage {
+    /// The page of `rows`, read with one row more than `limit`: that row's presence means a
+    /// next page, which starts after the page's last session.
+    pub(crate) fn cut(mut rows: Vec<ListedSession>, limit: u32) -> SessionPage {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        SessionPage {
+            next_after: if more {
+                rows.last().map(|s| s.session.id.clone())
+            } else {
+                None
+            },
+            sessions: rows,
+        }
+    }
+}
+
+/// What ending a person's sessions ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ended {
+    /// The sessions revoked by this call (those live until now).
+    pub sessions: Vec<Session>,
+    /// How many of the person's SSO sessions ended.
+    pub sso_sessions: u64,
+}
+
+/// A person an admin disabled (`tessera users disable`, the admin API): a row of
+/// `disabled_users`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DisabledUser {
+    /// The person (`sub`).
+    pub subject: Subject,
+    /// When.
+    pub disabled_at: UnixMillis,
+    /// By whom: the admin's `sub` for the API, `cli` for the command line.
+    pub disabled_by: String,
 }
 
 /// A row of `refresh_tokens`, every column: with its first use and successor, a copied token
@@ -250,6 +345,8 @@ pub struct RefreshTokenRow {
     pub used_at: Option<UnixMillis>,
     /// The source IP of its first use.
     pub used_ip: Option<String>,
+    /// The `User-Agent` of its first use.
+    pub used_user_agent: Option<String>,
     /// SHA-256 of the successor its first use created.
     pub successor_hash: Option<TokenHash>,
 }
@@ -274,6 +371,9 @@ pub struct ProxySession {
     pub refresh_lease_until: Option<UnixMillis>,
     /// The tokens and claims, sealed by the proxy (opaque to the store).
     pub sealed: Vec<u8>,
+    /// The provider session its tokens belong to, when the provider shares this store (the
+    /// proxy of `tessera serve`): ending that session deletes this one at once.
+    pub session_id: Option<SessionId>,
 }
 
 impl fmt::Debug for ProxySession {
@@ -286,6 +386,7 @@ impl fmt::Debug for ProxySession {
             .field("refreshed_at", &self.refreshed_at)
             .field("refresh_lease_until", &self.refresh_lease_until)
             .field("sealed", &format_args!("<{} bytes>", self.sealed.len()))
+            .field("session_id", &self.session_id)
             .finish()
     }
 }
@@ -389,6 +490,8 @@ pub struct Snapshot {
     pub proxy_sessions: Vec<ProxySession>,
     /// `identities`, by subject, leases included as for proxy sessions.
     pub identities: Vec<IdentityRecord>,
+    /// `disabled_users`, by subject.
+    pub disabled_users: Vec<DisabledUser>,
 }
 
 impl Snapshot {
@@ -403,6 +506,7 @@ impl Snapshot {
             refresh_tokens: self.refresh_tokens.len(),
             proxy_sessions: self.proxy_sessions.len(),
             identities: self.identities.len(),
+            disabled_users: self.disabled_users.len(),
         }
     }
 
@@ -431,6 +535,8 @@ pub struct CopyReport {
     pub proxy_sessions: usize,
     /// Rows of `identities`.
     pub identities: usize,
+    /// Rows of `disabled_users`.
+    pub disabled_users: usize,
 }
 
 impl CopyReport {
@@ -444,18 +550,19 @@ impl CopyReport {
             + self.refresh_tokens
             + self.proxy_sessions
             + self.identities
+            + self.disabled_users
     }
 }
 
 impl fmt::Display for CopyReport {
     /// One line: `5 sessions, 7 refresh tokens, 2 authorization codes, 1 SSO session, 2 signing
-    /// keys, 2 secrets, 3 proxy sessions, 0 directory identities`.
+    /// keys, 2 secrets, 3 proxy sessions, 0 directory identities, 0 disabled users`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let plural =
             |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         write!(
             f,
-            "{}, {}, {}, {}, {}, {}, {}, {}",
+            "{}, {}, {}, {}, {}, {}, {}, {}, {}",
             plural(self.sessions, "session", "sessions"),
             plural(self.refresh_tokens, "refresh token", "refresh tokens"),
             plural(self.auth_codes, "authorization code", "authorization codes"),
@@ -468,6 +575,7 @@ impl fmt::Display for CopyReport {
                 "directory identity",
                 "directory identities"
             ),
+            plural(self.disabled_users, "disabled user", "disabled users"),
         )
     }
 }

@@ -151,6 +151,8 @@ impl SnapshotRow for SessionRow {
             column("absolute_end", Kind::Millis),
             column("revoked_at", Kind::Millis),
             column("revoked_reason", Kind::Text),
+            column("created_ip", Kind::Text),
+            column("created_user_agent", Kind::Text),
         ],
         key: "id",
     };
@@ -169,6 +171,7 @@ impl SnapshotRow for RefreshTokenRow {
             column("used_at", Kind::Millis),
             column("used_ip", Kind::Text),
             column("successor_hash", Kind::Hash),
+            column("used_user_agent", Kind::Text),
         ],
         key: "hash",
     };
@@ -187,6 +190,7 @@ impl SnapshotRow for ProxySession {
             column("refreshed_at", Kind::Millis),
             column("refresh_lease_until", Kind::Millis),
             column("sealed", Kind::Bytes),
+            column("session_id", Kind::Text),
         ],
         key: "handle_hash",
     };
@@ -210,13 +214,26 @@ impl SnapshotRow for IdentityRecord {
     };
 }
 
+impl SnapshotRow for DisabledUser {
+    const TABLE: Table = Table {
+        name: "disabled_users",
+        what: "disabled user",
+        columns: &[
+            column("subject", Kind::Text),
+            column("disabled_at", Kind::Millis),
+            column("disabled_by", Kind::Text),
+        ],
+        key: "subject",
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::TABLES;
 
     /// Every description, in the order a snapshot is written.
-    const DESCRIBED: [Table; 8] = [
+    const DESCRIBED: [Table; 9] = [
         SecretRow::TABLE,
         StoredKey::TABLE,
         SsoSession::TABLE,
@@ -225,6 +242,7 @@ mod tests {
         RefreshTokenRow::TABLE,
         ProxySession::TABLE,
         IdentityRecord::TABLE,
+        DisabledUser::TABLE,
     ];
 
     #[test]

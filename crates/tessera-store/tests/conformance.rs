@@ -21,10 +21,11 @@ use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::redeem::{Decision, OnReplay, RedeemPolicy, RejectReason};
 use tessera_core::token::{REFRESH_TOKEN_PREFIX, RotationKey, Secret, TokenHash};
 use tessera_store::{
-    AuthCode, CodeRedemption, CopyReport, IdentityRecord, MigrationReport, NewRefreshToken,
-    PostgresOptions, PostgresStore, ProxyRefreshOutcome, ProxySession, RedeemRequest, Redemption,
-    RefreshTokenRow, RevalidationOutcome, SecretRow, Session, SessionRow, SessionStart, Snapshot,
-    SqliteStore, SsoSession, Store, StoreError, StoredKey, Synchronous, copy_store, migrate_only,
+    AuthCode, CodeRedemption, CopyReport, DisabledUser, Ended, IdentityRecord, MigrationReport,
+    NewRefreshToken, Origin, PostgresOptions, PostgresStore, ProxyRefreshOutcome, ProxySession,
+    RedeemRequest, Redemption, RefreshTokenRow, RevalidationOutcome, SecretRow, Session,
+    SessionFilter, SessionRow, SessionStart, Snapshot, SqliteStore, SsoSession, Store, StoreError,
+    StoredKey, Synchronous, copy_store, migrate_only,
 };
 
 /// One backend under test: a private place for data and a way to open stores on it.
@@ -47,7 +48,13 @@ macro_rules! conformance_suite {
                     secret_or_insert_keeps_the_first_value,
                     signing_keys_come_back_oldest_first,
                     a_signing_key_is_added_only_when_no_fresh_one_exists,
-                    revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them,
+                    ending_an_sso_session_leaves_the_sessions_it_started,
+                    a_listing_shows_one_persons_live_sessions_with_first_and_last_use,
+                    a_listing_pages_in_a_stable_order,
+                    revoking_a_persons_sessions_ends_their_sso_and_proxy_sessions,
+                    revoking_one_clients_sessions_keeps_the_sso_session,
+                    revoking_a_session_deletes_the_proxy_sessions_holding_its_tokens,
+                    a_disabled_person_loses_everything_until_enabled,
                     touching_an_sso_session_moves_its_idle_clock_forward_only,
                     a_code_is_claimed_once_then_reported_as_used,
                     first_redemption_rotates_and_stores_the_successor,
@@ -402,7 +409,7 @@ async fn touching_an_sso_session_moves_its_idle_clock_forward_only(store: &dyn S
     store.touch_sso(secret(101).hash(), later).await.unwrap();
 }
 
-async fn revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them(store: &dyn Store) {
+async fn ending_an_sso_session_leaves_the_sessions_it_started(store: &dyn Store) {
     let handle = secret(100);
     let sso = SsoSession {
         handle: handle.hash(),
@@ -416,33 +423,345 @@ async fn revoking_an_sso_session_revokes_the_sessions_it_started_and_names_them(
     store.create_sso(sso.clone()).await.unwrap();
     assert_eq!(store.find_sso(handle.hash()).await.unwrap(), Some(sso));
     assert_eq!(store.find_sso(secret(101).hash()).await.unwrap(), None);
-
-    let from_sso = |id: &str| Session {
+    let kubectl = Session {
         sso_id: Some(SsoId::new("sso-1")),
-        ..session(id, T0)
+        ..session("s-kubectl", T0)
     };
-    start(store, from_sso("s-kubectl"), &secret(1)).await;
-    start(store, from_sso("s-dashboard"), &secret(2)).await;
-    start(store, session("s-elsewhere", T0), &secret(3)).await;
+    start(store, kubectl, &secret(1)).await;
 
     let later = T0.plus(Duration::from_secs(5));
-    let mut revoked = store
-        .revoke_sso(SsoId::new("sso-1"), later, "sign_out")
-        .await
-        .unwrap();
-    revoked.sort();
-    assert_eq!(revoked, vec![sid("s-dashboard"), sid("s-kubectl")]);
+    assert!(store.end_sso(SsoId::new("sso-1"), later).await.unwrap());
     let found = store.find_sso(handle.hash()).await.unwrap().unwrap();
     assert_eq!(found.revoked_at, Some(later));
-    for id in ["s-kubectl", "s-dashboard"] {
-        let s = store.find_session(sid(id)).await.unwrap().unwrap();
-        assert_eq!(s.revoked_at, Some(later), "{id}");
-    }
-    let untouched = store.find_session(sid("s-elsewhere")).await.unwrap();
-    assert_eq!(untouched.unwrap().revoked_at, None);
+    let kubectl = store.find_session(sid("s-kubectl")).await.unwrap().unwrap();
+    assert_eq!(
+        kubectl.revoked_at, None,
+        "a browser's sign-out is not kubectl's"
+    );
+    assert!(!store.end_sso(SsoId::new("sso-1"), later).await.unwrap());
+}
 
-    let again = store.revoke_sso(SsoId::new("sso-1"), later, "sign_out");
-    assert_eq!(again.await.unwrap(), vec![]);
+/// Filters: one person, one person's sessions of one client.
+fn of(subject: &str, client_id: Option<&str>) -> SessionFilter {
+    SessionFilter {
+        subject: Some(Subject::new(subject)),
+        client_id: client_id.map(ClientId::new),
+    }
+}
+
+fn person(id: &str, subject: &str, created_at: UnixMillis) -> Session {
+    Session {
+        subject: Subject::new(subject),
+        ..session(id, created_at)
+    }
+}
+
+async fn a_listing_shows_one_persons_live_sessions_with_first_and_last_use(store: &dyn Store) {
+    start(store, session("a-laptop", T0), &secret(1)).await;
+    start(store, session("a-ci", T0), &secret(2)).await;
+    start(store, session("a-revoked", T0), &secret(3)).await;
+    start(store, session("a-lapsed", T0), &secret(4)).await;
+    start(store, person("b-laptop", "bob", T0), &secret(5)).await;
+    let dashboard = Session {
+        client_id: ClientId::new("dashboard"),
+        ..session("a-dashboard", T0.plus(Duration::from_secs(120)))
+    };
+    start(store, dashboard, &secret(6)).await;
+    store
+        .revoke_session(sid("a-revoked"), T0, "admin")
+        .await
+        .unwrap();
+    // The laptop refreshed twice from another address; the last use is the second.
+    let first = T0.plus(Duration::from_secs(60));
+    let second = T0.plus(Duration::from_secs(120));
+    redeem_from(
+        store,
+        &secret(1),
+        first,
+        no_grace(OnReplay::RevokeSession),
+        "10.9.9.9",
+    )
+    .await;
+    redeem_from(
+        store,
+        &next(&secret(1)),
+        second,
+        no_grace(OnReplay::RevokeSession),
+        "10.9.9.8",
+    )
+    .await;
+    // Past the first token's lifetime, a session never refreshed has lapsed.
+    let now = T0.plus(TTL).plus(Duration::from_secs(1));
+    redeem_from(
+        store,
+        &secret(2),
+        T0.plus(TTL - Duration::from_secs(1)),
+        no_grace(OnReplay::RevokeSession),
+        IP,
+    )
+    .await;
+
+    let page = store
+        .list_sessions(of("alice", None), now, None, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page
+        .sessions
+        .iter()
+        .map(|s| s.session.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["a-ci", "a-dashboard", "a-laptop"],
+        "live, alice's, by id"
+    );
+    assert_eq!(page.next_after, None);
+    let laptop = &page.sessions[2];
+    assert_eq!(laptop.first_use.at, T0);
+    assert_eq!(laptop.first_use.from, origin(IP));
+    assert_eq!(laptop.last_use.at, second);
+    assert_eq!(laptop.last_use.from, origin("10.9.9.8"));
+    assert_eq!(
+        laptop.expires_at,
+        second.plus(TTL),
+        "the live token's expiry"
+    );
+    assert_eq!(laptop.session.client_id, client());
+
+    let dashboard_only = store
+        .list_sessions(of("alice", Some("dashboard")), now, None, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = dashboard_only
+        .sessions
+        .iter()
+        .map(|s| s.session.id.as_str())
+        .collect();
+    assert_eq!(ids, ["a-dashboard"]);
+    let everyone = SessionFilter::default();
+    let all = store.list_sessions(everyone, now, None, 10).await.unwrap();
+    assert_eq!(all.sessions.len(), 3, "bob's session lapsed too");
+}
+
+async fn a_listing_pages_in_a_stable_order(store: &dyn Store) {
+    for n in 0..7u8 {
+        start(store, session(&format!("s-{n}"), T0), &secret(n)).await;
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_sessions(of("alice", None), T0, after.clone(), 3)
+            .await
+            .unwrap();
+        assert!(page.sessions.len() <= 3);
+        seen.extend(
+            page.sessions
+                .iter()
+                .map(|s| s.session.id.as_str().to_owned()),
+        );
+        match page.next_after {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..7).map(|n| format!("s-{n}")).collect();
+    assert_eq!(seen, expected);
+    // A session ending between two pages shifts nothing: the next page starts after an id.
+    let first = store
+        .list_sessions(of("alice", None), T0, None, 3)
+        .await
+        .unwrap();
+    store.revoke_session(sid("s-1"), T0, "admin").await.unwrap();
+    let second = store
+        .list_sessions(of("alice", None), T0, first.next_after, 3)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = second
+        .sessions
+        .iter()
+        .map(|s| s.session.id.as_str())
+        .collect();
+    assert_eq!(ids, ["s-3", "s-4", "s-5"]);
+}
+
+async fn revoking_a_persons_sessions_ends_their_sso_and_proxy_sessions(store: &dyn Store) {
+    let sso = SsoSession {
+        handle: secret(100).hash(),
+        id: SsoId::new("sso-1"),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        last_used_at: T0,
+        expires_at: T0.plus(LIFETIME),
+        revoked_at: None,
+    };
+    store.create_sso(sso).await.unwrap();
+    start(store, session("a-1", T0), &secret(1)).await;
+    start(store, session("a-2", T0), &secret(2)).await;
+    start(store, person("b-1", "bob", T0), &secret(3)).await;
+    let proxy = ProxySession {
+        session_id: Some(sid("a-2")),
+        ..proxy_session(&secret(110), T0)
+    };
+    store.create_proxy_session(proxy).await.unwrap();
+    let bobs_proxy = ProxySession {
+        session_id: Some(sid("b-1")),
+        ..proxy_session(&secret(111), T0)
+    };
+    store.create_proxy_session(bobs_proxy).await.unwrap();
+
+    let later = T0.plus(Duration::from_secs(5));
+    let ended = store
+        .revoke_sessions(of("alice", None), later, "sign_out_everywhere")
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = ended.sessions.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a-1", "a-2"]);
+    assert_eq!(ended.sso_sessions, 1);
+    let sso = store.find_sso(secret(100).hash()).await.unwrap().unwrap();
+    assert_eq!(sso.revoked_at, Some(later));
+    assert_eq!(
+        store.find_proxy_session(secret(110).hash()).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .find_proxy_session(secret(111).hash())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let bob = store.find_session(sid("b-1")).await.unwrap().unwrap();
+    assert_eq!(bob.revoked_at, None);
+    let exported = store.export_snapshot().await.unwrap();
+    let reason = exported
+        .sessions
+        .iter()
+        .find(|r| r.session.id == sid("a-1"));
+    assert_eq!(
+        reason.unwrap().revoked_reason.as_deref(),
+        Some("sign_out_everywhere")
+    );
+    // Nothing left to end; an empty filter never ends everyone's.
+    let again = store
+        .revoke_sessions(of("alice", None), later, "admin")
+        .await;
+    assert_eq!(again.unwrap(), Ended::default());
+    let nobody = store
+        .revoke_sessions(SessionFilter::default(), later, "admin")
+        .await;
+    assert_eq!(nobody.unwrap(), Ended::default());
+    assert_eq!(
+        store
+            .find_session(sid("b-1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+}
+
+async fn revoking_one_clients_sessions_keeps_the_sso_session(store: &dyn Store) {
+    let sso = SsoSession {
+        handle: secret(100).hash(),
+        id: SsoId::new("sso-1"),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        last_used_at: T0,
+        expires_at: T0.plus(LIFETIME),
+        revoked_at: None,
+    };
+    store.create_sso(sso).await.unwrap();
+    start(store, session("a-kubectl", T0), &secret(1)).await;
+    let dashboard = Session {
+        client_id: ClientId::new("dashboard"),
+        ..session("a-dashboard", T0)
+    };
+    start(store, dashboard, &secret(2)).await;
+    let ended = store
+        .revoke_sessions(of("alice", Some("dashboard")), T0, "admin")
+        .await
+        .unwrap();
+    assert_eq!(ended.sessions.len(), 1);
+    assert_eq!(ended.sessions[0].id, sid("a-dashboard"));
+    assert_eq!(ended.sso_sessions, 0);
+    let sso = store.find_sso(secret(100).hash()).await.unwrap().unwrap();
+    assert_eq!(sso.revoked_at, None);
+    let kubectl = store.find_session(sid("a-kubectl")).await.unwrap().unwrap();
+    assert_eq!(kubectl.revoked_at, None);
+}
+
+async fn revoking_a_session_deletes_the_proxy_sessions_holding_its_tokens(store: &dyn Store) {
+    start(store, session("a-1", T0), &secret(1)).await;
+    let proxy = ProxySession {
+        session_id: Some(sid("a-1")),
+        ..proxy_session(&secret(110), T0)
+    };
+    store.create_proxy_session(proxy.clone()).await.unwrap();
+    assert_eq!(
+        store.find_proxy_session(secret(110).hash()).await.unwrap(),
+        Some(proxy)
+    );
+    assert!(
+        store
+            .revoke_session(sid("a-1"), T0, "user_ended")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.find_proxy_session(secret(110).hash()).await.unwrap(),
+        None
+    );
+}
+
+async fn a_disabled_person_loses_everything_until_enabled(store: &dyn Store) {
+    start(store, session("a-1", T0), &secret(1)).await;
+    start(store, person("b-1", "bob", T0), &secret(2)).await;
+    let mallory = Subject::new("alice");
+    assert_eq!(
+        store.find_disabled_user(mallory.clone()).await.unwrap(),
+        None
+    );
+    let record = DisabledUser {
+        subject: mallory.clone(),
+        disabled_at: T0,
+        disabled_by: "cli".into(),
+    };
+    let ended = store.disable_user(record.clone()).await.unwrap();
+    assert_eq!(ended.sessions.len(), 1);
+    let exported = store.export_snapshot().await.unwrap();
+    let reason = exported
+        .sessions
+        .iter()
+        .find(|r| r.session.id == sid("a-1"));
+    assert_eq!(
+        reason.unwrap().revoked_reason.as_deref(),
+        Some("user_disabled")
+    );
+    let refused = redeem(store, &secret(1), T0, no_grace(OnReplay::RevokeSession)).await;
+    assert!(
+        matches!(refused.decision, Decision::Reject(_)),
+        "{:?}",
+        refused.decision
+    );
+    // Disabling again keeps the first record.
+    let again = DisabledUser {
+        disabled_at: T0.plus(Duration::from_secs(9)),
+        disabled_by: "admin-2".into(),
+        ..record.clone()
+    };
+    assert_eq!(store.disable_user(again).await.unwrap(), Ended::default());
+    assert_eq!(
+        store.find_disabled_user(mallory.clone()).await.unwrap(),
+        Some(record)
+    );
+    assert!(store.enable_user(mallory.clone()).await.unwrap());
+    assert!(!store.enable_user(mallory.clone()).await.unwrap());
+    assert_eq!(store.find_disabled_user(mallory).await.unwrap(), None);
+    let bob = store.find_session(sid("b-1")).await.unwrap().unwrap();
+    assert_eq!(bob.revoked_at, None);
 }
 
 async fn a_code_is_claimed_once_then_reported_as_used(store: &dyn Store) {
@@ -1116,7 +1435,7 @@ async fn a_code_reused_on_a_replica_while_its_session_starts_leaves_it_revoked(
             tokio::spawn(async move {
                 barrier.wait().await;
                 store
-                    .start_session(session(&id, T0), first_token)
+                    .start_session(session(&id, T0), first_token, origin(IP))
                     .await
                     .unwrap()
             })
@@ -1580,6 +1899,7 @@ async fn an_import_that_fails_half_way_writes_nothing(store: &dyn Store) {
         expires_at: T0.plus(TTL),
         used_at: None,
         used_ip: None,
+        used_user_agent: None,
         successor_hash: None,
     };
     let broken = Snapshot {
@@ -1728,6 +2048,13 @@ async fn populate_for_copy(store: &dyn Store) -> CopyFixture {
         .await;
     assert!(claimed.unwrap());
 
+    let disabled = DisabledUser {
+        subject: Subject::new("mallory"),
+        disabled_at: T0,
+        disabled_by: "admin-1".into(),
+    };
+    store.disable_user(disabled).await.unwrap();
+
     CopyFixture {
         sso,
         fresh_code,
@@ -1762,6 +2089,7 @@ const COPIED: CopyReport = CopyReport {
     refresh_tokens: 7,
     proxy_sessions: 2,
     identities: 2,
+    disabled_users: 1,
 };
 
 async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: &dyn Backend) {
@@ -1773,7 +2101,7 @@ async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: 
     assert_eq!(
         report.to_string(),
         "5 sessions, 7 refresh tokens, 2 authorization codes, 1 SSO session, 2 signing keys, \
-         2 secrets, 2 proxy sessions, 2 directory identities"
+         2 secrets, 2 proxy sessions, 2 directory identities, 1 disabled user"
     );
 
     // Every row, every column, whatever the backends; the source is left as it was.
@@ -1924,17 +2252,31 @@ async fn a_copy_answers_every_token_as_the_source_would(from: &dyn Backend, to: 
         expires_at: CHECKED.plus(TTL),
     };
     let started = target
-        .start_session(session("s-code-reused", CHECKED), first)
+        .start_session(session("s-code-reused", CHECKED), first, origin(IP))
         .await;
     assert_eq!(started.unwrap(), SessionStart::CodeReused);
 
-    // The SSO session came across and still reaches the sessions it started.
+    // The SSO session came across, and the person it belongs to with their sessions.
     let found = target.find_sso(fixture.sso.handle).await.unwrap();
     assert_eq!(found, Some(fixture.sso));
-    let signed_out = target
-        .revoke_sso(SsoId::new("sso-1"), CHECKED, "sign_out")
-        .await;
-    assert_eq!(signed_out.unwrap(), vec![sid("live")]);
+    let alice = SessionFilter {
+        subject: Some(Subject::new("alice")),
+        client_id: None,
+    };
+    let listed = target
+        .list_sessions(alice, CHECKED, None, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed
+        .sessions
+        .iter()
+        .map(|s| s.session.id.as_str())
+        .collect();
+    assert_eq!(ids, ["graced", "live"], "the replay above revoked `spent`");
+    assert_eq!(listed.sessions[1].first_use.from, origin(IP));
+    assert!(target.end_sso(SsoId::new("sso-1"), CHECKED).await.unwrap());
+    let disabled = target.find_disabled_user(Subject::new("mallory")).await;
+    assert_eq!(disabled.unwrap().unwrap().disabled_by, "admin-1");
 
     // The proxy's sessions came across, a refresh in flight still holding its lease.
     let [idle, refreshing] = proxy_sessions_for_copy();
@@ -1960,7 +2302,7 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
     populate_for_copy(&*source).await;
 
     // One row of any kind is enough to refuse.
-    let cases: [(&str, &[&str]); 7] = [
+    let cases: [(&str, &[&str]); 8] = [
         ("a secret", &["secrets"]),
         ("a signing key", &["signing_keys"]),
         ("an SSO session", &["sso_sessions"]),
@@ -1968,6 +2310,7 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
         ("a session", &["sessions", "refresh_tokens"]),
         ("a proxy session", &["proxy_sessions"]),
         ("an identity", &["identities"]),
+        ("a disabled user", &["disabled_users"]),
     ];
     for (what, tables) in cases {
         let backend = fresh_target().await;
@@ -1996,6 +2339,16 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
                 .await
                 .unwrap(),
             "an identity" => target.save_identity(identity("okta:eve")).await.unwrap(),
+            "a disabled user" => drop(
+                target
+                    .disable_user(DisabledUser {
+                        subject: Subject::new("eve"),
+                        disabled_at: T0,
+                        disabled_by: "cli".into(),
+                    })
+                    .await
+                    .unwrap(),
+            ),
             _ => drop(start(&*target, session("other", T0), &secret(202)).await),
         }
         let before = target.export_snapshot().await.unwrap();
@@ -2017,14 +2370,14 @@ async fn copying_into_a_non_empty_target_fails_and_leaves_it_unchanged(
     let copied = target.export_snapshot().await.unwrap();
     let error = copy_store(&*source, &*target).await.unwrap_err();
     assert!(
-        matches!(&error, StoreError::NotEmpty { tables } if tables.len() == 8),
+        matches!(&error, StoreError::NotEmpty { tables } if tables.len() == 9),
         "{error:?}"
     );
     assert_eq!(
         error.to_string(),
         "the target database is not empty (it holds rows in secrets, signing_keys, \
-         sso_sessions, auth_codes, sessions, refresh_tokens, proxy_sessions, identities): a copy \
-         goes only into an empty database, so nothing was written"
+         sso_sessions, auth_codes, sessions, refresh_tokens, proxy_sessions, identities, \
+         disabled_users): a copy goes only into an empty database, so nothing was written"
     );
     assert_eq!(target.export_snapshot().await.unwrap(), copied);
     let r = redeem(
@@ -2056,7 +2409,7 @@ mod postgres_only {
                 opened,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 4
+                    known: 5
                 })
             ),
             "{:?}",
@@ -2094,8 +2447,8 @@ mod postgres_only {
             report,
             MigrationReport {
                 found: 0,
-                applied: vec![1, 2, 3, 4],
-                current: 4
+                applied: vec![1, 2, 3, 4, 5],
+                current: 5
             }
         );
         let store = PostgresStore::connect(backend.options()).await.unwrap();
@@ -2103,9 +2456,9 @@ mod postgres_only {
         assert_eq!(
             again,
             MigrationReport {
-                found: 4,
+                found: 5,
                 applied: vec![],
-                current: 4
+                current: 5
             }
         );
     }
@@ -2126,24 +2479,25 @@ mod postgres_only {
         let mut admin = backend.admin().await;
         admin
             .execute(
-                "DROP TABLE proxy_sessions, identities; \
-                 ALTER TABLE sso_sessions DROP COLUMN last_used_at; \
-                 DELETE FROM schema_migrations WHERE version IN (2, 3, 4)",
+                format!(
+                    "{BACK_TO_VERSION_1} DELETE FROM schema_migrations WHERE version IN (2, 3, 4, 5)"
+                )
+                .as_str(),
             )
             .await
             .unwrap();
         let report = migrate_only(&backend.options()).await.unwrap();
         let expected = MigrationReport {
             found: 1,
-            applied: vec![2, 3, 4],
-            current: 4,
+            applied: vec![2, 3, 4, 5],
+            current: 5,
         };
         assert_eq!(report, expected);
         let store = backend.open().await;
         let rotation = store.secret_or_insert("rotation", vec![2; 32]).await;
         assert_eq!(rotation.unwrap(), vec![1; 32]);
         let after = store.export_snapshot().await.unwrap();
-        assert_eq!(after.sessions, before.sessions);
+        assert_eq!(after.sessions, as_version_1(before.clone()).sessions);
         assert_eq!(after.refresh_tokens, before.refresh_tokens);
         let proxy = proxy_session(&secret(2), T0);
         store.create_proxy_session(proxy.clone()).await.unwrap();
@@ -2166,7 +2520,7 @@ mod postgres_only {
         }
         assert_eq!(
             applied,
-            vec![1, 2, 3, 4],
+            vec![1, 2, 3, 4, 5],
             "exactly one replica applied each version"
         );
         let store = backend.open().await;
@@ -2282,6 +2636,7 @@ fn large_snapshot(sessions: u32) -> Snapshot {
         snapshot.sessions.push(SessionRow {
             session: session(&id, T0),
             revoked_reason: None,
+            started_from: Some(origin(IP)),
         });
         snapshot.refresh_tokens.push(RefreshTokenRow {
             hash: hash(n, 1),
@@ -2291,6 +2646,7 @@ fn large_snapshot(sessions: u32) -> Snapshot {
             expires_at: T0.plus(TTL),
             used_at: Some(used),
             used_ip: Some(IP.into()),
+            used_user_agent: Some(UA.into()),
             successor_hash: Some(hash(n, 2)),
         });
         snapshot.refresh_tokens.push(RefreshTokenRow {
@@ -2301,6 +2657,7 @@ fn large_snapshot(sessions: u32) -> Snapshot {
             expires_at: used.plus(TTL),
             used_at: None,
             used_ip: None,
+            used_user_agent: None,
             successor_hash: None,
         });
         // Pushed in handle order: the first bytes of a handle are `n`, big-endian.
@@ -2348,7 +2705,7 @@ mod sqlite_only {
                 opened,
                 Err(StoreError::SchemaTooNew {
                     found: 99,
-                    known: 4
+                    known: 5
                 })
             ),
             "{:?}",
@@ -2371,14 +2728,11 @@ mod sqlite_only {
         drop(store);
         // Back to version 1, as the previous tessera left it.
         let raw = rusqlite::Connection::open(backend.path()).unwrap();
-        raw.execute_batch(
-            "DROP TABLE proxy_sessions; DROP TABLE identities; \
-             ALTER TABLE sso_sessions DROP COLUMN last_used_at; PRAGMA user_version = 1",
-        )
-        .unwrap();
+        raw.execute_batch(&format!("{BACK_TO_VERSION_1} PRAGMA user_version = 1"))
+            .unwrap();
         drop(raw);
         let store = backend.open().await;
-        assert_eq!(store.export_snapshot().await.unwrap(), before);
+        assert_eq!(store.export_snapshot().await.unwrap(), as_version_1(before));
         let proxy = proxy_session(&secret(2), T0);
         store.create_proxy_session(proxy.clone()).await.unwrap();
         let found = store.find_proxy_session(proxy.handle).await.unwrap();
@@ -2387,17 +2741,35 @@ mod sqlite_only {
         let version: i64 = raw
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
+/// Takes a database of the current schema back to version 1, as the first tessera left it.
+const BACK_TO_VERSION_1: &str = "DROP TABLE proxy_sessions; DROP TABLE identities; \
+     DROP TABLE disabled_users; DROP INDEX sessions_by_subject; DROP INDEX sessions_by_client; \
+     DROP INDEX sso_sessions_by_subject; ALTER TABLE sessions DROP COLUMN created_ip; \
+     ALTER TABLE sessions DROP COLUMN created_user_agent; \
+     ALTER TABLE refresh_tokens DROP COLUMN used_user_agent; \
+     ALTER TABLE sso_sessions DROP COLUMN last_used_at;";
+
+/// `snapshot` as a database migrated from version 1 holds it: where sessions started was not
+/// recorded then.
+fn as_version_1(mut snapshot: Snapshot) -> Snapshot {
+    for row in &mut snapshot.sessions {
+        row.started_from = None;
+    }
+    snapshot
+}
+
 const T0: UnixMillis = UnixMillis(1_700_000_000_000);
 const TTL: Duration = Duration::from_secs(15 * 60);
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 const IP: &str = "10.1.1.1";
+const UA: &str = "kubectl/v1.32.0 (linux/amd64)";
 const RACERS: usize = 50;
 /// How long a proxy refresh claim holds its session.
 const LEASE: Duration = Duration::from_secs(30);
@@ -2449,8 +2821,19 @@ async fn start(store: &dyn Store, session: Session, first: &Secret) -> Session {
         issued_at: session.created_at,
         expires_at: session.created_at.plus(TTL).min(session.absolute_end),
     };
-    store.start_session(session.clone(), token).await.unwrap();
+    store
+        .start_session(session.clone(), token, origin(IP))
+        .await
+        .unwrap();
     session
+}
+
+/// A request from `ip` with kubectl's user agent.
+fn origin(ip: &str) -> Origin {
+    Origin {
+        ip: ip.into(),
+        user_agent: UA.into(),
+    }
 }
 
 /// A proxy session with cookie handle `handle`, logged in at `created_at` with the tokens it
@@ -2464,6 +2847,7 @@ fn proxy_session(handle: &Secret, created_at: UnixMillis) -> ProxySession {
         refreshed_at: created_at,
         refresh_lease_until: None,
         sealed: b"sealed tokens".to_vec(),
+        session_id: None,
     }
 }
 
@@ -2489,6 +2873,7 @@ fn request(t: &Secret, now: UnixMillis, policy: RedeemPolicy) -> RedeemRequest {
         successor: next(t).hash(),
         client_id: client(),
         ip: IP.into(),
+        user_agent: UA.into(),
         now,
         policy,
         ttl: TTL,

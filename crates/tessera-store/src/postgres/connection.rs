@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_proxy_sessions.sql"),
     include_str!("../../migrations/postgres/0003_identities.sql"),
     include_str!("../../migrations/postgres/0004_sso_last_used.sql"),
+    include_str!("../../migrations/postgres/0005_session_listing.sql"),
 ];
 
 /// Key of the advisory lock held while migrating: "tessera" in ASCII, then 1.

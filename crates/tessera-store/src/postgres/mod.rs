@@ -55,6 +55,7 @@ mod snapshot;
 mod sso;
 mod sweep;
 mod tls;
+mod user;
 
 pub use connection::{MigrationReport, PostgresOptions, migrate_only};
 use connection::{pool, query, run_migrations, tls_context};
@@ -174,14 +175,8 @@ impl Store for PostgresStore {
         self.guarded(sso::touch(&self.pool, handle, now)).await
     }
 
-    async fn revoke_sso(
-        &self,
-        id: SsoId,
-        now: UnixMillis,
-        reason: &str,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        self.guarded(sso::revoke(&self.pool, &id, now, reason))
-            .await
+    async fn end_sso(&self, id: SsoId, now: UnixMillis) -> Result<bool, StoreError> {
+        self.guarded(sso::end(&self.pool, &id, now)).await
     }
 
     async fn insert_code(&self, code: AuthCode) -> Result<(), StoreError> {
@@ -200,8 +195,9 @@ impl Store for PostgresStore {
         &self,
         session: Session,
         first: NewRefreshToken,
+        started_from: Origin,
     ) -> Result<SessionStart, StoreError> {
-        self.guarded(session::start(&self.pool, &session, &first))
+        self.guarded(session::start(&self.pool, &session, &first, &started_from))
             .await
     }
 
@@ -230,6 +226,48 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         self.guarded(session::revoke(&self.pool, &id, now, reason))
             .await
+    }
+
+    async fn list_sessions(
+        &self,
+        filter: SessionFilter,
+        now: UnixMillis,
+        after: Option<SessionId>,
+        limit: u32,
+    ) -> Result<SessionPage, StoreError> {
+        self.guarded(session::list(
+            &self.pool,
+            &filter,
+            now,
+            after.as_ref(),
+            limit,
+        ))
+        .await
+    }
+
+    async fn revoke_sessions(
+        &self,
+        filter: SessionFilter,
+        now: UnixMillis,
+        reason: &str,
+    ) -> Result<Ended, StoreError> {
+        self.guarded(session::revoke_many(&self.pool, &filter, now, reason))
+            .await
+    }
+
+    async fn disable_user(&self, user: DisabledUser) -> Result<Ended, StoreError> {
+        self.guarded(user::disable(&self.pool, &user)).await
+    }
+
+    async fn enable_user(&self, subject: Subject) -> Result<bool, StoreError> {
+        self.guarded(user::enable(&self.pool, &subject)).await
+    }
+
+    async fn find_disabled_user(
+        &self,
+        subject: Subject,
+    ) -> Result<Option<DisabledUser>, StoreError> {
+        self.guarded(user::find(&self.pool, &subject)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@
 
 use sqlx::postgres::PgPool;
 use tessera_core::clock::UnixMillis;
+use tessera_core::id::SessionId;
 use tessera_core::token::TokenHash;
 
 use super::connection::query;
@@ -13,7 +14,7 @@ use crate::model::{ProxyRefreshOutcome, ProxySession};
 pub(super) async fn create(pool: &PgPool, session: &ProxySession) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO proxy_sessions ({PROXY_SESSION_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     ))
     .bind(&session.handle.0[..])
     .bind(session.created_at.0)
@@ -22,6 +23,7 @@ pub(super) async fn create(pool: &PgPool, session: &ProxySession) -> Result<(), 
     .bind(session.refreshed_at.0)
     .bind(session.refresh_lease_until.map(|t| t.0))
     .bind(session.sealed.as_slice())
+    .bind(session.session_id.as_ref().map(SessionId::as_str))
     .execute(pool)
     .await
     .map(drop)

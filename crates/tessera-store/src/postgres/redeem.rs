@@ -40,7 +40,8 @@ async fn claim_or_find(
 ) -> Result<(bool, Option<Found>), sqlx::Error> {
     // The claim returns the session too, saving the rotation (the common case) a round trip.
     let claim = sqlx::query(&format!(
-        "UPDATE refresh_tokens t SET used_at = $2, used_ip = $3, successor_hash = $4
+        "UPDATE refresh_tokens t SET used_at = $2, used_ip = $3, successor_hash = $4,
+             used_user_agent = $5
          FROM sessions s
          WHERE t.hash = $1 AND t.used_at IS NULL AND s.id = t.session_id
          RETURNING t.client_id, t.expires_at, t.used_at, t.used_ip, NULL::BIGINT, {SESSION_COLUMNS}"
@@ -49,6 +50,7 @@ async fn claim_or_find(
     .bind(request.now.0)
     .bind(&request.ip)
     .bind(&request.successor.0[..])
+    .bind(&request.user_agent)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = claim {
@@ -65,6 +67,7 @@ async fn claim_or_find(
     ))
     .bind(&request.hash.0[..])
     .bind(&request.successor.0[..])
+    .bind(&request.user_agent)
     .fetch_optional(&mut *tx)
     .await?;
     Ok((false, row.as_ref().map(found_from_row).transpose()?))

@@ -12,7 +12,7 @@ use crate::model::*;
 pub(super) const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, s.auth_time, s.created_at, s.absolute_end, s.revoked_at";
 
 /// The columns [`proxy_session_from_row`] reads, in its order.
-pub(super) const PROXY_SESSION_COLUMNS: &str = "handle_hash, created_at, last_seen_at, absolute_end, refreshed_at, refresh_lease_until, sealed";
+pub(super) const PROXY_SESSION_COLUMNS: &str = "handle_hash, created_at, last_seen_at, absolute_end, refreshed_at, refresh_lease_until, sealed, session_id";
 
 pub(super) async fn revoke_session_row<'e, E>(
     executor: E,
@@ -58,6 +58,7 @@ pub(super) fn proxy_session_from_row(r: &PgRow) -> Result<ProxySession, sqlx::Er
         refreshed_at: UnixMillis(r.try_get(4)?),
         refresh_lease_until: r.try_get::<Option<i64>, _>(5)?.map(UnixMillis),
         sealed: r.try_get(6)?,
+        session_id: r.try_get::<Option<String>, _>(7)?.map(SessionId::new),
     })
 }
 

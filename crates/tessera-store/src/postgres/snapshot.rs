@@ -72,6 +72,7 @@ async fn read_snapshot(c: &mut PgConnection) -> Result<Snapshot, StoreError> {
         refresh_tokens: read_table(c).await?,
         proxy_sessions: read_table(c).await?,
         identities: read_table(c).await?,
+        disabled_users: read_table(c).await?,
     })
 }
 
@@ -85,7 +86,8 @@ async fn write_snapshot(c: &mut PgConnection, snapshot: &Snapshot) -> Result<(),
     write_table(c, &snapshot.sessions).await?;
     write_table(c, &snapshot.refresh_tokens).await?;
     write_table(c, &snapshot.proxy_sessions).await?;
-    write_table(c, &snapshot.identities).await
+    write_table(c, &snapshot.identities).await?;
+    write_table(c, &snapshot.disabled_users).await
 }
 
 /// The tables of [`TABLES`] that hold at least one row, asked in one statement.
@@ -297,6 +299,13 @@ impl PgCopy for SessionRow {
         Ok(SessionRow {
             session: session_from_row(r, 0)?,
             revoked_reason: r.try_get(9)?,
+            started_from: match (r.try_get::<Option<String>, _>(10)?, r.try_get(11)?) {
+                (None, None) => None,
+                (ip, user_agent) => Some(Origin {
+                    ip: ip.unwrap_or_default(),
+                    user_agent: user_agent.unwrap_or_default(),
+                }),
+            },
         })
     }
 
@@ -317,6 +326,12 @@ impl PgCopy for SessionRow {
             .bind(column(batch, |r| r.session.absolute_end.0))
             .bind(column(batch, |r| millis(r.session.revoked_at)))
             .bind(column(batch, |r| r.revoked_reason.as_deref()))
+            .bind(column(batch, |r| {
+                r.started_from.as_ref().map(|o| o.ip.as_str())
+            }))
+            .bind(column(batch, |r| {
+                r.started_from.as_ref().map(|o| o.user_agent.as_str())
+            }))
     }
 }
 
@@ -334,6 +349,7 @@ impl PgCopy for RefreshTokenRow {
                 .try_get::<Option<Vec<u8>>, _>(7)?
                 .map(|bytes| hash_from(&bytes, 7))
                 .transpose()?,
+            used_user_agent: r.try_get(8)?,
         })
     }
 
@@ -352,6 +368,7 @@ impl PgCopy for RefreshTokenRow {
             .bind(column(batch, |t| {
                 t.successor_hash.as_ref().map(|h| &h.0[..])
             }))
+            .bind(column(batch, |t| t.used_user_agent.as_deref()))
     }
 }
 
@@ -372,6 +389,29 @@ impl PgCopy for ProxySession {
             .bind(column(batch, |s| s.refreshed_at.0))
             .bind(column(batch, |s| millis(s.refresh_lease_until)))
             .bind(column(batch, |s| s.sealed.as_slice()))
+            .bind(column(batch, |s| {
+                s.session_id.as_ref().map(SessionId::as_str)
+            }))
+    }
+}
+
+impl PgCopy for DisabledUser {
+    fn read(r: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(DisabledUser {
+            subject: Subject::new(r.try_get::<String, _>(0)?),
+            disabled_at: UnixMillis(r.try_get(1)?),
+            disabled_by: r.try_get(2)?,
+        })
+    }
+
+    fn bind<'q>(
+        insert: Query<'q, Postgres, PgArguments>,
+        batch: &'q [Self],
+    ) -> Query<'q, Postgres, PgArguments> {
+        insert
+            .bind(column(batch, |u| u.subject.as_str()))
+            .bind(column(batch, |u| u.disabled_at.0))
+            .bind(column(batch, |u| u.disabled_by.as_str()))
     }
 }
 
@@ -405,7 +445,8 @@ mod tests {
         assert_eq!(
             select(&SessionRow::TABLE),
             "SELECT id, subject, client_id, sso_id, scope, auth_time, created_at, absolute_end, \
-             revoked_at, revoked_reason FROM sessions ORDER BY id COLLATE \"C\""
+             revoked_at, revoked_reason, created_ip, created_user_agent FROM sessions \
+             ORDER BY id COLLATE \"C\""
         );
         assert_eq!(
             select(&SsoSession::TABLE),

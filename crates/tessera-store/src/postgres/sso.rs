@@ -1,10 +1,10 @@
-//! Browser SSO sessions: recorded at login, found by their cookie's handle, revoked with every
-//! session started from them.
+//! Browser SSO sessions: recorded at login, found by their cookie's handle, touched when they
+//! answer, ended on sign-out.
 
 use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tessera_core::clock::UnixMillis;
-use tessera_core::id::{SessionId, SsoId, Subject};
+use tessera_core::id::{SsoId, Subject};
 use tessera_core::token::TokenHash;
 
 use super::connection::query;
@@ -74,37 +74,13 @@ pub(super) async fn touch(
     .map_err(query("touch_sso"))
 }
 
-/// Revokes the SSO session and, in the same transaction, every live session started from it;
-/// answers those sessions.
-pub(super) async fn revoke(
-    pool: &PgPool,
-    id: &SsoId,
-    now: UnixMillis,
-    reason: &str,
-) -> Result<Vec<SessionId>, StoreError> {
-    let op = "revoke_sso";
-    let mut tx = pool.begin().await.map_err(query(op))?;
+/// Ends the SSO session (only it: the sessions started from it live on); whether it was live.
+pub(super) async fn end(pool: &PgPool, id: &SsoId, now: UnixMillis) -> Result<bool, StoreError> {
     sqlx::query("UPDATE sso_sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(id.as_str())
         .bind(now.0)
-        .execute(&mut *tx)
+        .execute(pool)
         .await
-        .map_err(query(op))?;
-    let rows = sqlx::query(
-        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3
-         WHERE sso_id = $1 AND revoked_at IS NULL RETURNING id",
-    )
-    .bind(id.as_str())
-    .bind(now.0)
-    .bind(reason)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(query(op))?;
-    let ids = rows
-        .iter()
-        .map(|r| r.try_get::<String, _>(0).map(SessionId::new))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(query(op))?;
-    tx.commit().await.map_err(query(op))?;
-    Ok(ids)
+        .map(|done| done.rows_affected() == 1)
+        .map_err(query("end_sso"))
 }

@@ -41,18 +41,18 @@ mod session;
 mod snapshot;
 mod sso;
 mod sweep;
+mod user;
 
 use connection::{blocking, connect, create_private, lock, migrate, query};
 use redeem::redeem_in_transaction;
-use row::{
-    insert_code_row, insert_proxy_session, insert_signing_key, insert_sso, revoke_session_row,
-};
+use row::{insert_code_row, insert_proxy_session, insert_signing_key, insert_sso};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_proxy_sessions.sql"),
     include_str!("../../migrations/sqlite/0003_identities.sql"),
     include_str!("../../migrations/sqlite/0004_sso_last_used.sql"),
+    include_str!("../../migrations/sqlite/0005_session_listing.sql"),
 ];
 const READERS: usize = 4;
 
@@ -242,15 +242,8 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn revoke_sso(
-        &self,
-        id: SsoId,
-        now: UnixMillis,
-        reason: &str,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        let reason = reason.to_owned();
-        self.write("revoke_sso", move |c| sso::revoke(c, &id, now, &reason))
-            .await
+    async fn end_sso(&self, id: SsoId, now: UnixMillis) -> Result<bool, StoreError> {
+        self.write("end_sso", move |c| sso::end(c, &id, now)).await
     }
 
     async fn insert_code(&self, code: AuthCode) -> Result<(), StoreError> {
@@ -273,9 +266,10 @@ impl Store for SqliteStore {
         &self,
         session: Session,
         first: NewRefreshToken,
+        started_from: Origin,
     ) -> Result<SessionStart, StoreError> {
         self.write("start_session", move |c| {
-            session::start(c, &session, &first)
+            session::start(c, &session, &first, &started_from)
         })
         .await
     }
@@ -310,9 +304,53 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let reason = reason.to_owned();
         self.write("revoke_session", move |c| {
-            revoke_session_row(c, &id, now, &reason).map_err(query("revoke_session"))
+            session::revoke(c, &id, now, &reason)
         })
         .await
+    }
+
+    async fn list_sessions(
+        &self,
+        filter: SessionFilter,
+        now: UnixMillis,
+        after: Option<SessionId>,
+        limit: u32,
+    ) -> Result<SessionPage, StoreError> {
+        self.read("list_sessions", move |c| {
+            session::list(c, &filter, now, after.as_ref(), limit)
+        })
+        .await
+    }
+
+    async fn revoke_sessions(
+        &self,
+        filter: SessionFilter,
+        now: UnixMillis,
+        reason: &str,
+    ) -> Result<Ended, StoreError> {
+        let reason = reason.to_owned();
+        self.write("revoke_sessions", move |c| {
+            session::revoke_many(c, &filter, now, &reason)
+        })
+        .await
+    }
+
+    async fn disable_user(&self, user: DisabledUser) -> Result<Ended, StoreError> {
+        self.write("disable_user", move |c| user::disable(c, &user))
+            .await
+    }
+
+    async fn enable_user(&self, subject: Subject) -> Result<bool, StoreError> {
+        self.write("enable_user", move |c| user::enable(c, &subject))
+            .await
+    }
+
+    async fn find_disabled_user(
+        &self,
+        subject: Subject,
+    ) -> Result<Option<DisabledUser>, StoreError> {
+        self.read("find_disabled_user", move |c| user::find(c, &subject))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -33,14 +33,15 @@ pub(super) fn redeem_in_transaction(
 /// Marks the presented token used, naming its successor, if it is unused; whether it was.
 fn claim_refresh_token(tx: &Transaction<'_>, request: &RedeemRequest) -> rusqlite::Result<bool> {
     tx.prepare_cached(
-        "UPDATE refresh_tokens SET used_at = ?2, used_ip = ?3, successor_hash = ?4
-         WHERE hash = ?1 AND used_at IS NULL",
+        "UPDATE refresh_tokens SET used_at = ?2, used_ip = ?3, successor_hash = ?4,
+         used_user_agent = ?5 WHERE hash = ?1 AND used_at IS NULL",
     )?
     .execute(params![
         request.hash.to_hex(),
         request.now.0,
         request.ip,
-        request.successor.to_hex()
+        request.successor.to_hex(),
+        request.user_agent,
     ])
     .map(|n| n == 1)
 }

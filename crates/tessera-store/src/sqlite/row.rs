@@ -13,7 +13,7 @@ use crate::model::*;
 pub(super) const SESSION_COLUMNS: &str = "s.id, s.subject, s.client_id, s.sso_id, s.scope, s.auth_time, s.created_at, s.absolute_end, s.revoked_at";
 
 /// The columns [`proxy_session_from_row`] reads, in its order.
-pub(super) const PROXY_SESSION_COLUMNS: &str = "handle_hash, created_at, last_seen_at, absolute_end, refreshed_at, refresh_lease_until, sealed";
+pub(super) const PROXY_SESSION_COLUMNS: &str = "handle_hash, created_at, last_seen_at, absolute_end, refreshed_at, refresh_lease_until, sealed, session_id";
 
 pub(super) fn revoke_session_row(
     c: &Connection,
@@ -26,6 +26,14 @@ pub(super) fn revoke_session_row(
     )?
     .execute(params![id.as_str(), now.0, reason])
     .map(|n| n == 1)
+}
+
+/// Deletes the proxy sessions holding tokens of session `id`: the browser signs in again at
+/// its next request instead of at its next refresh.
+pub(super) fn delete_proxy_sessions_of(c: &Connection, id: &SessionId) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM proxy_sessions WHERE session_id = ?1")?
+        .execute([id.as_str()])
+        .map(drop)
 }
 
 // One writer per table, shared by the single-row methods and `write_snapshot`, so a copied row
@@ -88,11 +96,12 @@ pub(super) fn insert_session_row(
     c: &Connection,
     session: &Session,
     revoked_reason: Option<&str>,
+    started_from: Option<&Origin>,
 ) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at,
-         absolute_end, revoked_at, revoked_reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         absolute_end, revoked_at, revoked_reason, created_ip, created_user_agent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         session.id.as_str(),
@@ -105,13 +114,15 @@ pub(super) fn insert_session_row(
         session.absolute_end.0,
         session.revoked_at.map(|t| t.0),
         revoked_reason,
+        started_from.map(|o| o.ip.as_str()),
+        started_from.map(|o| o.user_agent.as_str()),
     ])
     .map(drop)
 }
 
 pub(super) fn insert_proxy_session(c: &Connection, session: &ProxySession) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
-        "INSERT INTO proxy_sessions ({PROXY_SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        "INSERT INTO proxy_sessions ({PROXY_SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))?
     .execute(params![
         session.handle.to_hex(),
@@ -121,6 +132,7 @@ pub(super) fn insert_proxy_session(c: &Connection, session: &ProxySession) -> ru
         session.refreshed_at.0,
         session.refresh_lease_until.map(|t| t.0),
         session.sealed,
+        session.session_id.as_ref().map(SessionId::as_str),
     ])
     .map(drop)
 }
@@ -172,6 +184,7 @@ pub(super) fn proxy_session_from_row(r: &Row<'_>) -> rusqlite::Result<ProxySessi
         refreshed_at: UnixMillis(r.get(4)?),
         refresh_lease_until: r.get::<_, Option<i64>>(5)?.map(UnixMillis),
         sealed: r.get(6)?,
+        session_id: r.get::<_, Option<String>>(7)?.map(SessionId::new),
     })
 }
 

@@ -10,11 +10,11 @@ use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::token::TokenHash;
 
 use super::connection::{immediate, query};
-use super::identity;
 use super::row::{
     code_from_row, hash_at, insert_code_row, insert_proxy_session, insert_session_row,
     insert_signing_key, insert_sso, proxy_session_from_row, session_from_row,
 };
+use super::{identity, user};
 use crate::model::*;
 use crate::table::{SnapshotRow, Table};
 use crate::{StoreError, TABLES};
@@ -56,6 +56,7 @@ fn read_snapshot(c: &Connection) -> Result<Snapshot, StoreError> {
         refresh_tokens: read_table(c)?,
         proxy_sessions: read_table(c)?,
         identities: read_table(c)?,
+        disabled_users: read_table(c)?,
     })
 }
 
@@ -68,7 +69,8 @@ fn write_snapshot(c: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
     write_table(c, &snapshot.sessions)?;
     write_table(c, &snapshot.refresh_tokens)?;
     write_table(c, &snapshot.proxy_sessions)?;
-    write_table(c, &snapshot.identities)
+    write_table(c, &snapshot.identities)?;
+    write_table(c, &snapshot.disabled_users)
 }
 
 /// The tables of [`TABLES`] that hold at least one row.
@@ -192,11 +194,23 @@ impl SqliteCopy for SessionRow {
         Ok(SessionRow {
             session: session_from_row(r, 0)?,
             revoked_reason: r.get(9)?,
+            started_from: match (r.get::<_, Option<String>>(10)?, r.get(11)?) {
+                (None, None) => None,
+                (ip, user_agent) => Some(Origin {
+                    ip: ip.unwrap_or_default(),
+                    user_agent: user_agent.unwrap_or_default(),
+                }),
+            },
         })
     }
 
     fn write(&self, c: &Connection) -> rusqlite::Result<()> {
-        insert_session_row(c, &self.session, self.revoked_reason.as_deref())
+        insert_session_row(
+            c,
+            &self.session,
+            self.revoked_reason.as_deref(),
+            self.started_from.as_ref(),
+        )
     }
 }
 
@@ -214,6 +228,7 @@ impl SqliteCopy for RefreshTokenRow {
                 ValueRef::Null => None,
                 _ => Some(hash_at(r, 7)?),
             },
+            used_user_agent: r.get(8)?,
         })
     }
 
@@ -221,7 +236,8 @@ impl SqliteCopy for RefreshTokenRow {
     fn write(&self, c: &Connection) -> rusqlite::Result<()> {
         c.prepare_cached(
             "INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at,
-             used_at, used_ip, successor_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             used_at, used_ip, successor_hash, used_user_agent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             self.hash.to_hex(),
@@ -232,6 +248,7 @@ impl SqliteCopy for RefreshTokenRow {
             self.used_at.map(|t| t.0),
             self.used_ip,
             self.successor_hash.as_ref().map(TokenHash::to_hex),
+            self.used_user_agent,
         ])
         .map(drop)
     }
@@ -244,6 +261,20 @@ impl SqliteCopy for ProxySession {
 
     fn write(&self, c: &Connection) -> rusqlite::Result<()> {
         insert_proxy_session(c, self)
+    }
+}
+
+impl SqliteCopy for DisabledUser {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(DisabledUser {
+            subject: Subject::new(r.get::<_, String>(0)?),
+            disabled_at: UnixMillis(r.get(1)?),
+            disabled_by: r.get(2)?,
+        })
+    }
+
+    fn write(&self, c: &Connection) -> rusqlite::Result<()> {
+        user::insert(c, self)
     }
 }
 

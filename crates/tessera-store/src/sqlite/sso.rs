@@ -1,12 +1,12 @@
-//! Browser SSO sessions: found by their cookie's handle, revoked with every session started
-//! from them. They are written by `row::insert_sso`, shared with the snapshot copy.
+//! Browser SSO sessions: found by their cookie's handle, touched when they answer, ended on
+//! sign-out. They are written by `row::insert_sso`, shared with the snapshot copy.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tessera_core::clock::UnixMillis;
-use tessera_core::id::{SessionId, SsoId, Subject};
+use tessera_core::id::{SsoId, Subject};
 use tessera_core::token::TokenHash;
 
-use super::connection::{immediate, query};
+use super::connection::query;
 use crate::StoreError;
 use crate::model::SsoSession;
 
@@ -41,35 +41,10 @@ pub(super) fn touch(c: &Connection, handle: TokenHash, now: UnixMillis) -> Resul
     .map_err(query("touch_sso"))
 }
 
-/// Revokes the SSO session and, in the same transaction, every live session started from it;
-/// answers those sessions.
-pub(super) fn revoke(
-    c: &mut Connection,
-    id: &SsoId,
-    now: UnixMillis,
-    reason: &str,
-) -> Result<Vec<SessionId>, StoreError> {
-    let tx = immediate(c, "revoke_sso")?;
-    tx.execute(
-        "UPDATE sso_sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-        params![id.as_str(), now.0],
-    )
-    .map_err(query("revoke_sso"))?;
-    let ids = {
-        let mut stmt = tx
-            .prepare(
-                "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3
-                 WHERE sso_id = ?1 AND revoked_at IS NULL RETURNING id",
-            )
-            .map_err(query("revoke_sso"))?;
-        let rows = stmt
-            .query_map(params![id.as_str(), now.0, reason], |r| {
-                r.get::<_, String>(0).map(SessionId::new)
-            })
-            .map_err(query("revoke_sso"))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(query("revoke_sso"))?
-    };
-    tx.commit().map_err(query("revoke_sso"))?;
-    Ok(ids)
+/// Ends the SSO session (only it: the sessions started from it live on); whether it was live.
+pub(super) fn end(c: &Connection, id: &SsoId, now: UnixMillis) -> Result<bool, StoreError> {
+    c.prepare_cached("UPDATE sso_sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+        .and_then(|mut s| s.execute(params![id.as_str(), now.0]))
+        .map(|n| n == 1)
+        .map_err(query("end_sso"))
 }

@@ -76,6 +76,8 @@ pub enum LoginFailure {
     NoConnector,
     /// The connector's directory could not be asked; its name, for the sentence.
     DirectoryUnavailable(String),
+    /// The password was right, but an admin has disabled the person.
+    Disabled,
     /// The store failed.
     Unavailable(AppError),
 }
@@ -264,6 +266,14 @@ impl App {
             }
         };
         attempt.succeeded();
+        if self
+            .is_disabled(&subject)
+            .await
+            .map_err(LoginFailure::Unavailable)?
+        {
+            self.record(&failed("user_disabled"), &who);
+            return Err(LoginFailure::Disabled);
+        }
         self.start_session_of(subject, now, who)
             .await
             .map_err(|e| LoginFailure::Unavailable(e.into()))
@@ -338,7 +348,7 @@ impl App {
     /// The user `username` if `password` is theirs. An unknown user costs the same time as a
     /// wrong password, so timing does not reveal which users exist.
     async fn user_with_password(&self, username: &str, password: &str) -> Option<User> {
-        let Some(user) = self.users.find(username).cloned() else {
+        let Some(user) = self.users().find(username).cloned() else {
             self.password_matches(&self.dummy_password_hash, password)
                 .await;
             return None;

@@ -19,6 +19,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The reason sessions ended by their directory carry in the audit log and the store.
 pub(crate) const REVOKED_UPSTREAM: &str = "upstream_revalidation";
+/// Why a local user's session ends when they are gone from the users file.
+pub(crate) const REVOKED_REMOVED: &str = "user_removed";
 
 impl App {
     /// The connectors, in the login page's order.
@@ -49,7 +51,7 @@ impl App {
         now: UnixMillis,
     ) -> Result<Identity, AppError> {
         let Some((record, connector)) = self.directory_record(&session.subject).await? else {
-            return self.local_identity(&session.subject);
+            return self.refreshed_local_identity(session, who, now).await;
         };
         let Some((interval, max_staleness)) = connector.revalidation() else {
             return claims_of(&record);
@@ -187,13 +189,33 @@ impl App {
 
     /// A local user as tokens say them.
     fn local_identity(&self, subject: &Subject) -> Result<Identity, AppError> {
-        let user = self
-            .users
-            .find(subject.as_str())
-            .ok_or(AppError::InvalidGrant {
-                reason: "the user no longer exists",
-            })?;
+        let users = self.users();
+        let user = users.find(subject.as_str()).ok_or(AppError::InvalidGrant {
+            reason: "the user no longer exists",
+        })?;
         Ok(Identity::of_local(user, self.connectors.mapping()))
+    }
+
+    /// A local user's identity at a refresh: one removed from the users file since ends the
+    /// session (`user_removed`), so their every session ends at its next refresh.
+    async fn refreshed_local_identity(
+        &self,
+        session: &Session,
+        who: &Subjects,
+        now: UnixMillis,
+    ) -> Result<Identity, AppError> {
+        let found = self.local_identity(&session.subject);
+        if found.is_err() {
+            let revoked = self
+                .store
+                .revoke_session(session.id.clone(), now, REVOKED_REMOVED)
+                .await?;
+            if revoked {
+                let reason = REVOKED_REMOVED.into();
+                self.record(&Event::SessionRevoked { reason }, who);
+            }
+        }
+        found
     }
 }
 

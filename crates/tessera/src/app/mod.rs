@@ -7,6 +7,7 @@ mod error;
 mod identity;
 mod limiter;
 mod session;
+mod sessions;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 pub(crate) mod testing;
@@ -25,6 +26,7 @@ use tokio::sync::Semaphore;
 pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN};
 pub use error::AppError;
 pub use session::LogoutHint;
+pub use sessions::Actor;
 pub use token::ClientCredentials;
 pub use upstream::{
     Callback, UPSTREAM_LOGIN_COOKIE, UPSTREAM_LOGIN_TTL, UpstreamFailure, UpstreamSignedIn,
@@ -54,6 +56,14 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// Where the request came from, as the store keeps it for a session's first and last use.
+    pub fn origin(&self) -> tessera_store::Origin {
+        tessera_store::Origin {
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone().unwrap_or_default(),
+        }
+    }
+
     /// The request's origin as audit subjects; the caller adds who and what it concerns.
     pub fn subjects(&self) -> Subjects {
         Subjects {
@@ -80,7 +90,8 @@ pub struct App {
     clock: Arc<dyn Clock>,
     keys: RwLock<Arc<KeySet>>,
     rotation_key: RotationKey,
-    users: Users,
+    /// The local users, replaced whole when the users file changes (see [`App::replace_users`]).
+    users: RwLock<Arc<Users>>,
     /// Where people come from: the users file, directories.
     connectors: Connectors,
     /// Seals upstream refresh tokens and the logins under way at upstream providers.
@@ -163,7 +174,7 @@ impl App {
             clock,
             keys: RwLock::new(Arc::new(key_set)),
             rotation_key,
-            users,
+            users: RwLock::new(Arc::new(users)),
             connectors,
             upstream_sealer,
             login_limiter,
@@ -178,6 +189,25 @@ impl App {
     /// The current time.
     pub fn now(&self) -> UnixMillis {
         self.clock.now()
+    }
+
+    /// The local users as the users file last said.
+    pub fn users(&self) -> Arc<Users> {
+        Arc::clone(
+            &self
+                .users
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces the local users (the users file changed): a person no longer in it fails
+    /// their next login, and their sessions end at their next refresh.
+    pub fn replace_users(&self, users: Users) {
+        *self
+            .users
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
     }
 
     /// The keys in use.

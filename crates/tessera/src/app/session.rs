@@ -2,7 +2,7 @@
 //! (OpenID Connect Core §5.3) and RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0).
 
 use serde_json::{Value, json};
-use tessera_core::audit::{Event, Subjects};
+use tessera_core::audit::Event;
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId, SsoId};
 use tessera_core::jwt::Expect;
@@ -149,7 +149,10 @@ impl App {
             .is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri))
     }
 
-    /// Ends an SSO session and every session started from it, plus the hinted session.
+    /// Ends the hinted session (the app signing out) and the SSO session: this browser's, and
+    /// the one the hinted session came from. The other sessions started through that SSO
+    /// session live on: a browser signing out of one app does not sign its person's kubectl out
+    /// (only "sign out everywhere", an admin or a disabled account end those).
     pub async fn logout(
         &self,
         sso_id: Option<SsoId>,
@@ -167,14 +170,7 @@ impl App {
             self.end_session(&session, "logout", ctx).await?;
         }
         for sso in sso_id.into_iter().chain(hinted_sso) {
-            for id in self.store.revoke_sso(sso, now, "logout").await? {
-                let who = Subjects {
-                    session_id: Some(id.to_string()),
-                    ..ctx.subjects()
-                };
-                let reason = "logout".into();
-                self.record(&Event::SessionRevoked { reason }, &who);
-            }
+            self.store.end_sso(sso, now).await?;
         }
         Ok(())
     }

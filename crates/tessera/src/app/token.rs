@@ -188,7 +188,13 @@ impl App {
         };
         code::check_redemption(&code, presented, now)?;
         let identity = self.identity_of(&code.subject).await?;
-        let (session, refresh) = self.start_session(&code, now).await?;
+        // A person disabled between their sign-in and this exchange gets no session.
+        if self.is_disabled(&code.subject).await? {
+            return Err(AppError::InvalidGrant {
+                reason: "the user is disabled",
+            });
+        }
+        let (session, refresh) = self.start_session(&code, now, ctx).await?;
         let issuance = Issuance {
             issuer: &self.issuer,
             session: &session,
@@ -208,11 +214,16 @@ impl App {
         &self,
         code: &AuthCode,
         now: UnixMillis,
+        ctx: &RequestContext,
     ) -> Result<(Session, Secret), AppError> {
         let session = code::session_from(code, now, self.config.session_max_lifetime);
         let refresh = random_secret(REFRESH_TOKEN_PREFIX);
         let first = code::first_refresh_token(&refresh, &session, now, self.config.refresh_ttl);
-        if self.store.start_session(session.clone(), first).await? == SessionStart::CodeReused {
+        let started = self
+            .store
+            .start_session(session.clone(), first, ctx.origin())
+            .await?;
+        if started == SessionStart::CodeReused {
             return Err(AppError::InvalidGrant {
                 reason: "code reused",
             });
@@ -318,6 +329,7 @@ impl App {
             successor: successor.hash(),
             client_id: client.id.clone(),
             ip: ctx.ip.clone(),
+            user_agent: ctx.user_agent.clone().unwrap_or_default(),
             now,
             policy: self.config.policy,
             ttl: self.config.refresh_ttl,

@@ -106,6 +106,8 @@ pub enum UpstreamFailure {
         /// The connector's name.
         name: String,
     },
+    /// The upstream vouched for the person, but an admin has disabled them here.
+    Disabled,
     /// The store failed, or the login could not be sealed.
     Internal(AppError),
 }
@@ -239,6 +241,14 @@ impl App {
             None => None,
         };
         let internal = |e: StoreError| UpstreamFailure::Internal(e.into());
+        if self
+            .is_disabled(&person.subject)
+            .await
+            .map_err(UpstreamFailure::Internal)?
+        {
+            self.record(&failed("user_disabled"), &who);
+            return Err(UpstreamFailure::Disabled);
+        }
         self.remember(&connector.id, &person, now, sealed)
             .await
             .map_err(internal)?;

@@ -211,6 +211,11 @@ impl Retry {
                 ),
                 None,
             ),
+            LoginFailure::Disabled => (
+                StatusCode::FORBIDDEN,
+                "This account is disabled. Ask your administrator to enable it.".to_owned(),
+                None,
+            ),
             LoginFailure::RateLimited(seconds) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("Too many failed sign-ins. Try again in {seconds} seconds."),

@@ -28,6 +28,9 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// Expiry of the id_token, seconds since the epoch.
     pub exp: i64,
+    /// The provider's session (`sid`), when it names one.
+    #[serde(default)]
+    pub sid: Option<String>,
 }
 
 /// What a client's header would tell the upstream, when it is something only the proxy may

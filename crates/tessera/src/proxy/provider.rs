@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tessera_core::id::SessionId;
 use tessera_oidc::{self as oidc, RelyingParty};
 
 pub use super::identity::Identity;
@@ -56,6 +57,10 @@ pub struct Grant {
     pub identity: Identity,
     /// The user as headers for the upstream.
     pub(crate) headers: UserHeaders,
+    /// The session of this process's own provider the tokens belong to (none for an external
+    /// provider, and for a grant read back from storage): stored beside a server-side proxy
+    /// session so that ending the provider session ends it at once.
+    pub(crate) local_session: Option<SessionId>,
 }
 
 /// The tokens (and the headers carrying the id_token) are left out: a `{:?}` in a log or an
@@ -185,7 +190,9 @@ impl Provider {
                     .exchange_code(client, code, Some(redirect_uri), Some(verifier), ctx)
                     .await
                     .map_err(app_error)?;
-                grant(response.id_token, Some(response.refresh_token))
+                let mut grant = grant(response.id_token, Some(response.refresh_token))?;
+                grant.local_session = grant.identity.sid.clone().map(SessionId::new);
+                Ok(grant)
             }
             Provider::Remote(r) => r.exchange(code, redirect_uri, verifier, nonce).await,
         }
@@ -325,6 +332,7 @@ fn grant(id_token: String, refresh_token: Option<String>) -> Result<Grant, Provi
         id_token,
         refresh_token,
         identity,
+        local_session: None,
     })
 }
 

@@ -201,6 +201,10 @@ fn failure_page(app: &App, failure: UpstreamFailure) -> Response {
                  administrator."
             ),
         ),
+        UpstreamFailure::Disabled => (
+            StatusCode::FORBIDDEN,
+            "This account is disabled. Ask your administrator to enable it.".to_owned(),
+        ),
         UpstreamFailure::Rejected { name } => (
             StatusCode::BAD_REQUEST,
             format!(

@@ -82,6 +82,7 @@ impl ServerStore {
                 refreshed_at: state.refreshed_at,
                 refresh_lease_until: None,
                 sealed: self.seal_grant(hash, &state.grant)?,
+                session_id: state.grant.local_session.clone(),
             })
             .await?;
         let max_age = state.max_age_secs(self.clock.now());
