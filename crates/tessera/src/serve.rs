@@ -62,6 +62,9 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         None => None,
     };
     spawn_maintenance(Arc::clone(&app));
+    if let Some(path) = app.config.users_file.clone() {
+        crate::users::reload::spawn(Arc::clone(&app), path).context("cannot listen for SIGHUP")?;
+    }
     shutdown::stop_on_signals(&shutdown, app.config.shutdown_grace)
         .context("cannot listen for SIGTERM")?;
     announce(address, &app.issuer, setup.as_ref());
@@ -157,20 +160,14 @@ async fn start_app(
         .issuer
         .clone()
         .unwrap_or_else(|| format!("https://{address}"));
-    let users = match &config.users_file {
-        Some(path) => Users::load(path).map_err(anyhow::Error::msg)?,
-        None => Users::default(),
-    };
     let connectors = Connectors::new(&config.connectors, config.group_mapping.clone())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.path.display()))?;
-    if connectors.has_directories()
-        && let Some(name) = users.names().find(|name| name.contains(':'))
-    {
-        bail!(
-            "users file: user `{name}` has a `:` in their name, which with directory connectors \
-             configured is how directory people's subjects are written; rename the user"
-        );
-    }
+    let users = match &config.users_file {
+        Some(path) => {
+            Users::load_beside(path, connectors.has_directories()).map_err(anyhow::Error::msg)?
+        }
+        None => Users::default(),
+    };
     let audit = Audit::start(config.audit_file.as_deref())
         .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
     Ok(App::new(AppParts {

@@ -40,7 +40,23 @@ pub(crate) struct UsersFile {
 #[derive(Clone, Debug, Default)]
 pub struct Users(HashMap<String, User>);
 
+pub mod reload;
+
 impl Users {
+    /// [`Users::load`], refusing names with a `:` when directory connectors are configured:
+    /// `connector:id` is how directory people's subjects are written.
+    pub fn load_beside(path: &Path, directories: bool) -> Result<Users, String> {
+        let users = Users::load(path)?;
+        if directories && let Some(name) = users.names().find(|name| name.contains(':')) {
+            return Err(format!(
+                "users file: user `{name}` has a `:` in their name, which with directory \
+                 connectors configured is how directory people's subjects are written; rename \
+                 the user"
+            ));
+        }
+        Ok(users)
+    }
+
     /// Reads a users file; one that other users may read or write is refused.
     pub fn load(path: &Path) -> Result<Users, String> {
         let text = std::fs::read_to_string(path)

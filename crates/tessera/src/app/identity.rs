@@ -29,6 +29,11 @@ impl App {
     }
 
     /// The connector `subject` signed in through, for audit lines.
+    /// Whether a directory connector (LDAP, upstream OpenID Connect) is configured.
+    pub(crate) fn directories_configured(&self) -> bool {
+        self.connectors.has_directories()
+    }
+
     pub(crate) fn connector_id_of(&self, subject: &Subject) -> Option<String> {
         self.connectors.id_of(subject).map(str::to_owned)
     }

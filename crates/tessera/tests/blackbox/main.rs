@@ -43,3 +43,4 @@ mod replicas;
 mod rotation;
 mod shutdown;
 mod storage_copy;
+mod users_reload;
