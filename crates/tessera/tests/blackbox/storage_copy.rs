@@ -73,7 +73,7 @@ async fn migrate_applies_the_schema_once_then_has_nothing_to_do() {
         "{said}{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(said.contains("from schema version 0 to 4"), "{said}");
+    assert!(said.contains("from schema version 0 to 5"), "{said}");
     let second = migrate();
     let said = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success());
