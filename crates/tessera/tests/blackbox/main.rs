@@ -13,7 +13,7 @@ mod python;
 mod support;
 mod upstream;
 
-mod account_chromium;
+mod account;
 mod bad_input;
 mod connector_chromium;
 mod deploy;

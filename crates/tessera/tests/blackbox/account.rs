@@ -1,7 +1,8 @@
 //! Issue 13's account page as a person meets it, in real headless Chromium: the same person
 //! holds a kubectl session (`tessera login`, its token cache used by `tessera credential`) and a
 //! proxy session in the browser. The page lists both; ending the kubectl one leaves the browser's
-//! proxy session serving, and "Sign out everywhere" ends both.
+//! proxy session serving, and "Sign out everywhere" ends both. Then the way in for a person of an
+//! upstream OpenID Connect provider, with a cookie-jar client as the browser.
 
 use serde_json::{Value, json};
 
@@ -192,4 +193,45 @@ async fn chromium_signs_out_everywhere_from_the_account_page_ending_kubectl_and_
     past_the_cached_token(&person.home).await;
     let out = output(person.home.credential(&server)).await;
     assert_one_clear_error(&out, &["tessera login"]);
+}
+
+/// The account page's way in for a person of an upstream provider: `/account` sends the browser
+/// to the login page, whose button goes upstream and comes back to `/account` (no code, no
+/// session of its own); the page then names the directory of the sessions it lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_of_an_upstream_provider_signs_in_to_the_account_page_through_its_button() {
+    use crate::oidc_connector::{browser, button_to_callback, server_with};
+    use crate::oidc_upstream::OidcProvider;
+    use crate::support::{AuthParams, code_from, location};
+
+    let upstream = OidcProvider::start().await;
+    let server = server_with(&upstream, "5m", "15m").await;
+    let (browser, _) = browser(&server, &upstream);
+    let account = browser.get(server.url("/account")).send().await.unwrap();
+    assert_eq!(account.status(), reqwest::StatusCode::SEE_OTHER);
+    let login = location(&account);
+    assert_eq!(login, "/login?return_to=account");
+    let page = browser.get(server.url(&login)).send().await.unwrap();
+    let callback = button_to_callback(&server, &browser, page).await;
+    let back = browser.get(&callback).send().await.unwrap();
+    assert_eq!(back.status(), reqwest::StatusCode::SEE_OTHER);
+    assert_eq!(location(&back), "/account");
+    assert!(server.audit_events("TokenIssued", 0).await.is_empty());
+
+    // kubectl's sign-in in the same browser is answered by the SSO session the page made.
+    let auth = AuthParams::kubernetes();
+    let silent = server.authorize_raw(&browser, &auth.pairs()).await;
+    server.exchange(&code_from(&location(&silent)), &auth).await;
+    let page = browser.get(server.url("/account")).send().await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("Signed in as <strong>okta:alice-0001</strong>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<dt>Signed in with</dt><dd>Okta</dd>"),
+        "{html}"
+    );
+    assert!(html.contains("(signed in from this browser)"), "{html}");
 }
