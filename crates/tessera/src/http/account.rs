@@ -22,6 +22,7 @@ use super::{
 };
 use crate::app::{Actor, App};
 use crate::web::cookie::{cookie, set_cookie};
+use crate::web::html::escape;
 use crate::web::no_store;
 
 /// The page's title, also the title of its refusals.
@@ -130,9 +131,12 @@ fn sent_from_this_browser(headers: &HeaderMap, form: Result<Form, OAuthError>) -
 
 /// A form another site posted, or one older than its CSRF cookie: nothing ended.
 fn forged(app: &App) -> Response {
-    let body = "<p class=\"error\" role=\"alert\">The form expired or was not sent from this \
-                browser, so nothing was ended. Open your account page again and retry.</p>";
-    theme(app).page(StatusCode::FORBIDDEN, TITLE, body)
+    let body = format!(
+        "<p class=\"error\" role=\"alert\">The form expired or was not sent from this browser, \
+         so nothing was ended. <a href=\"{}\">Open your account page again</a> and retry.</p>",
+        escape(&path(app))
+    );
+    theme(app).page(StatusCode::FORBIDDEN, TITLE, &body)
 }
 
 /// See other: the account page, which shows what is left (or the way to sign in).

@@ -105,6 +105,10 @@ async fn without_a_live_sso_session_the_page_sends_to_the_login_form_which_comes
     );
     assert_eq!(anonymous.header("cache-control"), Some("no-store"));
 
+    for elsewhere in ["/login", "/login?client_id=kubernetes&return_to=account"] {
+        let refused = get(&t, elsewhere, "").await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{elsewhere}");
+    }
     let form = get(&t, "/login?return_to=account", "").await;
     assert_eq!(form.status, StatusCode::OK);
     assert!(form.body.contains("to see your sessions"), "{}", form.body);
