@@ -179,6 +179,10 @@ async fn chromium_signs_out_everywhere_from_the_account_page_ending_kubectl_and_
         .collect();
     assert_eq!(reasons, ["sign_out_everywhere", "sign_out_everywhere"]);
 
+    // The proxy answers a session from memory for up to a second after it last read it
+    // (`READ_CACHE_TTL` in proxy/session/server.rs), so an ending made elsewhere (here, at the
+    // provider) shows at its first request after that.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     browser.goto(&format!("{}/page", person.proxy)).await;
     let url = browser.current_url().await;
     assert!(url.starts_with(&server.issuer), "to the provider: {url}");
