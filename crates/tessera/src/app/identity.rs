@@ -28,12 +28,12 @@ impl App {
         self.connectors.all()
     }
 
-    /// The connector `subject` signed in through, for audit lines.
     /// Whether a directory connector (LDAP, upstream OpenID Connect) is configured.
     pub(crate) fn directories_configured(&self) -> bool {
         self.connectors.has_directories()
     }
 
+    /// The connector `subject` signed in through, for audit lines.
     pub(crate) fn connector_id_of(&self, subject: &Subject) -> Option<String> {
         self.connectors.id_of(subject).map(str::to_owned)
     }

@@ -4,9 +4,10 @@
 
 use tessera_core::audit::{Event, Subjects};
 use tessera_core::id::{SessionId, Subject};
-use tessera_store::{DisabledUser, Ended, ListedSession, SessionFilter, SessionPage};
+use tessera_store::{DisabledUser, Ended, ListedSession, SessionFilter, SessionPage, SsoSession};
 
 use super::{App, AppError, RequestContext};
+use crate::connector::Kind;
 
 /// A person ended one of their sessions on the account page.
 const USER_ENDED: &str = "user_ended";
@@ -52,6 +53,30 @@ impl App {
             .store
             .list_sessions(filter, self.now(), after, limit)
             .await?)
+    }
+
+    /// The SSO session the account page is signed in with: the one `handle` names if it is
+    /// live and was used within `session.sso_idle_timeout`, as `/authorize` would answer
+    /// silently. Showing the page is a use of it, so its idle clock restarts.
+    pub async fn account_sso(&self, handle: Option<&str>) -> Result<Option<SsoSession>, AppError> {
+        let Some(sso) = self.sso_session(handle).await? else {
+            return Ok(None);
+        };
+        let idle = u64::try_from(self.now().millis_since(sso.last_used_at)).unwrap_or(0);
+        let limit = u64::try_from(self.config.sso_idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        if idle > limit {
+            return Ok(None);
+        }
+        self.touch_sso(&sso).await?;
+        Ok(Some(sso))
+    }
+
+    /// The name of the directory `subject` signed in through; `None` for a local user, whose
+    /// connector is no news to anyone.
+    pub fn directory_of(&self, subject: &Subject) -> Option<String> {
+        let id = self.connectors.id_of(subject)?;
+        let connector = self.connectors.find(id)?;
+        (!matches!(connector.kind, Kind::Local)).then(|| connector.name.clone())
     }
 
     /// A person's live sessions, most recently used first: what their account page shows.

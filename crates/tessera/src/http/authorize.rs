@@ -1,5 +1,6 @@
 //! `/authorize` and `/login`: the authorization code flow's browser side (RFC 6749 §4.1.1,
-//! OpenID Connect Core §3.1.2) with a CSRF-protected login form and an SSO cookie.
+//! OpenID Connect Core §3.1.2) with a CSRF-protected login form and an SSO cookie. The same
+//! form signs people in to their account page (`GET /login?return_to=account`).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::form::{Form, Params};
 use super::{
-    CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, csrf_matches, csrf_token, issuer_path, theme,
+    CSRF_COOKIE, Ctx, OAuthError, SSO_COOKIE, account, csrf_matches, csrf_token, issuer_path, theme,
 };
 use crate::app::{
     App, AppError, AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN,
@@ -33,6 +34,67 @@ const CARRIED: [&str; 9] = [
     "code_challenge_method",
     "connector_id",
 ];
+
+/// The `return_to` of a sign-in that continues to the account page.
+pub(super) const RETURN_TO_ACCOUNT: &str = "account";
+
+/// Where a sign-in at the login form continues.
+///
+/// The account page signs people in through this same form, not through an OAuth client of its
+/// own: the form's protections (CSRF token, rate limit, the connectors' choice, upstream buttons)
+/// come along unchanged, and nothing is made that nobody redeems. An internal client would mint
+/// a code for `/account` to throw away and be one more client `/token` must refuse; here only
+/// the SSO cookie is set. `return_to` names this provider's page, never a URL, so it cannot
+/// send anyone elsewhere.
+#[derive(Clone, Debug)]
+pub(super) enum Destination {
+    /// Back to an application with a code, as its authorization request asked.
+    Client(AuthRequest),
+    /// `return_to=account` and no `client_id`: the account page, through the connector named,
+    /// if one is.
+    Account { connector_id: Option<String> },
+}
+
+impl Destination {
+    /// The destination `params` name: the account page, or the authorization request they
+    /// carry.
+    pub(super) fn of(app: &App, params: &Params) -> Result<Destination, AuthorizeError> {
+        let to_account = params.get("return_to") == Some(RETURN_TO_ACCOUNT);
+        if params.get("client_id").is_some() || !to_account {
+            return app
+                .validate_authorization(|name| params.get(name).map(str::to_owned))
+                .map(Destination::Client);
+        }
+        let connector_id = params.get("connector_id").map(str::to_owned);
+        if let Some(id) = &connector_id
+            && !app.connectors().iter().any(|c| c.id == *id)
+        {
+            return Err(AuthorizeError::Page(
+                "There is no such way to sign in here.".into(),
+            ));
+        }
+        Ok(Destination::Account { connector_id })
+    }
+
+    /// The connector the sign-in goes through, when it names one.
+    fn connector_id(&self) -> Option<&str> {
+        match self {
+            Destination::Client(request) => request.connector_id.as_deref(),
+            Destination::Account { connector_id } => connector_id.as_deref(),
+        }
+    }
+
+    /// What the form says the sign-in is for (markup, escaped).
+    fn purpose(&self) -> String {
+        match self {
+            Destination::Client(request) => format!(
+                "to continue to <strong>{}</strong>",
+                escape(request.client_id.as_str())
+            ),
+            Destination::Account { .. } => "to see your sessions".to_owned(),
+        }
+    }
+}
 
 pub(super) async fn authorize_get(
     State(app): State<Arc<App>>,
@@ -98,10 +160,38 @@ async fn authorize(
         );
         return Ok(Redirect::to(&location).into_response());
     }
-    if let Some(upstream) = upstream::direct(app, &request, ctx).await {
+    let destination = Destination::Client(request);
+    if let Some(upstream) = upstream::direct(app, &destination, ctx).await {
         return Ok(upstream);
     }
-    Ok(login_form(app, &request, headers, StatusCode::OK, None))
+    Ok(login_form(app, &destination, headers, StatusCode::OK, None))
+}
+
+/// `GET /login?return_to=account`: the form of a sign-in that continues to the account page,
+/// where `/account` sends a person without a live SSO session. An application's sign-in starts
+/// at `/authorize` instead, which may answer without the form.
+pub(super) async fn login_page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Ctx(ctx): Ctx,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let destination = match Params::parse(query.unwrap_or_default().as_bytes()) {
+        Ok(params) if params.get("client_id").is_none() => Destination::of(&app, &params),
+        _ => {
+            let message = "This page signs in to your account; an application's sign-in \
+                           starts at its authorization request.";
+            return theme(&app).error_page(StatusCode::BAD_REQUEST, message);
+        }
+    };
+    let destination = match destination {
+        Ok(destination) => destination,
+        Err(e) => return authorize_error(&app, e),
+    };
+    if let Some(upstream) = upstream::direct(&app, &destination, &ctx).await {
+        return upstream;
+    }
+    login_form(&app, &destination, &headers, StatusCode::OK, None)
 }
 
 pub(super) async fn login(
@@ -117,31 +207,34 @@ pub(super) async fn login(
                 .error_page(e.status(), "The login form was malformed or too large.");
         }
     };
-    let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
-        Ok(request) => request,
+    let destination = match Destination::of(&app, &params) {
+        Ok(destination) => destination,
         Err(e) => return authorize_error(&app, e),
     };
     if !csrf_matches(&headers, params.get("csrf")) {
-        return retry_form(&app, &request, &headers, &Retry::expired_form());
+        return retry_form(&app, &destination, &headers, &Retry::expired_form());
     }
     let username = params.get("username").unwrap_or_default();
     let password = params.get("password").unwrap_or_default();
     let connector_id = params.get("connector_id");
     match app.login(connector_id, username, password, &ctx).await {
-        Ok(outcome) => signed_in(&app, &request, &outcome).await,
+        Ok(outcome) => signed_in(&app, &destination, &outcome).await,
         Err(failure) => match Retry::after(failure) {
-            Ok(retry) => retry_form(&app, &request, &headers, &retry),
+            Ok(retry) => retry_form(&app, &destination, &headers, &retry),
             Err(e) => OAuthError::from(e).into_response(),
         },
     }
 }
 
-/// Sends the browser back to the client with a code, and sets the SSO cookie so that the
-/// next authorization needs no password.
-async fn signed_in(app: &App, request: &AuthRequest, outcome: &LoginOutcome) -> Response {
-    let location = match app.issue_code(request, &outcome.sso).await {
-        Ok(location) => location,
-        Err(e) => return OAuthError::from(e).into_response(),
+/// Sends the browser back to the client with a code (or to the account page), and sets the SSO
+/// cookie so that the next authorization needs no password.
+async fn signed_in(app: &App, destination: &Destination, outcome: &LoginOutcome) -> Response {
+    let location = match destination {
+        Destination::Client(request) => match app.issue_code(request, &outcome.sso).await {
+            Ok(location) => location,
+            Err(e) => return OAuthError::from(e).into_response(),
+        },
+        Destination::Account { .. } => account::path(app),
     };
     let mut response = Redirect::to(&location).into_response();
     let max_age = outcome.sso.expires_at.millis_since(outcome.sso.auth_time) / 1000;
@@ -231,8 +324,19 @@ impl Retry {
 }
 
 /// The login form again, with what went wrong.
-fn retry_form(app: &App, request: &AuthRequest, headers: &HeaderMap, retry: &Retry) -> Response {
-    let mut response = login_form(app, request, headers, retry.status, Some(&retry.message));
+fn retry_form(
+    app: &App,
+    destination: &Destination,
+    headers: &HeaderMap,
+    retry: &Retry,
+) -> Response {
+    let mut response = login_form(
+        app,
+        destination,
+        headers,
+        retry.status,
+        Some(&retry.message),
+    );
     if let Some(seconds) = retry.retry_after {
         response
             .headers_mut()
@@ -241,11 +345,11 @@ fn retry_form(app: &App, request: &AuthRequest, headers: &HeaderMap, retry: &Ret
     response
 }
 
-/// The login form, carrying the authorization request in hidden fields and a CSRF token that
-/// must match the `tessera_csrf` cookie (double submit).
+/// The login form, carrying its destination in hidden fields and a CSRF token that must match
+/// the `tessera_csrf` cookie (double submit).
 fn login_form(
     app: &App,
-    request: &AuthRequest,
+    destination: &Destination,
     headers: &HeaderMap,
     status: StatusCode,
     error: Option<&str>,
@@ -261,7 +365,7 @@ fn login_form(
     let mut response = theme(app).page(
         status,
         "Sign in",
-        &form_body(request, &action, &csrf, error, &connectors, &buttons),
+        &form_body(destination, &action, &csrf, error, &connectors, &buttons),
     );
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -270,9 +374,22 @@ fn login_form(
     response
 }
 
-/// The authorization request as the form carries it: the [`CARRIED`] parameters that have a
-/// value, so that the form's post validates into the same request.
-fn carried(request: &AuthRequest) -> impl Iterator<Item = (&'static str, &str)> {
+/// The destination as the form carries it: for an authorization request the [`CARRIED`]
+/// parameters that have a value, so that the form's post validates into the same request.
+fn carried(destination: &Destination) -> Vec<(&'static str, &str)> {
+    let request = match destination {
+        Destination::Client(request) => request,
+        Destination::Account { connector_id } => {
+            let pairs = [
+                ("return_to", Some(RETURN_TO_ACCOUNT)),
+                ("connector_id", connector_id.as_deref()),
+            ];
+            return pairs
+                .into_iter()
+                .filter_map(|(name, value)| value.map(|v| (name, v)))
+                .collect();
+        }
+    };
     let values = [
         Some(request.client_id.as_str()),
         Some(request.redirect_uri.as_str()),
@@ -288,6 +405,7 @@ fn carried(request: &AuthRequest) -> impl Iterator<Item = (&'static str, &str)> 
         .into_iter()
         .zip(values)
         .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .collect()
 }
 
 /// The form's markup: the error (escaped), then one form per connector offered (the one the
@@ -295,21 +413,22 @@ fn carried(request: &AuthRequest) -> impl Iterator<Item = (&'static str, &str)> 
 /// when there is a choice, its connector's id. A connector in `buttons` (an upstream provider,
 /// with the URL its login starts at) is a button, not a password form.
 fn form_body(
-    request: &AuthRequest,
+    destination: &Destination,
     action: &str,
     csrf: &str,
     error: Option<&str>,
     connectors: &[(&str, &str)],
     buttons: &[(&str, String)],
 ) -> String {
-    let mut carried_fields: String = carried(request)
+    let mut carried_fields: String = carried(destination)
+        .into_iter()
         .map(|(name, value)| hidden(name, value))
         .collect();
     carried_fields.push_str(&hidden("csrf", csrf));
     let error = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
-    let offered: Vec<&(&str, &str)> = match request.connector_id.as_deref() {
+    let offered: Vec<&(&str, &str)> = match destination.connector_id() {
         Some(chosen) => connectors.iter().filter(|(id, _)| *id == chosen).collect(),
         None => connectors.iter().collect(),
     };
@@ -339,14 +458,14 @@ fn form_body(
         })
         .collect();
     let through = match offered.as_slice() {
-        [(_, name)] if connectors.len() > 1 || request.connector_id.is_some() => {
+        [(_, name)] if connectors.len() > 1 || destination.connector_id().is_some() => {
             format!(" with <strong>{}</strong>", escape(name))
         }
         _ => String::new(),
     };
     format!(
-        "{error}<p>to continue to <strong>{client}</strong>{through}</p>{forms}",
-        client = escape(request.client_id.as_str()),
+        "{error}<p>{purpose}{through}</p>{forms}",
+        purpose = destination.purpose(),
     )
 }
 

@@ -2,6 +2,7 @@
 //! Cookies, the client's address, pages and the rendering of errors are the shared floor,
 //! [`crate::web`]; the provider's own mapping of its failures is `error`.
 
+mod account;
 mod authorize;
 mod discovery;
 mod error;
@@ -47,7 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/authorize",
             get(authorize::authorize_get).post(authorize::authorize_post),
         )
-        .route("/login", post(authorize::login))
+        .route("/login", get(authorize::login_page).post(authorize::login))
         .route(
             "/connector/{connector_id}/start",
             post(authorize::upstream_start),
@@ -63,6 +64,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/logout",
             get(session::logout_get).post(session::logout_post),
+        )
+        .route("/account", get(account::show))
+        .route("/account/sessions/{id}/end", post(account::end_session))
+        .route(
+            "/account/sign-out-everywhere",
+            post(account::sign_out_everywhere),
         )
         .route(logo::PATH, get(logo::logo))
         .route("/healthz", get(ops::healthz))

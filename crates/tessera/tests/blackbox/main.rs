@@ -13,6 +13,7 @@ mod python;
 mod support;
 mod upstream;
 
+mod account;
 mod bad_input;
 mod connector_chromium;
 mod deploy;

@@ -56,7 +56,7 @@ async fn server_at(
 }
 
 /// A browser trusting tessera's and the upstream's CAs, with a cookie jar the test can read.
-fn browser(
+pub(crate) fn browser(
     server: &Server,
     upstream: &OidcProvider,
 ) -> (reqwest::Client, Arc<reqwest::cookie::Jar>) {
@@ -77,6 +77,15 @@ fn browser(
 /// tessera: the callback URL, not yet visited.
 async fn to_callback(server: &Server, browser: &reqwest::Client, auth: &AuthParams<'_>) -> String {
     let page = server.authorize_raw(browser, &auth.pairs()).await;
+    button_to_callback(server, browser, page).await
+}
+
+/// [`to_callback`] from a login `page` already loaded.
+pub(crate) async fn button_to_callback(
+    server: &Server,
+    browser: &reqwest::Client,
+    page: reqwest::Response,
+) -> String {
     assert_eq!(page.status(), StatusCode::OK, "the login page is shown");
     let html = page.text().await.unwrap();
     let start = server.url("/connector/okta/start");

@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 
-use super::{Retry, carried, form_body};
+use super::{Destination, Retry, carried, form_body};
 use crate::app::testing::{
     Answer, CONFIDENTIAL_CLIENT, CONFIDENTIAL_REDIRECT, ISSUER, PASSWORD, PUBLIC_CLIENT,
     PUBLIC_REDIRECT, TestApp, USER, VERIFIER, query_value, request,
@@ -78,7 +78,8 @@ fn a_failed_sign_in_shows_the_form_again_with_a_status_and_sentence_of_its_own()
 async fn the_form_carries_a_request_that_validates_into_the_same_request() {
     let t = TestApp::start().await;
     let request = t.request(PUBLIC_CLIENT, "groups openid");
-    let fields: Vec<(&str, &str)> = carried(&request).collect();
+    let destination = Destination::Client(request.clone());
+    let fields = carried(&destination);
     let again = t
         .app
         .validate_authorization(|name| {
@@ -90,7 +91,14 @@ async fn the_form_carries_a_request_that_validates_into_the_same_request() {
         .unwrap();
     assert_eq!(format!("{again:?}"), format!("{request:?}"));
     let local = [("local", "Local account")];
-    let body = form_body(&request, "/login", "c5rf", Some("<b>bad</b>"), &local, &[]);
+    let body = form_body(
+        &destination,
+        "/login",
+        "c5rf",
+        Some("<b>bad</b>"),
+        &local,
+        &[],
+    );
     assert!(body.contains("<p class=\"error\" role=\"alert\">&lt;b&gt;bad&lt;/b&gt;</p>"));
     assert!(body.contains("<input type=\"hidden\" name=\"csrf\" value=\"c5rf\">"));
     assert!(body.contains("<input type=\"hidden\" name=\"state\" value=\"af0ifjsldkj\">"));

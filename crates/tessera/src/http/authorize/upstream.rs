@@ -12,10 +12,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::super::form::{Form, Params};
 use super::super::{Ctx, OAuthError, csrf_matches, issuer_path, theme};
-use super::{Retry, authorize_error, carried, retry_form, signed_in};
+use super::{Destination, Retry, authorize_error, carried, retry_form, signed_in};
 use crate::app::{
-    App, AuthRequest, Callback, RequestContext, UPSTREAM_LOGIN_COOKIE, UPSTREAM_LOGIN_TTL,
-    UpstreamFailure,
+    App, Callback, RequestContext, UPSTREAM_LOGIN_COOKIE, UPSTREAM_LOGIN_TTL, UpstreamFailure,
 };
 use crate::connector::Kind;
 use crate::web::cookie::{cookie, set_cookie};
@@ -57,14 +56,14 @@ pub(in crate::http) async fn upstream_start(
             return theme(&app).error_page(e.status(), message);
         }
     };
-    let request = match app.validate_authorization(|name| params.get(name).map(str::to_owned)) {
-        Ok(request) => request,
+    let destination = match Destination::of(&app, &params) {
+        Ok(destination) => destination,
         Err(e) => return authorize_error(&app, e),
     };
     if !csrf_matches(&headers, params.get("csrf")) {
-        return retry_form(&app, &request, &headers, &Retry::expired_form());
+        return retry_form(&app, &destination, &headers, &Retry::expired_form());
     }
-    to_upstream(&app, &connector_id, &request, &ctx).await
+    to_upstream(&app, &connector_id, &destination, &ctx).await
 }
 
 /// When the request's choice is an `oidc` connector (it names one with `connector_id`, or one
@@ -73,11 +72,11 @@ pub(in crate::http) async fn upstream_start(
 /// at the upstream, as the callback takes only the state of this browser's cookie.
 pub(super) async fn direct(
     app: &App,
-    request: &AuthRequest,
+    destination: &Destination,
     ctx: &RequestContext,
 ) -> Option<Response> {
     let all = app.connectors();
-    let chosen = match request.connector_id.as_deref() {
+    let chosen = match destination.connector_id() {
         Some(id) => all.iter().find(|c| c.id == id),
         None if all.len() == 1 => all.first(),
         None => None,
@@ -85,19 +84,19 @@ pub(super) async fn direct(
     if !matches!(chosen.kind, Kind::Oidc(_)) {
         return None;
     }
-    Some(to_upstream(app, &chosen.id, request, ctx).await)
+    Some(to_upstream(app, &chosen.id, destination, ctx).await)
 }
 
-/// Starts the login at `connector_id` for `request`: the redirect upstream with the login's
-/// cookie, or the page saying why not.
+/// Starts the login at `connector_id` for `destination`: the redirect upstream with the
+/// login's cookie, or the page saying why not.
 async fn to_upstream(
     app: &App,
     connector_id: &str,
-    request: &AuthRequest,
+    destination: &Destination,
     ctx: &RequestContext,
 ) -> Response {
     let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(carried(request))
+        .extend_pairs(carried(destination))
         .finish();
     match app.start_upstream_login(connector_id, query, ctx).await {
         Ok(start) => {
@@ -174,8 +173,8 @@ async fn callback(
             "The authorization request is malformed or repeats a parameter.",
         );
     };
-    match app.validate_authorization(|name| carried.get(name).map(str::to_owned)) {
-        Ok(request) => signed_in(app, &request, &signed.outcome).await,
+    match Destination::of(app, &carried) {
+        Ok(destination) => signed_in(app, &destination, &signed.outcome).await,
         Err(e) => authorize_error(app, e),
     }
 }
