@@ -157,6 +157,20 @@ async fn start_app(
         .issuer
         .clone()
         .unwrap_or_else(|| format!("https://{address}"));
+    let audit = Audit::start(config.audit_file.as_deref())
+        .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
+    build_app(config, issuer, store, clock, audit).await
+}
+
+/// An [`App`] on `store` with the configured users and connectors: the provider's, or the one
+/// the admin commands act through.
+pub async fn build_app(
+    config: Config,
+    issuer: String,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    audit: Audit,
+) -> Result<App> {
     let users = match &config.users_file {
         Some(path) => Users::load(path).map_err(anyhow::Error::msg)?,
         None => Users::default(),
@@ -171,8 +185,6 @@ async fn start_app(
              configured is how directory people's subjects are written; rename the user"
         );
     }
-    let audit = Audit::start(config.audit_file.as_deref())
-        .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
     Ok(App::new(AppParts {
         config,
         issuer,
