@@ -13,6 +13,7 @@ mod python;
 mod support;
 mod upstream;
 
+mod admin;
 mod bad_input;
 mod connector_chromium;
 mod deploy;
