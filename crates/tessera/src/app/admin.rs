@@ -135,3 +135,56 @@ fn use_view(used: &SessionUse) -> UseView {
         user_agent: recorded(&used.from.user_agent),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testing::{TestApp, USER};
+    use super::*;
+
+    #[tokio::test]
+    async fn an_access_token_speaks_for_an_admin_until_its_exp_and_not_a_second_longer() {
+        let t = TestApp::start_with(&[("TESSERA_ADMIN__GROUPS", "[dev]")]).await;
+        let token = t.tokens().await.access_token;
+        t.advance(Duration::from_secs(59));
+        let admin = t.app.admin_of(&token).await.unwrap();
+        assert_eq!(admin, Actor::Admin(USER.into()));
+        // The default lifetime is 60 s: at `exp` itself the token is refused, no leeway.
+        t.advance(Duration::from_secs(1));
+        let expired = t.app.admin_of(&token).await;
+        assert!(matches!(expired, Err(AppError::InvalidToken)), "{expired:?}");
+    }
+
+    #[tokio::test]
+    async fn without_admin_groups_nobody_is_an_admin_and_an_id_token_is_no_access_token() {
+        let t = TestApp::start().await;
+        let tokens = t.tokens().await;
+        let refused = t.app.admin_of(&tokens.access_token).await;
+        assert!(matches!(refused, Err(AppError::NotAdmin)), "{refused:?}");
+        let id_token = t.app.admin_of(&tokens.id_token).await;
+        assert!(matches!(id_token, Err(AppError::InvalidToken)), "{id_token:?}");
+    }
+
+    #[tokio::test]
+    async fn a_name_is_a_local_user_or_else_nobody_without_directories() {
+        let t = TestApp::start().await;
+        assert_eq!(t.app.person_named(USER).unwrap(), Subject::new(USER));
+        for unknown in ["nobody", "ldap:alice"] {
+            let refused = t.app.person_named(unknown);
+            assert!(
+                matches!(refused, Err(AppError::UnknownPerson { .. })),
+                "{unknown}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cursor_has_the_shape_of_a_session_id() {
+        assert!(parse_cursor("0123456789abcdef0123456789abcdef").is_some());
+        for bad in ["", "../x", "a b", &"a".repeat(65)] {
+            assert!(parse_cursor(bad).is_none(), "{bad:?}");
+        }
+    }
+}
