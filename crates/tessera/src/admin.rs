@@ -266,6 +266,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_table_aligns_its_columns_and_says_when_the_limit_cut_it() {
+        let used = |at: &str, ip: Option<&str>| UseView {
+            at: at.into(),
+            ip: ip.map(Into::into),
+            user_agent: None,
+        };
+        let session = |id: &str, user: &str, connector: Option<&str>| SessionView {
+            id: id.into(),
+            user: user.into(),
+            client_id: "kubernetes".into(),
+            connector_id: connector.map(Into::into),
+            first_use: used("2026-12-06T09:12:03Z", Some("10.1.2.3")),
+            last_use: used("2026-12-06T16:40:51Z", None),
+            expires_at: "2026-12-06T16:55:51Z".into(),
+        };
+        let listing = SessionListing {
+            sessions: vec![
+                session("1c0e", "alice", None),
+                session("7d2f", "ldap:bob", Some("ldap")),
+            ],
+            next_cursor: Some("7d2f".into()),
+        };
+        let table = table(&listing);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "ID    USER      CLIENT      CONNECTOR  FIRST USE             LAST USE              FROM  EXPIRES",
+                "1c0e  alice     kubernetes  -          2026-12-06 09:12:03Z  2026-12-06 16:40:51Z  -     2026-12-06 16:55:51Z",
+                "7d2f  ldap:bob  kubernetes  ldap       2026-12-06 09:12:03Z  2026-12-06 16:40:51Z  -     2026-12-06 16:55:51Z",
+            ],
+            "{table}"
+        );
+        assert!(lines[3].contains("--limit"), "{table}");
+        let empty = SessionListing {
+            sessions: Vec::new(),
+            next_cursor: None,
+        };
+        assert_eq!(super::table(&empty), "no live sessions\n");
+    }
+
+    #[test]
     fn counts_say_one_and_many_in_words() {
         assert_eq!(count(1, 0), "1 session and 0 SSO sessions");
         assert_eq!(count(2, 1), "2 sessions and 1 SSO session");

@@ -154,7 +154,10 @@ mod tests {
         // The default lifetime is 60 s: at `exp` itself the token is refused, no leeway.
         t.advance(Duration::from_secs(1));
         let expired = t.app.admin_of(&token).await;
-        assert!(matches!(expired, Err(AppError::InvalidToken)), "{expired:?}");
+        assert!(
+            matches!(expired, Err(AppError::InvalidToken)),
+            "{expired:?}"
+        );
     }
 
     #[tokio::test]
@@ -164,7 +167,10 @@ mod tests {
         let refused = t.app.admin_of(&tokens.access_token).await;
         assert!(matches!(refused, Err(AppError::NotAdmin)), "{refused:?}");
         let id_token = t.app.admin_of(&tokens.id_token).await;
-        assert!(matches!(id_token, Err(AppError::InvalidToken)), "{id_token:?}");
+        assert!(
+            matches!(id_token, Err(AppError::InvalidToken)),
+            "{id_token:?}"
+        );
     }
 
     #[tokio::test]

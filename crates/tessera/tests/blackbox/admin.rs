@@ -37,7 +37,7 @@ async fn list_and_revoke(server: &Server, cli_env: &[(&str, &str)]) {
     let kubectl_1 = server.kubernetes_tokens().await;
     let kubectl_2 = server.kubernetes_tokens().await;
     let demo = server.demo_tokens().await;
-    let [k1, k2, d] = [&kubectl_1, &kubectl_2, &demo].map(|t| sid(t));
+    let [k1, k2, d] = [&kubectl_1, &kubectl_2, &demo].map(sid);
     let admin_token = text(&demo, "access_token");
 
     let listed = cli_json(server, cli_env, &["sessions", "list", "--json"]);
@@ -119,7 +119,7 @@ async fn list_and_revoke(server: &Server, cli_env: &[(&str, &str)]) {
         Some(&admin_token),
     )
     .await;
-    assert_eq!(ids(&kubectl.body), [k2.clone()]);
+    assert_eq!(ids(&kubectl.body), std::slice::from_ref(&k2));
     assert_eq!(
         kubectl.body,
         json!({"sessions": [all.body["sessions"].as_array().unwrap().iter().find(|s| s["id"] == k2).unwrap()], "next_cursor": null}),
