@@ -93,7 +93,11 @@ pub async fn disable(config: Config, name: &str) -> Result<()> {
 /// `tessera users enable`.
 pub async fn enable(config: Config, name: &str) -> Result<()> {
     let app = open(config).await?;
-    if app.enable_user(Subject::new(name)).await? {
+    let enabled = app
+        .enable_user(Subject::new(name), &cli_admin(), &RequestContext::default())
+        .await;
+    app.audit.flush();
+    if enabled? {
         println!("enabled {name}: they can sign in again");
     } else {
         println!("{name} was not disabled; nothing changed");

@@ -77,13 +77,14 @@ pub(super) async fn disable_user(
 pub(super) async fn enable_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    Ctx(ctx): Ctx,
     Path(name): Path<String>,
 ) -> Result<Response, OAuthError> {
-    admin(&app, &headers).await?;
+    let actor = admin(&app, &headers).await?;
     // Not [`App::person_named`]: someone gone from the users file or the directory since
     // they were disabled can still be enabled (their record cleared).
     let subject = Subject::new(name);
-    let was_disabled = app.enable_user(subject.clone()).await?;
+    let was_disabled = app.enable_user(subject.clone(), &actor, &ctx).await?;
     Ok(answer(&json!({
         "user": subject,
         "disabled": false,

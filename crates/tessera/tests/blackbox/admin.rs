@@ -391,6 +391,21 @@ async fn a_disabled_person_cannot_refresh_nor_sign_in_until_enabled_and_a_non_ad
     .await;
     assert_eq!(enable.body["was_disabled"], true, "{}", enable.body);
     sign_in(&server, "alice").await;
+    // The disabling and enabling themselves are audited, whoever had sessions.
+    for (kind, admins) in [
+        ("UserDisabled", ["cli", "dev"]),
+        ("UserEnabled", ["cli", "dev"]),
+    ] {
+        let events = server.audit_events(kind, 2).await;
+        let by: Vec<&str> = events
+            .iter()
+            .map(|e| {
+                assert_eq!(e["uid"], "alice", "{e}");
+                e["admin_uid"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(by, admins, "{kind}");
+    }
 
     // Nobody by that name: 404 from the API, one sentence from the CLI.
     let nobody = api(
