@@ -88,6 +88,11 @@ pub enum Event {
         /// `revalidate_max_staleness` past the last good check).
         reason: String,
     },
+    /// An admin disabled a person (`uid`): no login, no refresh until enabled; `admin_uid` says
+    /// who. Their sessions' ends follow as `SessionRevoked` with `reason: user_disabled`.
+    UserDisabled,
+    /// An admin enabled a disabled person (`uid`) again; `admin_uid` says who.
+    UserEnabled,
     /// A signing key was added.
     KeyRotated {
         /// The new key's id.
@@ -129,7 +134,8 @@ pub struct Subjects {
     pub user_agent: Option<String>,
     /// The first 16 hex digits of the presented token's SHA-256.
     pub token_id: Option<String>,
-    /// The admin who acted (`SessionRevoked` with `reason: admin`, a disabled person): their
+    /// The admin who acted (`SessionRevoked` with `reason: admin` or `user_disabled`,
+    /// `UserDisabled`, `UserEnabled`): their
     /// `sub` for the admin API, `cli` for `tessera sessions` and `tessera users`. Absent
     /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -37,6 +37,17 @@ impl Audit {
             ),
             None => Box::new(std::io::stdout()),
         };
+        Audit::start_writing(out)
+    }
+
+    /// Starts the writer for standard error: where a command's audit lines go when the
+    /// configured destination is the server's standard output, which a command cannot reach
+    /// (and whose own standard output is its answer).
+    pub fn start_on_stderr() -> std::io::Result<Audit> {
+        Audit::start_writing(Box::new(std::io::stderr()))
+    }
+
+    fn start_writing(out: Box<dyn Write + Send>) -> std::io::Result<Audit> {
         let (sender, receiver) = mpsc::channel::<Message>();
         std::thread::Builder::new()
             .name("audit".into())

@@ -1,5 +1,5 @@
-//! The command line: `serve`, `proxy`, `login`, `credential`, `logout`, `keys rotate`, `users hash`,
-//! `kube apiserver-config`.
+//! The command line: `serve`, `proxy`, `login`, `credential`, `logout`, `keys rotate`,
+//! `sessions list|revoke`, `users hash|disable|enable`, `kube apiserver-config`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tessera_core::clock::{Clock, SystemClock};
 
+use crate::admin::{self, RevokeTarget};
 use crate::audit::Audit;
 use crate::config::{Config, Storage};
 use crate::kube::{ApiserverTrust, AuthenticationConfigVersion, SESSION_ID_EXTRA};
@@ -67,7 +68,12 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Manage local users.
+    /// List and end people's sessions (on the server's configuration; servers may be running).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Manage people: hash a local password, disable or enable someone.
     Users {
         #[command(subcommand)]
         command: UsersCommand,
@@ -101,9 +107,58 @@ enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+enum SessionsCommand {
+    /// List live sessions: id, person, client, connector, first and last use, expiry.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this person's (a local user name, or a directory person's sub).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this client's.
+        #[arg(long)]
+        client: Option<String>,
+        /// Print the admin API's JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many (default: all).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+    },
+    /// End one session by id, or every session of a person (of one client with --client).
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The session's id, as `tessera sessions list` shows it.
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        session_id: Option<String>,
+        /// End this person's sessions (and their SSO sessions, without --client).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this client's sessions of --user.
+        #[arg(long, requires = "user")]
+        client: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum UsersCommand {
     /// Read a password from standard input and print its argon2id hash.
     Hash,
+    /// End every session of a person at once and refuse their logins and refreshes.
+    Disable {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A local user name, or a directory person's sub as `tessera sessions list` shows it.
+        user: String,
+    },
+    /// Let a disabled person sign in again.
+    Enable {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The name `tessera users disable` was given.
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,9 +224,16 @@ pub fn run() -> Result<()> {
         Command::Keys {
             command: KeysCommand::Rotate(config),
         } => runtime()?.block_on(rotate_keys(&config)),
+        Command::Sessions { command } => runtime()?.block_on(sessions(command)),
         Command::Users {
             command: UsersCommand::Hash,
         } => hash_password(),
+        Command::Users {
+            command: UsersCommand::Disable { config, user },
+        } => runtime()?.block_on(admin::disable(config.load()?, &user)),
+        Command::Users {
+            command: UsersCommand::Enable { config, user },
+        } => runtime()?.block_on(admin::enable(config.load()?, &user)),
         Command::Kube {
             command:
                 KubeCommand::ApiserverConfig {
@@ -188,6 +250,31 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+async fn sessions(command: SessionsCommand) -> Result<()> {
+    match command {
+        SessionsCommand::List {
+            config,
+            user,
+            client,
+            json,
+            limit,
+        } => admin::list(config.load()?, user, client, limit, json).await,
+        SessionsCommand::Revoke {
+            config,
+            session_id,
+            user,
+            client,
+        } => {
+            let target = match (session_id, user) {
+                (Some(id), _) => RevokeTarget::Session(id),
+                (None, Some(user)) => RevokeTarget::Person { user, client },
+                (None, None) => bail!("name a session id, or a person with --user"),
+            };
+            admin::revoke(config.load()?, target).await
+        }
+    }
 }
 
 async fn migrate(arg: &ConfigArg) -> Result<()> {

@@ -1,6 +1,7 @@
 //! tessera as a library: the provider's configuration, use cases and HTTP surface, used by the
 //! `tessera` binary, the in-process tests and the benchmarks.
 
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod cli;

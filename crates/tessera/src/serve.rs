@@ -160,6 +160,20 @@ async fn start_app(
         .issuer
         .clone()
         .unwrap_or_else(|| format!("https://{address}"));
+    let audit = Audit::start(config.audit_file.as_deref())
+        .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
+    build_app(config, issuer, store, clock, audit).await
+}
+
+/// An [`App`] on `store` with the configured users and connectors: the provider's, or the one
+/// the admin commands act through.
+pub async fn build_app(
+    config: Config,
+    issuer: String,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    audit: Audit,
+) -> Result<App> {
     let connectors = Connectors::new(&config.connectors, config.group_mapping.clone())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.path.display()))?;
     let users = match &config.users_file {
@@ -168,8 +182,6 @@ async fn start_app(
         }
         None => Users::default(),
     };
-    let audit = Audit::start(config.audit_file.as_deref())
-        .with_context(|| format!("cannot open the audit log {:?}", config.audit_file))?;
     Ok(App::new(AppParts {
         config,
         issuer,

@@ -37,6 +37,18 @@ pub enum AppError {
     /// A bearer token is missing, malformed, expired or revoked (RFC 6750 §3.1).
     #[error("the access token is invalid")]
     InvalidToken,
+    /// A valid access token of someone in none of `admin.groups` (RFC 6750 §3.1
+    /// `insufficient_scope`, 403).
+    #[error("the token's person is in none of the groups that `admin.groups` names")]
+    NotAdmin,
+    /// An admin named nobody tessera knows: neither a local user nor a directory person's `sub`.
+    #[error(
+        "no local user `{name}`, and no directory person by that sub (`<connector id>:<id>`, as session listings show it)"
+    )]
+    UnknownPerson {
+        /// The name given.
+        name: String,
+    },
     /// The store failed: retryable (`temporarily_unavailable`, 503).
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),

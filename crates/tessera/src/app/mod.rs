@@ -2,6 +2,7 @@
 //! Handlers call one method here; each method calls the store once or twice, the core for the
 //! decisions, and writes the audit events.
 
+mod admin;
 mod authorize;
 mod error;
 mod identity;
@@ -23,6 +24,7 @@ use tessera_core::token::RotationKey;
 use tessera_store::Store;
 use tokio::sync::Semaphore;
 
+pub use admin::{SessionListing, SessionView, UseView, parse_cursor, rfc3339};
 pub use authorize::{AuthRequest, AuthorizeError, LoginFailure, LoginOutcome, MAX_USERNAME_LEN};
 pub use error::AppError;
 pub use session::LogoutHint;
@@ -67,7 +69,8 @@ impl RequestContext {
     /// The request's origin as audit subjects; the caller adds who and what it concerns.
     pub fn subjects(&self) -> Subjects {
         Subjects {
-            source_ip: Some(self.ip.clone()),
+            // The command line has no address: `null` rather than a made-up one.
+            source_ip: (!self.ip.is_empty()).then(|| self.ip.clone()),
             user_agent: self.user_agent.clone(),
             ..Subjects::default()
         }

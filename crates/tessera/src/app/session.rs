@@ -12,6 +12,7 @@ use tessera_store::{RefreshTokenInfo, Session};
 use super::token::user_claims;
 use super::{App, AppError, RequestContext};
 use crate::config::Client;
+use crate::connector::Identity;
 
 /// The claims tessera reads back from its own access tokens and id_tokens.
 #[derive(Debug, serde::Deserialize)]
@@ -110,6 +111,19 @@ impl App {
 
     /// The user's claims for a valid access token of a live session.
     pub async fn userinfo(&self, access_token: &str) -> Result<Value, AppError> {
+        let (session, identity) = self.person_of(access_token).await?;
+        let mut info = user_claims(&identity, &session.scope);
+        info.insert("sub".into(), json!(session.subject));
+        Ok(Value::Object(info))
+    }
+
+    /// The live session a valid access token (signature, `exp` with no leeway, `typ: at+jwt`)
+    /// belongs to, and what its person's tokens would say of them now; `InvalidToken` for
+    /// anything else, a revoked session and a person gone from their connector included.
+    pub(super) async fn person_of(
+        &self,
+        access_token: &str,
+    ) -> Result<(Session, Identity), AppError> {
         let claims = self
             .verify_own(access_token, "at+jwt", false)
             .ok_or(AppError::InvalidToken)?;
@@ -119,14 +133,11 @@ impl App {
             .await?
             .filter(|s| is_live(s, self.now()))
             .ok_or(AppError::InvalidToken)?;
-        let identity = match self.identity_of(&session.subject).await {
-            Ok(identity) => identity,
-            Err(AppError::InvalidGrant { .. }) => return Err(AppError::InvalidToken),
-            Err(e) => return Err(e),
-        };
-        let mut info = user_claims(&identity, &session.scope);
-        info.insert("sub".into(), json!(session.subject));
-        Ok(Value::Object(info))
+        match self.identity_of(&session.subject).await {
+            Ok(identity) => Ok((session, identity)),
+            Err(AppError::InvalidGrant { .. }) => Err(AppError::InvalidToken),
+            Err(e) => Err(e),
+        }
     }
 
     /// Checks an `id_token_hint` (expired ones are fine: the user is logging out).

@@ -163,14 +163,27 @@ impl App {
             disabled_at: self.now(),
             disabled_by: actor.admin_uid().unwrap_or_else(|| "self".into()),
         };
+        let who = person_subjects(&record.subject, actor, ctx);
         let ended = self.store.disable_user(record).await?;
+        self.record(&Event::UserDisabled, &who);
         self.audit_ended(&ended, USER_DISABLED, actor, ctx);
         Ok(ended)
     }
 
-    /// Lets a disabled person sign in again; whether they were disabled.
-    pub async fn enable_user(&self, subject: Subject) -> Result<bool, AppError> {
-        Ok(self.store.enable_user(subject).await?)
+    /// Lets a disabled person sign in again; whether they were disabled (only then is it
+    /// audited).
+    pub async fn enable_user(
+        &self,
+        subject: Subject,
+        actor: &Actor,
+        ctx: &RequestContext,
+    ) -> Result<bool, AppError> {
+        let who = person_subjects(&subject, actor, ctx);
+        let was_disabled = self.store.enable_user(subject).await?;
+        if was_disabled {
+            self.record(&Event::UserEnabled, &who);
+        }
+        Ok(was_disabled)
     }
 
     /// Whether an admin has disabled `subject`.
@@ -195,5 +208,14 @@ impl App {
                 &who,
             );
         }
+    }
+}
+
+/// Who an admin's action on a person concerns: the person, the admin, where the request came from.
+fn person_subjects(subject: &Subject, actor: &Actor, ctx: &RequestContext) -> Subjects {
+    Subjects {
+        uid: Some(subject.to_string()),
+        admin_uid: actor.admin_uid(),
+        ..ctx.subjects()
     }
 }

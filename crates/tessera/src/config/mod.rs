@@ -2,6 +2,7 @@
 //! `TESSERA_<SECTION>__<KEY>` environment variables. Raw serde structs mirror the file and refuse
 //! unknown keys; [`Config`] is the validated form the rest of the program receives.
 
+mod admin;
 mod audit;
 mod clients;
 mod connectors;
@@ -89,6 +90,8 @@ struct RawConfig {
     refresh_token: refresh_token::RawRefreshToken,
     session: session::RawSession,
     audit: audit::RawAudit,
+    /// Who may use the admin API.
+    admin: admin::RawAdmin,
     clients: Vec<clients::RawClient>,
     users: users::RawUsers,
     /// Where people come from; unset: the users file alone.
@@ -135,6 +138,8 @@ pub struct Config {
     pub sso_idle_timeout: Duration,
     /// Audit output: `None` is stdout.
     pub audit_file: Option<PathBuf>,
+    /// Groups whose members may use the admin API; empty: nobody.
+    pub admin_groups: Vec<String>,
     /// Clients by id.
     pub clients: HashMap<String, Client>,
     /// Users file.
@@ -245,6 +250,7 @@ struct Sections {
     login: login::Login,
     keys: keys::Keys,
     audit_file: Option<PathBuf>,
+    admin_groups: Vec<String>,
     users_file: Option<PathBuf>,
     connectors: Vec<ConnectorConfig>,
     group_mapping: GroupMapping,
@@ -283,6 +289,7 @@ impl RawConfig {
             login: login::validate(&self.login)?,
             keys: keys::validate(&self.keys)?,
             audit_file: audit::validate(&self.audit, base),
+            admin_groups: admin::validate(self.admin)?,
             users_file,
             connectors,
             group_mapping: connectors::validate_groups(self.groups)?,
@@ -308,6 +315,7 @@ impl Sections {
             session_max_lifetime: self.session.max_lifetime,
             sso_idle_timeout: self.session.sso_idle_timeout,
             audit_file: self.audit_file,
+            admin_groups: self.admin_groups,
             clients: self.clients,
             users_file: self.users_file,
             connectors: self.connectors,
@@ -560,6 +568,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("http.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn admin_groups_default_to_nobody_and_an_empty_or_repeated_group_names_its_key() {
+        assert!(load("", &[]).unwrap().admin_groups.is_empty());
+        let c = load("", &[("TESSERA_ADMIN__GROUPS", "[ops, security]")]).unwrap();
+        assert_eq!(c.admin_groups, ["ops", "security"]);
+        let err = load("admin:\n  groups: [ops, '']\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.groups[1]"), "{err}");
+        let err = load("admin:\n  groups: [ops, ops]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.groups[1]") && err.contains("twice"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use crate::web::{Fault, OAuthError};
 const BASIC_CHALLENGE: &str = r#"Basic realm="tessera""#;
 /// The challenge of a refused bearer token (RFC 6750 §3.1).
 const BEARER_CHALLENGE: &str = r#"Bearer error="invalid_token""#;
+/// The challenge of a bearer token that is valid but not enough (RFC 6750 §3.1).
+const SCOPE_CHALLENGE: &str = r#"Bearer error="insufficient_scope""#;
 
 /// The store failed: retryable.
 const STORAGE: Fault = Fault {
@@ -84,6 +86,12 @@ fn verdict(e: &AppError) -> Verdict {
             "invalid_token",
             Some(BEARER_CHALLENGE),
         ),
+        AppError::NotAdmin => Refusal(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            Some(SCOPE_CHALLENGE),
+        ),
+        AppError::UnknownPerson { .. } => Refusal(StatusCode::NOT_FOUND, "not_found", None),
         AppError::Store(_) => Verdict::Fault(&STORAGE),
         AppError::Keys(_) | AppError::Signing(_) | AppError::Sealing(_) => {
             Verdict::Fault(&INTERNAL)
@@ -141,6 +149,18 @@ mod tests {
                     "invalid_token",
                     Some(r#"Bearer error="invalid_token""#),
                 ),
+            ),
+            (
+                AppError::NotAdmin,
+                refusal(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    Some(r#"Bearer error="insufficient_scope""#),
+                ),
+            ),
+            (
+                AppError::UnknownPerson { name: "x".into() },
+                refusal(StatusCode::NOT_FOUND, "not_found", None),
             ),
             (store_down(), Verdict::Fault(&STORAGE)),
             (

@@ -42,6 +42,11 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
+    /// The names of the parameters given.
+    pub(super) fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// A required parameter.
     pub(super) fn require(&self, name: &str) -> Result<&str, OAuthError> {
         self.get(name)

@@ -3,6 +3,7 @@
 //! [`crate::web`]; the provider's own mapping of its failures is `error`.
 
 mod account;
+mod admin;
 mod authorize;
 mod discovery;
 mod error;
@@ -21,7 +22,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tessera_core::clock::monotonic_now;
 
 use crate::app::{App, RequestContext};
@@ -70,6 +71,22 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/account/sign-out-everywhere",
             post(account::sign_out_everywhere),
+        )
+        .route(
+            "/admin/v1/sessions",
+            get(admin::list_sessions).fallback(admin::method_not_allowed),
+        )
+        .route(
+            "/admin/v1/sessions/{id}",
+            delete(admin::end_session).fallback(admin::method_not_allowed),
+        )
+        .route(
+            "/admin/v1/users/{username}/disable",
+            post(admin::disable_user).fallback(admin::method_not_allowed),
+        )
+        .route(
+            "/admin/v1/users/{username}/enable",
+            post(admin::enable_user).fallback(admin::method_not_allowed),
         )
         .route(logo::PATH, get(logo::logo))
         .route("/healthz", get(ops::healthz))

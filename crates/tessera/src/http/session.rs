@@ -21,17 +21,22 @@ pub(super) async fn userinfo(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Response, OAuthError> {
-    let token = headers
+    let token = bearer(&headers).ok_or(AppError::InvalidToken)?;
+    let claims = app.userinfo(token).await?;
+    // The claims are personal data: no cache along the way may keep them.
+    Ok(no_store(Json(claims).into_response()))
+}
+
+/// The token of an `Authorization: Bearer` header (RFC 6750 §2.1).
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .ok_or(AppError::InvalidToken)?;
-    let claims = app.userinfo(token.trim()).await?;
-    // The claims are personal data: no cache along the way may keep them.
-    Ok(no_store(Json(claims).into_response()))
+        .map(str::trim)
 }
 
 pub(super) async fn logout_get(

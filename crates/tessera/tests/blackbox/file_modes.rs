@@ -114,6 +114,8 @@ const SERVE_CONFIG: &[&str] = &["serve", "--config", "CONFIG", "--listen", "127.
 const PROXY: &[&str] = &["proxy", "--config", "CONFIG", "--listen", "127.0.0.1:0"];
 const MIGRATE: &[&str] = &["migrate", "--config", "CONFIG"];
 const ROTATE: &[&str] = &["keys", "rotate", "--config", "CONFIG"];
+const SESSIONS: &[&str] = &["sessions", "list", "--config", "CONFIG"];
+const DISABLE: &[&str] = &["users", "disable", "dev", "--config", "CONFIG"];
 const APISERVER_CONFIG: &[&str] = &["kube", "apiserver-config", "--config", "CONFIG"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,6 +152,7 @@ async fn a_config_others_can_read_stops_every_command_that_loads_it() {
                 PROXY,
                 MIGRATE,
                 ROTATE,
+                SESSIONS,
                 APISERVER_CONFIG,
             ]
             .as_slice(),
@@ -215,7 +218,7 @@ async fn a_database_others_can_read_stops_the_commands_that_open_it() {
     let db = dir.path().join("tessera.db");
     let wal = dir.path().join("tessera.db-wal");
     chmod(&db, 0o644);
-    for command in [SERVE, MIGRATE, ROTATE] {
+    for command in [SERVE, MIGRATE, ROTATE, SESSIONS, DISABLE] {
         let said = refused(&args(command, dir.path()));
         assert_names_the_chmod(&said, &db, 0o644, &[&db]);
     }

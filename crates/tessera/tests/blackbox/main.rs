@@ -14,6 +14,7 @@ mod support;
 mod upstream;
 
 mod account;
+mod admin;
 mod bad_input;
 mod connector_chromium;
 mod deploy;
