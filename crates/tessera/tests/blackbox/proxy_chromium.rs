@@ -97,7 +97,8 @@ async fn chromium_tabs_share_one_session_and_a_lost_session_logs_in_again_throug
             .is_empty()
     );
 
-    // The session gone, as after the idle timeout: the next request is not served from it.
+    // The session's cookie lost (not timed out, not signed out of): the next request is not
+    // served from it, and the provider's single sign-on signs the browser in again.
     let logins_before = server.audit_events("TokenIssued", 1).await.len();
     browser.switch_to(&tabs[0]).await;
     browser.delete_cookie("_tessera_proxy").await;
@@ -133,7 +134,10 @@ async fn sign_in(browser: &Browser, server: &Server, base: &str, path: &str) {
 /// The current tab shows the provider's login form: the person is asked for credentials.
 async fn assert_login_form(browser: &Browser, server: &Server) {
     let url = browser.current_url().await;
-    assert!(url.starts_with(&server.issuer), "not at the provider: {url}");
+    assert!(
+        url.starts_with(&server.issuer),
+        "not at the provider: {url}"
+    );
     let text = browser.body_text().await;
     assert!(text.contains("Sign in"), "no login form at {url}: {text}");
     let password = browser
@@ -154,7 +158,10 @@ async fn sign_out(browser: &Browser, base: &str) {
         browser.body_text().await
     );
     browser
-        .run_js("document.querySelector('form button').click(); return true", vec![])
+        .run_js(
+            "document.querySelector('form button').click(); return true",
+            vec![],
+        )
         .await;
 }
 

@@ -65,12 +65,20 @@ fn asks_for_credentials(authorize: &str) -> bool {
         && query.get("max_age").map(String::as_str) == Some("0")
 }
 
-/// The session cookies (single or chunks, not login states) the browser holds.
+/// The session cookies (single or chunks, not login states nor the demand for credentials)
+/// the browser holds.
 fn session_cookies(browser: &Browser<'_>) -> Vec<(String, String)> {
     browser
         .cookies()
         .into_iter()
-        .filter(|(name, _)| name.starts_with("_tessera_proxy") && !name.contains("_csrf_"))
+        .filter(|(name, _)| {
+            name.strip_prefix("_tessera_proxy").is_some_and(|rest| {
+                rest.is_empty()
+                    || rest
+                        .strip_prefix('_')
+                        .is_some_and(|i| i.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
         .collect()
 }
 
@@ -134,7 +142,10 @@ async fn sign_in_passes_the_user_to_the_upstream_and_sign_out_ends_the_session_i
             format!("http://{PROXY_HOST}/oauth2/signed_out")
         );
         assert_eq!(query["state"], format!("http://{PROXY_HOST}/"));
-        assert_eq!(crate::rig::claims(&query["id_token_hint"])["aud"], "tessera-proxy");
+        assert_eq!(
+            crate::rig::claims(&query["id_token_hint"])["aud"],
+            "tessera-proxy"
+        );
         assert!(clears_session(&out), "{store}: {:?}", out.set_cookies());
         assert!(
             session_cookies(&browser).is_empty(),
@@ -336,8 +347,7 @@ async fn concurrent_requests_past_refresh_after_make_one_refresh_and_none_fails_
 /// through a new login that asks for credentials though the provider's single sign-on is
 /// still there (issue 13).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tabs_past_refresh_after_share_one_refresh_and_an_idle_session_signs_in_with_credentials()
-{
+async fn tabs_past_refresh_after_share_one_refresh_and_an_idle_session_signs_in_with_credentials() {
     let rig = rig("server", ", refresh_after: 2s, idle_timeout: 6s").await;
     let browser = rig.browser();
     assert_eq!(browser.log_in("/page").await, "/page");
@@ -431,7 +441,11 @@ async fn with_sign_out_sso_off_sign_out_leaves_the_providers_single_sign_on() {
     browser.log_in("/").await;
     let out = browser.sign_out("/oauth2/sign_out?rd=/bye").await;
     assert_eq!(out.status, StatusCode::FOUND);
-    assert_eq!(out.location(), "/bye", "straight to rd, not to the provider");
+    assert_eq!(
+        out.location(),
+        "/bye",
+        "straight to rd, not to the provider"
+    );
     assert!(clears_session(&out), "{:?}", out.set_cookies());
     let authorize = authorize_of(&browser, "/bye").await;
     assert!(!asks_for_credentials(&authorize), "{authorize}");

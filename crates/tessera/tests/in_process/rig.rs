@@ -468,7 +468,9 @@ impl Browser<'_> {
         let landing = logout.location();
         let path = landing
             .strip_prefix(&format!("http://{PROXY_HOST}"))
-            .unwrap_or_else(|| panic!("the provider sends the browser back to the proxy: {landing}"));
+            .unwrap_or_else(|| {
+                panic!("the provider sends the browser back to the proxy: {landing}")
+            });
         let back = self.navigate(path).await;
         assert_eq!(back.status, StatusCode::FOUND, "{}", back.text());
         back.location()
