@@ -58,8 +58,9 @@ pub(super) async fn start(
             .and_then(|v| v.to_str().ok())
     });
     let rd = proxy.redirects.target(asked, &origin.host);
-    let sign_in = proxy.sessions.sign_in(&headers);
-    begin_login(&proxy, origin, rd, sign_in, &headers).await
+    let (sign_in, set_cookies) = proxy.sign_in_for(&headers, &caller.ctx).await;
+    let answer = begin_login(&proxy, origin, rd, sign_in, &headers).await;
+    with_cookies(answer, set_cookies)
 }
 
 /// `GET /oauth2/callback?code=…&state=…`: finishes a login and starts the session.
@@ -413,6 +414,32 @@ impl Proxy {
         };
         let fresh = self.sessions.fresh(current, &self.provider, headers, ctx);
         fresh.await.map_err(NoSession::after_refresh)
+    }
+
+    /// How a login the browser starts with `headers` may be answered, and the cookies to set
+    /// with it: with credentials when its last session timed out or was signed out of, or
+    /// when it still carries the cookie of a session that is gone, because the answer that
+    /// cleared it never reached it (nginx's `auth_request` passes no `Set-Cookie` of a 401 on).
+    async fn sign_in_for(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        ctx: &RequestContext,
+    ) -> (SignIn, Vec<HeaderValue>) {
+        match self.sessions.lookup(headers).await {
+            Ok(Lookup::TimedOut {
+                state,
+                timeout,
+                set_cookies,
+            }) => {
+                self.revoke_later(&state, timeout, ctx.clone());
+                (SignIn::Credentials, set_cookies)
+            }
+            Ok(Lookup::Missing { mut set_cookies }) if !set_cookies.is_empty() => {
+                set_cookies.push(self.sessions.ask_for_credentials());
+                (SignIn::Credentials, set_cookies)
+            }
+            _ => (self.sessions.sign_in(headers), Vec::new()),
+        }
     }
 
     /// Exchanges the code of a returning login at the provider and starts its session;

@@ -482,3 +482,26 @@ async fn a_request_with_the_cookie_from_before_a_refresh_is_served_from_the_newe
     );
     assert!(rig.audit_events("RefreshTokenReplayDetected").is_empty());
 }
+
+/// Behind nginx's `auth_request` the 401 of `/oauth2/auth` reaches nginx, not the browser: its
+/// cookies (the clearing, the demand for credentials) are lost, and the browser comes to
+/// `/oauth2/sign_in` with the dead session's cookie.
+#[tokio::test]
+async fn a_session_that_timed_out_behind_auth_request_signs_in_with_credentials() {
+    let rig = rig("server", ", idle_timeout: 2s").await;
+    let browser = rig.browser();
+    browser.log_in("/").await;
+    rig.advance(Duration::from_secs(3));
+    let held = browser.cookies();
+    let auth = browser.fetch("/oauth2/auth").await;
+    assert_eq!(auth.status, StatusCode::UNAUTHORIZED);
+    browser.set_cookies(held);
+    let sign_in = browser.navigate("/oauth2/sign_in").await;
+    assert_eq!(sign_in.status, StatusCode::FOUND, "{}", sign_in.text());
+    assert!(
+        asks_for_credentials(&sign_in.location()),
+        "{}",
+        sign_in.location()
+    );
+    assert!(clears_session(&sign_in), "{:?}", sign_in.set_cookies());
+}
