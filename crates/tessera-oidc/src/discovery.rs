@@ -20,6 +20,10 @@ pub struct ProviderMetadata {
     /// Where refresh tokens are revoked (RFC 7009).
     #[serde(default)]
     pub revocation_endpoint: Option<String>,
+    /// Where the browser goes to end its session at the provider (RP-Initiated Logout 1.0
+    /// §2.1); providers without one cannot be signed out of by a client.
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
 }
 
 /// Fetches the discovery document of `issuer` (given without a trailing `/`) and checks it

@@ -4,6 +4,7 @@
 //! - [`http_client`]: HTTPS with a given CA bundle or the system's roots, no redirects.
 //! - [`discover`]: the provider's metadata ([`ProviderMetadata`], OpenID Connect Discovery).
 //! - [`AuthorizationRequest`]: the browser's way to the provider, with PKCE S256.
+//! - [`LogoutRequest`]: the browser's way to the provider's logout (RP-Initiated Logout).
 //! - [`TokenEndpoint`], [`RevocationEndpoint`]: code exchange, refresh and revocation as a
 //!   public or confidential [`Client`]; `invalid_grant` is its own [`Error`] variant.
 //! - [`Verification`]: an id_token checked against the issuer's keys, under an algorithm the
@@ -17,6 +18,7 @@ mod discovery;
 mod error;
 mod http;
 mod id_token;
+mod logout;
 mod relying_party;
 mod token;
 
@@ -26,6 +28,7 @@ pub use error::{Check, Error, Rejection};
 pub use http::{get_json, http_client, tls_client_config};
 pub use id_token::{Expected, IdClaims, Verification, read_unverified_claims};
 pub use jsonwebtoken::jwk::JwkSet;
+pub use logout::LogoutRequest;
 pub use relying_party::RelyingParty;
 pub use token::{
     Client, ClientAuthentication, ClientSecret, Renewed, RevocationEndpoint, TokenEndpoint, Tokens,

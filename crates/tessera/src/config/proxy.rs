@@ -57,6 +57,10 @@ struct RawProxySession {
     idle_timeout: String,
     /// Sign out this long after login, whatever happens.
     absolute_timeout: String,
+    /// `/oauth2/sign_out` also ends the browser's single sign-on session at the provider
+    /// (RP-Initiated Logout at its `end_session_endpoint`), so the next sign-in asks for
+    /// credentials; `false`: only the proxy's session ends.
+    sign_out_sso: bool,
 }
 
 impl Default for RawProxySession {
@@ -66,6 +70,7 @@ impl Default for RawProxySession {
             refresh_after: "50s".into(),
             idle_timeout: "15m".into(),
             absolute_timeout: "12h".into(),
+            sign_out_sso: true,
         }
     }
 }
@@ -133,6 +138,8 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Absolute timeout.
     pub absolute_timeout: Duration,
+    /// Whether sign-out also ends the browser's SSO session at the provider.
+    pub sign_out_sso: bool,
     /// Session cookie name.
     pub cookie_name: String,
     /// Session cookie domain.
@@ -218,6 +225,7 @@ pub(crate) fn validate(raw: RawProxy, base: &Path) -> Result<ProxyConfig, Invali
         refresh_after: session.refresh_after,
         idle_timeout: session.idle_timeout,
         absolute_timeout: session.absolute_timeout,
+        sign_out_sso: raw.session.sign_out_sso,
         cookie_name: raw.cookie.name,
         cookie_domain: raw.cookie.domain,
         cookie_keys,
@@ -419,6 +427,22 @@ mod tests {
         assert_eq!(c.routes[1].host.as_deref(), Some("a.example.com"));
         assert_eq!(c.refresh_after, Duration::from_secs(50));
         assert_eq!(c.store, SessionStore::Server);
+    }
+
+    #[test]
+    fn sign_out_ends_the_providers_sso_unless_turned_off() {
+        let route = "routes: [{upstream: 'http://127.0.0.1:1'}]\n";
+        assert!(parse(route).unwrap().sign_out_sso, "on by default");
+        let off = parse(&format!("{route}session: {{sign_out_sso: false}}\n")).unwrap();
+        assert!(!off.sign_out_sso);
+        let text = format!("{route}session: {{sign_out_sso: sometimes}}\n");
+        let de = yaml_serde::Deserializer::from_str(&text);
+        let err = serde_path_to_error::deserialize::<_, RawProxy>(de).unwrap_err();
+        assert_eq!(
+            err.path().to_string(),
+            "session.sign_out_sso",
+            "a boolean, nothing else"
+        );
     }
 
     #[test]

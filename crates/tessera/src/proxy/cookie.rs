@@ -14,6 +14,10 @@ const CSRF_NAME_STATE_CHARS: usize = 16;
 /// past what servers accept.
 pub(crate) const MAX_LOGIN_STATES: usize = 8;
 
+/// What follows the session cookie's name in the name of the cookie that asks for credentials
+/// at this browser's next login (see [`CookieJar::credentials_name`]).
+const CREDENTIALS_SUFFIX: &str = "_credentials";
+
 /// Whether `name` is a login-state cookie of the jar named `jar_name`.
 pub(crate) fn is_csrf(jar_name: &str, name: &str) -> bool {
     name.strip_prefix(jar_name)
@@ -41,6 +45,13 @@ impl CookieJar {
         ours.then(|| format!("{}_csrf_{prefix}", self.name))
     }
 
+    /// Name of the cookie that makes this browser's next login ask for credentials: its last
+    /// session timed out or was signed out of, which the provider's single sign-on must not
+    /// undo. Cleared by a login that asked.
+    pub(crate) fn credentials_name(&self) -> String {
+        format!("{}{CREDENTIALS_SUFFIX}", self.name)
+    }
+
     /// A `Set-Cookie` value for the whole site that lives `max_age_secs` (0 deletes it).
     pub(crate) fn set(&self, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
         crate::web::cookie::set_cookie(
@@ -57,11 +68,20 @@ impl CookieJar {
         self.set(name, "", 0)
     }
 
-    /// Whether `cookie` is one of the proxy's own (session, chunk or login state).
+    /// Whether `cookie` is one of the proxy's own (session, chunk, login state or the demand
+    /// for credentials).
     pub(crate) fn is_ours(&self, cookie: &str) -> bool {
+        self.is_session(cookie)
+            || is_csrf(&self.name, cookie)
+            || cookie
+                .strip_prefix(self.name.as_str())
+                .is_some_and(|rest| rest == CREDENTIALS_SUFFIX)
+    }
+
+    /// Whether `cookie` carries a session: the single cookie or one of its chunks.
+    pub(crate) fn is_session(&self, cookie: &str) -> bool {
         cookie.strip_prefix(self.name.as_str()).is_some_and(|rest| {
             rest.is_empty()
-                || rest.starts_with("_csrf_")
                 || rest
                     .strip_prefix('_')
                     .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
@@ -92,10 +112,14 @@ mod tests {
         headers.insert(
             COOKIE,
             HeaderValue::from_static(
-                "a=1; _tp=x; _tp_0=y; _tp_12=z; _tp_csrf_abcdefgh12345678=s; _tpx=keep; b=2",
+                "a=1; _tp=x; _tp_0=y; _tp_12=z; _tp_csrf_abcdefgh12345678=s; _tpx=keep; \
+                 _tp_credentials=1; _tp_credentialsx=keep; b=2",
             ),
         );
-        assert_eq!(jar.strip_ours(&headers).unwrap(), "a=1; _tpx=keep; b=2");
+        assert_eq!(
+            jar.strip_ours(&headers).unwrap(),
+            "a=1; _tpx=keep; _tp_credentialsx=keep; b=2"
+        );
         headers.insert(COOKIE, HeaderValue::from_static("_tp=x"));
         assert_eq!(jar.strip_ours(&headers), None);
     }
@@ -108,7 +132,10 @@ mod tests {
         };
         let one = jar.csrf_name("abcdefgh12345678-rest-of-state").unwrap();
         assert_eq!(one, "_tp_csrf_abcdefgh12345678");
-        assert!(jar.is_ours(&one) && is_csrf("_tp", &one));
+        assert!(jar.is_ours(&one) && is_csrf("_tp", &one) && !jar.is_session(&one));
+        let credentials = jar.credentials_name();
+        assert!(jar.is_ours(&credentials) && !jar.is_session(&credentials));
+        assert!(jar.is_session("_tp") && jar.is_session("_tp_3"));
         assert_eq!(jar.csrf_name("short"), None);
         assert_eq!(
             jar.csrf_name("abc;efgh12345678"),

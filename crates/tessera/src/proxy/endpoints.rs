@@ -1,6 +1,7 @@
 //! The proxy's HTTP handlers: oauth2-proxy's `/oauth2/start`, `/oauth2/callback`,
-//! `/oauth2/auth`, `/oauth2/sign_out` (confirmed by a same-site post), `/oauth2/userinfo`, and
-//! forwarding of everything else.
+//! `/oauth2/auth`, `/oauth2/sign_out` (confirmed by a same-site post; by default on through the
+//! provider's logout and back to `/oauth2/signed_out`), `/oauth2/userinfo`, and forwarding of
+//! everything else.
 //! Each parses, asks [`Sessions`](super::session::Sessions) and the provider, and renders.
 
 use std::borrow::Cow;
@@ -22,6 +23,7 @@ use super::caller::Caller;
 use super::forward::{Origin, forward};
 use super::identity::{in_groups, strip_claims};
 use super::login::{CallbackQuery, LOGIN_TTL, LoginCookies, LoginState, Returning};
+use super::provider::SignIn;
 use super::session::{Current, Lookup, SessionError, SessionState, Timeout};
 use crate::app::RequestContext;
 use crate::config::proxy::Route;
@@ -30,6 +32,9 @@ use crate::web::{OAuthError, html};
 
 /// Path of the callback, on every host the proxy serves.
 pub(super) const CALLBACK_PATH: &str = "/oauth2/callback";
+/// Path where the provider's logout sends the browser back (its `post_logout_redirect_uri`),
+/// beside the callback.
+pub(super) const SIGNED_OUT_PATH: &str = "/oauth2/signed_out";
 /// `?rd=`.
 #[derive(Deserialize)]
 pub(super) struct RdQuery {
@@ -38,7 +43,8 @@ pub(super) struct RdQuery {
 
 /// `GET /oauth2/start?rd=URL` (and `/oauth2/sign_in`, where nginx's `error_page 401` sends
 /// the browser, with the page in `X-Auth-Request-Redirect` as oauth2-proxy reads it): begins a
-/// login at the provider.
+/// login at the provider, which asks for credentials when this browser's last session timed
+/// out or was signed out of.
 pub(super) async fn start(
     State(proxy): State<Arc<Proxy>>,
     caller: Caller,
@@ -52,7 +58,9 @@ pub(super) async fn start(
             .and_then(|v| v.to_str().ok())
     });
     let rd = proxy.redirects.target(asked, &origin.host);
-    begin_login(&proxy, origin, rd, &headers).await
+    let (sign_in, set_cookies) = proxy.sign_in_for(&headers, &caller.ctx).await;
+    let answer = begin_login(&proxy, origin, rd, sign_in, &headers).await;
+    with_cookies(answer, set_cookies)
 }
 
 /// `GET /oauth2/callback?code=…&state=…`: finishes a login and starts the session.
@@ -69,6 +77,9 @@ pub(super) async fn callback(
     match proxy.start_session(&returning, &headers, &caller.ctx).await {
         Ok(mut cookies) => {
             cookies.push(proxy.sessions.jar.clear(&returning.cookie));
+            if returning.login.sign_in == SignIn::Credentials {
+                cookies.push(proxy.sessions.credentials_given());
+            }
             with_cookies(redirect(&returning.login.rd), cookies)
         }
         Err(e) => e.into_response(),
@@ -120,14 +131,20 @@ pub(super) async fn sign_out_page(
     Query(query): Query<RdQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let target = proxy
-        .redirects
-        .target(query.rd.as_deref(), &caller.origin.host);
+    let origin = &caller.origin;
+    let target = proxy.redirects.target(query.rd.as_deref(), &origin.host);
     match proxy.sessions.lookup(&headers).await {
         Ok(Lookup::Live(current)) => {
             with_cookies(sign_out_confirmation(&target), current.set_cookies)
         }
-        lookup => proxy.sign_out(lookup, &headers, caller.ctx, &target).await,
+        lookup => {
+            let signing_out = SigningOut {
+                headers: &headers,
+                origin,
+                target: &target,
+            };
+            proxy.sign_out(lookup, &signing_out, caller.ctx).await
+        }
     }
 }
 
@@ -155,7 +172,41 @@ pub(super) async fn sign_out(
         .or_else(|| serde_urlencoded::from_bytes::<RdQuery>(&body).ok()?.rd);
     let target = proxy.redirects.target(rd.as_deref(), &origin.host);
     let lookup = proxy.sessions.lookup(&headers).await;
-    proxy.sign_out(lookup, &headers, caller.ctx, &target).await
+    let signing_out = SigningOut {
+        headers: &headers,
+        origin,
+        target: &target,
+    };
+    proxy.sign_out(lookup, &signing_out, caller.ctx).await
+}
+
+/// `GET /oauth2/signed_out?state=URL`: where the provider's logout sends the browser back
+/// (RP-Initiated Logout 1.0 §3); `state` is where the sign-out was to end, checked again as
+/// any `rd` is, since anyone can link here.
+pub(super) async fn signed_out(
+    State(proxy): State<Arc<Proxy>>,
+    caller: Caller,
+    Query(query): Query<SignedOutQuery>,
+) -> Response {
+    redirect(
+        &proxy
+            .redirects
+            .target(query.state.as_deref(), &caller.origin.host),
+    )
+}
+
+/// `?state=` of `/oauth2/signed_out`.
+#[derive(Deserialize)]
+pub(super) struct SignedOutQuery {
+    state: Option<String>,
+}
+
+/// A sign-out under way: the request, where it came to, and where it ends.
+struct SigningOut<'r> {
+    headers: &'r HeaderMap,
+    origin: &'r Origin,
+    /// `rd`, checked.
+    target: &'r str,
 }
 
 /// Whether a browser sent this request from a page of another site: an `Origin` (RFC 6454)
@@ -365,6 +416,32 @@ impl Proxy {
         fresh.await.map_err(NoSession::after_refresh)
     }
 
+    /// How a login the browser starts with `headers` may be answered, and the cookies to set
+    /// with it: with credentials when its last session timed out or was signed out of, or
+    /// when it still carries the cookie of a session that is gone, because the answer that
+    /// cleared it never reached it (nginx's `auth_request` passes no `Set-Cookie` of a 401 on).
+    async fn sign_in_for(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        ctx: &RequestContext,
+    ) -> (SignIn, Vec<HeaderValue>) {
+        match self.sessions.lookup(headers).await {
+            Ok(Lookup::TimedOut {
+                state,
+                timeout,
+                set_cookies,
+            }) => {
+                self.revoke_later(&state, timeout, ctx.clone());
+                (SignIn::Credentials, set_cookies)
+            }
+            Ok(Lookup::Missing { mut set_cookies }) if !set_cookies.is_empty() => {
+                set_cookies.push(self.sessions.ask_for_credentials());
+                (SignIn::Credentials, set_cookies)
+            }
+            _ => (self.sessions.sign_in(headers), Vec::new()),
+        }
+    }
+
     /// Exchanges the code of a returning login at the provider and starts its session;
     /// answers the session's cookies.
     async fn start_session(
@@ -388,17 +465,24 @@ impl Proxy {
         self.sessions.create(grant, headers).await
     }
 
-    /// Ends whatever session the lookup found and sends the browser to `target`.
+    /// Ends whatever session the lookup found and sends the browser to the target: with
+    /// `sign_out_sso`, by way of the provider's logout, and the next login asks for
+    /// credentials.
     async fn sign_out(
         self: &Arc<Self>,
         lookup: Result<Lookup, SessionError>,
-        headers: &HeaderMap,
+        out: &SigningOut<'_>,
         ctx: RequestContext,
-        target: &str,
     ) -> Response {
-        let cookies = match lookup {
-            Ok(Lookup::Live(current)) => match self.end(&current.state, headers, &ctx).await {
-                Ok(cookies) => cookies,
+        // A timed-out session's cookies already ask for credentials.
+        let (ended, cookies) = match lookup {
+            Ok(Lookup::Live(current)) => match self.end(&current.state, out.headers, &ctx).await {
+                Ok(mut cookies) => {
+                    if self.config.sign_out_sso {
+                        cookies.push(self.sessions.ask_for_credentials());
+                    }
+                    (Some(current.state), cookies)
+                }
                 Err(e) => return e.into_response(),
             },
             Ok(Lookup::TimedOut {
@@ -407,12 +491,43 @@ impl Proxy {
                 set_cookies,
             }) => {
                 self.revoke_later(&state, timeout, ctx);
-                set_cookies
+                (Some(state), set_cookies)
             }
-            Ok(Lookup::Missing { .. }) => self.sessions.clear_all(headers),
+            Ok(Lookup::Missing { .. }) => (None, self.sessions.clear_all(out.headers)),
             Err(e) => return e.into_response(),
         };
-        with_cookies(redirect(target), cookies)
+        let location = match ended {
+            Some(state) if self.config.sign_out_sso => self.single_sign_out(&state, out).await,
+            _ => out.target.to_owned(),
+        };
+        with_cookies(redirect(&location), cookies)
+    }
+
+    /// Where a sign-out sends the browser to end its single sign-on session too: the
+    /// provider's logout (RP-Initiated Logout 1.0), proven by the session's id_token, which
+    /// sends it on to `/oauth2/signed_out` with the target as `state`; or, with a provider
+    /// that has no logout or cannot be reached, straight to the target.
+    async fn single_sign_out(&self, state: &SessionState, out: &SigningOut<'_>) -> String {
+        let landing = signed_out_url(&self.callback_url(out.origin));
+        // The landing may be on another host (`redirect_url`'s): a path says which it is on.
+        let target = if out.target.starts_with('/') {
+            format!("{}://{}{}", out.origin.proto, out.origin.host, out.target)
+        } else {
+            out.target.to_owned()
+        };
+        let id_token = &state.grant.id_token;
+        match self
+            .provider
+            .end_session_url(id_token, &landing, &target)
+            .await
+        {
+            Ok(Some(logout)) => logout,
+            Ok(None) => out.target.to_owned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "sign-out could not reach the provider's logout");
+                out.target.to_owned()
+            }
+        }
     }
 
     /// Signs out: forgets the session and revokes its refresh token at the provider.
@@ -455,12 +570,24 @@ impl Proxy {
 }
 
 /// Sends the browser to log in at the provider, with a new login's state in a cookie.
-async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String, request: &HeaderMap) -> Response {
-    let login = new_login(proxy, origin, rd);
+async fn begin_login(
+    proxy: &Proxy,
+    origin: &Origin,
+    rd: String,
+    sign_in: SignIn,
+    request: &HeaderMap,
+) -> Response {
+    let login = new_login(proxy, origin, rd, sign_in);
     let challenge = tessera_core::pkce::s256_challenge(&login.verifier);
     let url = match proxy
         .provider
-        .authorization_url(&login.redirect_uri, &login.state, &login.nonce, &challenge)
+        .authorization_url(
+            &login.redirect_uri,
+            &login.state,
+            &login.nonce,
+            &challenge,
+            login.sign_in,
+        )
         .await
     {
         Ok(url) => url,
@@ -473,7 +600,7 @@ async fn begin_login(proxy: &Proxy, origin: &Origin, rd: String, request: &Heade
 }
 
 /// A login starting now from `origin`, with fresh random `state`, `nonce` and PKCE verifier.
-fn new_login(proxy: &Proxy, origin: &Origin, rd: String) -> LoginState {
+fn new_login(proxy: &Proxy, origin: &Origin, rd: String, sign_in: SignIn) -> LoginState {
     LoginState {
         state: oidc::random_token(),
         nonce: oidc::random_token(),
@@ -481,5 +608,20 @@ fn new_login(proxy: &Proxy, origin: &Origin, rd: String) -> LoginState {
         redirect_uri: proxy.callback_url(origin),
         rd,
         expires_at: proxy.sessions.now().plus(LOGIN_TTL),
+        sign_in,
     }
+}
+
+/// The `post_logout_redirect_uri` of a proxy whose callback is `callback`: `/oauth2/signed_out`
+/// in its place. Registered exactly (RP-Initiated Logout 1.0 §3), one per callback, so the
+/// page to end on travels in `state`.
+pub(super) fn signed_out_url(callback: &str) -> String {
+    let Ok(mut url) = url::Url::parse(callback) else {
+        return SIGNED_OUT_PATH.to_owned();
+    };
+    let base = url.path().strip_suffix(CALLBACK_PATH).unwrap_or_default();
+    let path = format!("{base}{SIGNED_OUT_PATH}");
+    url.set_path(&path);
+    url.set_query(None);
+    url.into()
 }

@@ -13,6 +13,7 @@ use tessera_core::seal;
 use tessera_core::token::constant_time_eq;
 
 use super::cookie::{self, MAX_LOGIN_STATES};
+use super::provider::SignIn;
 use super::session::Sessions;
 
 /// How long a login may take between `/oauth2/start` and the callback.
@@ -35,6 +36,10 @@ pub(super) struct LoginState {
     pub(super) rd: String,
     /// When the login is too old to finish.
     pub(super) expires_at: UnixMillis,
+    /// Whether the provider was asked for credentials; such a login, finished, clears the
+    /// browser's demand for them. (Absent from states sealed before it existed.)
+    #[serde(default)]
+    pub(super) sign_in: SignIn,
 }
 
 /// The callback's query.
@@ -204,6 +209,7 @@ mod tests {
             redirect_uri: "https://proxy.example/oauth2/callback".into(),
             rd: "/board".into(),
             expires_at: UnixMillis(expires_at),
+            sign_in: SignIn::Credentials,
         }
     }
 

@@ -120,18 +120,25 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
             get(endpoints::sign_out_page).post(endpoints::sign_out),
         )
         .route("/oauth2/userinfo", get(endpoints::userinfo))
+        .route(endpoints::SIGNED_OUT_PATH, get(endpoints::signed_out))
         .fallback(endpoints::proxied)
         .with_state(proxy)
 }
 
 /// Registers the client of `tessera serve`'s own proxy with the provider (see
-/// [`provider::LOCAL_CLIENT_ID`]).
+/// [`provider::LOCAL_CLIENT_ID`]): a callback on each of the proxy's origins, and beside each
+/// the page its sign-out returns to from the provider's logout.
 pub fn register_local_client(
     clients: &mut HashMap<String, Client>,
     config: &ProxyConfig,
     bound: SocketAddr,
 ) -> Result<()> {
-    let client = provider::local_client_registration(local_redirect_uris(config, bound));
+    let redirect_uris = local_redirect_uris(config, bound);
+    let post_logout_redirect_uris = redirect_uris
+        .iter()
+        .map(|callback| endpoints::signed_out_url(callback))
+        .collect();
+    let client = provider::local_client_registration(redirect_uris, post_logout_redirect_uris);
     if clients
         .insert(provider::LOCAL_CLIENT_ID.to_owned(), client)
         .is_some()

@@ -27,6 +27,18 @@ pub const LOCAL_CLIENT_ID: &str = "tessera-proxy";
 /// Scopes the proxy asks for.
 const SCOPE: &str = "openid profile email groups offline_access";
 
+/// How a login may be answered at the provider.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignIn {
+    /// The provider's single sign-on session may answer without asking (a first visit).
+    #[default]
+    SingleSignOn,
+    /// The person types credentials again, whatever the provider's single sign-on session
+    /// (after the proxy's session timed out or was signed out of): `prompt=login` and
+    /// `max_age=0` (OpenID Connect Core §3.1.2.1; a provider may honour either).
+    Credentials,
+}
+
 /// Where the proxy logs users in.
 pub enum Provider {
     /// This tessera's own provider, in-process.
@@ -141,6 +153,7 @@ impl Provider {
         state: &str,
         nonce: &str,
         challenge: &str,
+        sign_in: SignIn,
     ) -> Result<String, ProviderError> {
         let (endpoint, client_id) = self.authorization_endpoint().await?;
         let request = oidc::AuthorizationRequest {
@@ -151,11 +164,49 @@ impl Provider {
             nonce,
             code_challenge: challenge,
         };
+        let mut url = match request.url(&endpoint) {
+            Ok(url) => url,
+            Err(oidc::Error::NotAUrl { reason, .. }) => {
+                return Err(ProviderError::Unavailable(format!(
+                    "authorization endpoint: {reason}"
+                )));
+            }
+            Err(e) => return Err(unavailable(&e)),
+        };
+        if sign_in == SignIn::Credentials {
+            url.query_pairs_mut()
+                .append_pair("prompt", "login")
+                .append_pair("max_age", "0");
+        }
+        Ok(url.into())
+    }
+
+    /// The URL that ends the browser's single sign-on session at the provider (RP-Initiated
+    /// Logout 1.0 §2), or `None` when the provider publishes no `end_session_endpoint`.
+    pub async fn end_session_url(
+        &self,
+        id_token: &str,
+        post_logout_redirect_uri: &str,
+        state: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let (endpoint, client_id) = match self {
+            Provider::Local { app } => (format!("{}/logout", app.issuer), LOCAL_CLIENT_ID),
+            Provider::Remote(r) => {
+                let metadata = r.rp.metadata().await.map_err(|e| unavailable(&e))?;
+                let Some(endpoint) = metadata.end_session_endpoint.clone() else {
+                    return Ok(None);
+                };
+                (endpoint, r.rp.client().id.as_str())
+            }
+        };
+        let request = oidc::LogoutRequest {
+            id_token_hint: id_token,
+            client_id,
+            post_logout_redirect_uri,
+            state,
+        };
         match request.url(&endpoint) {
-            Ok(url) => Ok(url.into()),
-            Err(oidc::Error::NotAUrl { reason, .. }) => Err(ProviderError::Unavailable(format!(
-                "authorization endpoint: {reason}"
-            ))),
+            Ok(url) => Ok(Some(url.into())),
             Err(e) => Err(unavailable(&e)),
         }
     }
@@ -337,15 +388,18 @@ fn grant(id_token: String, refresh_token: Option<String>) -> Result<Grant, Provi
 }
 
 /// The client `tessera serve` registers for its own proxy: confidential, with a secret nobody
-/// holds, and exactly the given redirect URIs.
-pub fn local_client_registration(redirect_uris: Vec<String>) -> Client {
+/// holds, and exactly the given redirect and post-logout redirect URIs.
+pub fn local_client_registration(
+    redirect_uris: Vec<String>,
+    post_logout_redirect_uris: Vec<String>,
+) -> Client {
     let secret: [u8; 32] = rand::random();
     Client {
         id: tessera_core::id::ClientId::new(LOCAL_CLIENT_ID),
         public: false,
         secret_hash: Some(crate::secret::sha256_secret_hash(&hex::encode(secret))),
         redirect_uris,
-        post_logout_redirect_uris: Vec::new(),
+        post_logout_redirect_uris,
         max_idle: None,
     }
 }

@@ -32,7 +32,7 @@ use self::storage::Storage;
 use self::timeout::Standing;
 pub(crate) use self::timeout::{Timeout, Timeouts};
 use super::cookie::CookieJar;
-use super::provider::{Grant, Provider, ProviderError};
+use super::provider::{Grant, Provider, ProviderError, SignIn};
 use crate::app::RequestContext;
 
 mod claim;
@@ -132,13 +132,14 @@ pub(crate) enum Lookup {
         set_cookies: Vec<HeaderValue>,
     },
     /// A session past its idle or absolute timeout: it is gone now; its refresh token should
-    /// be revoked at the provider, and the cookies cleared.
+    /// be revoked at the provider, and the cookies cleared (the next login asks for
+    /// credentials).
     TimedOut {
         /// The ended session.
         state: SessionState,
         /// Which timeout ended it.
         timeout: Timeout,
-        /// Cookie clearings.
+        /// Cookie clearings, and the cookie that makes the next login ask for credentials.
         set_cookies: Vec<HeaderValue>,
     },
 }
@@ -212,7 +213,10 @@ impl Sessions {
         };
         let set_cookies = match self.timeouts.standing(&state, now) {
             Standing::TimedOut(timeout) => {
-                let set_cookies = self.forget(&state, request).await?;
+                let mut set_cookies = self.forget(&state, request).await?;
+                // Ended for want of use: the provider's single sign-on, which only the
+                // browser's presence renews, must not bring the person back unasked.
+                set_cookies.push(self.ask_for_credentials());
                 return Ok(Lookup::TimedOut {
                     state,
                     timeout,
@@ -274,6 +278,29 @@ impl Sessions {
     /// single one in any case.
     pub(crate) fn clear_all(&self, request: &HeaderMap) -> Vec<HeaderValue> {
         self.cookie.clear_all(request)
+    }
+
+    /// How the next login of the browser that sent `request` may be answered at the provider:
+    /// with credentials when its last session timed out or was signed out of.
+    pub(crate) fn sign_in(&self, request: &HeaderMap) -> SignIn {
+        let name = self.jar.credentials_name();
+        match crate::web::cookie::cookie(request, &name) {
+            Some(_) => SignIn::Credentials,
+            None => SignIn::SingleSignOn,
+        }
+    }
+
+    /// The `Set-Cookie` that makes this browser's next login ask for credentials. It lasts as
+    /// long as a session of this proxy may (12 hours by default, as long as tessera's single
+    /// sign-on): long enough to outlive the provider's session it guards against.
+    pub(crate) fn ask_for_credentials(&self) -> HeaderValue {
+        let max_age = i64::try_from(self.timeouts.absolute.as_secs()).unwrap_or(i64::MAX);
+        self.jar.set(&self.jar.credentials_name(), "1", max_age)
+    }
+
+    /// The `Set-Cookie` that clears [`Sessions::ask_for_credentials`]'s, once a login asked.
+    pub(crate) fn credentials_given(&self) -> HeaderValue {
+        self.jar.clear(&self.jar.credentials_name())
     }
 
     /// Seals a short-lived value (the login state) for cookie `name`.

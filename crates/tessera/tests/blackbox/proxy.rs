@@ -133,6 +133,24 @@ impl<'a> ProxyBrowser<'a> {
         self.send(post).await
     }
 
+    /// Where a sign-out's `location` finally sends the browser: when it is the provider's
+    /// logout (RP-Initiated Logout 1.0), through the provider, which must sign out without
+    /// asking, and back through the proxy's landing; answers the last `Location`.
+    pub async fn follow_sign_out(&self, location: &str) -> String {
+        if !location.starts_with(&self.server.issuer) {
+            return location.to_owned();
+        }
+        let logout = self.provider.get(location).send().await.unwrap();
+        assert_eq!(
+            logout.status(),
+            StatusCode::SEE_OTHER,
+            "the provider signs out without asking"
+        );
+        let back = self.navigate(&support::location(&logout)).await;
+        assert_eq!(back.status(), StatusCode::FOUND);
+        support::location(&back)
+    }
+
     /// An API call (JSON) to the proxy.
     pub async fn fetch(&self, path: &str) -> reqwest::Response {
         self.send(self.http.get(format!("{}{path}", self.base)))
@@ -399,9 +417,15 @@ async fn sign_out_revokes_the_session_at_the_provider_and_refuses_open_redirects
         .sign_out("/oauth2/sign_out?rd=https://evil.example/")
         .await;
     assert_eq!(out.status(), StatusCode::FOUND);
+    let logout = support::location(&out);
+    assert!(
+        logout.starts_with(&server.url("/logout?")),
+        "on to the provider's end_session_endpoint: {logout}"
+    );
+    assert!(!logout.contains("evil"), "{logout}");
     assert_eq!(
-        support::location(&out),
-        "/",
+        browser.follow_sign_out(&logout).await,
+        format!("{base}/"),
         "an rd to a foreign host is replaced"
     );
     assert!(

@@ -123,11 +123,19 @@ async fn provider_with_client(groups: usize, callback: &str, secret: &str) -> Se
     server
 }
 
+/// The session's cookies (the single one or its chunks) the browser holds.
 fn chunks(browser: &ProxyBrowser<'_>) -> Vec<(String, String)> {
     browser
         .cookies()
         .into_iter()
-        .filter(|(name, _)| name.starts_with("_tessera_proxy") && !name.contains("_csrf_"))
+        .filter(|(name, _)| {
+            name.strip_prefix("_tessera_proxy").is_some_and(|rest| {
+                rest.is_empty()
+                    || rest
+                        .strip_prefix('_')
+                        .is_some_and(|i| i.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
         .collect()
 }
 

@@ -3,12 +3,13 @@
 //! advanced instead of slept: sign-in, the idle and the absolute timeout, the refresh of the
 //! id_token before it expires (once for many requests at once), and sign-out.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::rig::{Answer, Browser, DEV_GROUPS, Rig, Setup, claims};
+use crate::rig::{Answer, Browser, DEV_GROUPS, PROXY_HOST, Rig, Setup, claims};
 
 /// Both values of `proxy.session.store`.
 const STORES: [&str; 2] = ["server", "cookie"];
@@ -45,12 +46,39 @@ fn clears_session(answer: &Answer) -> bool {
         .any(|c| writes(c, "_tessera_proxy", 0))
 }
 
-/// The session cookies (single or chunks, not login states) the browser holds.
+/// The provider's authorization URL a page at `path` leads a browser without a session to,
+/// through the proxy's `/oauth2/start`.
+async fn authorize_of(browser: &Browser<'_>, path: &str) -> String {
+    let page = browser.navigate(path).await;
+    assert_eq!(page.status, StatusCode::FOUND, "{}", page.text());
+    let start = browser.navigate(&page.location()).await;
+    assert_eq!(start.status, StatusCode::FOUND, "{}", start.text());
+    start.location()
+}
+
+/// Whether an authorization request asks the provider for a sign-in with credentials, not its
+/// single sign-on (OpenID Connect Core §3.1.2.1: `prompt=login`, `max_age=0`).
+fn asks_for_credentials(authorize: &str) -> bool {
+    let url = url::Url::parse(authorize).unwrap();
+    let query: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+    query.get("prompt").map(String::as_str) == Some("login")
+        && query.get("max_age").map(String::as_str) == Some("0")
+}
+
+/// The session cookies (single or chunks, not login states nor the demand for credentials)
+/// the browser holds.
 fn session_cookies(browser: &Browser<'_>) -> Vec<(String, String)> {
     browser
         .cookies()
         .into_iter()
-        .filter(|(name, _)| name.starts_with("_tessera_proxy") && !name.contains("_csrf_"))
+        .filter(|(name, _)| {
+            name.strip_prefix("_tessera_proxy").is_some_and(|rest| {
+                rest.is_empty()
+                    || rest
+                        .strip_prefix('_')
+                        .is_some_and(|i| i.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
         .collect()
 }
 
@@ -98,9 +126,26 @@ async fn sign_in_passes_the_user_to_the_upstream_and_sign_out_ends_the_session_i
             "{store}: the session never reaches the upstream"
         );
 
+        let single_sign_on = browser.provider_cookies();
         let out = browser.sign_out("/oauth2/sign_out").await;
         assert_eq!(out.status, StatusCode::FOUND, "{store}");
-        assert_eq!(out.location(), "/");
+        let logout = url::Url::parse(&out.location()).unwrap();
+        assert_eq!(
+            logout.as_str().split('?').next(),
+            Some("https://provider.test/logout"),
+            "{store}: on to the provider's end_session_endpoint"
+        );
+        let query: BTreeMap<String, String> = logout.query_pairs().into_owned().collect();
+        assert_eq!(query["client_id"], "tessera-proxy");
+        assert_eq!(
+            query["post_logout_redirect_uri"],
+            format!("http://{PROXY_HOST}/oauth2/signed_out")
+        );
+        assert_eq!(query["state"], format!("http://{PROXY_HOST}/"));
+        assert_eq!(
+            crate::rig::claims(&query["id_token_hint"])["aud"],
+            "tessera-proxy"
+        );
         assert!(clears_session(&out), "{store}: {:?}", out.set_cookies());
         assert!(
             session_cookies(&browser).is_empty(),
@@ -109,6 +154,17 @@ async fn sign_in_passes_the_user_to_the_upstream_and_sign_out_ends_the_session_i
         let revoked = rig.audit_events("SessionRevoked");
         assert_eq!(revoked.len(), 1, "{store}");
         assert_eq!(revoked[0]["reason"], "revocation_endpoint");
+        assert_eq!(
+            browser.follow_sign_out(&out).await,
+            format!("http://{PROXY_HOST}/"),
+            "{store}: the provider signs out without asking and the browser lands on rd"
+        );
+        let authorize = authorize_of(&browser, "/").await;
+        browser.set_provider_cookies(single_sign_on);
+        assert!(
+            !browser.provider_still_signed_in(&authorize).await,
+            "{store}: the provider's single sign-on session has ended"
+        );
         browser.set_cookies([("_tessera_proxy".to_owned(), cookie)].into());
         if store == "cookie" {
             // A sealed session replayed after sign-out still opens: it lasts until its next
@@ -150,6 +206,12 @@ async fn an_idle_session_goes_back_to_login_in_both_stores() {
             page.location()
         );
         assert!(clears_session(&page), "{store}: {:?}", page.set_cookies());
+        let start = browser.navigate(&page.location()).await;
+        assert!(
+            asks_for_credentials(&start.location()),
+            "{store}: {}",
+            start.location()
+        );
         let revoked = rig.audit_events_once("SessionRevoked", 1).await;
         assert_eq!(
             revoked.len(),
@@ -188,12 +250,10 @@ async fn a_busy_session_ends_at_its_absolute_timeout_in_both_stores() {
             "{store}: however busy"
         );
         assert!(clears_session(&api), "{store}: {:?}", api.set_cookies());
-        let page = browser.navigate("/pods").await;
-        assert_eq!(page.status, StatusCode::FOUND, "{store}");
+        let authorize = authorize_of(&browser, "/pods").await;
         assert!(
-            page.location().starts_with("/oauth2/start"),
-            "{}",
-            page.location()
+            asks_for_credentials(&authorize),
+            "{store}: an API call ended the session; the next page still signs in afresh: {authorize}"
         );
         let revoked = rig.audit_events_once("SessionRevoked", 1).await;
         assert_eq!(revoked.len(), 1, "{store}: revoked at the provider too");
@@ -284,9 +344,10 @@ async fn concurrent_requests_past_refresh_after_make_one_refresh_and_none_fails_
 /// Carries the timeouts of the black-box `proxy_chromium.rs` (its 2.5 s and 6.5 s sleeps are
 /// the clock advanced): tabs reloading at once past `refresh_after` while one of them fires a
 /// burst share one refresh, and after the idle timeout an API call is refused and a page goes
-/// through a new login, which the provider's single sign-on answers.
+/// through a new login that asks for credentials though the provider's single sign-on is
+/// still there (issue 13).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tabs_past_refresh_after_share_one_refresh_and_an_idle_session_logs_in_again() {
+async fn tabs_past_refresh_after_share_one_refresh_and_an_idle_session_signs_in_with_credentials() {
     let rig = rig("server", ", refresh_after: 2s, idle_timeout: 6s").await;
     let browser = rig.browser();
     assert_eq!(browser.log_in("/page").await, "/page");
@@ -335,13 +396,18 @@ async fn tabs_past_refresh_after_share_one_refresh_and_an_idle_session_logs_in_a
         StatusCode::UNAUTHORIZED,
         "an API call of an idle session is refused"
     );
-    let page = browser.navigate("/after-idle").await;
-    assert_eq!(page.status, StatusCode::FOUND);
-    let start = browser.navigate(&page.location()).await;
-    let callback = browser
-        .provider_single_sign_on(&start.location())
-        .await
-        .expect("the provider's single sign-on answers without a form");
+    let authorize = authorize_of(&browser, "/after-idle").await;
+    assert!(asks_for_credentials(&authorize), "{authorize}");
+    assert!(
+        browser.provider_still_signed_in(&authorize).await,
+        "the provider's single sign-on is alive: it is the proxy that asks for credentials"
+    );
+    assert_eq!(
+        browser.provider_single_sign_on(&authorize).await,
+        None,
+        "the provider shows its form"
+    );
+    let callback = browser.provider_login(&authorize).await;
     assert_eq!(browser.finish_login(&callback).await, "/after-idle");
     let echo = browser.navigate("/after-idle").await;
     assert_eq!(echo.echoed("x-auth-request-user").as_deref(), Some("dev"));
@@ -356,6 +422,38 @@ async fn tabs_past_refresh_after_share_one_refresh_and_an_idle_session_logs_in_a
         1,
         "the idle session was revoked at the provider"
     );
+
+    // Signed in with credentials, the browser owes no more: a session lost otherwise (its
+    // cookie cleared) is answered by the single sign-on again.
+    browser.set_cookies(BTreeMap::new());
+    let authorize = authorize_of(&browser, "/again").await;
+    assert!(!asks_for_credentials(&authorize), "{authorize}");
+    assert!(
+        browser.provider_single_sign_on(&authorize).await.is_some(),
+        "a first visit may be answered by the single sign-on"
+    );
+}
+
+#[tokio::test]
+async fn with_sign_out_sso_off_sign_out_leaves_the_providers_single_sign_on() {
+    let rig = rig("server", ", sign_out_sso: false").await;
+    let browser = rig.browser();
+    browser.log_in("/").await;
+    let out = browser.sign_out("/oauth2/sign_out?rd=/bye").await;
+    assert_eq!(out.status, StatusCode::FOUND);
+    assert_eq!(
+        out.location(),
+        "/bye",
+        "straight to rd, not to the provider"
+    );
+    assert!(clears_session(&out), "{:?}", out.set_cookies());
+    let authorize = authorize_of(&browser, "/bye").await;
+    assert!(!asks_for_credentials(&authorize), "{authorize}");
+    let callback = browser
+        .provider_single_sign_on(&authorize)
+        .await
+        .expect("the provider's single sign-on answers the next visit");
+    assert_eq!(browser.finish_login(&callback).await, "/bye");
 }
 
 #[tokio::test]
@@ -383,4 +481,27 @@ async fn a_request_with_the_cookie_from_before_a_refresh_is_served_from_the_newe
         "no second refresh"
     );
     assert!(rig.audit_events("RefreshTokenReplayDetected").is_empty());
+}
+
+/// Behind nginx's `auth_request` the 401 of `/oauth2/auth` reaches nginx, not the browser: its
+/// cookies (the clearing, the demand for credentials) are lost, and the browser comes to
+/// `/oauth2/sign_in` with the dead session's cookie.
+#[tokio::test]
+async fn a_session_that_timed_out_behind_auth_request_signs_in_with_credentials() {
+    let rig = rig("server", ", idle_timeout: 2s").await;
+    let browser = rig.browser();
+    browser.log_in("/").await;
+    rig.advance(Duration::from_secs(3));
+    let held = browser.cookies();
+    let auth = browser.fetch("/oauth2/auth").await;
+    assert_eq!(auth.status, StatusCode::UNAUTHORIZED);
+    browser.set_cookies(held);
+    let sign_in = browser.navigate("/oauth2/sign_in").await;
+    assert_eq!(sign_in.status, StatusCode::FOUND, "{}", sign_in.text());
+    assert!(
+        asks_for_credentials(&sign_in.location()),
+        "{}",
+        sign_in.location()
+    );
+    assert!(clears_session(&sign_in), "{:?}", sign_in.set_cookies());
 }

@@ -275,6 +275,16 @@ impl Browser<'_> {
         self.proxy_cookies.lock().unwrap().clone()
     }
 
+    /// The provider's cookies this browser holds.
+    pub fn provider_cookies(&self) -> BTreeMap<String, String> {
+        self.provider_cookies.lock().unwrap().clone()
+    }
+
+    /// Replaces the provider's cookies this browser holds.
+    pub fn set_provider_cookies(&self, cookies: BTreeMap<String, String>) {
+        *self.provider_cookies.lock().unwrap() = cookies;
+    }
+
     /// Replaces the proxy's cookies this browser holds.
     pub fn set_cookies(&self, cookies: BTreeMap<String, String>) {
         *self.proxy_cookies.lock().unwrap() = cookies;
@@ -436,6 +446,47 @@ impl Browser<'_> {
         );
         *post.body_mut() = Body::from(body);
         self.send(post).await
+    }
+
+    /// Where a sign-out's answer finally sends the browser: when the proxy hands it to the
+    /// provider's `end_session_endpoint` (RP-Initiated Logout 1.0), through the provider (which
+    /// must sign out without asking) and back to the proxy's landing; answers the last
+    /// `Location`.
+    pub async fn follow_sign_out(&self, out: &Answer) -> String {
+        assert_eq!(out.status, StatusCode::FOUND, "{}", out.text());
+        let location = out.location();
+        if !location.starts_with(&self.rig.issuer) {
+            return location;
+        }
+        let logout = self.provider_send(Method::GET, &location, None).await;
+        assert_eq!(
+            logout.status,
+            StatusCode::SEE_OTHER,
+            "the provider signs out without asking: {}",
+            logout.text()
+        );
+        let landing = logout.location();
+        let path = landing
+            .strip_prefix(&format!("http://{PROXY_HOST}"))
+            .unwrap_or_else(|| {
+                panic!("the provider sends the browser back to the proxy: {landing}")
+            });
+        let back = self.navigate(path).await;
+        assert_eq!(back.status, StatusCode::FOUND, "{}", back.text());
+        back.location()
+    }
+
+    /// Whether the provider's single sign-on would still answer a login of this browser
+    /// without asking: `authorize` with its `prompt` and `max_age` left out.
+    pub async fn provider_still_signed_in(&self, authorize: &str) -> bool {
+        let mut url = url::Url::parse(authorize).unwrap();
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(name, _)| name != "prompt" && name != "max_age")
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(kept);
+        self.provider_single_sign_on(url.as_str()).await.is_some()
     }
 
     /// A request to the provider (by its issuer URL) with the provider's cookies.

@@ -122,6 +122,6 @@ impl SessionCookie {
     fn carried<'h>(&self, request: &'h HeaderMap) -> impl Iterator<Item = &'h str> {
         crate::web::cookie::cookie_pairs(request)
             .map(|(name, _)| name)
-            .filter(|name| self.jar.is_ours(name) && !cookie::is_csrf(&self.jar.name, name))
+            .filter(|name| self.jar.is_session(name))
     }
 }
