@@ -112,7 +112,7 @@ impl App {
 }
 
 /// A listing cursor as the admin API takes it back: the id of the last session of the previous
-/// page, which has the shape of every session id (see [`super::random_id`]).
+/// page, which has the shape of every session id (see `random_id`).
 pub fn parse_cursor(cursor: &str) -> Option<SessionId> {
     let well_formed =
         (1..=64).contains(&cursor.len()) && cursor.bytes().all(|b| b.is_ascii_alphanumeric());

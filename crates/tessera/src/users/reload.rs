@@ -1,5 +1,5 @@
 //! Reloading the users file without a restart: on SIGHUP, and when the file changes (checked
-//! every [`POLL`]). Removing someone takes effect within one refresh: their next login fails and
+//! every two seconds). Removing someone takes effect within one refresh: their next login fails and
 //! each of their sessions ends at its next refresh (`user_removed`). A file that does not load
 //! (a typo, a bad hash, a mode others can read) is reported and the users loaded before stay.
 
