@@ -122,6 +122,22 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, 
     to.import_snapshot(snapshot).await
 }
 
+/// The statement [`Store::list_sessions`] runs for `filter` (and a page `after` an id) on
+/// PostgreSQL (`postgres`) or SQLite, so a benchmark or an operator can see its plan. Its
+/// parameters, in order: now, the filter's subject, its client, `after`, and the page's limit
+/// plus one (`$1`… on PostgreSQL, `?1`… on SQLite).
+pub fn list_sessions_sql(
+    postgres: bool,
+    filter: &SessionFilter,
+    after: Option<&SessionId>,
+) -> String {
+    if postgres {
+        postgres::list_sessions_sql(filter, after)
+    } else {
+        sqlite::list_sessions_sql(filter, after)
+    }
+}
+
 /// Where the data lives, as a storage URL names it.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StorageUrl {

@@ -47,6 +47,8 @@ use tessera_core::jwt::{Algorithm, SigningKey};
 mod bench_support;
 #[path = "bench_support/code_flow.rs"]
 mod code_flow;
+#[path = "bench_support/seed.rs"]
+mod seed;
 use bench_support::{
     clock_ticks_per_second, cores, default_tessera, hidden_fields, machine_cpu_ms, tls_trusting,
     warn_if_busy,
@@ -54,6 +56,7 @@ use bench_support::{
 use code_flow::{
     CLIENT_ID, REDIRECT_URI, auth_query, code_from, exchange_at, location, token_request,
 };
+use seed::{SeedSessions, SqlTarget, run_psql};
 
 const USAGE: &str = "\
 usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurrency 1,8,64]
@@ -557,21 +560,6 @@ impl Database {
         }
         Ok(())
     }
-}
-
-/// Runs one statement with psql; its unaligned, tuples-only output.
-fn run_psql(url: &str, sql: &str) -> Result<String> {
-    let output = Command::new("psql")
-        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-c", sql])
-        .output()
-        .context("cannot run psql (PostgreSQL's client) to manage the benchmark database")?;
-    if !output.status.success() {
-        bail!(
-            "psql `{sql}` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 impl Drop for Database {
@@ -1318,9 +1306,6 @@ mod peer {
 mod scale {
     use super::*;
 
-    /// Sessions of one seeding statement: bounded memory and progress on the way.
-    const SEED_CHUNK: u64 = 100_000;
-
     /// What one seeded level measured.
     pub(super) struct Row {
         storage: &'static str,
@@ -1353,29 +1338,14 @@ mod scale {
         Ok(rows)
     }
 
-    /// Where the seeding SQL goes.
-    enum Target<'a> {
-        Sqlite(PathBuf),
-        Postgres(&'a str),
-    }
-
-    impl Target<'_> {
-        fn run(&self, sql: &str) -> Result<String> {
-            match self {
-                Target::Sqlite(db) => run_sqlite(db, sql),
-                Target::Postgres(url) => run_psql(url, sql),
-            }
-        }
-
-        fn ended_sessions(&self, now: i64) -> Result<u64> {
-            let answer = self.run(&format!(
-                "SELECT count(*) FROM sessions WHERE absolute_end <= {now};"
-            ))?;
-            answer
-                .trim()
-                .parse()
-                .with_context(|| format!("a count answered `{answer}`"))
-        }
+    fn ended_sessions(target: &SqlTarget, now: i64) -> Result<u64> {
+        let answer = target.run(&format!(
+            "SELECT count(*) FROM sessions WHERE absolute_end <= {now};"
+        ))?;
+        answer
+            .trim()
+            .parse()
+            .with_context(|| format!("a count answered `{answer}`"))
     }
 
     async fn measure(options: &Options, postgres: bool, count: u64, sweep: bool) -> Result<Row> {
@@ -1395,12 +1365,15 @@ mod scale {
         let concurrency = options.concurrency.iter().copied().max().unwrap_or(64);
         let tokens = mint_sessions(&server, concurrency + concurrency.div_ceil(4)).await?;
         let target = match &url {
-            Some(url) => Target::Postgres(url),
-            None => Target::Sqlite(server.dir.path().join("tessera.db")),
+            Some(url) => SqlTarget::Postgres {
+                url: url.clone(),
+                search_path: None,
+            },
+            None => SqlTarget::Sqlite(server.dir.path().join("tessera.db")),
         };
         let now = SystemClock.now().0;
         let started = monotonic_now();
-        seed(&target, count, now, sweep, postgres)?;
+        seed(&target, count, now, sweep)?;
         let seed_seconds = started.elapsed().as_secs_f64();
         println!(
             "{storage}: {count} {} sessions inserted in {seed_seconds:.1} s",
@@ -1416,10 +1389,10 @@ mod scale {
             database,
             peer: false,
         };
-        let ended_before = target.ended_sessions(now)?;
+        let ended_before = ended_sessions(&target, now)?;
         let pool = Arc::new(Mutex::new(tokens));
         let level = run_level(&deployment, &pool, concurrency, options).await?;
-        let ended_after = target.ended_sessions(now)?;
+        let ended_after = ended_sessions(&target, now)?;
         println!(
             "{storage}, {count} {} sessions, C={concurrency}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}",
             if sweep { "ended" } else { "live" },
@@ -1447,97 +1420,26 @@ mod scale {
     /// Inserts `count` sessions of user `dev` straight into the store, each with one spent
     /// refresh token and its live successor, as a session looks after its first refresh.
     /// Ended ones (`ended`) ended an hour before `now`; live ones end in 12 hours.
-    fn seed(target: &Target<'_>, count: u64, now: i64, ended: bool, postgres: bool) -> Result<()> {
+    fn seed(target: &SqlTarget, count: u64, now: i64, ended: bool) -> Result<()> {
         let hour = 3_600_000;
-        let (created, end) = if ended {
-            (now - 13 * hour, now - hour)
+        let (started, end, token_ttl) = if ended {
+            (now - 13 * hour, now - hour, 12 * hour)
         } else {
-            (now, now + 12 * hour)
+            (now, now + 12 * hour, hour / 4)
         };
-        let expires = if ended { end } else { now + hour / 4 };
-        let tag = if ended { "e" } else { "l" };
-        let mut from = 1;
-        while from <= count {
-            let to = (from + SEED_CHUNK - 1).min(count);
-            let sql = if postgres {
-                format!(
-                    "BEGIN;
-                     INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at, absolute_end)
-                     SELECT 'seed{tag}' || lpad(i::text, 27, '0'), 'dev', 'kubernetes', NULL,
-                            'openid profile email groups', {created}, {created}, {end}
-                     FROM generate_series({from}, {to}) AS i;
-                     INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at, used_at, used_ip, successor_hash)
-                     SELECT sha256(('a{tag}' || i)::bytea), 'seed{tag}' || lpad(i::text, 27, '0'), 'kubernetes',
-                            {created}, {expires}, {created}, '127.0.0.1', sha256(('b{tag}' || i)::bytea)
-                     FROM generate_series({from}, {to}) AS i
-                     UNION ALL
-                     SELECT sha256(('b{tag}' || i)::bytea), 'seed{tag}' || lpad(i::text, 27, '0'), 'kubernetes',
-                            {created}, {expires}, NULL, NULL, NULL
-                     FROM generate_series({from}, {to}) AS i;
-                     COMMIT;"
-                )
-            } else {
-                format!(
-                    "PRAGMA busy_timeout = 60000;
-                     BEGIN IMMEDIATE;
-                     WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to})
-                     INSERT INTO sessions (id, subject, client_id, sso_id, scope, auth_time, created_at, absolute_end)
-                     SELECT printf('seed{tag}%027d', i), 'dev', 'kubernetes', NULL,
-                            'openid profile email groups', {created}, {created}, {end} FROM n;
-                     WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to})
-                     INSERT INTO refresh_tokens (hash, session_id, client_id, issued_at, expires_at, used_at, used_ip, successor_hash)
-                     SELECT printf('a{}%062d', i), printf('seed{tag}%027d', i), 'kubernetes',
-                            {created}, {expires}, {created}, '127.0.0.1', printf('b{}%062d', i) FROM n
-                     UNION ALL
-                     SELECT printf('b{}%062d', i), printf('seed{tag}%027d', i), 'kubernetes',
-                            {created}, {expires}, NULL, NULL, NULL FROM n;
-                     COMMIT;",
-                    hex_tag(ended),
-                    hex_tag(ended),
-                    hex_tag(ended),
-                )
-            };
-            target.run(&sql)?;
-            from = to + 1;
+        SeedSessions {
+            count,
+            // Keeps the ids and token hashes of ended and live seeds apart.
+            tag: if ended { 'e' } else { 'f' },
+            subject: "'dev'",
+            client_id: "kubernetes",
+            started,
+            end,
+            spent: 1,
+            refresh_every: 0,
+            token_ttl,
         }
-        if postgres {
-            target.run("ANALYZE sessions; ANALYZE refresh_tokens;")?;
-        }
-        Ok(())
-    }
-
-    /// A hex digit that keeps the token hashes of ended and live seeds apart (SQLite stores
-    /// hashes as hex text).
-    fn hex_tag(ended: bool) -> char {
-        if ended { 'e' } else { 'f' }
-    }
-
-    /// Runs SQL with the sqlite3 shell on the server's database (WAL: beside the server).
-    fn run_sqlite(db: &Path, sql: &str) -> Result<String> {
-        use std::io::Write as _;
-        let mut child = Command::new("sqlite3")
-            .arg(db)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run sqlite3 (the SQLite shell) to seed the benchmark database")?;
-        child
-            .stdin
-            .take()
-            .context("sqlite3's stdin is not piped")?
-            .write_all(sql.as_bytes())?;
-        let output = child.wait_with_output()?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() || !stderr.trim().is_empty() {
-            bail!("sqlite3 failed: {}", stderr.trim());
-        }
-        // `PRAGMA busy_timeout` echoes its value first.
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_owned())
+        .insert(target)
     }
 
     pub(super) fn print_table(options: &Options, rows: &[Row]) {

@@ -5,9 +5,11 @@
 ALTER TABLE sessions ADD COLUMN created_ip TEXT;
 ALTER TABLE sessions ADD COLUMN created_user_agent TEXT;
 ALTER TABLE refresh_tokens ADD COLUMN used_user_agent TEXT;
--- One person's sessions, one client's sessions, in the stable order listings page through.
-CREATE INDEX sessions_by_subject ON sessions (subject, id);
-CREATE INDEX sessions_by_client ON sessions (client_id, id);
+-- One person's sessions, one client's sessions, in the stable order listings page through:
+-- byte order (COLLATE "C", as SQLite's), whatever the database's collation, so that a page is
+-- read in index order and not sorted from every session of the client.
+CREATE INDEX sessions_by_subject ON sessions (subject, id COLLATE "C");
+CREATE INDEX sessions_by_client ON sessions (client_id, id COLLATE "C");
 -- The provider session a proxy session holds tokens of, so ending that session (account page,
 -- admin, a disabled person) ends the browser's proxy session at once.
 ALTER TABLE proxy_sessions ADD COLUMN session_id TEXT;

@@ -51,6 +51,7 @@ mod reachability;
 mod redeem;
 mod row;
 mod session;
+pub(crate) use session::list_sql as list_sessions_sql;
 mod snapshot;
 mod sso;
 mod sweep;

@@ -183,6 +183,27 @@ pub(super) async fn list(
     limit: u32,
 ) -> Result<SessionPage, StoreError> {
     let op = "list_sessions";
+    let (sql, params) = list_statement(filter, now, after, limit);
+    let rows = bind_all(sqlx::query(&sql), &params)
+        .fetch_all(pool)
+        .await
+        .map_err(query(op))?;
+    let sessions = rows
+        .iter()
+        .map(listed_from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(query(op))?;
+    Ok(SessionPage::cut(sessions, limit))
+}
+
+/// The statement [`list`] runs, and its parameters: `now`, the filter's subject and client,
+/// `after`, and one more than `limit` (whether there is a next page).
+fn list_statement(
+    filter: &SessionFilter,
+    now: UnixMillis,
+    after: Option<&SessionId>,
+    limit: u32,
+) -> (String, Vec<Param>) {
     let (mut conditions, mut params) = live_where(filter, now);
     if let Some(after) = after {
         params.push(Param::Text(after.as_str().to_owned()));
@@ -206,16 +227,12 @@ pub(super) async fn list(
                        WHERE t.session_id = s.id AND t.expires_at > $1)
          ORDER BY s.id LIMIT ${limit_at}"
     );
-    let rows = bind_all(sqlx::query(&sql), &params)
-        .fetch_all(pool)
-        .await
-        .map_err(query(op))?;
-    let sessions = rows
-        .iter()
-        .map(listed_from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(query(op))?;
-    Ok(SessionPage::cut(sessions, limit))
+    (sql, params)
+}
+
+/// The text of [`list_statement`], for `EXPLAIN` (see [`crate::list_sessions_sql`]).
+pub(crate) fn list_sql(filter: &SessionFilter, after: Option<&SessionId>) -> String {
+    list_statement(filter, UnixMillis(0), after, 0).0
 }
 
 fn listed_from_row(r: &PgRow) -> Result<ListedSession, sqlx::Error> {

@@ -38,6 +38,7 @@ mod proxy_session;
 mod redeem;
 mod row;
 mod session;
+pub(crate) use session::list_sql as list_sessions_sql;
 mod snapshot;
 mod sso;
 mod sweep;

@@ -133,12 +133,30 @@ pub(super) fn list(
     after: Option<&SessionId>,
     limit: u32,
 ) -> Result<SessionPage, StoreError> {
+    let (sql, values) = list_statement(filter, now, after, limit);
+    let sessions = c
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| {
+            stmt.query_map(params_from_iter(values), listed_from_row)?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(query("list_sessions"))?;
+    Ok(SessionPage::cut(sessions, limit))
+}
+
+/// The statement [`list`] runs, and its parameters: `now`, the filter's subject and client,
+/// `after`, and one more than `limit` (whether there is a next page).
+fn list_statement(
+    filter: &SessionFilter,
+    now: UnixMillis,
+    after: Option<&SessionId>,
+    limit: u32,
+) -> (String, Vec<Value>) {
     let (mut conditions, mut values) = live_where(filter, now);
     if let Some(after) = after {
         values.push(Value::Text(after.as_str().to_owned()));
         conditions.push_str(&format!(" AND s.id > ?{}", values.len()));
     }
-    // One more than asked: whether there is a next page.
     values.push(Value::Integer(i64::from(limit) + 1));
     let limit_at = values.len();
     // A session whose every refresh token has expired can never be refreshed again: it is
@@ -157,14 +175,13 @@ pub(super) fn list(
                        WHERE t.session_id = s.id AND t.expires_at > ?1)
          ORDER BY s.id LIMIT ?{limit_at}"
     );
-    let sessions = c
-        .prepare_cached(&sql)
-        .and_then(|mut stmt| {
-            stmt.query_map(params_from_iter(values), listed_from_row)?
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(query("list_sessions"))?;
-    Ok(SessionPage::cut(sessions, limit))
+    (sql, values)
+}
+
+/// The text of [`list_statement`], for `EXPLAIN QUERY PLAN` (see
+/// [`crate::list_sessions_sql`]).
+pub(crate) fn list_sql(filter: &SessionFilter, after: Option<&SessionId>) -> String {
+    list_statement(filter, UnixMillis(0), after, 0).0
 }
 
 fn listed_from_row(r: &Row<'_>) -> rusqlite::Result<ListedSession> {
