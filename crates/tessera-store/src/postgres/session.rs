@@ -172,9 +172,9 @@ fn live_where(filter: &SessionFilter, now: UnixMillis) -> (String, Vec<Param>) {
     (conditions.join(" AND "), params)
 }
 
-/// One page of the live sessions `filter` names, in id order after `after`. The database's own
-/// collation orders them (the cursor compares with the same one), so the indexes by person, by
-/// client and the primary key serve the order without a sort.
+/// One page of the live sessions `filter` names, in id order after `after`: byte order
+/// (`COLLATE "C"`), as SQLite's whatever the database's collation, which the indexes by person
+/// and by client (schema 5) hold, so a page is read in index order without a sort.
 pub(super) async fn list(
     pool: &PgPool,
     filter: &SessionFilter,
@@ -207,7 +207,7 @@ fn list_statement(
     let (mut conditions, mut params) = live_where(filter, now);
     if let Some(after) = after {
         params.push(Param::Text(after.as_str().to_owned()));
-        conditions.push_str(&format!(" AND s.id > ${}", params.len()));
+        conditions.push_str(&format!(" AND s.id COLLATE \"C\" > ${}", params.len()));
     }
     params.push(Param::Millis(i64::from(limit) + 1));
     let limit_at = params.len();
@@ -225,7 +225,7 @@ fn list_statement(
          WHERE {conditions}
            AND EXISTS (SELECT 1 FROM refresh_tokens t
                        WHERE t.session_id = s.id AND t.expires_at > $1)
-         ORDER BY s.id LIMIT ${limit_at}"
+         ORDER BY s.id COLLATE \"C\" LIMIT ${limit_at}"
     );
     (sql, params)
 }
