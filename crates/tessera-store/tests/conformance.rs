@@ -389,15 +389,7 @@ async fn a_signing_key_is_added_only_when_no_fresh_one_exists(store: &dyn Store)
 }
 
 async fn touching_an_sso_session_moves_its_idle_clock_forward_only(store: &dyn Store) {
-    let sso = SsoSession {
-        handle: secret(100).hash(),
-        id: SsoId::new("sso-1"),
-        subject: Subject::new("alice"),
-        auth_time: T0,
-        last_used_at: T0,
-        expires_at: T0.plus(LIFETIME),
-        revoked_at: None,
-    };
+    let sso = alices_sso(&secret(100));
     store.create_sso(sso.clone()).await.unwrap();
     let later = T0.plus(Duration::from_secs(600));
     store.touch_sso(sso.handle, later).await.unwrap();
@@ -411,15 +403,7 @@ async fn touching_an_sso_session_moves_its_idle_clock_forward_only(store: &dyn S
 
 async fn ending_an_sso_session_leaves_the_sessions_it_started(store: &dyn Store) {
     let handle = secret(100);
-    let sso = SsoSession {
-        handle: handle.hash(),
-        id: SsoId::new("sso-1"),
-        subject: Subject::new("alice"),
-        auth_time: T0,
-        last_used_at: T0,
-        expires_at: T0.plus(LIFETIME),
-        revoked_at: None,
-    };
+    let sso = alices_sso(&handle);
     store.create_sso(sso.clone()).await.unwrap();
     assert_eq!(store.find_sso(handle.hash()).await.unwrap(), Some(sso));
     assert_eq!(store.find_sso(secret(101).hash()).await.unwrap(), None);
@@ -586,15 +570,7 @@ async fn a_listing_pages_in_a_stable_order(store: &dyn Store) {
 }
 
 async fn revoking_a_persons_sessions_ends_their_sso_and_proxy_sessions(store: &dyn Store) {
-    let sso = SsoSession {
-        handle: secret(100).hash(),
-        id: SsoId::new("sso-1"),
-        subject: Subject::new("alice"),
-        auth_time: T0,
-        last_used_at: T0,
-        expires_at: T0.plus(LIFETIME),
-        revoked_at: None,
-    };
+    let sso = alices_sso(&secret(100));
     store.create_sso(sso).await.unwrap();
     start(store, session("a-1", T0), &secret(1)).await;
     start(store, session("a-2", T0), &secret(2)).await;
@@ -664,15 +640,7 @@ async fn revoking_a_persons_sessions_ends_their_sso_and_proxy_sessions(store: &d
 }
 
 async fn revoking_one_clients_sessions_keeps_the_sso_session(store: &dyn Store) {
-    let sso = SsoSession {
-        handle: secret(100).hash(),
-        id: SsoId::new("sso-1"),
-        subject: Subject::new("alice"),
-        auth_time: T0,
-        last_used_at: T0,
-        expires_at: T0.plus(LIFETIME),
-        revoked_at: None,
-    };
+    let sso = alices_sso(&secret(100));
     store.create_sso(sso).await.unwrap();
     start(store, session("a-kubectl", T0), &secret(1)).await;
     let dashboard = Session {
@@ -1985,15 +1953,7 @@ async fn populate_for_copy(store: &dyn Store) -> CopyFixture {
         .add_signing_key(key("k2", T0.plus(Duration::from_secs(60))))
         .await
         .unwrap();
-    let sso = SsoSession {
-        handle: secret(100).hash(),
-        id: SsoId::new("sso-1"),
-        subject: Subject::new("alice"),
-        auth_time: T0,
-        last_used_at: T0,
-        expires_at: T0.plus(LIFETIME),
-        revoked_at: None,
-    };
+    let sso = alices_sso(&secret(100));
     store.create_sso(sso.clone()).await.unwrap();
 
     let fresh_code = code_for_copy(&secret(50), "s-code-fresh");
@@ -2833,6 +2793,19 @@ fn origin(ip: &str) -> Origin {
     Origin {
         ip: ip.into(),
         user_agent: UA.into(),
+    }
+}
+
+/// Alice's SSO session `sso-1`, signed in at [`T0`], its cookie handle `handle`.
+fn alices_sso(handle: &Secret) -> SsoSession {
+    SsoSession {
+        handle: handle.hash(),
+        id: SsoId::new("sso-1"),
+        subject: Subject::new("alice"),
+        auth_time: T0,
+        last_used_at: T0,
+        expires_at: T0.plus(LIFETIME),
+        revoked_at: None,
     }
 }
 

@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use tessera_core::id::SessionId;
-use tessera_store::SessionFilter;
+use tessera_store::{SessionFilter, SsoSession};
 
 use super::authorize::RETURN_TO_ACCOUNT;
 use super::form::Form;
@@ -68,6 +68,22 @@ pub(super) async fn show(
     Ok(response)
 }
 
+/// The SSO session of the person who posted an account form; otherwise the page to answer: a
+/// forged form's, or the way back to the account page when nobody is signed in.
+async fn signed_in_poster(
+    app: &App,
+    headers: &HeaderMap,
+    form: Result<Form, OAuthError>,
+) -> Result<Result<SsoSession, Response>, OAuthError> {
+    if !sent_from_this_browser(headers, form) {
+        return Ok(Err(forged(app)));
+    }
+    let sso = app
+        .account_sso(cookie(headers, SSO_COOKIE).as_deref())
+        .await?;
+    Ok(sso.ok_or_else(|| back_to_account(app)))
+}
+
 /// `POST /account/sessions/{id}/end`: ends that session if it is the signed-in person's. Any
 /// other id (someone else's, unknown, already ended) ends nothing and answers the same way, so
 /// the form tells nobody which ids exist.
@@ -78,14 +94,9 @@ pub(super) async fn end_session(
     Ctx(ctx): Ctx,
     form: Result<Form, OAuthError>,
 ) -> Result<Response, OAuthError> {
-    if !sent_from_this_browser(&headers, form) {
-        return Ok(forged(&app));
-    }
-    let Some(sso) = app
-        .account_sso(cookie(&headers, SSO_COOKIE).as_deref())
-        .await?
-    else {
-        return Ok(back_to_account(&app));
+    let sso = match signed_in_poster(&app, &headers, form).await? {
+        Ok(sso) => sso,
+        Err(page) => return Ok(page),
     };
     let owner = Some(&sso.subject);
     app.end_session_by_id(SessionId::new(id), owner, &Actor::Owner, &ctx)
@@ -102,14 +113,9 @@ pub(super) async fn sign_out_everywhere(
     Ctx(ctx): Ctx,
     form: Result<Form, OAuthError>,
 ) -> Result<Response, OAuthError> {
-    if !sent_from_this_browser(&headers, form) {
-        return Ok(forged(&app));
-    }
-    let Some(sso) = app
-        .account_sso(cookie(&headers, SSO_COOKIE).as_deref())
-        .await?
-    else {
-        return Ok(back_to_account(&app));
+    let sso = match signed_in_poster(&app, &headers, form).await? {
+        Ok(sso) => sso,
+        Err(page) => return Ok(page),
     };
     let everything = SessionFilter {
         subject: Some(sso.subject.clone()),
