@@ -11,7 +11,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{Actor, App, AppError};
-use crate::connector::Kind;
 
 /// A page of sessions as the admin API answers it and `tessera sessions list --json` prints it.
 #[derive(Debug, Serialize)]
@@ -71,11 +70,7 @@ impl App {
     /// `sub`), or a directory person by their `sub` (`<connector id>:<id>`) as listings show it.
     pub fn person_named(&self, name: &str) -> Result<Subject, AppError> {
         let local = self.users().find(name).is_some();
-        let of_directory = name.split_once(':').is_some_and(|(connector, _)| {
-            self.connectors
-                .find(connector)
-                .is_some_and(|c| !matches!(c.kind, Kind::Local))
-        });
+        let of_directory = self.connectors.directory_of(&Subject::new(name)).is_some();
         if local || of_directory {
             Ok(Subject::new(name))
         } else {
@@ -93,12 +88,10 @@ impl App {
 
     fn session_view(&self, listed: &ListedSession) -> SessionView {
         let session = &listed.session;
-        let connector_id = session
-            .subject
-            .as_str()
-            .split_once(':')
-            .filter(|_| self.connectors.has_directories())
-            .map(|(id, _)| id.to_owned());
+        let connector_id = self
+            .connectors
+            .directory_id_of(&session.subject)
+            .map(str::to_owned);
         SessionView {
             id: session.id.to_string(),
             user: session.subject.to_string(),

@@ -167,7 +167,7 @@ impl App {
         &self,
         subject: &Subject,
     ) -> Result<Option<(IdentityRecord, std::sync::Arc<Connector>)>, AppError> {
-        if !self.connectors.has_directories() || !subject.as_str().contains(':') {
+        if self.connectors.directory_id_of(subject).is_none() {
             return Ok(None);
         }
         let record =

@@ -7,7 +7,6 @@ use tessera_core::id::{SessionId, Subject};
 use tessera_store::{DisabledUser, Ended, ListedSession, SessionFilter, SessionPage, SsoSession};
 
 use super::{App, AppError, RequestContext};
-use crate::connector::Kind;
 
 /// A person ended one of their sessions on the account page.
 const USER_ENDED: &str = "user_ended";
@@ -74,9 +73,9 @@ impl App {
     /// The name of the directory `subject` signed in through; `None` for a local user, whose
     /// connector is no news to anyone.
     pub fn directory_of(&self, subject: &Subject) -> Option<String> {
-        let id = self.connectors.id_of(subject)?;
-        let connector = self.connectors.find(id)?;
-        (!matches!(connector.kind, Kind::Local)).then(|| connector.name.clone())
+        self.connectors
+            .directory_of(subject)
+            .map(|connector| connector.name.clone())
     }
 
     /// A person's live sessions, most recently used first: what their account page shows.

@@ -184,10 +184,21 @@ impl Connectors {
     /// The connector a subject signed in through: the part before the `:` for directory
     /// people, the local connector for a bare user name.
     pub fn id_of<'a>(&'a self, subject: &'a Subject) -> Option<&'a str> {
-        match subject.as_str().split_once(':') {
-            Some((id, _)) if self.has_directories() => Some(id),
-            _ => self.local().map(|c| c.id.as_str()),
-        }
+        self.directory_id_of(subject)
+            .or_else(|| self.local().map(|c| c.id.as_str()))
+    }
+
+    /// The part before the `:` of a directory person's subject (`<connector id>:<id>`), whether
+    /// or not that connector is still configured; `None` for a local user.
+    pub fn directory_id_of<'a>(&self, subject: &'a Subject) -> Option<&'a str> {
+        let (id, _) = subject.as_str().split_once(':')?;
+        self.has_directories().then_some(id)
+    }
+
+    /// The configured directory connector a directory person's subject names.
+    pub fn directory_of(&self, subject: &Subject) -> Option<&Arc<Connector>> {
+        let id = self.directory_id_of(subject)?;
+        self.find(id).filter(|c| !matches!(c.kind, Kind::Local))
     }
 }
 
