@@ -610,13 +610,8 @@ async fn revoking_a_persons_sessions_ends_their_sso_and_proxy_sessions(store: &d
     );
     let bob = store.find_session(sid("b-1")).await.unwrap().unwrap();
     assert_eq!(bob.revoked_at, None);
-    let exported = store.export_snapshot().await.unwrap();
-    let reason = exported
-        .sessions
-        .iter()
-        .find(|r| r.session.id == sid("a-1"));
     assert_eq!(
-        reason.unwrap().revoked_reason.as_deref(),
+        revoked_reason(store, "a-1").await.as_deref(),
         Some("sign_out_everywhere")
     );
     // Nothing left to end; an empty filter never ends everyone's.
@@ -699,13 +694,8 @@ async fn a_disabled_person_loses_everything_until_enabled(store: &dyn Store) {
     };
     let ended = store.disable_user(record.clone()).await.unwrap();
     assert_eq!(ended.sessions.len(), 1);
-    let exported = store.export_snapshot().await.unwrap();
-    let reason = exported
-        .sessions
-        .iter()
-        .find(|r| r.session.id == sid("a-1"));
     assert_eq!(
-        reason.unwrap().revoked_reason.as_deref(),
+        revoked_reason(store, "a-1").await.as_deref(),
         Some("user_disabled")
     );
     let refused = redeem(store, &secret(1), T0, no_grace(OnReplay::RevokeSession)).await;
@@ -2794,6 +2784,16 @@ fn origin(ip: &str) -> Origin {
         ip: ip.into(),
         user_agent: UA.into(),
     }
+}
+
+/// Why session `id` was revoked, as the store keeps it.
+async fn revoked_reason(store: &dyn Store, id: &str) -> Option<String> {
+    let exported = store.export_snapshot().await.unwrap();
+    let row = exported
+        .sessions
+        .into_iter()
+        .find(|r| r.session.id == sid(id));
+    row.unwrap().revoked_reason
 }
 
 /// Alice's SSO session `sso-1`, signed in at [`T0`], its cookie handle `handle`.
