@@ -93,6 +93,7 @@ macro_rules! conformance_suite {
                     fifty_concurrent_redemptions_rotate_exactly_once,
                     fifty_concurrent_redemptions_inside_grace_converge_on_one_successor,
                     fifty_concurrent_redemptions_under_reject_policy_leave_the_session_live,
+                    concurrent_redemptions_of_many_sessions_are_each_decided_as_if_alone,
                     fifty_concurrent_refresh_claims_grant_exactly_one_lease,
                     fifty_concurrent_revalidation_claims_grant_exactly_one_lease,
                 ],
@@ -1166,6 +1167,66 @@ async fn fifty_concurrent_redemptions_rotate_exactly_once(store: &Arc<dyn Store>
     );
     let s = store.find_session(sid("s1")).await.unwrap().unwrap();
     assert!(s.revoked_at.is_some(), "a replay revokes the session");
+}
+
+/// Redemptions of many sessions at once, refused ones among them (unknown tokens, a token of
+/// another client): SQLite commits the redemptions queued together in one transaction, so a
+/// refusal must roll back only its own claim, and every rotation must be kept.
+async fn concurrent_redemptions_of_many_sessions_are_each_decided_as_if_alone(
+    store: &Arc<dyn Store>,
+) {
+    const SESSIONS: u8 = 40;
+    // One more session, whose token only another client presents.
+    for n in 0..=SESSIONS {
+        start(&**store, session(&format!("many-{n}"), T0), &secret(n)).await;
+    }
+    let now = T0.plus(Duration::from_secs(1));
+    let policy = grace(0, false);
+    let mut requests: Vec<RedeemRequest> = (0..SESSIONS)
+        .map(|n| request(&secret(n), now, policy))
+        .collect();
+    // Tokens nobody issued, and the last session's token presented by another client.
+    requests.extend((200..220).map(|n| request(&secret(n), now, policy)));
+    requests.push(RedeemRequest {
+        client_id: ClientId::new("dashboard"),
+        ..request(&secret(SESSIONS), now, policy)
+    });
+    let barrier = Arc::new(tokio::sync::Barrier::new(requests.len()));
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let (store, barrier) = (Arc::clone(store), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let hash = request.hash;
+                (hash, store.redeem_refresh_token(request).await.unwrap())
+            })
+        })
+        .collect();
+    let mut rotated = 0;
+    for task in tasks {
+        let (hash, redemption) = task.await.unwrap();
+        match redemption.decision {
+            Decision::Rotate => rotated += 1,
+            Decision::Reject(RejectReason::UnknownToken | RejectReason::OtherClient) => {}
+            other => panic!("{} answered {other:?}", hash.to_hex()),
+        }
+    }
+    assert_eq!(rotated, usize::from(SESSIONS));
+    for n in 0..SESSIONS {
+        let found = store.find_refresh_token(next(&secret(n)).hash()).await;
+        assert!(found.unwrap().is_some(), "session {n}'s successor was kept");
+        let s = store.find_session(sid(&format!("many-{n}"))).await.unwrap();
+        assert_eq!(s.unwrap().revoked_at, None);
+    }
+    let refused = next(&secret(SESSIONS)).hash();
+    assert!(store.find_refresh_token(refused).await.unwrap().is_none());
+    let r = redeem(&**store, &secret(SESSIONS), now, policy).await;
+    assert_eq!(
+        r.decision,
+        Decision::Rotate,
+        "the refused claim was rolled back"
+    );
 }
 
 async fn fifty_concurrent_redemptions_inside_grace_converge_on_one_successor(

@@ -1,7 +1,7 @@
 //! The SQLite dialect of the redeem transaction: its claim, the read after it, and the SQL that
 //! executes the writes core computed.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, Savepoint, Transaction, params};
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::ClientId;
 use tessera_core::redeem::{FirstUse, TokenRecord, Writes, Written};
@@ -12,26 +12,69 @@ use crate::StoreError;
 use crate::model::*;
 use crate::redeem::{self, Found};
 
-/// The redeem transaction: claim, decide, apply (the skeleton is [`crate::redeem`]; this is only
-/// its SQLite dialect). A rejected claim rolls back, so a refused token is left exactly as it
-/// was. The claim records the successor's hash at once: a claim ends in a rotation or in a
-/// rejection that rolls back, so it is right either way and saves a second UPDATE of the same
-/// row on every rotation.
-pub(super) fn redeem_in_transaction(
-    c: &mut Connection,
+const OPERATION: &str = "redeem_refresh_token";
+
+/// A redemption waiting for the writer thread, and where its answer goes.
+pub(super) struct QueuedRedemption {
+    pub(super) request: RedeemRequest,
+    pub(super) answer: tokio::sync::oneshot::Sender<Result<Redemption, StoreError>>,
+}
+
+/// Redeems `group` in one transaction (group commit, see the module `sqlite`), each redemption
+/// in a savepoint of its own, in queue order; answers each after the commit, or each with the
+/// commit's failure.
+pub(super) fn redeem_group(c: &mut Connection, group: Vec<QueuedRedemption>) {
+    let mut tx = match immediate(c, OPERATION) {
+        Ok(tx) => tx,
+        Err(e) => return answer_all_failed(group.into_iter().map(|q| q.answer), &e),
+    };
+    let outcomes: Vec<_> = group
+        .into_iter()
+        .map(|queued| {
+            let outcome = redeem_in_savepoint(&mut tx, &queued.request);
+            (queued.answer, outcome)
+        })
+        .collect();
+    match tx.commit().map_err(query(OPERATION)) {
+        // A caller may have gone away (its request was cancelled); the redemption stands.
+        Ok(()) => outcomes.into_iter().for_each(|(answer, outcome)| {
+            let _ = answer.send(outcome);
+        }),
+        Err(e) => answer_all_failed(outcomes.into_iter().map(|(answer, _)| answer), &e),
+    }
+}
+
+fn answer_all_failed(
+    answers: impl Iterator<Item = tokio::sync::oneshot::Sender<Result<Redemption, StoreError>>>,
+    failure: &StoreError,
+) {
+    for answer in answers {
+        let _ = answer.send(Err(StoreError::Query {
+            operation: OPERATION,
+            source: failure.to_string().into(),
+        }));
+    }
+}
+
+/// One redemption: claim, decide, apply (the skeleton is [`crate::redeem`]; this is only its
+/// SQLite dialect). A rejected claim rolls its savepoint back, so a refused token is left
+/// exactly as it was. The claim records the successor's hash at once: a claim ends in a
+/// rotation or in a rejection that rolls back, so it is right either way and saves a second
+/// UPDATE of the same row on every rotation.
+fn redeem_in_savepoint(
+    tx: &mut Transaction<'_>,
     request: &RedeemRequest,
 ) -> Result<Redemption, StoreError> {
-    let op = "redeem_refresh_token";
-    let tx = immediate(c, op)?;
-    let claimed = claim_refresh_token(&tx, request).map_err(query(op))?;
-    let found = find_presented(&tx, request).map_err(query(op))?;
+    let savepoint = tx.savepoint().map_err(query(OPERATION))?;
+    let claimed = claim_refresh_token(&savepoint, request).map_err(query(OPERATION))?;
+    let found = find_presented(&savepoint, request).map_err(query(OPERATION))?;
     let effects = redeem::settle(request, claimed, found.as_ref());
-    let written = write_effects(tx, &effects.writes, request)?;
+    let written = write_effects(savepoint, &effects.writes, request)?;
     Ok(redeem::answer(effects, written, found))
 }
 
 /// Marks the presented token used, naming its successor, if it is unused; whether it was.
-fn claim_refresh_token(tx: &Transaction<'_>, request: &RedeemRequest) -> rusqlite::Result<bool> {
+fn claim_refresh_token(tx: &Connection, request: &RedeemRequest) -> rusqlite::Result<bool> {
     tx.prepare_cached(
         "UPDATE refresh_tokens SET used_at = ?2, used_ip = ?3, successor_hash = ?4,
          used_user_agent = ?5 WHERE hash = ?1 AND used_at IS NULL",
@@ -47,10 +90,7 @@ fn claim_refresh_token(tx: &Transaction<'_>, request: &RedeemRequest) -> rusqlit
 }
 
 /// The presented token as the claim left it, with its session and the successor's expiry.
-fn find_presented(
-    tx: &Transaction<'_>,
-    request: &RedeemRequest,
-) -> rusqlite::Result<Option<Found>> {
+fn find_presented(tx: &Connection, request: &RedeemRequest) -> rusqlite::Result<Option<Found>> {
     tx.prepare_cached(&format!(
         "SELECT t.client_id, t.expires_at, t.used_at, t.used_ip, n.expires_at, {SESSION_COLUMNS}
          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
@@ -86,14 +126,14 @@ fn found_from_row(r: &Row<'_>) -> rusqlite::Result<Found> {
     })
 }
 
-/// Executes the writes core computed and commits them; [`Writes::Nothing`] commits nothing, so
-/// dropping the transaction rolls the claim back.
+/// Executes the writes core computed and keeps them; [`Writes::Nothing`] keeps nothing, so
+/// dropping the savepoint rolls the claim back.
 fn write_effects(
-    tx: Transaction<'_>,
+    tx: Savepoint<'_>,
     writes: &Writes,
     request: &RedeemRequest,
 ) -> Result<Written, StoreError> {
-    let op = "redeem_refresh_token";
+    let op = OPERATION;
     let written = match writes {
         // The claim has already marked the token used; committing keeps it.
         Writes::Rotate { successor, .. } => {

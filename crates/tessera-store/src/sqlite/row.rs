@@ -1,7 +1,7 @@
 //! One writer per table and one reader per row shape, shared by the store's methods, the redeem
 //! transaction and the snapshot copy.
 
-use rusqlite::{Connection, Row, Transaction, params};
+use rusqlite::{Connection, Row, params};
 use tessera_core::clock::UnixMillis;
 use tessera_core::id::{ClientId, SessionId, SsoId, Subject};
 use tessera_core::token::TokenHash;
@@ -138,7 +138,7 @@ pub(super) fn insert_proxy_session(c: &Connection, session: &ProxySession) -> ru
 }
 
 pub(super) fn insert_refresh_token(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     token: &NewRefreshToken,
     session: &SessionId,
     client: &ClientId,
