@@ -11,7 +11,9 @@ use tessera_core::clock::{Clock, SystemClock};
 use crate::admin::{self, RevokeTarget};
 use crate::audit::Audit;
 use crate::config::{Config, Storage};
-use crate::kube::{ApiserverTrust, AuthenticationConfigVersion, SESSION_ID_EXTRA};
+use crate::kube::{
+    ApiserverTrust, AuthenticationConfigVersion, SESSION_ID_EXTRA, unverifiable_by_apiserver,
+};
 use crate::serve::{self, ServeOptions};
 use tessera_store::{PostgresOptions, StorageUrl};
 
@@ -377,6 +379,9 @@ fn apiserver_config(
     api_version: AuthenticationConfigVersion,
 ) -> Result<()> {
     let config = arg.load()?;
+    if let Some(refusal) = unverifiable_by_apiserver(config.signing_alg) {
+        bail!("{refusal}.");
+    }
     let trust = ApiserverTrust {
         issuer: config
             .issuer
@@ -384,6 +389,7 @@ fn apiserver_config(
             .unwrap_or_else(|| format!("https://{}", config.listen)),
         client_id: client_id.to_owned(),
         certificate_authority: dev_ca(&config)?,
+        signing_alg: config.signing_alg,
     };
     println!("# kube-apiserver flags (legacy form; they cannot map the session id):");
     for flag in trust.flags() {

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use tessera_core::jwt::Algorithm;
 
 /// The `extra` key under which kube-apiserver records the tessera session (`sid`) of a request.
 pub const SESSION_ID_EXTRA: &str = "tessera.dev/session-id";
@@ -38,6 +39,20 @@ pub struct ApiserverTrust {
     /// The CA that signed tessera's certificate, when it is not in the system's roots: its
     /// path (for the flag) and its PEM (inlined in the structured form).
     pub certificate_authority: Option<(PathBuf, String)>,
+    /// The id_tokens' algorithm (`tokens.signing_alg`). The flags accept RS256 unless told
+    /// otherwise; the structured form accepts RS256 and ES256 as they are; neither EdDSA.
+    pub signing_alg: Algorithm,
+}
+
+/// Why kube-apiserver cannot verify id_tokens signed with `alg`, if it cannot.
+pub fn unverifiable_by_apiserver(alg: Algorithm) -> Option<String> {
+    match alg {
+        Algorithm::RS256 | Algorithm::ES256 => None,
+        Algorithm::EdDSA => Some(format!(
+            "kube-apiserver does not accept {} id_tokens; set tokens.signing_alg to RS256 or ES256",
+            alg.as_str()
+        )),
+    }
 }
 
 impl ApiserverTrust {
@@ -53,6 +68,9 @@ impl ApiserverTrust {
         ];
         if let Some((path, _)) = &self.certificate_authority {
             flags.push(format!("--oidc-ca-file={}", path.display()));
+        }
+        if self.signing_alg != Algorithm::RS256 {
+            flags.push(format!("--oidc-signing-algs={}", self.signing_alg.as_str()));
         }
         flags
     }
@@ -156,6 +174,7 @@ mod tests {
                     "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
                 )
             }),
+            signing_alg: Algorithm::RS256,
         }
     }
 
@@ -212,5 +231,32 @@ mod tests {
                 .iter()
                 .any(|f| f.starts_with("--oidc-ca-file"))
         );
+    }
+
+    #[test]
+    fn the_flags_name_the_signing_algorithm_only_when_it_is_not_rs256() {
+        assert!(
+            !trust(false)
+                .flags()
+                .iter()
+                .any(|f| f.starts_with("--oidc-signing-algs"))
+        );
+        let es256 = ApiserverTrust {
+            signing_alg: Algorithm::ES256,
+            ..trust(false)
+        };
+        assert!(
+            es256
+                .flags()
+                .contains(&"--oidc-signing-algs=ES256".to_owned())
+        );
+    }
+
+    #[test]
+    fn eddsa_id_tokens_are_refused_with_the_setting_to_change() {
+        assert_eq!(unverifiable_by_apiserver(Algorithm::RS256), None);
+        assert_eq!(unverifiable_by_apiserver(Algorithm::ES256), None);
+        let refusal = unverifiable_by_apiserver(Algorithm::EdDSA).unwrap();
+        assert!(refusal.contains("tokens.signing_alg"), "{refusal}");
     }
 }

@@ -474,6 +474,35 @@ async fn apiserver_config_maps_the_session_id_that_the_audit_log_records() {
     assert_eq!(older["apiVersion"], "apiserver.config.k8s.io/v1beta1");
     assert_eq!(older["jwt"], stable["jwt"]);
 
+    // The flags accept RS256 alone unless told otherwise; EdDSA kube-apiserver cannot verify.
+    let with_alg = |alg: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["kube", "apiserver-config", "--data-dir"])
+            .arg(server.dir.path())
+            .env("TESSERA_TOKENS__SIGNING_ALG", alg)
+            .output()
+            .unwrap()
+    };
+    let flags = |output: &std::process::Output| {
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        printed
+            .lines()
+            .filter(|l| l.starts_with("--oidc-signing-algs"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(flags(&with_alg("RS256")), Vec::<String>::new());
+    let es256 = with_alg("ES256");
+    assert!(es256.status.success(), "{es256:?}");
+    assert_eq!(flags(&es256), ["--oidc-signing-algs=ES256"]);
+    let eddsa = with_alg("EdDSA");
+    assert!(!eddsa.status.success());
+    let said = String::from_utf8_lossy(&eddsa.stderr);
+    assert!(
+        said.contains("kube-apiserver does not accept EdDSA id_tokens; set tokens.signing_alg to RS256 or ES256"),
+        "{said}"
+    );
+
     // What kube-apiserver would put into `extra` is the session the audit log names.
     let tokens = server.kubernetes_tokens().await;
     let sid = claims(tokens["id_token"].as_str().unwrap())["sid"].clone();
