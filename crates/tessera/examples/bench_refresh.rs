@@ -22,7 +22,8 @@
 //!
 //! With `--peer node-oidc-provider` (issue 14) it runs tessera and node's certified
 //! `oidc-provider` back to back instead; with `--seed` and `--sweep`, refreshes with a large
-//! store and during a large sweep (see `--help`).
+//! store and during a large sweep; with `--callgrind N`, the instructions of N refreshes and
+//! where they go (see `--help`).
 //!
 //! With `--storage postgres` (issue 5) it runs SQLite first, then 1, 2, 3 (`--replicas`)
 //! replicas sharing one fresh PostgreSQL database, each replica with its own dev data directory
@@ -45,6 +46,8 @@ use tessera_core::jwt::{Algorithm, SigningKey};
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;
+#[path = "bench_refresh/callgrind.rs"]
+mod callgrind;
 #[path = "bench_support/code_flow.rs"]
 mod code_flow;
 #[path = "bench_support/seed.rs"]
@@ -70,6 +73,9 @@ usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurr
   --concurrency LIST  concurrent refresh chains, comma-separated (default 1,8,64)
   --sign-secs SECS    seconds of each raw signing measurement (default 2)
   --synchronous MODE  the server's storage.sqlite_synchronous (default normal)
+  --signing-alg ALG   the server's tokens.signing_alg, the id_token's algorithm: RS256
+                      (default, what kube-apiserver accepts unless told otherwise), ES256 or
+                      EdDSA; the access token follows its default
   --storage KIND      sqlite (default) or postgres: SQLite, then PostgreSQL with each replica
                       count of --replicas, in one run (C defaults to 64 then)
   --replicas LIST     replica counts for --storage postgres (default 1,2,3)
@@ -80,15 +86,23 @@ usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurr
                       target/oidc-provider, script bench/oidc-provider/server.mjs), tessera and
                       it in turn for each C, --rounds times, fresh servers and sessions each
                       time; prints both, the ratio, and the medians of the rounds
-  --rounds N          rounds with --peer (default 3)
+  --peer-node PATH    the node that runs the peer (default: node on PATH; bench/refresh
+                      installs node 22, the version oidc-provider 9 asks for, and passes it)
+  --rounds N          rounds with --peer and with --seed (default 3)
   --seed LIST         live sessions (each with one spent and one live refresh token) inserted
-                      straight into the store before the level, one fresh server per count,
-                      e.g. 1000,100000,1000000; SQLite, and PostgreSQL too with --storage
-                      postgres (C defaults to 64)
+                      straight into the store, one server per count, e.g.
+                      1000,100000,1000000, then --rounds levels on each, the counts in
+                      alternating order; SQLite, and PostgreSQL too with --storage postgres
+                      (C defaults to 64)
   --sweep N           N ended sessions (each with two tokens) inserted, then the server
                       restarted (a new server sweeps at once) and C chains refresh while it
                       sweeps; p99 during the sweep; SQLite, and PostgreSQL too with --storage
                       postgres (C defaults to 64)
+  --callgrind N       instead of a load: the server under valgrind's callgrind, N refreshes
+                      (e.g. 300) counted over one kept-alive connection, then over a new
+                      connection each (full TLS handshake, then resumed); prints instructions
+                      per refresh and where they go (needs valgrind); one chain, or the
+                      largest --concurrency
   --tessera PATH      the server binary (default: target/release/tessera beside this example)";
 
 const PASSWORD: &str = "bench password, not a secret";
@@ -103,6 +117,11 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if let Some(refreshes) = options.callgrind {
+        let profiles = runtime.block_on(callgrind::run(&options, refreshes))?;
+        callgrind::print_table(&options, &profiles);
+        return Ok(());
+    }
     if !options.seed.is_empty() || options.sweep.is_some() {
         let rows = runtime.block_on(scale::run(&options))?;
         scale::print_table(&options, &rows);
@@ -126,6 +145,8 @@ struct Options {
     concurrency: Vec<usize>,
     sign_secs: Duration,
     synchronous: String,
+    /// The server's `tokens.signing_alg` (the id_token's algorithm).
+    signing_alg: String,
     tessera: PathBuf,
     /// SQLite alone, or SQLite then PostgreSQL with each count of `replicas`.
     postgres: bool,
@@ -133,12 +154,16 @@ struct Options {
     postgres_url: String,
     /// `--peer node-oidc-provider`: the directory holding node's oidc-provider and server.mjs.
     peer_dir: Option<PathBuf>,
+    /// The node that runs the peer (bench/refresh installs node 22; default `node` on PATH).
+    peer_node: PathBuf,
     /// Interleaved rounds of tessera and the peer.
     rounds: usize,
     /// `--seed`: live sessions put straight into the store before a level, one run per count.
     seed: Vec<u64>,
     /// `--sweep`: ended sessions put into the store, then swept while the chains refresh.
     sweep: Option<u64>,
+    /// `--callgrind`: refreshes counted under callgrind instead of a load.
+    callgrind: Option<usize>,
 }
 
 /// One deployment under test.
@@ -189,14 +214,17 @@ impl Options {
             concurrency: vec![1, 8, 64],
             sign_secs: Duration::from_secs(2),
             synchronous: "normal".into(),
+            signing_alg: "RS256".into(),
             tessera: default_tessera()?,
             postgres: false,
             replicas: vec![1, 2, 3],
             postgres_url: "postgres://postgres@127.0.0.1:5432".into(),
             peer_dir: None,
+            peer_node: PathBuf::from("node"),
             rounds: 3,
             seed: Vec::new(),
             sweep: None,
+            callgrind: None,
         };
         let mut concurrency_given = false;
         while let Some(flag) = args.next() {
@@ -213,6 +241,7 @@ impl Options {
                 "--warmup" => options.warmup = seconds(&value).context("--warmup")?,
                 "--sign-secs" => options.sign_secs = seconds(&value).context("--sign-secs")?,
                 "--synchronous" => options.synchronous = value,
+                "--signing-alg" => options.signing_alg = value,
                 "--tessera" => options.tessera = PathBuf::from(value),
                 "--storage" => match value.as_str() {
                     "sqlite" => options.postgres = false,
@@ -235,6 +264,7 @@ impl Options {
                     options.peer_dir.get_or_insert_with(PathBuf::new);
                 }
                 "--peer-dir" => options.peer_dir = Some(PathBuf::from(value)),
+                "--peer-node" => options.peer_node = PathBuf::from(value),
                 "--rounds" => options.rounds = value.parse().context("--rounds")?,
                 "--seed" => {
                     options.seed = value
@@ -245,6 +275,9 @@ impl Options {
                 }
                 "--sweep" => {
                     options.sweep = Some(value.replace('_', "").parse().context("--sweep")?);
+                }
+                "--callgrind" => {
+                    options.callgrind = Some(value.parse().context("--callgrind")?);
                 }
                 "--concurrency" => {
                     concurrency_given = true;
@@ -262,6 +295,9 @@ impl Options {
         {
             options.concurrency = vec![64];
         }
+        if options.callgrind.is_some() && !concurrency_given {
+            options.concurrency = vec![1];
+        }
         if options
             .peer_dir
             .as_ref()
@@ -274,6 +310,9 @@ impl Options {
         }
         if options.rounds == 0 {
             bail!("--rounds must be at least 1");
+        }
+        if options.callgrind == Some(0) {
+            bail!("--callgrind counts at least 1 refresh");
         }
         if options.replicas.contains(&0) {
             bail!("--replicas: every count must be at least 1");
@@ -388,6 +427,8 @@ struct Level {
     driver_cpu_ms: f64,
     /// CPU time of the whole machine (every process, every core) in the window.
     machine_cpu_ms: f64,
+    /// PostgreSQL's write-ahead log in the window (the whole cluster's; `None` on SQLite).
+    wal: Option<Wal>,
     /// What the machine can sign, measured around this level.
     signing: SigningRates,
 }
@@ -490,7 +531,7 @@ impl Deployment {
         // One at a time: the first one migrates the database and creates the keys.
         for _ in 0..setup.replicas {
             let url = database.as_ref().map(|d| d.url.as_str());
-            servers.push(Server::start(&options.tessera, &options.synchronous, url).await?);
+            servers.push(Server::start(options, url).await?);
         }
         Ok(Deployment {
             servers,
@@ -506,6 +547,22 @@ impl Deployment {
     }
 }
 
+/// What PostgreSQL wrote to its write-ahead log (the whole cluster's, from `pg_stat_wal`): a
+/// refresh's commit waits for its WAL to reach the disk, so more bytes per refresh would mean
+/// slower commits.
+#[derive(Clone, Copy)]
+struct Wal {
+    bytes: f64,
+}
+
+impl Wal {
+    fn since(&self, earlier: &Wal) -> Wal {
+        Wal {
+            bytes: self.bytes - earlier.bytes,
+        }
+    }
+}
+
 /// A fresh PostgreSQL database, dropped (with its connections) on drop.
 struct Database {
     admin: String,
@@ -515,7 +572,10 @@ struct Database {
 
 impl Database {
     fn create(server_url: &str) -> Result<Database> {
-        let name = format!("tessera_bench_{}", std::process::id());
+        // Several at once (one per seeded store), so each gets a number of its own.
+        static CREATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let number = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("tessera_bench_{}_{number}", std::process::id());
         let admin = format!("{server_url}/postgres");
         let database = Database {
             url: format!("{server_url}/{name}"),
@@ -532,6 +592,16 @@ impl Database {
 
     fn psql(&self, sql: &str) -> Result<()> {
         run_psql(&self.admin, sql).map(drop)
+    }
+
+    /// The cluster's write-ahead log counters so far.
+    fn wal(&self) -> Result<Wal> {
+        let answer = run_psql(&self.admin, "SELECT wal_bytes FROM pg_stat_wal")?;
+        let bytes = answer
+            .trim()
+            .parse()
+            .with_context(|| format!("pg_stat_wal answered `{answer}`"))?;
+        Ok(Wal { bytes })
     }
 
     /// Rows and bytes per row (heap and indexes) of the tables a refresh writes: what sizes the
@@ -591,22 +661,17 @@ impl Drop for Server {
 }
 
 impl Server {
-    async fn start(binary: &Path, synchronous: &str, postgres: Option<&str>) -> Result<Server> {
+    async fn start(options: &Options, postgres: Option<&str>) -> Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("tessera-bench-")
             .tempdir()
             .context("cannot create a temporary data directory")?;
-        Server::start_in(binary, synchronous, postgres, dir).await
+        Server::start_in(options, postgres, dir, &[]).await
     }
 
     /// Stops the server and starts it again on the same data directory and database: a new
     /// server sweeps at once, so this is how a sweep is made to run under load.
-    async fn restart(
-        mut self,
-        binary: &Path,
-        synchronous: &str,
-        postgres: Option<&str>,
-    ) -> Result<Server> {
+    async fn restart(mut self, options: &Options, postgres: Option<&str>) -> Result<Server> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(
@@ -614,28 +679,38 @@ impl Server {
             tempfile::tempdir().context("cannot create a temporary directory")?,
         );
         drop(self);
-        Server::start_in(binary, synchronous, postgres, dir).await
+        Server::start_in(options, postgres, dir, &[]).await
     }
 
+    /// Starts the server in `dir`; `launcher` (e.g. valgrind and its options) runs the binary.
     async fn start_in(
-        binary: &Path,
-        synchronous: &str,
+        options: &Options,
         postgres: Option<&str>,
         dir: tempfile::TempDir,
+        launcher: &[String],
     ) -> Result<Server> {
+        let binary = &options.tessera;
         if !binary.exists() {
             bail!(
                 "{} is missing: run `cargo build --release --bin tessera` (bench/refresh does)",
                 binary.display()
             );
         }
-        let mut command = Command::new(binary);
+        let mut command = match launcher.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env("TESSERA_DEV_PASSWORD", PASSWORD)
             .env("TESSERA_LOG", "warn")
-            .env("TESSERA_STORAGE__SQLITE_SYNCHRONOUS", synchronous)
+            .env("TESSERA_STORAGE__SQLITE_SYNCHRONOUS", &options.synchronous)
+            .env("TESSERA_TOKENS__SIGNING_ALG", &options.signing_alg)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(url) = postgres {
@@ -656,10 +731,12 @@ impl Server {
                 let _ = lines_tx.send(line);
             }
         });
+        // Under valgrind the first start (key generation) takes minutes.
+        let patience = Duration::from_secs(if launcher.is_empty() { 60 } else { 600 });
         let issuer = loop {
             let line = lines_rx
-                .recv_timeout(Duration::from_secs(60))
-                .context("the server printed no `issuer:` line within 60 s")?;
+                .recv_timeout(patience)
+                .context("the server printed no `issuer:` line in time")?;
             if let Some(issuer) = line.strip_prefix("issuer: ") {
                 break issuer.to_owned();
             }
@@ -695,7 +772,7 @@ impl Server {
     }
 
     /// node's oidc-provider from `peer_dir` (see bench/oidc-provider/server.mjs), on plain HTTP.
-    async fn start_peer(peer_dir: &Path) -> Result<Server> {
+    async fn start_peer(node: &Path, peer_dir: &Path) -> Result<Server> {
         let script = peer_dir.join("server.mjs");
         if !script.exists() {
             bail!(
@@ -707,14 +784,14 @@ impl Server {
             .prefix("tessera-bench-peer-")
             .tempdir()
             .context("cannot create a temporary directory")?;
-        let mut child = Command::new("node")
+        let mut child = Command::new(node)
             .arg(&script)
             .current_dir(peer_dir)
             .env("NODE_ENV", "production")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("cannot start node (v20 or later is needed for --peer)")?;
+            .with_context(|| format!("cannot start {} for --peer", node.display()))?;
         let pid = child.id();
         let stdout = child
             .stdout
@@ -868,9 +945,15 @@ async fn run_level(
         chains.spawn(async move { chain(client, url, token, pool, window).await });
     }
     tokio::time::sleep_until(window.start.into()).await;
+    let database = deployment.database.as_ref();
+    let wal_before = database.map(Database::wal).transpose()?;
     let before = CpuSample::take(&deployment.servers)?;
     tokio::time::sleep_until(window.end.into()).await;
     let used = CpuSample::take(&deployment.servers)?.since(&before);
+    let wal = match (database, wal_before) {
+        (Some(database), Some(before)) => Some(database.wal()?.since(&before)),
+        _ => None,
+    };
     let mut server_rss_kib = 0;
     for server in &deployment.servers {
         server_rss_kib += rss_kib(&server.proc_path("status"))?;
@@ -902,6 +985,7 @@ async fn run_level(
         database_cpu_ms: used.database_ms,
         driver_cpu_ms: used.driver_ms,
         machine_cpu_ms: used.machine_ms,
+        wal,
         signing: SigningRates::default(),
     })
 }
@@ -1053,11 +1137,12 @@ fn print_table(options: &Options, levels: &[Level]) {
     let threads = cores();
     println!();
     println!(
-        "{} s per level after {} s warm-up, {} sessions, sqlite synchronous={}, one HTTP/1.1 keep-alive connection per chain",
+        "{} s per level after {} s warm-up, {} sessions, sqlite synchronous={}, id_token {}, one HTTP/1.1 keep-alive connection per chain",
         options.duration.as_secs_f64(),
         options.warmup.as_secs_f64(),
         options.sessions,
-        options.synchronous
+        options.synchronous,
+        options.signing_alg
     );
     println!();
     println!(
@@ -1115,6 +1200,15 @@ mod peer {
     }
 
     pub(super) async fn run(options: &Options, peer_dir: &Path) -> Result<Vec<Measured>> {
+        let version = Command::new(&options.peer_node)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("cannot run {}", options.peer_node.display()))?;
+        println!(
+            "peer runtime: {} {}",
+            options.peer_node.display(),
+            String::from_utf8_lossy(&version.stdout).trim()
+        );
         let mut measured = Vec::new();
         for round in 1..=options.rounds {
             for &concurrency in &options.concurrency {
@@ -1156,7 +1250,7 @@ mod peer {
         };
         let deployment = if peer {
             Deployment {
-                servers: vec![Server::start_peer(peer_dir).await?],
+                servers: vec![Server::start_peer(&options.peer_node, peer_dir).await?],
                 database: None,
                 peer: true,
             }
@@ -1211,11 +1305,12 @@ mod peer {
         println!();
         println!(
             "{} s per level after {} s warm-up, {} round(s), sides alternating who goes first, fresh servers and sessions for each level; \
-             tessera on SQLite synchronous={} over HTTPS, node oidc-provider in memory over plain HTTP; one HTTP/1.1 keep-alive connection per chain",
+             tessera on SQLite synchronous={} over HTTPS with {} id_tokens, node oidc-provider in memory over plain HTTP; one HTTP/1.1 keep-alive connection per chain",
             options.duration.as_secs_f64(),
             options.warmup.as_secs_f64(),
             options.rounds,
-            options.synchronous
+            options.synchronous,
+            options.signing_alg
         );
         println!();
         println!(
@@ -1290,33 +1385,52 @@ mod peer {
             "ratio = tessera's refreshes/s ÷ oidc-provider's in the same round; target at C = 64: ≥ 2.0, tessera p99 ≤ 20 ms, RSS ≤ 60 MiB (issue 14)"
         );
     }
+}
 
-    /// The middle value (the mean of the middle two for an even count); NaN for none.
-    fn median(mut values: Vec<f64>) -> f64 {
-        values.sort_by(f64::total_cmp);
-        match values.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => values[n / 2],
-            n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-        }
+/// The middle value (the mean of the middle two for an even count); NaN for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
 /// `--seed` and `--sweep` (issue 14): refreshes with a large store, and during a large sweep.
+///
+/// Every seeded store gets its server first; then the levels run `--rounds` times, the sizes in
+/// alternating order, so a machine (or a disk) that drifts favours no size; the verdict is each
+/// size's median against the smallest store's.
 mod scale {
     use super::*;
 
-    /// What one seeded level measured.
+    /// What one level on a seeded store measured.
     pub(super) struct Row {
         storage: &'static str,
         /// Seeded live sessions, or the ended sessions swept during the level.
         sessions: u64,
         sweep: bool,
+        /// The round (0 for the sweep, measured once).
+        round: usize,
         seed_seconds: f64,
         /// Ended sessions left when the window opened and when it closed (sweep runs).
         ended_before: u64,
         ended_after: u64,
         level: Level,
+    }
+
+    /// A server on a seeded store, with live sessions of its own to refresh.
+    struct Seeded {
+        storage: &'static str,
+        count: u64,
+        sweep: bool,
+        deployment: Deployment,
+        target: SqlTarget,
+        pool: Arc<Mutex<Vec<String>>>,
+        seed_seconds: f64,
+        /// When the seeded sessions were made; the ended ones ended before it.
+        now: i64,
     }
 
     pub(super) async fn run(options: &Options) -> Result<Vec<Row>> {
@@ -1326,13 +1440,23 @@ mod scale {
             setups.push(true);
         }
         for postgres in setups {
-            let runs = options
-                .seed
-                .iter()
-                .map(|&n| (n, false))
-                .chain(options.sweep.map(|n| (n, true)));
-            for (count, sweep) in runs {
-                rows.push(measure(options, postgres, count, sweep).await?);
+            let mut stores = Vec::new();
+            for &count in &options.seed {
+                stores.push(Seeded::new(options, postgres, count, false).await?);
+            }
+            for round in 1..=options.rounds {
+                let mut order: Vec<&Seeded> = stores.iter().collect();
+                if round % 2 == 0 {
+                    order.reverse();
+                }
+                for store in order {
+                    rows.push(store.measure(options, round).await?);
+                }
+            }
+            drop(stores);
+            if let Some(count) = options.sweep {
+                let store = Seeded::new(options, postgres, count, true).await?;
+                rows.push(store.measure(options, 0).await?);
             }
         }
         Ok(rows)
@@ -1348,73 +1472,98 @@ mod scale {
             .with_context(|| format!("a count answered `{answer}`"))
     }
 
-    async fn measure(options: &Options, postgres: bool, count: u64, sweep: bool) -> Result<Row> {
-        let storage = if postgres { "postgres" } else { "sqlite" };
-        let setup = Setup {
-            postgres,
-            replicas: 1,
-            peer: false,
-        };
-        let Deployment {
-            mut servers,
-            database,
-            ..
-        } = Deployment::start(options, setup).await?;
-        let url = database.as_ref().map(|d| d.url.clone());
-        let mut server = servers.pop().context("a deployment has one replica")?;
-        let concurrency = options.concurrency.iter().copied().max().unwrap_or(64);
-        let tokens = mint_sessions(&server, concurrency + concurrency.div_ceil(4)).await?;
-        let target = match &url {
-            Some(url) => SqlTarget::Postgres {
-                url: url.clone(),
-                search_path: None,
-            },
-            None => SqlTarget::Sqlite(server.dir.path().join("tessera.db")),
-        };
-        let now = SystemClock.now().0;
-        let started = monotonic_now();
-        seed(&target, count, now, sweep)?;
-        let seed_seconds = started.elapsed().as_secs_f64();
-        println!(
-            "{storage}: {count} {} sessions inserted in {seed_seconds:.1} s",
-            if sweep { "ended" } else { "live" }
-        );
-        if sweep {
-            server = server
-                .restart(&options.tessera, &options.synchronous, url.as_deref())
-                .await?;
-        }
-        let deployment = Deployment {
-            servers: vec![server],
-            database,
-            peer: false,
-        };
-        let ended_before = ended_sessions(&target, now)?;
-        let pool = Arc::new(Mutex::new(tokens));
-        let level = run_level(&deployment, &pool, concurrency, options).await?;
-        let ended_after = ended_sessions(&target, now)?;
-        println!(
-            "{storage}, {count} {} sessions, C={concurrency}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}",
-            if sweep { "ended" } else { "live" },
-            level.per_second(),
-            level.percentile_ms(0.50),
-            level.percentile_ms(0.99),
-            level.errors,
+    impl Seeded {
+        /// A fresh server, its chains' sessions minted, then `count` sessions inserted; for a
+        /// sweep, ended ones, and the server restarted so that its first sweep runs at once.
+        async fn new(options: &Options, postgres: bool, count: u64, sweep: bool) -> Result<Seeded> {
+            let storage = if postgres { "postgres" } else { "sqlite" };
+            let setup = Setup {
+                postgres,
+                replicas: 1,
+                peer: false,
+            };
+            let Deployment {
+                mut servers,
+                database,
+                ..
+            } = Deployment::start(options, setup).await?;
+            let url = database.as_ref().map(|d| d.url.clone());
+            let mut server = servers.pop().context("a deployment has one replica")?;
+            let concurrency = options.concurrency.iter().copied().max().unwrap_or(64);
+            let tokens = mint_sessions(&server, concurrency + concurrency.div_ceil(4)).await?;
+            let target = match &url {
+                Some(url) => SqlTarget::Postgres {
+                    url: url.clone(),
+                    search_path: None,
+                },
+                None => SqlTarget::Sqlite(server.dir.path().join("tessera.db")),
+            };
+            let now = SystemClock.now().0;
+            let started = monotonic_now();
+            seed(&target, count, now, sweep)?;
+            let seed_seconds = started.elapsed().as_secs_f64();
+            println!(
+                "{storage}: {count} {} sessions seeded in {seed_seconds:.1} s",
+                if sweep { "ended" } else { "live" }
+            );
             if sweep {
-                format!(", ended sessions left {ended_before} → {ended_after}")
-            } else {
-                String::new()
+                server = server.restart(options, url.as_deref()).await?;
             }
-        );
-        Ok(Row {
-            storage,
-            sessions: count,
-            sweep,
-            seed_seconds,
-            ended_before,
-            ended_after,
-            level,
-        })
+            Ok(Seeded {
+                storage,
+                count,
+                sweep,
+                deployment: Deployment {
+                    servers: vec![server],
+                    database,
+                    peer: false,
+                },
+                target,
+                pool: Arc::new(Mutex::new(tokens)),
+                seed_seconds,
+                now,
+            })
+        }
+
+        async fn measure(&self, options: &Options, round: usize) -> Result<Row> {
+            let concurrency = options.concurrency.iter().copied().max().unwrap_or(64);
+            let ended_before = ended_sessions(&self.target, self.now)?;
+            let level = run_level(&self.deployment, &self.pool, concurrency, options).await?;
+            let ended_after = ended_sessions(&self.target, self.now)?;
+            println!(
+                "{}{}, {} {} sessions, C={concurrency}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}",
+                if round > 0 {
+                    format!("round {round}, ")
+                } else {
+                    String::new()
+                },
+                self.storage,
+                self.count,
+                if self.sweep { "ended" } else { "live" },
+                level.per_second(),
+                level.percentile_ms(0.50),
+                level.percentile_ms(0.99),
+                level.errors,
+                if self.sweep {
+                    format!(", ended sessions left {ended_before} → {ended_after}")
+                } else {
+                    String::new()
+                }
+            );
+            for server in &self.deployment.servers {
+                server.check_alive()?;
+            }
+            Ok(Row {
+                storage: self.storage,
+                sessions: self.count,
+                sweep: self.sweep,
+                round,
+                seed_seconds: self.seed_seconds,
+                ended_before,
+                ended_after,
+                level,
+            })
+        }
     }
 
     /// Inserts `count` sessions of user `dev` straight into the store, each with one spent
@@ -1445,21 +1594,27 @@ mod scale {
     pub(super) fn print_table(options: &Options, rows: &[Row]) {
         println!();
         println!(
-            "{} s after {} s warm-up, one fresh server per row, sqlite synchronous={}; \
+            "{} s after {} s warm-up, one server per store, the sizes in alternating order each round, sqlite synchronous={}, id_token {}; \
              seeded sessions each hold one spent and one live refresh token",
             options.duration.as_secs_f64(),
             options.warmup.as_secs_f64(),
-            options.synchronous
+            options.synchronous,
+            options.signing_alg
         );
         println!();
         println!(
-            "| storage | sessions in the store | C | refreshes/s | p50 ms | p99 ms | errors | server RSS MiB | inserted in s | ended sessions at the window's start → end |"
+            "| round | storage | sessions in the store | C | refreshes/s | p50 ms | p99 ms | errors | server RSS MiB | database CPU ms/refresh | WAL KiB/refresh | seeded in s | ended sessions at the window's start → end |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for row in rows {
             let l = &row.level;
             println!(
-                "| {} | {} {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {} |",
+                "| {} | {} | {} {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {} | {} | {:.1} | {} |",
+                if row.sweep {
+                    "—".to_owned()
+                } else {
+                    row.round.to_string()
+                },
                 row.storage,
                 row.sessions,
                 if row.sweep {
@@ -1473,6 +1628,15 @@ mod scale {
                 l.percentile_ms(0.99),
                 l.errors,
                 l.server_rss_kib as f64 / 1024.0,
+                if l.setup.postgres {
+                    format!("{:.3}", l.database_cpu_ms / l.refreshes.max(1) as f64)
+                } else {
+                    "—".into()
+                },
+                match &l.wal {
+                    Some(wal) => format!("{:.2}", wal.bytes / 1024.0 / l.refreshes.max(1) as f64),
+                    None => "—".into(),
+                },
                 row.seed_seconds,
                 if row.sweep {
                     format!("{} → {}", row.ended_before, row.ended_after)
@@ -1481,5 +1645,48 @@ mod scale {
                 },
             );
         }
+        let seeded: Vec<&Row> = rows.iter().filter(|r| !r.sweep).collect();
+        if seeded.is_empty() {
+            return;
+        }
+        println!();
+        println!("median of the rounds:");
+        println!();
+        println!(
+            "| storage | sessions in the store | refreshes/s | ÷ the smallest store's | p99 ms |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for storage in ["sqlite", "postgres"] {
+            let medians: Vec<(u64, f64, f64)> = options
+                .seed
+                .iter()
+                .filter_map(|&count| {
+                    let of: Vec<&&Row> = seeded
+                        .iter()
+                        .filter(|r| r.storage == storage && r.sessions == count)
+                        .collect();
+                    (!of.is_empty()).then(|| {
+                        (
+                            count,
+                            median(of.iter().map(|r| r.level.per_second()).collect()),
+                            median(of.iter().map(|r| r.level.percentile_ms(0.99)).collect()),
+                        )
+                    })
+                })
+                .collect();
+            let Some(&(_, smallest, _)) = medians.first() else {
+                continue;
+            };
+            for (count, rate, p99) in medians {
+                println!(
+                    "| {storage} | {count} | {rate:.0} | {:.2} | {p99:.2} |",
+                    rate / smallest
+                );
+            }
+        }
+        println!();
+        println!(
+            "target (issue 14): refreshes/s within 10% of each other across sizes, on SQLite and on PostgreSQL"
+        );
     }
 }

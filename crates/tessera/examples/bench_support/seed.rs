@@ -60,8 +60,9 @@ pub(crate) struct SeedSessions<'a> {
 }
 
 impl SeedSessions<'_> {
-    /// Inserts the sessions and their tokens, `SEED_CHUNK` sessions per transaction, then
-    /// refreshes PostgreSQL's statistics so its planner sees the rows.
+    /// Inserts the sessions and their tokens, `SEED_CHUNK` sessions per transaction; on
+    /// PostgreSQL then vacuums and analyzes them and checkpoints, as the rows of a store in use
+    /// would long have been.
     pub(crate) fn insert(&self, target: &SqlTarget) -> Result<()> {
         if !self.tag.is_ascii_hexdigit() {
             bail!("a seeding tag is a hex digit, not {:?}", self.tag);
@@ -77,8 +78,22 @@ impl SeedSessions<'_> {
             target.run(&sql)?;
             from = to + 1;
         }
-        if target.postgres() {
-            target.run("ANALYZE sessions; ANALYZE refresh_tokens;")?;
+        if let SqlTarget::Postgres { url, search_path } = target {
+            // A bulk load leaves autovacuum work (statistics, the visibility map, hint bits)
+            // that would otherwise run during the measurement, on the same two cores; a store
+            // that has lived with these rows had it done long ago. VACUUM cannot run in the
+            // implicit transaction of several statements, hence the qualified names.
+            let table = |name: &str| match search_path {
+                Some(schema) => format!("\"{schema}\".{name}"),
+                None => name.to_owned(),
+            };
+            let vacuum = format!(
+                "VACUUM (ANALYZE) {}, {}",
+                table("sessions"),
+                table("refresh_tokens")
+            );
+            run_psql(url, &vacuum)?;
+            run_psql(url, "CHECKPOINT")?;
         }
         Ok(())
     }
