@@ -38,8 +38,11 @@ use tessera_core::clock::monotonic_now;
 mod bench_support;
 #[path = "bench_support/code_flow.rs"]
 mod code_flow;
+#[path = "bench_support/stats.rs"]
+mod stats;
 use bench_support::{default_tessera, hidden_fields, tls_trusting, warn_if_busy};
 use code_flow::{CLIENT_ID, auth_query, code_from, exchange_at, location, token_request};
+use stats::median;
 
 const USAGE: &str = "\
 usage: bench_connector [--people N] [--duration SECS] [--warmup SECS] [--concurrency 8,64]
@@ -991,15 +994,6 @@ fn take(pool: &Mutex<Vec<String>>) -> Option<String> {
 fn lock(pool: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
     pool.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 fn print_table(options: &Options, windows: &[Window]) {

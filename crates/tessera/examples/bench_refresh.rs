@@ -52,6 +52,8 @@ mod callgrind;
 mod code_flow;
 #[path = "bench_support/seed.rs"]
 mod seed;
+#[path = "bench_support/stats.rs"]
+mod stats;
 use bench_support::{
     clock_ticks_per_second, cores, default_tessera, hidden_fields, machine_cpu_ms, tls_trusting,
     warn_if_busy,
@@ -60,6 +62,7 @@ use code_flow::{
     CLIENT_ID, REDIRECT_URI, auth_query, code_from, exchange_at, location, token_request,
 };
 use seed::{SeedSessions, SqlTarget, run_psql};
+use stats::median;
 
 const USAGE: &str = "\
 usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurrency 1,8,64]
@@ -1384,16 +1387,6 @@ mod peer {
         println!(
             "ratio = tessera's refreshes/s ÷ oidc-provider's in the same round; target at C = 64: ≥ 2.0, tessera p99 ≤ 20 ms, RSS ≤ 60 MiB (issue 14)"
         );
-    }
-}
-
-/// The middle value (the mean of the middle two for an even count); NaN for none.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
