@@ -3,7 +3,8 @@
 //!
 //! The release server runs under `valgrind --tool=callgrind --instr-atstart=no`; after the login
 //! and a warm-up, instrumentation is switched on with `callgrind_control` for exactly N refreshes
-//! of one chain, then the counts are dumped. Three ways to reach the server, one dump each:
+//! of one chain (or of C chains at once with `--concurrency C`, N rounded up to a multiple of
+//! C), then the counts are dumped. Three ways to reach the server, one dump each:
 //! one kept-alive connection (the load of the other modes), a new connection with a full TLS
 //! handshake per refresh (what `tessera credential` does: kubectl starts it anew each time), and
 //! a new connection resuming the TLS session of an earlier one. Each dump is read with
