@@ -723,27 +723,9 @@ impl Server {
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let pid = child.id();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("the server's stdout is not piped"))?;
-        let (lines_tx, lines_rx) = mpsc::channel();
-        // Drains the server's stdout for its whole life so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
         // Under valgrind the first start (key generation) takes minutes.
         let patience = Duration::from_secs(if launcher.is_empty() { 60 } else { 600 });
-        let issuer = loop {
-            let line = lines_rx
-                .recv_timeout(patience)
-                .context("the server printed no `issuer:` line in time")?;
-            if let Some(issuer) = line.strip_prefix("issuer: ") {
-                break issuer.to_owned();
-            }
-        };
+        let issuer = issuer_line(&mut child, "the server", patience)?;
         let tls = tls_trusting(&dir.path().join("ca.pem"))?;
         let server = Server {
             child,
@@ -796,25 +778,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("cannot start {} for --peer", node.display()))?;
         let pid = child.id();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("the peer's stdout is not piped"))?;
-        let (lines_tx, lines_rx) = mpsc::channel();
-        // Drains the peer's stdout for its whole life so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let issuer = loop {
-            let line = lines_rx
-                .recv_timeout(Duration::from_secs(60))
-                .context("the peer printed no `issuer:` line within 60 s")?;
-            if let Some(issuer) = line.strip_prefix("issuer: ") {
-                break issuer.to_owned();
-            }
-        };
+        let issuer = issuer_line(&mut child, "the peer", Duration::from_secs(60))?;
         // No TLS on the peer's side: the client's TLS settings stay unused.
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
@@ -847,6 +811,29 @@ impl Server {
 
     fn proc_path(&self, file: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/{file}", self.pid))
+    }
+}
+
+/// The issuer `child` prints on its `issuer: URL` line, waiting up to `patience` for it. A
+/// thread drains the child's stdout for its whole life, so it never blocks on a full pipe.
+fn issuer_line(child: &mut Child, who: &str, patience: Duration) -> Result<String> {
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("{who}'s stdout is not piped"))?;
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    loop {
+        let line = lines_rx
+            .recv_timeout(patience)
+            .with_context(|| format!("{who} printed no `issuer:` line within {patience:?}"))?;
+        if let Some(issuer) = line.strip_prefix("issuer: ") {
+            return Ok(issuer.to_owned());
+        }
     }
 }
 
