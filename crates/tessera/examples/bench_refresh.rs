@@ -430,8 +430,9 @@ struct Level {
     driver_cpu_ms: f64,
     /// CPU time of the whole machine (every process, every core) in the window.
     machine_cpu_ms: f64,
-    /// PostgreSQL's write-ahead log in the window (the whole cluster's; `None` on SQLite).
-    wal: Option<Wal>,
+    /// Bytes PostgreSQL wrote to its write-ahead log in the window (the whole cluster's,
+    /// `pg_stat_wal`; `None` on SQLite): a commit waits for its WAL to reach the disk.
+    wal_bytes: Option<f64>,
     /// What the machine can sign, measured around this level.
     signing: SigningRates,
 }
@@ -550,22 +551,6 @@ impl Deployment {
     }
 }
 
-/// What PostgreSQL wrote to its write-ahead log (the whole cluster's, from `pg_stat_wal`): a
-/// refresh's commit waits for its WAL to reach the disk, so more bytes per refresh would mean
-/// slower commits.
-#[derive(Clone, Copy)]
-struct Wal {
-    bytes: f64,
-}
-
-impl Wal {
-    fn since(&self, earlier: &Wal) -> Wal {
-        Wal {
-            bytes: self.bytes - earlier.bytes,
-        }
-    }
-}
-
 /// A fresh PostgreSQL database, dropped (with its connections) on drop.
 struct Database {
     admin: String,
@@ -597,14 +582,13 @@ impl Database {
         run_psql(&self.admin, sql).map(drop)
     }
 
-    /// The cluster's write-ahead log counters so far.
-    fn wal(&self) -> Result<Wal> {
+    /// The bytes the cluster has written to its write-ahead log so far.
+    fn wal_bytes(&self) -> Result<f64> {
         let answer = run_psql(&self.admin, "SELECT wal_bytes FROM pg_stat_wal")?;
-        let bytes = answer
+        answer
             .trim()
             .parse()
-            .with_context(|| format!("pg_stat_wal answered `{answer}`"))?;
-        Ok(Wal { bytes })
+            .with_context(|| format!("pg_stat_wal answered `{answer}`"))
     }
 
     /// Rows and bytes per row (heap and indexes) of the tables a refresh writes: what sizes the
@@ -936,12 +920,12 @@ async fn run_level(
     }
     tokio::time::sleep_until(window.start.into()).await;
     let database = deployment.database.as_ref();
-    let wal_before = database.map(Database::wal).transpose()?;
+    let wal_before = database.map(Database::wal_bytes).transpose()?;
     let before = CpuSample::take(&deployment.servers)?;
     tokio::time::sleep_until(window.end.into()).await;
     let used = CpuSample::take(&deployment.servers)?.since(&before);
-    let wal = match (database, wal_before) {
-        (Some(database), Some(before)) => Some(database.wal()?.since(&before)),
+    let wal_bytes = match (database, wal_before) {
+        (Some(database), Some(before)) => Some(database.wal_bytes()? - before),
         _ => None,
     };
     let mut server_rss_kib = 0;
@@ -975,7 +959,7 @@ async fn run_level(
         database_cpu_ms: used.database_ms,
         driver_cpu_ms: used.driver_ms,
         machine_cpu_ms: used.machine_ms,
-        wal,
+        wal_bytes,
         signing: SigningRates::default(),
     })
 }
@@ -1507,9 +1491,18 @@ mod scale {
 
         async fn measure(&self, options: &Options, round: usize) -> Result<Row> {
             let concurrency = options.concurrency.iter().copied().max().unwrap_or(64);
-            let ended_before = ended_sessions(&self.target, self.now)?;
+            // Counted only where a sweep runs: a count over a million live sessions right
+            // before a level would only warm the database for it.
+            let ended = || {
+                if self.sweep {
+                    ended_sessions(&self.target, self.now)
+                } else {
+                    Ok(0)
+                }
+            };
+            let ended_before = ended()?;
             let level = run_level(&self.deployment, &self.pool, concurrency, options).await?;
-            let ended_after = ended_sessions(&self.target, self.now)?;
+            let ended_after = ended()?;
             println!(
                 "{}{}, {} {} sessions, C={concurrency}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}",
                 if round > 0 {
@@ -1613,8 +1606,8 @@ mod scale {
                 } else {
                     "—".into()
                 },
-                match &l.wal {
-                    Some(wal) => format!("{:.2}", wal.bytes / 1024.0 / l.refreshes.max(1) as f64),
+                match l.wal_bytes {
+                    Some(bytes) => format!("{:.2}", bytes / 1024.0 / l.refreshes.max(1) as f64),
                     None => "—".into(),
                 },
                 row.seed_seconds,
