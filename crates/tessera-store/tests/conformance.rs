@@ -2703,6 +2703,69 @@ mod sqlite_only {
         }
     }
 
+    /// Checkpoints run beside the writer (issue 14): the database file takes in the WAL's
+    /// pages while the store is open and before the writer would checkpoint itself (at 4000
+    /// frames), and the WAL starts over rather than growing with every write.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_beside_the_writer_and_starts_over() {
+        /// A WAL frame: its header and one page of the default 4096 bytes.
+        const FRAME: u64 = 24 + 4096;
+        let backend = Sqlite::fresh();
+        let store = backend.open().await;
+        let db_len = || std::fs::metadata(backend.path()).unwrap().len();
+        let wal_len = || {
+            let wal = format!("{}-wal", backend.path().display());
+            std::fs::metadata(wal).map_or(0, |m| m.len())
+        };
+        let write = |n: u32| {
+            let mut random = [0; 32];
+            random[..4].copy_from_slice(&n.to_be_bytes());
+            let first = Secret::from_random(REFRESH_TOKEN_PREFIX, random);
+            let session = session(&format!("s-{n:06}"), T0);
+            let store = Arc::clone(&store);
+            async move { start(&*store, session, &first).await }
+        };
+
+        let before = db_len();
+        let mut written = 0u32;
+        while wal_len() < 1500 * FRAME {
+            written += 1;
+            write(written).await;
+        }
+        let mut waited = 0;
+        while db_len() <= before {
+            assert!(
+                waited < 500,
+                "no checkpoint copied the WAL while the store was open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+
+        // Five times what fills a WAL of 4000 frames at this rate. It starts over each time
+        // the writer's checkpoint has copied all of it: SQLite then counts a new checkpoint
+        // sequence in the WAL's header and reuses the file from its start.
+        let sequence = || {
+            let wal = std::fs::read(format!("{}-wal", backend.path().display())).unwrap();
+            u32::from_be_bytes(wal[12..16].try_into().unwrap())
+        };
+        let first_sequence = sequence();
+        let per_write = wal_len() as f64 / FRAME as f64 / f64::from(written);
+        let more = (5.0 * 4000.0 / per_write) as u32;
+        for _ in 0..more {
+            written += 1;
+            write(written).await;
+        }
+        let frames = wal_len() / FRAME;
+        assert!(frames < 4100, "the WAL grew to {frames} frames");
+        assert!(
+            sequence() >= first_sequence + 2,
+            "the WAL did not start over"
+        );
+        let sessions = store.export_snapshot().await.unwrap().sessions.len();
+        assert_eq!(sessions, written as usize);
+    }
+
     #[tokio::test]
     async fn a_database_newer_than_this_binary_is_refused() {
         let backend = Sqlite::fresh();

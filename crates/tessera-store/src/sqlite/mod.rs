@@ -19,7 +19,8 @@
 //! Each concern has its file here, holding only its SQL: `key` (secrets, signing keys), `sso`,
 //! `code`, `session`, `redeem`, `proxy_session`, `sweep`, `snapshot`; `row` holds the readers
 //! of the shared row shapes and the one writer per table that the live path and the snapshot
-//! copy share; `connection` opens, migrates and locks.
+//! copy share; `connection` opens, migrates and locks; `checkpoint` keeps the WAL's checkpoints
+//! (and their fsyncs) off the writer thread.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -36,6 +37,7 @@ use tessera_core::token::TokenHash;
 use crate::model::*;
 use crate::{Store, StoreError};
 
+mod checkpoint;
 mod code;
 mod connection;
 mod identity;
@@ -50,6 +52,7 @@ mod sso;
 mod sweep;
 mod user;
 
+use checkpoint::Checkpoints;
 use connection::{blocking, connect, create_private, lock, migrate, query};
 use redeem::{QueuedRedemption, redeem_group};
 use row::{insert_code_row, insert_proxy_session, insert_signing_key, insert_sso};
@@ -106,7 +109,12 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(mut connection: Connection) -> std::io::Result<Writer> {
+    fn start(
+        mut connection: Connection,
+        path: &Path,
+        synchronous: Synchronous,
+    ) -> std::io::Result<Writer> {
+        let mut checkpoints = Checkpoints::start(&connection, path, synchronous)?;
         let (jobs, queue) = mpsc::channel::<WriteJob>();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -134,6 +142,7 @@ impl Writer {
                     // A panicking write rolls its transaction back while unwinding, so the
                     // connection is still good; its callers learn of it from the dropped answers.
                     let _ = std::panic::catch_unwind(AssertUnwindSafe(|| run(&mut connection)));
+                    checkpoints.after_write(&connection);
                     if next.is_none() {
                         next = queue.recv().ok();
                     }
@@ -169,7 +178,7 @@ impl SqliteStore {
         })?;
         let mut writer = connect(path, synchronous).map_err(open_error)?;
         migrate(&mut writer, path)?;
-        let writer = Writer::start(writer).map_err(|e| StoreError::Open {
+        let writer = Writer::start(writer, path, synchronous).map_err(|e| StoreError::Open {
             location: path.display().to_string(),
             source: Box::new(e),
         })?;
