@@ -88,7 +88,10 @@ usage: bench_refresh [--sessions N] [--duration SECS] [--warmup SECS] [--concurr
                       also run node's certified oidc-provider (installed by bench/refresh into
                       target/oidc-provider, script bench/oidc-provider/server.mjs), tessera and
                       it in turn for each C, --rounds times, fresh servers and sessions each
-                      time; prints both, the ratio, and the medians of the rounds
+                      time, with the floor (below) as a third side; prints all three, the
+                      ratios, and the medians of the rounds
+  --floor PATH        the floor server for --peer: only what an RS256 refresh over TLS must
+                      do, no state (default: bench_floor beside this example)
   --peer-node PATH    the node that runs the peer (default: node on PATH; bench/refresh
                       installs node 22, the version oidc-provider 9 asks for, and passes it)
   --rounds N          rounds with --peer and with --seed (default 3)
@@ -159,6 +162,8 @@ struct Options {
     peer_dir: Option<PathBuf>,
     /// The node that runs the peer (bench/refresh installs node 22; default `node` on PATH).
     peer_node: PathBuf,
+    /// The floor server (examples/bench_floor.rs), the third side of `--peer`.
+    floor: PathBuf,
     /// Interleaved rounds of tessera and the peer.
     rounds: usize,
     /// `--seed`: live sessions put straight into the store before a level, one run per count.
@@ -169,23 +174,31 @@ struct Options {
     callgrind: Option<usize>,
 }
 
+/// Which server a deployment runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Tessera,
+    /// node's oidc-provider.
+    Peer,
+    /// examples/bench_floor.rs: an RS256 refresh over TLS and nothing else.
+    Floor,
+}
+
 /// One deployment under test.
 #[derive(Clone, Copy)]
 struct Setup {
     postgres: bool,
     replicas: usize,
-    /// node's oidc-provider instead of tessera.
-    peer: bool,
+    side: Side,
 }
 
 impl Setup {
     fn name(self) -> &'static str {
-        if self.peer {
-            "node oidc-provider"
-        } else if self.postgres {
-            "postgres"
-        } else {
-            "sqlite"
+        match self.side {
+            Side::Peer => "node oidc-provider",
+            Side::Floor => "floor",
+            Side::Tessera if self.postgres => "postgres",
+            Side::Tessera => "sqlite",
         }
     }
 }
@@ -195,13 +208,13 @@ impl Options {
         let mut setups = vec![Setup {
             postgres: false,
             replicas: 1,
-            peer: false,
+            side: Side::Tessera,
         }];
         if self.postgres {
             setups.extend(self.replicas.iter().map(|&replicas| Setup {
                 postgres: true,
                 replicas,
-                peer: false,
+                side: Side::Tessera,
             }));
         }
         setups
@@ -224,6 +237,7 @@ impl Options {
             postgres_url: "postgres://postgres@127.0.0.1:5432".into(),
             peer_dir: None,
             peer_node: PathBuf::from("node"),
+            floor: default_tessera()?.with_file_name("examples/bench_floor"),
             rounds: 3,
             seed: Vec::new(),
             sweep: None,
@@ -268,6 +282,7 @@ impl Options {
                 }
                 "--peer-dir" => options.peer_dir = Some(PathBuf::from(value)),
                 "--peer-node" => options.peer_node = PathBuf::from(value),
+                "--floor" => options.floor = PathBuf::from(value),
                 "--rounds" => options.rounds = value.parse().context("--rounds")?,
                 "--seed" => {
                     options.seed = value
@@ -518,8 +533,7 @@ async fn run(options: &Options) -> Result<Vec<Level>> {
 /// The replicas of one [`Setup`], and the PostgreSQL database they share.
 struct Deployment {
     servers: Vec<Server>,
-    /// The one server is node's oidc-provider.
-    peer: bool,
+    side: Side,
     // Dropped after the servers (field order), so no replica holds a connection any more.
     database: Option<Database>,
 }
@@ -540,7 +554,7 @@ impl Deployment {
         Ok(Deployment {
             servers,
             database,
-            peer: false,
+            side: Side::Tessera,
         })
     }
 
@@ -785,6 +799,38 @@ impl Server {
         Ok(server)
     }
 
+    /// The floor server (examples/bench_floor.rs) on a dev data directory of its own.
+    async fn start_floor(binary: &Path) -> Result<Server> {
+        if !binary.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release --example bench_floor` (bench/refresh does)",
+                binary.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-bench-floor-")
+            .tempdir()
+            .context("cannot create a temporary data directory")?;
+        let mut child = Command::new(binary)
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id();
+        let issuer = issuer_line(&mut child, "the floor", Duration::from_secs(60))?;
+        let tls = tls_trusting(&dir.path().join("ca.pem"))?;
+        let server = Server {
+            child,
+            pid,
+            dir,
+            issuer,
+            tls,
+        };
+        server.wait_healthy().await?;
+        Ok(server)
+    }
+
     fn check_alive(&self) -> Result<()> {
         if Path::new(&format!("/proc/{}", self.pid)).exists() {
             Ok(())
@@ -947,7 +993,7 @@ async fn run_level(
         setup: Setup {
             postgres: deployment.database.is_some(),
             replicas: deployment.servers.len(),
-            peer: deployment.peer,
+            side: deployment.side,
         },
         concurrency,
         refreshes: latencies_micros.len() as u64,
@@ -1186,14 +1232,11 @@ mod peer {
         let mut measured = Vec::new();
         for round in 1..=options.rounds {
             for &concurrency in &options.concurrency {
-                // Alternate who goes first, so a drifting machine favours neither side.
-                let sides = if round % 2 == 1 {
-                    [false, true]
-                } else {
-                    [true, false]
-                };
-                for peer in sides {
-                    let level = measure(options, peer_dir, peer, concurrency).await?;
+                // Each round another side goes first, so a drifting machine favours none.
+                let mut sides = [Side::Tessera, Side::Peer, Side::Floor];
+                sides.rotate_left((round - 1) % 3);
+                for side in sides {
+                    let level = measure(options, peer_dir, side, concurrency).await?;
                     println!(
                         "round {round}, {} C={concurrency}: {:.0} refreshes/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, RSS {:.1} MiB",
                         level.setup.name(),
@@ -1214,29 +1257,35 @@ mod peer {
     async fn measure(
         options: &Options,
         peer_dir: &Path,
-        peer: bool,
+        side: Side,
         concurrency: usize,
     ) -> Result<Level> {
-        let setup = Setup {
-            postgres: false,
-            replicas: 1,
-            peer,
+        let alone = |server: Server| Deployment {
+            servers: vec![server],
+            database: None,
+            side,
         };
-        let deployment = if peer {
-            Deployment {
-                servers: vec![Server::start_peer(&options.peer_node, peer_dir).await?],
-                database: None,
-                peer: true,
+        let deployment = match side {
+            Side::Tessera => {
+                let setup = Setup {
+                    postgres: false,
+                    replicas: 1,
+                    side,
+                };
+                Deployment::start(options, setup).await?
             }
-        } else {
-            Deployment::start(options, setup).await?
+            Side::Peer => alone(Server::start_peer(&options.peer_node, peer_dir).await?),
+            Side::Floor => alone(Server::start_floor(&options.floor).await?),
         };
         let server = deployment.first()?;
         let count = concurrency + concurrency.div_ceil(SPARES).max(2);
-        let tokens = if peer {
-            mint_peer_sessions(server, count).await?
-        } else {
-            mint_sessions(server, count).await?
+        let tokens = match side {
+            Side::Tessera => mint_sessions(server, count).await?,
+            Side::Peer => mint_peer_sessions(server, count).await?,
+            // The floor takes any token: each chain starts from a random one.
+            Side::Floor => (0..count)
+                .map(|_| hex::encode(rand::random::<[u8; 32]>()))
+                .collect(),
         };
         let pool = Arc::new(Mutex::new(tokens));
         let level = run_level(&deployment, &pool, concurrency, options).await?;
@@ -1279,7 +1328,7 @@ mod peer {
         println!();
         println!(
             "{} s per level after {} s warm-up, {} round(s), sides alternating who goes first, fresh servers and sessions for each level; \
-             tessera on SQLite synchronous={} over HTTPS with {} id_tokens, node oidc-provider in memory over plain HTTP; one HTTP/1.1 keep-alive connection per chain",
+             tessera on SQLite synchronous={} over HTTPS with {} id_tokens, node oidc-provider in memory over plain HTTP, the floor over HTTPS; one HTTP/1.1 keep-alive connection per chain",
             options.duration.as_secs_f64(),
             options.warmup.as_secs_f64(),
             options.rounds,
@@ -1310,53 +1359,65 @@ mod peer {
         println!("median of the rounds:");
         println!();
         println!(
-            "| C | tessera refreshes/s | oidc-provider refreshes/s | ratio | tessera p99 ms | oidc-provider p99 ms | tessera RSS MiB | oidc-provider RSS MiB | tessera CPU ms/refresh | oidc-provider CPU ms/refresh |"
+            "| C | tessera refreshes/s | oidc-provider refreshes/s | floor refreshes/s | ratio | floor ÷ oidc-provider | tessera ÷ floor | tessera p99 ms | oidc-provider p99 ms | floor p99 ms | tessera RSS MiB | oidc-provider RSS MiB | tessera CPU ms/refresh | oidc-provider CPU ms/refresh | floor CPU ms/refresh |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &concurrency in &options.concurrency {
-            let side = |peer: bool| -> Vec<&Level> {
+            let of = |side: Side| -> Vec<&Level> {
                 measured
                     .iter()
                     .map(|m| &m.level)
-                    .filter(|l| l.concurrency == concurrency && l.setup.peer == peer)
+                    .filter(|l| l.concurrency == concurrency && l.setup.side == side)
                     .collect()
             };
-            let (ours, theirs) = (side(false), side(true));
-            let figure = |levels: &[&Level], f: fn(&Level) -> f64| {
-                median(levels.iter().map(|l| f(l)).collect())
-            };
-            let ratios = (1..=options.rounds)
-                .filter_map(|round| {
-                    let of = |peer: bool| {
-                        measured.iter().find(|m| {
+            let figure =
+                |side: Side, f: fn(&Level) -> f64| median(of(side).iter().map(|l| f(l)).collect());
+            // Each ratio is taken within a round, then the median of the rounds.
+            let ratio = |over: Side, under: Side| {
+                let rate = |round: usize, side: Side| {
+                    measured
+                        .iter()
+                        .find(|m| {
                             m.round == round
                                 && m.level.concurrency == concurrency
-                                && m.level.setup.peer == peer
+                                && m.level.setup.side == side
                         })
-                    };
-                    Some(of(false)?.level.per_second() / of(true)?.level.per_second())
-                })
-                .collect();
+                        .map(|m| m.level.per_second())
+                };
+                median(
+                    (1..=options.rounds)
+                        .filter_map(|round| Some(rate(round, over)? / rate(round, under)?))
+                        .collect(),
+                )
+            };
             let rate: fn(&Level) -> f64 = Level::per_second;
             let p99: fn(&Level) -> f64 = |l| l.percentile_ms(0.99);
             let rss: fn(&Level) -> f64 = |l| l.server_rss_kib as f64 / 1024.0;
             let cpu: fn(&Level) -> f64 = |l| l.server_cpu_ms / l.refreshes.max(1) as f64;
+            let (ours, theirs, floor) = (Side::Tessera, Side::Peer, Side::Floor);
             println!(
-                "| {concurrency} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.3} | {:.3} |",
-                figure(&ours, rate),
-                figure(&theirs, rate),
-                median(ratios),
-                figure(&ours, p99),
-                figure(&theirs, p99),
-                figure(&ours, rss),
-                figure(&theirs, rss),
-                figure(&ours, cpu),
-                figure(&theirs, cpu),
+                "| {concurrency} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} |",
+                figure(ours, rate),
+                figure(theirs, rate),
+                figure(floor, rate),
+                ratio(ours, theirs),
+                ratio(floor, theirs),
+                ratio(ours, floor),
+                figure(ours, p99),
+                figure(theirs, p99),
+                figure(floor, p99),
+                figure(ours, rss),
+                figure(theirs, rss),
+                figure(ours, cpu),
+                figure(theirs, cpu),
+                figure(floor, cpu),
             );
         }
         println!();
         println!(
-            "ratio = tessera's refreshes/s ÷ oidc-provider's in the same round; target at C = 64: ≥ 2.0, tessera p99 ≤ 20 ms, RSS ≤ 60 MiB (issue 14)"
+            "ratio = tessera's refreshes/s ÷ oidc-provider's in the same round; target at C = 64: ≥ 2.0, tessera p99 ≤ 20 ms, RSS ≤ 60 MiB (issue 14). \
+             floor = examples/bench_floor.rs: tessera's listener, TLS and answer (an RS256 id_token, an ES256 access token) and no state, \
+             the most an RS256 provider can make of this machine with this load generator; floor ÷ oidc-provider is the highest ratio reachable here"
         );
     }
 }
@@ -1444,7 +1505,7 @@ mod scale {
             let setup = Setup {
                 postgres,
                 replicas: 1,
-                peer: false,
+                side: Side::Tessera,
             };
             let Deployment {
                 mut servers,
@@ -1480,7 +1541,7 @@ mod scale {
                 deployment: Deployment {
                     servers: vec![server],
                     database,
-                    peer: false,
+                    side: Side::Tessera,
                 },
                 target,
                 pool: Arc::new(Mutex::new(tokens)),
