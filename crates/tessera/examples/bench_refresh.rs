@@ -717,13 +717,24 @@ impl Server {
         if let Some(url) = postgres {
             command.env("TESSERA_STORAGE__URL", url);
         }
-        let mut child = command
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id();
         // Under valgrind the first start (key generation) takes minutes.
         let patience = Duration::from_secs(if launcher.is_empty() { 60 } else { 600 });
-        let issuer = issuer_line(&mut child, "the server", patience)?;
+        Server::started(child, dir, "the server", patience).await
+    }
+
+    /// A started `child` serving HTTPS from the dev data directory `dir`, once it has printed
+    /// its issuer and answers `/healthz`.
+    async fn started(
+        mut child: Child,
+        dir: tempfile::TempDir,
+        who: &str,
+        patience: Duration,
+    ) -> Result<Server> {
+        let pid = child.id();
+        let issuer = issuer_line(&mut child, who, patience)?;
         let tls = tls_trusting(&dir.path().join("ca.pem"))?;
         let server = Server {
             child,
@@ -811,24 +822,13 @@ impl Server {
             .prefix("tessera-bench-floor-")
             .tempdir()
             .context("cannot create a temporary data directory")?;
-        let mut child = Command::new(binary)
+        let child = Command::new(binary)
             .arg(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id();
-        let issuer = issuer_line(&mut child, "the floor", Duration::from_secs(60))?;
-        let tls = tls_trusting(&dir.path().join("ca.pem"))?;
-        let server = Server {
-            child,
-            pid,
-            dir,
-            issuer,
-            tls,
-        };
-        server.wait_healthy().await?;
-        Ok(server)
+        Server::started(child, dir, "the floor", Duration::from_secs(60)).await
     }
 
     fn check_alive(&self) -> Result<()> {
