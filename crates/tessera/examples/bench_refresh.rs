@@ -1234,7 +1234,8 @@ mod peer {
             for &concurrency in &options.concurrency {
                 // Each round another side goes first, so a drifting machine favours none.
                 let mut sides = [Side::Tessera, Side::Peer, Side::Floor];
-                sides.rotate_left((round - 1) % 3);
+                let first = (round - 1) % sides.len();
+                sides.rotate_left(first);
                 for side in sides {
                     let level = measure(options, peer_dir, side, concurrency).await?;
                     println!(
