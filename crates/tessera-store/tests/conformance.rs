@@ -2713,10 +2713,8 @@ mod sqlite_only {
         let backend = Sqlite::fresh();
         let store = backend.open().await;
         let db_len = || std::fs::metadata(backend.path()).unwrap().len();
-        let wal_len = || {
-            let wal = format!("{}-wal", backend.path().display());
-            std::fs::metadata(wal).map_or(0, |m| m.len())
-        };
+        let wal = format!("{}-wal", backend.path().display());
+        let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
         let write = |n: u32| {
             let mut random = [0; 32];
             random[..4].copy_from_slice(&n.to_be_bytes());
@@ -2746,8 +2744,8 @@ mod sqlite_only {
         // the writer's checkpoint has copied all of it: SQLite then counts a new checkpoint
         // sequence in the WAL's header and reuses the file from its start.
         let sequence = || {
-            let wal = std::fs::read(format!("{}-wal", backend.path().display())).unwrap();
-            u32::from_be_bytes(wal[12..16].try_into().unwrap())
+            let header = std::fs::read(&wal).unwrap();
+            u32::from_be_bytes(header[12..16].try_into().unwrap())
         };
         let first_sequence = sequence();
         let per_write = wal_len() as f64 / FRAME as f64 / f64::from(written);
